@@ -1,0 +1,70 @@
+"""Fixed-shape batches from in-memory splits, and on-device augmentation."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cljax.data._datasets import Split
+
+
+def num_batches(n: int, batch_size: int) -> int:
+  """Full batches per epoch (the remainder is dropped, reshuffled next epoch)."""
+  return n // batch_size
+
+
+def train_batches(split: Split, batch_size: int,
+                  rng: np.random.Generator) -> Iterator[dict]:
+  """One epoch of shuffled, full-size batches ``{"x", "y", "t"}``.
+
+  Every batch has exactly ``batch_size`` examples so the train step compiles
+  once; the ``len(split) % batch_size`` examples left over in an epoch are a
+  different random subset each epoch.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if len(split) < batch_size:
+    raise ValueError(f"a task has {len(split)} training examples, fewer than "
+                     f"batch_size={batch_size}")
+  perm = rng.permutation(len(split))
+  for b in range(num_batches(len(split), batch_size)):
+    idx = perm[b * batch_size:(b + 1) * batch_size]
+    yield {"x": split.x[idx], "y": split.y[idx], "t": split.t[idx]}
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[dict]:
+  """Batches in order, the last one padded; ``"w"`` is 1 for real examples."""
+  n = len(split)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    w = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)
+    yield {"x": split.x[idx], "y": split.y[idx], "t": split.t[idx], "w": w}
+
+
+def random_crop_flip(rng: jax.Array, x: jax.Array, padding: int = 4) -> jax.Array:
+  """Random crop after zero padding, and random horizontal flip.
+
+  The standard CIFAR augmentation (He et al. 2016), on device, per example.
+
+  Args:
+    rng: a PRNG key.
+    x: ``(B, H, W, C)`` images.
+    padding: pixels of zero padding on each side before cropping.
+  Returns:
+    ``(B, H, W, C)`` augmented images.
+  """
+  b, h, w, c = x.shape
+  k_off, k_flip = jax.random.split(rng)
+  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  offsets = jax.random.randint(k_off, (b, 2), 0, 2 * padding + 1)
+  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c))
+  out = jax.vmap(crop)(padded, offsets)
+  flip = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
+  return jnp.where(flip, out[:, :, ::-1, :], out)
+
+
+AUGMENTATIONS = {"none": None, "crop_flip": random_crop_flip}

@@ -1,0 +1,254 @@
+"""Continual-learning scenarios: a dataset cut into a stream of tasks.
+
+Every scenario is deterministic given its arguments (and ``seed``). Labels stay
+in the dataset's global label space and the model's head is allocated at the
+stream's total class count; what differs between scenarios is which logits
+are *active* for an example, given by ``Stream.logit_masks``:
+
+* class-incremental (van de Ven & Tolias 2019): a single head; after task
+  ``i`` every example is classified among all classes seen so far.
+* task-incremental: multi-head; the task id is given and logits are masked to
+  that task's classes.
+* domain-incremental (permuted / rotated inputs): the same classes in every
+  task, all logits active.
+
+The two-task "trained model + new task with a new head" setting is a
+two-task task-incremental stream (``two_task``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from cljax.data._datasets import Dataset, Split
+
+SCENARIOS = ("class_incremental", "task_incremental", "permuted", "rotated",
+             "two_task")
+
+
+class Task(NamedTuple):
+  """One task of a stream.
+
+  Attributes:
+    train: training examples (``t`` set to this task's index).
+    val: validation examples carved from the training data (may be empty).
+    test: this task's test examples.
+    classes: ``(K,)`` global labels this task contains.
+  """
+  train: Split
+  val: Split
+  test: Split
+  classes: np.ndarray
+
+
+class Stream(NamedTuple):
+  """A sequence of tasks sharing one label space.
+
+  Attributes:
+    name: e.g. ``"class_incremental/digits"``.
+    kind: ``"class"``, ``"task"`` or ``"domain"`` incremental.
+    tasks: the tasks, in training order.
+    num_classes: size of the model's (single, masked) head.
+  """
+  name: str
+  kind: str
+  tasks: tuple
+  num_classes: int
+
+  @property
+  def num_tasks(self) -> int:
+    return len(self.tasks)
+
+  @property
+  def input_shape(self) -> tuple:
+    return self.tasks[0].train.x.shape[1:]
+
+  def logit_masks(self, current: int) -> np.ndarray:
+    """``(T, C)`` bool: row ``k`` marks the logits active for task-``k`` data.
+
+    Args:
+      current: index of the task being trained (or just finished); for
+        class-incremental streams every row is the union of the classes of
+        tasks ``0..current``.
+    """
+    t, c = self.num_tasks, self.num_classes
+    masks = np.zeros((t, c), bool)
+    if self.kind == "domain":
+      masks[:] = True
+    elif self.kind == "task":
+      for k, task in enumerate(self.tasks):
+        masks[k, task.classes] = True
+    else:
+      seen = np.concatenate([task.classes for task in self.tasks[:current + 1]])
+      masks[:, seen] = True
+    return masks
+
+
+def _check_order(class_order, num_classes):
+  if class_order is None:
+    return np.arange(num_classes)
+  order = np.asarray(class_order)
+  if sorted(order.tolist()) != list(range(num_classes)):
+    raise ValueError(f"class_order must be a permutation of 0..{num_classes-1}, "
+                     f"got {list(order)}")
+  return order
+
+
+def _group_sizes(num_classes, num_tasks, task_sizes):
+  if task_sizes is None:
+    if num_tasks < 1 or num_classes % num_tasks:
+      raise ValueError(f"num_tasks={num_tasks} does not divide "
+                       f"{num_classes} classes; give task_sizes")
+    return [num_classes // num_tasks] * num_tasks
+  sizes = [int(s) for s in task_sizes]
+  if any(s < 1 for s in sizes) or sum(sizes) != num_classes:
+    raise ValueError(f"task_sizes {sizes} must be positive and sum to "
+                     f"{num_classes}")
+  return sizes
+
+
+def _carve(split: Split, val_fraction: float, rng: np.random.Generator):
+  if not 0.0 <= val_fraction < 1.0:
+    raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+  idx = rng.permutation(len(split))
+  n_val = int(round(val_fraction * len(split)))
+  return split.take(np.sort(idx[n_val:])), split.take(np.sort(idx[:n_val]))
+
+
+def _limit(split: Split, n: int | None, rng) -> Split:
+  if n is None or n >= len(split):
+    return split
+  return split.take(np.sort(rng.permutation(len(split))[:n]))
+
+
+def _with_task(split: Split, k: int) -> Split:
+  return split.replace(t=np.full(len(split), k, np.int32))
+
+
+def _class_tasks(data: Dataset, groups, val_fraction, seed) -> tuple:
+  rng = np.random.default_rng(seed)
+  tasks = []
+  for k, classes in enumerate(groups):
+    classes = np.asarray(classes)
+    tr = data.train.take(np.flatnonzero(np.isin(data.train.y, classes)))
+    te = data.test.take(np.flatnonzero(np.isin(data.test.y, classes)))
+    if len(tr) == 0 or len(te) == 0:
+      raise ValueError(f"task {k} (classes {classes.tolist()}) is empty")
+    tr, va = _carve(tr, val_fraction, rng)
+    tasks.append(Task(_with_task(tr, k), _with_task(va, k), _with_task(te, k),
+                      classes))
+  return tuple(tasks)
+
+
+def class_splits(data: Dataset, num_tasks: int, *, incremental: str = "class",
+                 class_order: Sequence[int] | None = None,
+                 task_sizes: Sequence[int] | None = None,
+                 val_fraction: float = 0.0, seed: int = 0) -> Stream:
+  """Splits a dataset's classes into tasks (class- or task-incremental).
+
+  Args:
+    data: the dataset.
+    num_tasks: number of tasks (equal sizes unless ``task_sizes`` is given).
+    incremental: ``"class"`` (single head) or ``"task"`` (task id given).
+    class_order: a permutation of the labels; task ``k`` takes the next
+      ``task_sizes[k]`` classes in this order. Defaults to ``0..C-1``.
+    task_sizes: classes per task, summing to ``data.num_classes``.
+    val_fraction: fraction of each task's training data held out as its
+      validation split.
+    seed: seeds the validation carve-out.
+  """
+  if incremental not in ("class", "task"):
+    raise ValueError(f"incremental must be 'class' or 'task', got {incremental!r}")
+  order = _check_order(class_order, data.num_classes)
+  sizes = _group_sizes(data.num_classes, num_tasks, task_sizes)
+  groups = np.split(order, np.cumsum(sizes)[:-1])
+  tasks = _class_tasks(data, groups, val_fraction, seed)
+  return Stream(f"{incremental}_incremental/{data.name}", incremental, tasks,
+                data.num_classes)
+
+
+def two_task(data: Dataset, classes_a: Sequence[int], classes_b: Sequence[int],
+             *, val_fraction: float = 0.1, seed: int = 0) -> Stream:
+  """The seeds' setting: a model trained on task A, then a new head for task B.
+
+  Task A and task B each have their own head (logits masked to their classes),
+  so this is a two-task task-incremental stream.
+  """
+  a, b = np.asarray(classes_a), np.asarray(classes_b)
+  if np.intersect1d(a, b).size:
+    raise ValueError("classes_a and classes_b must be disjoint")
+  tasks = _class_tasks(data, [a, b], val_fraction, seed)
+  return Stream(f"two_task/{data.name}", "task", tasks, data.num_classes)
+
+
+def _domain_stream(name, data, num_tasks, transforms, train_per_task,
+                   test_per_task, val_fraction, seed) -> Stream:
+  if num_tasks < 1:
+    raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+  rng = np.random.default_rng(seed)
+  tasks = []
+  for k, transform in enumerate(transforms):
+    tr = _limit(data.train, train_per_task, rng)
+    te = _limit(data.test, test_per_task, rng)
+    tr, va = _carve(tr, val_fraction, rng)
+    apply = lambda s: _with_task(s.replace(x=transform(s.x)), k)
+    tasks.append(Task(apply(tr), apply(va), apply(te),
+                      np.arange(data.num_classes)))
+  return Stream(f"{name}/{data.name}", "domain", tuple(tasks), data.num_classes)
+
+
+def permute_pixels(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
+  """Applies one fixed permutation to the flattened pixels of every image."""
+  n = len(x)
+  return x.reshape(n, -1)[:, perm].reshape(x.shape)
+
+
+def permuted(data: Dataset, num_tasks: int, *, identity_first: bool = False,
+             train_per_task: int | None = None,
+             test_per_task: int | None = None, val_fraction: float = 0.0,
+             seed: int = 0) -> Stream:
+  """Permuted stream (Goodfellow et al. 2013; GEM's MNIST-permutations).
+
+  Task ``k`` applies its own random pixel permutation (drawn from ``seed``) to
+  every image; ``identity_first`` keeps task 0 unpermuted. With
+  ``train_per_task`` each task gets its own random subset (GEM uses 1,000).
+  """
+  rng = np.random.default_rng([seed, 1])
+  size = int(np.prod(data.train.x.shape[1:]))
+  perms = [rng.permutation(size) for _ in range(num_tasks)]
+  if identity_first:
+    perms[0] = np.arange(size)
+  transforms = [lambda x, p=p: permute_pixels(x, p) for p in perms]
+  stream = _domain_stream("permuted", data, num_tasks, transforms,
+                          train_per_task, test_per_task, val_fraction, seed)
+  return stream
+
+
+def rotate_images(x: np.ndarray, degrees: float) -> np.ndarray:
+  """Rotates ``(N, H, W, C)`` images by ``degrees`` (bilinear, same size)."""
+  from scipy import ndimage
+  fill = float(x.min())
+  return ndimage.rotate(x, degrees, axes=(1, 2), reshape=False, order=1,
+                        mode="constant", cval=fill).astype(np.float32)
+
+
+def rotated(data: Dataset, num_tasks: int, *,
+            angles: Sequence[float] | None = None,
+            train_per_task: int | None = None,
+            test_per_task: int | None = None, val_fraction: float = 0.0,
+            seed: int = 0) -> Stream:
+  """Rotated stream (GEM's MNIST-rotations): task ``k`` rotates every image.
+
+  Args:
+    angles: one angle in degrees per task; by default drawn uniformly from
+      [0, 180) with ``seed``, as in the GEM paper.
+  """
+  if angles is None:
+    angles = np.random.default_rng([seed, 2]).uniform(0.0, 180.0, num_tasks)
+  if len(angles) != num_tasks:
+    raise ValueError(f"angles has {len(angles)} entries for {num_tasks} tasks")
+  transforms = [lambda x, a=float(a): rotate_images(x, a) for a in angles]
+  return _domain_stream("rotated", data, num_tasks, transforms, train_per_task,
+                        test_per_task, val_fraction, seed)

@@ -1,0 +1,60 @@
+"""The default experiment (``cljax run`` with no arguments): a short, real
+class-incremental stream on scikit-learn's bundled digits, fine-tuning vs
+joint training. Every key any experiment may set is defined here; the files
+in ``experiments/`` start from this and change what they need."""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "digits_class_incremental"
+  c.seed = 0
+  c.workdir = ""            # default: runs/<name>
+  c.progress = True
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"    # digits | fashion_mnist | tfds:<name>
+  c.data.path = ""          # directory of idx files (fashion_mnist)
+  c.data.data_dir = ""      # tensorflow-datasets data_dir
+
+  c.scenario = ml_collections.ConfigDict()
+  c.scenario.kind = "class_incremental"  # see cljax.data.SCENARIOS
+  c.scenario.num_tasks = 5
+  c.scenario.class_order = ()   # () = 0..C-1
+  c.scenario.task_sizes = ()    # () = equal
+  c.scenario.classes_a = (0, 1, 2, 3, 4)  # two_task
+  c.scenario.classes_b = (5, 6, 7, 8, 9)
+  c.scenario.angles = ()        # rotated; () = uniform in [0, 180)
+  c.scenario.identity_first = False  # permuted
+  c.scenario.train_per_task = 0  # permuted/rotated; 0 = all
+  c.scenario.test_per_task = 0
+  c.scenario.val_fraction = 0.1
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mlp"          # mlp | cnn | resnet32 | reduced_resnet18
+  c.model.hidden = (100, 100)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 5
+  c.train.batch_size = 32
+  c.train.optimizer = "sgd"     # sgd | adam
+  c.train.lr = 0.05
+  c.train.momentum = 0.9
+  c.train.weight_decay = 0.0
+  c.train.eval_every = 10       # steps between curve evaluations; 0 = off
+  c.train.eval_batch_size = 1000
+  c.train.reset_optimizer = True
+  c.train.augment = "none"      # none | crop_flip
+
+  # Comma-separated run entries; each is a method name or a key of
+  # c.method whose `kind` names the method (its other keys are the method's
+  # hyperparameters; an `lr` key overrides train.lr for that entry).
+  c.methods = "finetune,joint"
+  c.method = ml_collections.ConfigDict()
+  c.method.finetune = ml_collections.ConfigDict({"freeze_backbone": False})
+  c.method.joint = ml_collections.ConfigDict()
+
+  if arg == "runlocal":
+    c.train.epochs = 1
+  return c

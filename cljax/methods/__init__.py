@@ -1,0 +1,8 @@
+"""Continual-learning methods: each a small composition of the pure pieces."""
+
+from cljax.methods._base import Method
+from cljax.methods._base import TaskContext
+from cljax.methods._registry import build_method
+from cljax.methods._registry import METHODS
+from cljax.methods.finetune import FineTune
+from cljax.methods.joint import Joint

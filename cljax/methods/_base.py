@@ -1,0 +1,85 @@
+"""What a method is, as far as the task loop is concerned.
+
+The loop (``cljax.train.run_stream``) knows no method by name; it calls only
+the functions below. A method is a small subclass that overrides some of them:
+its loss, its fixed-shape state and the hooks at the start and end of a task.
+The base class is plain fine-tuning.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import optax
+
+from cljax.data._datasets import Split
+from cljax.data._scenarios import Stream
+from cljax.losses._cross_entropy import masked_cross_entropy
+from cljax.models._functional import FunctionalModel
+from cljax.models._heads import example_masks
+
+
+class TaskContext(NamedTuple):
+  """What a hook sees at the start or end of task ``index``.
+
+  Attributes:
+    index: the task's position in the stream.
+    stream: the whole stream (hooks may read only tasks ``<= index``).
+    model: the functional model (``apply`` and the initial state).
+    params, batch_stats: the current model state.
+    method_state: the method's current state.
+    masks: ``(T, C)`` active-logit table for this task.
+  """
+  index: int
+  stream: Stream
+  model: FunctionalModel
+  params: Any
+  batch_stats: Any
+  method_state: Any
+  masks: Any
+
+
+class Method:
+  """Fine-tuning: cross-entropy on the current task's active classes.
+
+  Subclasses override what their paper changes. Hyperparameters are
+  constructor arguments, validated there (``ValueError`` naming the argument).
+  """
+
+  name = "finetune"
+
+  def init_state(self, model: FunctionalModel) -> Any:
+    """The method's initial state: a pytree whose shapes never change."""
+    return ()
+
+  def optimizer(self, base: optax.GradientTransformation,
+                params) -> optax.GradientTransformation:
+    """The optimizer actually used (e.g. with some parameters frozen)."""
+    return base
+
+  def train_split(self, stream: Stream, index: int) -> Split:
+    """The examples trained on during task ``index``."""
+    return stream.tasks[index].train
+
+  def loss_fn(self, model: FunctionalModel):
+    """``(params, batch_stats, method_state, batch, masks, rng) ->
+    (loss, (terms, new_batch_stats))`` for ``cljax.train.make_train_step``."""
+
+    def loss(params, batch_stats, method_state, batch, masks, rng):
+      (logits, _), new_stats = model.apply(params, batch_stats, batch["x"],
+                                           train=True)
+      ce = jnp.mean(masked_cross_entropy(
+          logits, batch["y"], example_masks(masks, batch["t"])))
+      return ce, ({"ce": ce}, new_stats)
+
+    return loss
+
+  update_method_state = None  # optional per-step state update (e.g. SI)
+  extra_args = None           # optional optimizer extra args (e.g. GEM)
+
+  def on_task_start(self, ctx: TaskContext) -> Any:
+    return ctx.method_state
+
+  def on_task_end(self, ctx: TaskContext) -> Any:
+    return ctx.method_state

@@ -1,0 +1,17 @@
+"""Methods by name, for configs."""
+
+from cljax.methods.finetune import FineTune
+from cljax.methods.joint import Joint
+
+METHODS = {cls.name: cls for cls in (FineTune, Joint)}
+
+
+def build_method(name: str, **hparams):
+  """Instantiates method ``name`` with its hyperparameters."""
+  if name not in METHODS:
+    raise ValueError(f"methods: unknown method {name!r}; expected one of "
+                     f"{sorted(METHODS)}")
+  try:
+    return METHODS[name](**hparams)
+  except TypeError as e:
+    raise ValueError(f"method {name!r}: bad hyperparameters {hparams}: {e}")

@@ -1,0 +1,16 @@
+"""Models (flax NNX) and incremental-head masking."""
+
+from cljax.models._functional import functional
+from cljax.models._functional import FunctionalModel
+from cljax.models._heads import example_masks
+from cljax.models._heads import mask_logits
+from cljax.models._heads import masked_fill_value
+from cljax.models._networks import BasicBlock
+from cljax.models._networks import Classifier
+from cljax.models._networks import CNN
+from cljax.models._networks import MLP
+from cljax.models._networks import reduced_resnet18
+from cljax.models._networks import ResNet
+from cljax.models._networks import resnet32
+from cljax.models._registry import build_model
+from cljax.models._registry import MODELS

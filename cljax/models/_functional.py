@@ -1,0 +1,48 @@
+"""NNX module -> pure function of plain pytrees, split once (no per-step graph
+traversal): the flax NNX performance recipe (``nnx.split`` once, then ``jit`` a
+function of the state)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+from flax import nnx
+
+
+class FunctionalModel(NamedTuple):
+  """A model as a pure function and its initial state.
+
+  Attributes:
+    apply: ``apply(params, batch_stats, x, train=False)`` ->
+      ``((logits (B, C), features (B, D)), new_batch_stats)``.
+    params: nested dict of trainable arrays (the head under ``"head"``).
+    batch_stats: nested dict of non-trainable state (BatchNorm statistics);
+      empty for models without it.
+  """
+  apply: Callable
+  params: Any
+  batch_stats: Any
+
+
+def functional(module: nnx.Module) -> FunctionalModel:
+  """Splits an NNX ``Classifier`` into graphdef + plain-dict state, once."""
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  p_def, r_def = jax.tree.structure(params), jax.tree.structure(rest)
+  p_dict, r_dict = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+  for state, pure in ((params, p_dict), (rest, r_dict)):
+    same = [a is b for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(pure))]
+    assert all(same), "leaf order of nnx.State and its pure dict differ"
+
+  def apply(params, batch_stats, x, train: bool = False):
+    model = nnx.merge(graphdef,
+                      jax.tree.unflatten(p_def, jax.tree.leaves(params)),
+                      jax.tree.unflatten(r_def, jax.tree.leaves(batch_stats)))
+    feats = model.features(x, train=train)
+    logits = model.head(feats)
+    new_stats = jax.tree.unflatten(
+        jax.tree.structure(batch_stats),
+        jax.tree.leaves(nnx.state(model, nnx.Not(nnx.Param))))
+    return (logits, feats), new_stats
+
+  return FunctionalModel(apply, p_dict, r_dict)

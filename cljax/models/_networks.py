@@ -1,0 +1,144 @@
+"""Networks (flax NNX): each exposes ``features(x, train)`` and a ``head``.
+
+All take NHWC inputs. The head is a single linear layer at the stream's total
+class count (see ``_heads.py`` for masking).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Classifier(nnx.Module):
+  """Base: ``__call__ = head(features(x))``."""
+
+  def features(self, x, train: bool = False):
+    raise NotImplementedError
+
+  def __call__(self, x, train: bool = False):
+    return self.head(self.features(x, train=train))
+
+
+class MLP(Classifier):
+  """Fully connected ReLU network on flattened inputs.
+
+  ``MLP(784, (400, 400), 10)`` is the 784-400-400-10 network of the benchmarks;
+  ``MLP(784, (100, 100), 10)`` the GEM paper's MNIST network.
+  """
+
+  def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int,
+               *, rngs: nnx.Rngs):
+    sizes = (in_features, *hidden)
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs)
+                            for a, b in zip(sizes[:-1], sizes[1:])])
+    self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+
+  def features(self, x, train: bool = False):
+    h = x.reshape(x.shape[0], -1)
+    for layer in self.layers:
+      h = jax.nn.relu(layer(h))
+    return h
+
+
+class CNN(Classifier):
+  """Small CNN: two 3x3 conv + ReLU + 2x2 max-pool blocks, then a dense layer."""
+
+  def __init__(self, in_channels: int, num_classes: int, *,
+               channels: Sequence[int] = (32, 64), dense: int = 128,
+               spatial: int = 28, rngs: nnx.Rngs):
+    chans = (in_channels, *channels)
+    self.convs = nnx.List([nnx.Conv(a, b, (3, 3), rngs=rngs)
+                           for a, b in zip(chans[:-1], chans[1:])])
+    side = spatial
+    for _ in channels:
+      side //= 2
+    self.dense = nnx.Linear(side * side * chans[-1], dense, rngs=rngs)
+    self.head = nnx.Linear(dense, num_classes, rngs=rngs)
+
+  def features(self, x, train: bool = False):
+    h = x
+    for conv in self.convs:
+      h = nnx.max_pool(jax.nn.relu(conv(h)), (2, 2), (2, 2))
+    return jax.nn.relu(self.dense(h.reshape(h.shape[0], -1)))
+
+
+def _bn(features, rngs):
+  # PyTorch's BatchNorm2d defaults (momentum 0.1 of the new statistic).
+  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 conv-BN layers with a residual connection (He et al. 2016).
+
+  ``shortcut="A"``: parameter-free (subsample and zero-pad channels), as in the
+  CIFAR ResNets; ``"B"``: 1x1 conv + BN projection when the shape changes.
+  """
+
+  def __init__(self, cin: int, cout: int, stride: int, shortcut: str, *,
+               rngs: nnx.Rngs):
+    conv = lambda a, b, s: nnx.Conv(a, b, (3, 3), strides=s, padding=1,
+                                    use_bias=False, rngs=rngs)
+    self.conv1, self.bn1 = conv(cin, cout, stride), _bn(cout, rngs)
+    self.conv2, self.bn2 = conv(cout, cout, 1), _bn(cout, rngs)
+    self.stride, self.pad = stride, cout - cin
+    self.project = shortcut == "B" and (stride != 1 or cin != cout)
+    if self.project:
+      self.proj = nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False,
+                           rngs=rngs)
+      self.proj_bn = _bn(cout, rngs)
+
+  def __call__(self, x, train: bool):
+    ura = not train
+    h = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
+    h = self.bn2(self.conv2(h), use_running_average=ura)
+    if self.project:
+      x = self.proj_bn(self.proj(x), use_running_average=ura)
+    elif self.stride != 1 or self.pad:
+      x = x[:, ::self.stride, ::self.stride, :]
+      x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.pad)))
+    return jax.nn.relu(h + x)
+
+
+class ResNet(Classifier):
+  """CIFAR-style ResNet: a 3x3 stem, stages of ``BasicBlock``s, global pool."""
+
+  def __init__(self, in_channels: int, num_classes: int, *,
+               widths: Sequence[int], blocks: Sequence[int], shortcut: str,
+               rngs: nnx.Rngs):
+    self.stem = nnx.Conv(in_channels, widths[0], (3, 3), padding=1,
+                         use_bias=False, rngs=rngs)
+    self.stem_bn = _bn(widths[0], rngs)
+    layers, cin = [], widths[0]
+    for stage, (width, n) in enumerate(zip(widths, blocks)):
+      for b in range(n):
+        stride = 2 if stage > 0 and b == 0 else 1
+        layers.append(BasicBlock(cin, width, stride, shortcut, rngs=rngs))
+        cin = width
+    self.blocks = nnx.List(layers)
+    self.head = nnx.Linear(cin, num_classes, rngs=rngs)
+
+  def features(self, x, train: bool = False):
+    h = jax.nn.relu(self.stem_bn(self.stem(x), use_running_average=not train))
+    for block in self.blocks:
+      h = block(h, train)
+    return h.mean(axis=(1, 2))
+
+
+def resnet32(in_channels: int, num_classes: int, *, rngs: nnx.Rngs) -> ResNet:
+  """ResNet-32 for CIFAR (He et al. 2016, sec. 4.2: 6n+2 layers, n=5; widths
+  16/32/64, option-A shortcuts), as used by iCaRL, E2EIL and UCIR."""
+  return ResNet(in_channels, num_classes, widths=(16, 32, 64), blocks=(5, 5, 5),
+                shortcut="A", rngs=rngs)
+
+
+def reduced_resnet18(in_channels: int, num_classes: int, *, nf: int = 20,
+                     rngs: nnx.Rngs) -> ResNet:
+  """The GEM paper's reduced ResNet-18 (Lopez-Paz & Ranzato 2017, CIFAR-100):
+  ResNet-18 with ``nf=20`` base filters (widths 20/40/80/160), 1x1 projection
+  shortcuts, stride-1 stem."""
+  return ResNet(in_channels, num_classes, widths=(nf, 2 * nf, 4 * nf, 8 * nf),
+                blocks=(2, 2, 2, 2), shortcut="B", rngs=rngs)

@@ -1,0 +1,6 @@
+"""Tables and plots of results."""
+
+from cljax.report._plots import plot_accuracy_matrix
+from cljax.report._plots import plot_curves
+from cljax.report._table import accuracy_table
+from cljax.report._table import summary_table

@@ -1,0 +1,65 @@
+"""PNG plots of a run: accuracy-matrix heatmap and accuracy curves."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_accuracy_matrix(r, path: str, title: str = "") -> str:
+  """Heatmap of ``R[i, j]`` (percent), saved as PNG at ``path``."""
+  r = np.asarray(r) * 100
+  t = r.shape[0]
+  fig, ax = plt.subplots(figsize=(1.0 + 0.7 * t, 0.8 + 0.6 * t))
+  im = ax.imshow(r, vmin=0, vmax=100, cmap="viridis")
+  for i in range(t):
+    for j in range(t):
+      ax.text(j, i, f"{r[i, j]:.0f}", ha="center", va="center",
+              color="w" if r[i, j] < 60 else "k", fontsize=8)
+  ax.set_xticks(range(t), [f"T{j + 1}" for j in range(t)])
+  ax.set_yticks(range(t), [f"T{i + 1}" for i in range(t)])
+  ax.set_xlabel("evaluated on task")
+  ax.set_ylabel("after training task")
+  ax.set_title(title or "accuracy (%)")
+  fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_curves(curves_by_method: dict, path: str, title: str = "",
+                task_names=None) -> str:
+  """Accuracy on each task against training steps, one panel per method.
+
+  ``curves_by_method`` maps a name to ``run_stream``'s ``curves`` list.
+  """
+  names = [n for n, c in curves_by_method.items() if c]
+  if not names:
+    return ""
+  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2),
+                           squeeze=False, sharey=True)
+  for ax, name in zip(axes[0], names):
+    curves = curves_by_method[name]
+    steps = [c["step"] for c in curves]
+    acc = np.asarray([c["acc"] for c in curves]) * 100
+    for j in range(acc.shape[1]):
+      label = task_names[j] if task_names else f"task {j + 1}"
+      ax.plot(steps, acc[:, j], label=label)
+    for c0, c1 in zip(curves[:-1], curves[1:]):
+      if c1["task"] != c0["task"]:
+        ax.axvline(c0["step"], color="grey", lw=0.6, ls=":")
+    ax.set_title(name)
+    ax.set_xlabel("training step")
+    ax.set_ylim(0, 100)
+  axes[0][0].set_ylabel("accuracy (%)")
+  axes[0][-1].legend(fontsize=7, loc="lower left")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

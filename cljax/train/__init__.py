@@ -1,0 +1,10 @@
+"""Train steps (jit, data-parallel), the task-stream runner, checkpoints."""
+
+from cljax.train._loop import run_stream
+from cljax.train._step import check_finite
+from cljax.train._step import data_parallel
+from cljax.train._step import evaluate
+from cljax.train._step import init_train_state
+from cljax.train._step import make_eval_step
+from cljax.train._step import make_train_step
+from cljax.train._step import TrainState

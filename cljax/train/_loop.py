@@ -1,0 +1,189 @@
+"""The task-stream runner.
+
+For each task: the method's start hook, training for the configured epochs
+(with optional evaluation every ``eval_every`` steps), the method's end hook,
+evaluation on every task's test split (one row of the accuracy matrix), and a
+checkpoint. It calls only the ``Method`` interface and knows no method by
+name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from cljax import metrics
+from cljax.data._batching import num_batches, train_batches
+from cljax.data._scenarios import Stream
+from cljax.methods._base import Method, TaskContext
+from cljax.models._functional import FunctionalModel
+from cljax.train import _checkpoint
+from cljax.train._step import (check_finite, data_parallel, evaluate,
+                               init_train_state, make_eval_step,
+                               make_train_step)
+
+
+def _with_augmentation(loss_fn, augment):
+  if augment is None:
+    return loss_fn
+
+  def loss(params, batch_stats, method_state, batch, masks, rng):
+    k_aug, rng = jax.random.split(rng)
+    batch = {**batch, "x": augment(k_aug, batch["x"])}
+    return loss_fn(params, batch_stats, method_state, batch, masks, rng)
+
+  return loss
+
+
+def _fingerprint(stream, method, settings) -> str:
+  desc = json.dumps({"stream": stream.name, "tasks": stream.num_tasks,
+                     "sizes": [len(t.train) for t in stream.tasks],
+                     "method": method.name, "hparams": repr(vars(method)),
+                     **settings}, sort_keys=True, default=str)
+  return hashlib.sha256(desc.encode()).hexdigest()[:16]
+
+
+def run_stream(stream: Stream, method: Method, model: FunctionalModel,
+               optimizer: optax.GradientTransformation, *, epochs: int,
+               batch_size: int, seed: int = 0, eval_every: int = 0,
+               eval_batch_size: int = 1000, reset_optimizer: bool = True,
+               augment: Callable | None = None, mesh=None,
+               checkpoint_dir: str | None = None,
+               progress: bool = True) -> dict:
+  """Trains ``method`` on ``stream`` and returns the run's results.
+
+  Args:
+    stream: the tasks.
+    method: a ``cljax.methods.Method``.
+    model: a ``FunctionalModel`` whose head has ``stream.num_classes`` outputs.
+    optimizer: the base optax optimizer (the method may wrap it).
+    epochs: passes over each task's training data.
+    batch_size: examples per step (all devices together under ``mesh``).
+    seed: seeds shuffling and the step's PRNG.
+    eval_every: if > 0, evaluate every task's validation split (test split if
+      a task has none) every ``eval_every`` steps, for accuracy curves.
+    eval_batch_size: batch size of evaluation.
+    reset_optimizer: start each task with a fresh optimizer state.
+    augment: optional ``(rng, x) -> x`` applied on device to training inputs.
+    mesh: a ``jax.sharding.Mesh`` with axis ``"data"`` for data parallelism.
+    checkpoint_dir: where to checkpoint after each task and resume from.
+    progress: show a progress bar.
+  Returns:
+    A dict with ``accuracy_matrix`` (``R[i][j]``), ``random_init_accuracy``,
+    ``metrics``, ``curves``, ``timings`` and ``steps``.
+  """
+  if epochs < 1:
+    raise ValueError(f"epochs must be >= 1, got {epochs}")
+  if batch_size < 1 or eval_batch_size < 1:
+    raise ValueError("batch_size and eval_batch_size must be >= 1")
+  if eval_every < 0:
+    raise ValueError(f"eval_every must be >= 0, got {eval_every}")
+  t_count = stream.num_tasks
+  for k in range(t_count):
+    n = len(method.train_split(stream, k))
+    if n < batch_size:
+      raise ValueError(f"task {k} has {n} training examples, fewer than "
+                       f"batch_size={batch_size}")
+  out_dim = jax.tree.leaves(model.params["head"])[0].shape[-1]
+  if out_dim != stream.num_classes:
+    raise ValueError(f"model head has {out_dim} outputs, stream has "
+                     f"{stream.num_classes} classes")
+
+  opt = method.optimizer(optimizer, model.params)
+  loss_fn = _with_augmentation(method.loss_fn(model), augment)
+  kwargs = dict(update_method_state=method.update_method_state,
+                extra_args=method.extra_args)
+  if mesh is None:
+    step = jax.jit(make_train_step(loss_fn, opt, **kwargs), donate_argnums=0)
+  else:
+    step = data_parallel(make_train_step(loss_fn, opt, axis_name="data",
+                                         **kwargs), mesh)
+  eval_step = make_eval_step(model.apply)
+  key = jax.random.PRNGKey(seed)
+
+  state = init_train_state(model.params, model.batch_stats, opt,
+                           method.init_state(model), stream.logit_masks(0))
+  term_names = list(jax.eval_shape(
+      loss_fn, model.params, model.batch_stats, state.method_state,
+      {"x": stream.tasks[0].train.x[:batch_size],
+       "y": stream.tasks[0].train.y[:batch_size],
+       "t": stream.tasks[0].train.t[:batch_size]},
+      state.masks, key)[1][0])
+
+  def accuracies(split_of, masks) -> list:
+    return [evaluate(eval_step, state.params, state.batch_stats, masks,
+                     split_of(task), eval_batch_size)
+            for task in stream.tasks]
+
+  curve_split = lambda task: task.val if len(task.val) else task.test
+  fingerprint = _fingerprint(stream, method, dict(
+      epochs=epochs, batch_size=batch_size, seed=seed, eval_every=eval_every,
+      reset_optimizer=reset_optimizer))
+  prog = {"fingerprint": fingerprint, "done": 0, "rows": [], "curves": [],
+          "train_s": [], "eval_s": [],
+          # b[j]: random-init accuracy on task j, heads masked as at task j.
+          "random_init": [evaluate(eval_step, state.params, state.batch_stats,
+                                   stream.logit_masks(j), task.test,
+                                   eval_batch_size)
+                          for j, task in enumerate(stream.tasks)]}
+  if checkpoint_dir:
+    restored = _checkpoint.load(checkpoint_dir, state, fingerprint)
+    if restored is not None:
+      state, prog = restored
+
+  for i in range(prog["done"], t_count):
+    masks = stream.logit_masks(i)
+    ctx = lambda: TaskContext(i, stream, model, state.params, state.batch_stats,
+                              state.method_state, masks)
+    state = state._replace(masks=jax.numpy.asarray(masks))
+    state = state._replace(method_state=method.on_task_start(ctx()))
+    if reset_optimizer and i > 0:
+      state = state._replace(opt_state=opt.init(state.params))
+    split = method.train_split(stream, i)
+    steps = epochs * num_batches(len(split), batch_size)
+    host_step = int(state.step)  # one sync per task, not per step
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, desc=f"{method.name} task {i + 1}/{t_count}",
+               disable=not progress, leave=False)
+    for epoch in range(epochs):
+      rng = np.random.default_rng([seed, i, epoch])
+      for batch in train_batches(split, batch_size, rng):
+        state, _ = step(state, batch, key)
+        bar.update()
+        host_step += 1
+        if eval_every and host_step % eval_every == 0:
+          check_finite(state, term_names)
+          prog["curves"].append({"step": host_step, "task": i,
+                                 "acc": accuracies(curve_split, masks)})
+      check_finite(state, term_names)
+    bar.close()
+    state = state._replace(method_state=method.on_task_end(ctx()))
+    jax.block_until_ready(state)
+    t1 = time.perf_counter()
+    prog["rows"].append(accuracies(lambda task: task.test, masks))
+    prog["train_s"].append(t1 - t0)
+    prog["eval_s"].append(time.perf_counter() - t1)
+    prog["done"] = i + 1
+    if checkpoint_dir:
+      _checkpoint.save(checkpoint_dir, state, prog)
+
+  r = np.asarray(prog["rows"])
+  sizes = [len(task.test) for task in stream.tasks]
+  return {
+      "method": method.name,
+      "stream": stream.name,
+      "accuracy_matrix": r.tolist(),
+      "random_init_accuracy": prog["random_init"],
+      "metrics": metrics.summary(r, prog["random_init"], sizes),
+      "curves": prog["curves"],
+      "timings": {"train_s": prog["train_s"], "eval_s": prog["eval_s"]},
+      "steps": int(state.step),
+      "final_state": state,
+  }

@@ -1,0 +1,178 @@
+"""Jitted, pure train and eval steps; data parallelism via shard_map or pmap.
+
+The per-shard step is one pure function ``(state, batch, rng) -> (state,
+metrics)``. Given an ``axis_name`` it averages gradients, loss terms and
+BatchNorm statistics over that axis with ``jax.lax.pmean``, so the same
+function runs on one device (``jax.jit``), under ``jax.shard_map`` over a
+``jax.make_mesh`` mesh (``data_parallel``), or under ``jax.pmap``.
+
+Every array in ``TrainState`` keeps its shape for the whole stream (the head
+is allocated at the total class count, ``masks`` is ``(T, C)``, method state
+is fixed-size), so the step compiles once per stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from cljax.data._batching import eval_batches
+from cljax.models._heads import example_masks, mask_logits
+
+
+class TrainState(NamedTuple):
+  """Everything the train step reads and writes.
+
+  Attributes:
+    step: ``()`` int32, steps taken so far in the stream.
+    params: trainable parameters (nested dict).
+    batch_stats: BatchNorm statistics (nested dict, maybe empty).
+    opt_state: the optax state.
+    method_state: the method's fixed-shape state (anchors, importances, ...).
+    masks: ``(T, C)`` bool active-logit table (``Stream.logit_masks``).
+    nonfinite_step: ``()`` int32, first step whose loss terms were not all
+      finite (its update and every later one are skipped); -1 if none.
+    nonfinite_term: ``()`` int32, index (in sorted term names) of the first
+      non-finite term at that step.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  method_state: Any
+  masks: jax.Array
+  nonfinite_step: jax.Array
+  nonfinite_term: jax.Array
+
+
+def init_train_state(params, batch_stats, optimizer, method_state,
+                     masks) -> TrainState:
+  """A fresh state; ``params`` and ``batch_stats`` are copied (the jitted
+  step donates its state, and the caller's arrays must survive it)."""
+  params, batch_stats = jax.tree.map(jnp.array, (params, batch_stats))
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+      opt_state=optimizer.init(params), method_state=method_state,
+      masks=jnp.asarray(masks, bool), nonfinite_step=-jnp.ones((), jnp.int32),
+      nonfinite_term=jnp.zeros((), jnp.int32))
+
+
+# loss_fn(params, batch_stats, method_state, batch, masks, rng)
+#   -> (loss, (terms: dict[str, scalar], new_batch_stats))
+LossFn = Callable[..., tuple]
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                    *, axis_name: str | None = None,
+                    update_method_state: Callable | None = None,
+                    extra_args: Callable | None = None) -> Callable:
+  """Builds the pure per-shard train step ``(state, batch, rng) -> (state,
+  metrics)``; wrap it with ``jax.jit``, ``data_parallel`` or ``jax.pmap``.
+
+  Args:
+    loss_fn: ``(params, batch_stats, method_state, batch, masks, rng) ->
+      (loss, (terms, new_batch_stats))``; ``terms`` is a dict of scalar loss
+      terms (its entries are checked for NaN/inf every step).
+    optimizer: any optax transformation (``GradientTransformationExtraArgs``
+      receive ``extra_args``' keyword arguments in ``update``).
+    axis_name: the data-parallel axis, or ``None`` on one device.
+    update_method_state: optional ``(method_state, old_params, new_params,
+      grads) -> method_state`` run after the update (e.g. SI's path integral).
+    extra_args: optional ``(params, batch_stats, method_state, batch, masks,
+      rng) -> dict`` of keyword arguments for ``optimizer.update``.
+  Returns:
+    The step. ``rng`` may be the same key every call: the step folds in
+    ``state.step``.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  mean = ((lambda x: jax.lax.pmean(x, axis_name)) if axis_name
+          else (lambda x: x))
+
+  def step(state: TrainState, batch: dict, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    if axis_name:
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    args = (state.batch_stats, state.method_state, batch, state.masks, rng)
+    (_, (terms, batch_stats)), grads = grad_fn(state.params, *args)
+    grads, terms, batch_stats = mean((grads, terms, batch_stats))
+    names = sorted(terms)
+    finite = jnp.stack([jnp.all(jnp.isfinite(terms[k])) for k in names])
+    ok = jnp.all(finite) & (state.nonfinite_step < 0)
+    kwargs = extra_args(state.params, *args) if extra_args else {}
+
+    def update(_):
+      updates, opt_state = optimizer.update(grads, state.opt_state,
+                                            state.params, **kwargs)
+      params = optax.apply_updates(state.params, updates)
+      method_state = state.method_state
+      if update_method_state is not None:
+        method_state = update_method_state(method_state, state.params, params,
+                                           grads)
+      return params, batch_stats, opt_state, method_state
+
+    def skip(_):
+      return (state.params, state.batch_stats, state.opt_state,
+              state.method_state)
+
+    params, batch_stats, opt_state, method_state = jax.lax.cond(
+        ok, update, skip, None)
+    first_bad = (state.nonfinite_step < 0) & ~jnp.all(finite)
+    new = state._replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats,
+        opt_state=opt_state, method_state=method_state,
+        nonfinite_step=jnp.where(first_bad, state.step, state.nonfinite_step),
+        nonfinite_term=jnp.where(first_bad, jnp.argmin(finite).astype(jnp.int32),
+                                 state.nonfinite_term))
+    return new, terms
+
+  return step
+
+
+def data_parallel(step: Callable, mesh: jax.sharding.Mesh,
+                  axis_name: str = "data") -> Callable:
+  """Runs a per-shard step under ``jax.shard_map``, batch split along
+  ``axis_name`` of ``mesh``, state replicated; returns a jitted function."""
+  return jax.jit(jax.shard_map(
+      step, mesh=mesh, in_specs=(P(), P(axis_name), P()),
+      out_specs=(P(), P()), check_vma=False))
+
+
+def make_eval_step(apply: Callable) -> Callable:
+  """Jitted ``(params, batch_stats, masks, batch) -> (correct, count)``.
+
+  ``batch`` has ``x``, ``y``, ``t`` and weights ``w`` (0 for padding); the
+  prediction is the argmax over the logits active for the example's task.
+  """
+
+  @jax.jit
+  def eval_step(params, batch_stats, masks, batch):
+    (logits, _), _ = apply(params, batch_stats, batch["x"], train=False)
+    logits = mask_logits(logits, example_masks(masks, batch["t"]))
+    hit = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
+    return jnp.sum(hit * batch["w"]), jnp.sum(batch["w"])
+
+  return eval_step
+
+
+def evaluate(eval_step, params, batch_stats, masks, split, batch_size) -> float:
+  """Accuracy on a whole split, in fixed-size (padded) batches."""
+  correct = total = 0.0
+  parts = [eval_step(params, batch_stats, masks, b)
+           for b in eval_batches(split, batch_size)]
+  for c, n in jax.device_get(parts):
+    correct, total = correct + float(c), total + float(n)
+  return correct / max(total, 1.0)
+
+
+def check_finite(state: TrainState, term_names) -> None:
+  """Raises ``FloatingPointError`` naming the step and loss term that first
+  went NaN/inf (training stopped updating from that step on)."""
+  bad, term = jax.device_get((state.nonfinite_step, state.nonfinite_term))
+  if int(bad) >= 0:
+    raise FloatingPointError(
+        f"loss term {sorted(term_names)[int(term)]!r} was NaN or inf at step "
+        f"{int(bad)}; training stopped there")
