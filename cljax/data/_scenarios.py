@@ -201,8 +201,8 @@ def _domain_stream(name, data, num_tasks, transforms, train_per_task,
 
 def permute_pixels(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
   """Applies one fixed permutation to the flattened pixels of every image."""
-  n = len(x)
-  return x.reshape(n, -1)[:, perm].reshape(x.shape)
+  flat = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
+  return flat[:, perm].reshape(x.shape)
 
 
 def permuted(data: Dataset, num_tasks: int, *, identity_first: bool = False,
@@ -229,7 +229,9 @@ def permuted(data: Dataset, num_tasks: int, *, identity_first: bool = False,
 def rotate_images(x: np.ndarray, degrees: float) -> np.ndarray:
   """Rotates ``(N, H, W, C)`` images by ``degrees`` (bilinear, same size)."""
   from scipy import ndimage
-  fill = float(x.min())
+  if x.size == 0:
+    return x
+  fill = float(x.min())  # the standardised background value
   return ndimage.rotate(x, degrees, axes=(1, 2), reshape=False, order=1,
                         mode="constant", cval=fill).astype(np.float32)
 

@@ -1,7 +1,7 @@
 """tensorflow-datasets, offline: read a prepared dataset from a ``data_dir``.
 
-Reading goes through ``tfds.data_source`` (random access to an array_record
-build), which needs no TensorFlow. Building a dataset (``prepare_tfds``) runs
+Reading goes through the build's own metadata and a tfds data source (random
+access to an array_record build), which needs no TensorFlow. Building a dataset (``prepare_tfds``) runs
 the dataset's tfds builder once, which does need TensorFlow; for
 ``fashion_mnist`` it can build from local files without any download (see
 ``restore_fashion_mnist_gzip_headers``).
@@ -96,15 +96,21 @@ def load_tfds(name: str, data_dir: str | None, *, train_split: str = "train",
   import tensorflow_datasets as tfds
   if not data_dir or not os.path.isdir(data_dir):
     raise FileNotFoundError(f"tfds data_dir {data_dir!r} does not exist")
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
+  # Read through the build's own metadata (a read-only builder), so the
+  # dataset's builder code, which may import TensorFlow, is never loaded.
+  root = os.path.join(data_dir, *name.split("/"))
+  versions = [v for v in (os.listdir(root) if os.path.isdir(root) else [])
+              if os.path.exists(os.path.join(root, v, "dataset_info.json"))]
+  if not versions:
     raise FileNotFoundError(
         f"tfds dataset {name!r} is not prepared in {data_dir!r}; build it "
         "once with cljax.data.prepare_tfds (needs tensorflow) or `tfds build`")
+  latest = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+  builder = tfds.builder_from_directory(os.path.join(root, latest))
   num_classes = builder.info.features[label_key].num_classes
   splits = []
   for split in (train_split, test_split):
-    src = tfds.data_source(name, data_dir=data_dir, split=split)
-    x, y = _to_arrays(src, image_key, label_key)
+    x, y = _to_arrays(builder.as_data_source(split=split), image_key,
+                      label_key)
     splits += [x.astype(np.float32) / 255.0, y]
   return _finish(name, *splits, num_classes)

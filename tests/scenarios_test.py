@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+
+from cljax import data
+
+
+@pytest.mark.parametrize("order", [None, (3, 1, 4, 0, 5, 9, 2, 6, 8, 7)])
+@pytest.mark.parametrize("incremental", ["class", "task"])
+def test_class_splits_disjoint_and_complete(digits, order, incremental):
+  s = data.class_splits(digits, 5, incremental=incremental, class_order=order,
+                        val_fraction=0.1, seed=3)
+  expected = np.arange(10) if order is None else np.asarray(order)
+  np.testing.assert_array_equal(np.concatenate([t.classes for t in s.tasks]),
+                                expected)
+  n_train = 0
+  for k, task in enumerate(s.tasks):
+    for split in (task.train, task.val, task.test):
+      assert set(np.unique(split.y)) <= set(task.classes.tolist())
+      assert np.all(split.t == k)
+    n_train += len(task.train) + len(task.val)
+    assert abs(len(task.val) - 0.1 * (len(task.train) + len(task.val))) <= 1
+  assert n_train == len(digits.train)
+  assert sum(len(t.test) for t in s.tasks) == len(digits.test)
+
+
+def test_given_task_sizes(digits):
+  s = data.class_splits(digits, 3, task_sizes=(5, 3, 2))
+  assert [len(t.classes) for t in s.tasks] == [5, 3, 2]
+  with pytest.raises(ValueError, match="task_sizes"):
+    data.class_splits(digits, 3, task_sizes=(5, 3, 1))
+  with pytest.raises(ValueError, match="divide"):
+    data.class_splits(digits, 3)
+  with pytest.raises(ValueError, match="permutation"):
+    data.class_splits(digits, 5, class_order=(0, 0, 1, 2, 3, 4, 5, 6, 7, 8))
+
+
+def test_logit_masks(digits):
+  ci = data.class_splits(digits, 5, incremental="class")
+  m = ci.logit_masks(1)
+  assert m.shape == (5, 10)
+  assert np.all(m == np.isin(np.arange(10), [0, 1, 2, 3])[None])
+  ti = data.class_splits(digits, 5, incremental="task")
+  m = ti.logit_masks(1)
+  for k in range(5):
+    np.testing.assert_array_equal(np.flatnonzero(m[k]), [2 * k, 2 * k + 1])
+  pm = data.permuted(digits, 2)
+  assert pm.logit_masks(0).all()
+
+
+def test_determinism(digits):
+  a = data.permuted(digits, 3, seed=7, train_per_task=100, val_fraction=0.2)
+  b = data.permuted(digits, 3, seed=7, train_per_task=100, val_fraction=0.2)
+  c = data.permuted(digits, 3, seed=8, train_per_task=100, val_fraction=0.2)
+  for ta, tb, tc in zip(a.tasks, b.tasks, c.tasks):
+    np.testing.assert_array_equal(ta.train.x, tb.train.x)
+    np.testing.assert_array_equal(ta.val.y, tb.val.y)
+  assert not np.array_equal(a.tasks[1].train.x, c.tasks[1].train.x)
+
+
+def test_permuted_applies_one_permutation_per_task(digits):
+  s = data.permuted(digits, 3, identity_first=True, seed=1)
+  flat = digits.test.x.reshape(len(digits.test), -1)
+  np.testing.assert_array_equal(s.tasks[0].test.x.reshape(len(flat), -1), flat)
+  cols = lambda a: sorted(map(tuple, a.T))
+  for task in s.tasks[1:]:
+    got = task.test.x.reshape(len(flat), -1)
+    np.testing.assert_array_equal(task.test.y, digits.test.y)
+    assert not np.array_equal(got, flat)
+    # The same pixel columns, reordered: one permutation for all images.
+    assert cols(got) == cols(flat)
+  assert not np.array_equal(s.tasks[1].test.x, s.tasks[2].test.x)
+
+
+def test_rotated(digits):
+  s = data.rotated(digits, 3, angles=(0.0, 90.0, 180.0))
+  x = digits.test.x
+  np.testing.assert_allclose(s.tasks[0].test.x, x, atol=1e-5)
+  np.testing.assert_allclose(s.tasks[1].test.x, np.rot90(x, 1, axes=(1, 2)),
+                             atol=1e-4)
+  np.testing.assert_allclose(s.tasks[2].test.x, x[:, ::-1, ::-1], atol=1e-4)
+  r = data.rotated(digits, 4, seed=2)
+  assert r.num_tasks == 4
+  with pytest.raises(ValueError, match="angles"):
+    data.rotated(digits, 2, angles=(10.0,))
+
+
+def test_train_per_task(digits):
+  s = data.permuted(digits, 2, train_per_task=100, test_per_task=50)
+  assert [len(t.train) for t in s.tasks] == [100, 100]
+  assert [len(t.test) for t in s.tasks] == [50, 50]
+
+
+def test_two_task(digits):
+  s = data.two_task(digits, (0, 1, 2, 3, 4), (5, 6, 7, 8, 9), val_fraction=0.1)
+  assert s.kind == "task" and s.num_tasks == 2
+  assert set(np.unique(s.tasks[1].train.y)) == {5, 6, 7, 8, 9}
+  assert len(s.tasks[0].val) > 0
+  with pytest.raises(ValueError, match="disjoint"):
+    data.two_task(digits, (0, 1), (1, 2))
+
+
+def test_batches(digits):
+  split = digits.train
+  bs = list(data.train_batches(split, 64, np.random.default_rng(0)))
+  assert len(bs) == len(split) // 64
+  assert all(b["x"].shape == (64, 8, 8, 1) for b in bs)
+  seen = np.concatenate([b["y"] for b in bs])
+  assert len(seen) == 64 * len(bs)
+  ev = list(data.eval_batches(split, 500))
+  assert sum(b["w"].sum() for b in ev) == len(split)
+  assert all(b["x"].shape[0] == 500 for b in ev)
+  with pytest.raises(ValueError, match="fewer than"):
+    list(data.train_batches(split.take(np.arange(10)), 64,
+                            np.random.default_rng(0)))
+
+
+def test_random_crop_flip():
+  import jax
+  x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+  y = data.random_crop_flip(jax.random.key(1), x)
+  assert y.shape == x.shape
+  # Each output is a shifted (maybe flipped) window of the zero-padded input.
+  xp = np.pad(np.asarray(x), ((0, 0), (4, 4), (4, 4), (0, 0)))
+  for i in range(8):
+    found = any(np.allclose(w, np.asarray(y[i]))
+                for dy in range(9) for dx in range(9)
+                for w in [xp[i, dy:dy + 32, dx:dx + 32],
+                          xp[i, dy:dy + 32, dx:dx + 32][:, ::-1]])
+    assert found

@@ -1,0 +1,108 @@
+"""The tensorflow-datasets path, offline, on the real Fashion-MNIST files.
+
+Building needs TensorFlow (the `tfds` extra); reading does not (checked in a
+subprocess where importing tensorflow fails).
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from cljax.data import DEBIAN_FASHION_MNIST
+from cljax.data import _tfds
+
+pytest.importorskip("tensorflow_datasets")
+
+_SHA256 = {  # tfds's url_checksums/fashion_mnist.txt (upstream files)
+    "train-images-idx3-ubyte.gz":
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz":
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz":
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz":
+        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+
+
+@pytest.fixture(scope="module")
+def manual_dir(tmp_path_factory):
+  if not os.path.isdir(DEBIAN_FASHION_MNIST):
+    pytest.skip("Debian's dataset-fashion-mnist is not installed")
+  out = tmp_path_factory.mktemp("manual")
+  _tfds.restore_fashion_mnist_gzip_headers(DEBIAN_FASHION_MNIST, str(out))
+  return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(manual_dir, tmp_path_factory):
+  pytest.importorskip("tensorflow")
+  out = tmp_path_factory.mktemp("tfds")
+  _tfds.prepare_tfds("fashion_mnist", str(out), str(manual_dir))
+  return out
+
+
+def test_restored_files_are_byte_identical_to_upstream(manual_dir):
+  for name, digest in _SHA256.items():
+    data = (manual_dir / name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == digest, name
+
+
+def _canonical(split):
+  keys = [hashlib.sha1(x.tobytes()).hexdigest() + str(y)
+          for x, y in zip(split.x, split.y)]
+  order = np.argsort(keys)
+  return split.x[order], split.y[order]
+
+
+def test_tfds_build_equals_idx_files(data_dir, fashion_mnist):
+  from cljax.data import load_dataset
+  ds = load_dataset("tfds:fashion_mnist", data_dir=str(data_dir))
+  assert ds.num_classes == 10
+  for got, want in [(ds.train, fashion_mnist.train),
+                    (ds.test, fashion_mnist.test)]:
+    gx, gy = _canonical(got)
+    wx, wy = _canonical(want)
+    np.testing.assert_array_equal(gy, wy)
+    np.testing.assert_array_equal(gx, wx)
+
+
+def test_reading_needs_no_tensorflow(data_dir):
+  code = textwrap.dedent(f"""
+      import importlib.util
+      import sys
+
+      # As if tensorflow were not installed: invisible to find_spec, and
+      # importing it fails.
+      _find_spec = importlib.util.find_spec
+      is_tf = lambda name: name.split(".")[0] == "tensorflow"
+      importlib.util.find_spec = lambda name, *a: (
+          None if is_tf(name) else _find_spec(name, *a))
+
+      class NoTensorFlow:
+        def find_spec(self, name, path=None, target=None):
+          if is_tf(name):
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+
+      sys.meta_path.insert(0, NoTensorFlow())
+      from cljax.data import load_dataset
+      ds = load_dataset("fashion_mnist", data_dir={str(data_dir)!r})
+      assert ds.train.x.shape == (60000, 28, 28, 1), ds.train.x.shape
+      assert "tensorflow" not in sys.modules
+      print("ok")
+  """)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "ok" in out.stdout
+
+
+def test_unprepared_dataset_is_a_clear_error(tmp_path):
+  from cljax.data._tfds import load_tfds
+  with pytest.raises(FileNotFoundError, match="not prepared"):
+    load_tfds("fashion_mnist", str(tmp_path))
