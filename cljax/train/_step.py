@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cljax.data._batching import eval_batches
@@ -134,11 +135,26 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
 def data_parallel(step: Callable, mesh: jax.sharding.Mesh,
                   axis_name: str = "data") -> Callable:
-  """Runs a per-shard step under ``jax.shard_map``, batch split along
-  ``axis_name`` of ``mesh``, state replicated; returns a jitted function."""
-  return jax.jit(jax.shard_map(
+  """Runs a per-shard step under ``jax.shard_map`` over ``mesh``.
+
+  The batch is split along ``axis_name`` (its leading dimension must divide
+  by the axis size), the state and key are replicated. Inputs are placed with
+  those shardings first (a no-op for arrays already placed so, e.g. the state
+  returned by the previous step). BatchNorm normalises with each shard's own
+  batch statistics; the running statistics are averaged over shards.
+  """
+  mapped = jax.jit(jax.shard_map(
       step, mesh=mesh, in_specs=(P(), P(axis_name), P()),
-      out_specs=(P(), P()), check_vma=False))
+      out_specs=(P(), P()), check_vma=False), donate_argnums=0)
+  split = NamedSharding(mesh, P(axis_name))
+  replicated = NamedSharding(mesh, P())
+
+  def run(state, batch, rng):
+    return mapped(jax.device_put(state, replicated),
+                  jax.device_put(batch, split),
+                  jax.device_put(rng, replicated))
+
+  return run
 
 
 def make_eval_step(apply: Callable) -> Callable:

@@ -1,0 +1,49 @@
+"""Run by step_test.py with 4 simulated CPU devices: trains the same steps on
+1 device, under shard_map over a 4-device mesh, and under pmap, and checks the
+parameters agree. (Not collected by pytest: no test_ prefix.)"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cljax import models, methods, train
+
+assert jax.device_count() == 4, jax.devices()
+# Models without BatchNorm: with it, each shard normalises with its own batch
+# statistics (as in any data-parallel BN without cross-replica sync), which
+# is a different computation from one device.
+for name, shape in [("mlp", (8, 8, 1)), ("cnn", (8, 8, 3))]:
+  model = models.build_model(name, shape, 10, hidden=(32,))
+  method = methods.FineTune()
+  opt = optax.sgd(0.05, momentum=0.9)
+  loss = method.loss_fn(model)
+  masks = np.ones((1, 10), bool)
+  rng = np.random.default_rng(0)
+  batches = [{"x": rng.normal(size=(16, *shape)).astype(np.float32),
+              "y": rng.integers(0, 10, 16).astype(np.int32),
+              "t": np.zeros(16, np.int32)} for _ in range(4)]
+  key = jax.random.key(0)
+
+  def run(step):
+    state = train.init_train_state(model.params, model.batch_stats, opt, (),
+                                   masks)
+    for b in batches:
+      state, _ = step(state, b, key)
+    return jax.device_get((state.params, state.batch_stats))
+
+  single = run(jax.jit(train.make_train_step(loss, opt)))
+  per_shard = train.make_train_step(loss, opt, axis_name="data")
+  mesh = jax.make_mesh((4,), ("data",))
+  sharded = run(train.data_parallel(per_shard, mesh))
+
+  pstep = jax.pmap(per_shard, axis_name="data", in_axes=(None, 0, None),
+                   out_axes=None)
+  split = lambda b: {k: v.reshape(4, -1, *v.shape[1:]) for k, v in b.items()}
+  pm = run(lambda s, b, k: pstep(s, split(b), k))
+
+  for other in (sharded, pm):
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(single[0]), jax.tree.leaves(other[0])))
+    print(name, "max abs diff", diff)
+    assert diff < 1e-5, diff

@@ -1,0 +1,199 @@
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax import data, methods, models, train
+
+
+def _counting(method_cls):
+  """A method whose loss counts its traces (one per compilation of the
+  train step) and a model whose eval-mode apply counts its traces."""
+  counts = {"train": 0, "eval": 0}
+
+  class Counted(method_cls):
+
+    def loss_fn(self, model):
+      inner = super().loss_fn(model)
+
+      def loss(*args):
+        counts["train"] += 1
+        return inner(*args)
+
+      return loss
+
+  def wrap(model):
+    def apply(params, stats, x, train=False):
+      if not train:
+        counts["eval"] += 1
+      return model.apply(params, stats, x, train=train)
+    return model._replace(apply=apply)
+
+  return Counted(), wrap, counts
+
+
+@pytest.mark.parametrize("method_cls", [methods.FineTune, methods.Joint])
+def test_compiles_once_per_stream(digits, method_cls):
+  seen = []
+  for n_tasks in (2, 5):
+    stream = data.class_splits(digits, n_tasks, task_sizes=None if n_tasks in (2, 5) else None)
+    method, wrap, counts = _counting(method_cls)
+    model = wrap(models.build_model("mlp", stream.input_shape, 10, hidden=(16,)))
+    train.run_stream(stream, method, model, optax.sgd(0.1), epochs=1,
+                     batch_size=32, eval_every=5, progress=False)
+    seen.append(dict(counts))
+  # eval_shape of the loss traces it once more than the jitted step.
+  assert seen[0] == seen[1], seen
+  assert seen[0]["train"] <= 2
+
+
+def test_compile_count_two_vs_six_tasks(digits):
+  """The issue's check: a 2-task and a 6-task stream compile equally often."""
+  seen = []
+  for sizes in ((5, 5), (2, 2, 2, 2, 1, 1)):
+    stream = data.class_splits(digits, len(sizes), task_sizes=sizes)
+    method, wrap, counts = _counting(methods.FineTune)
+    model = wrap(models.build_model("mlp", stream.input_shape, 10, hidden=(16,)))
+    train.run_stream(stream, method, model, optax.sgd(0.1), epochs=1,
+                     batch_size=16, eval_every=7, progress=False)
+    seen.append(dict(counts))
+  assert seen[0] == seen[1], seen
+
+
+def test_nan_stops_with_step_and_term(digits):
+  stream = data.class_splits(digits, 2)
+
+  class Exploding(methods.FineTune):
+    def loss_fn(self, model):
+      inner = super().loss_fn(model)
+
+      def loss(params, stats, mstate, batch, masks, rng):
+        ce, (terms, stats) = inner(params, stats, mstate, batch, masks, rng)
+        # Finite for the first few steps, then NaN in the "boom" term only.
+        boom = jnp.where(jnp.abs(params["head"]["bias"][0]) > 1e-3,
+                         jnp.nan, 0.0)
+        return ce + boom, ({**terms, "boom": boom}, stats)
+
+      return loss
+
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  with pytest.raises(FloatingPointError, match=r"'boom'.*step \d+"):
+    train.run_stream(stream, Exploding(), model, optax.sgd(0.1), epochs=1,
+                     batch_size=32, progress=False)
+
+
+def test_nan_step_skips_update():
+  model = models.build_model("mlp", (2, 2, 1), 3, hidden=(4,))
+
+  def loss(params, stats, mstate, batch, masks, rng):
+    value = jnp.sum(params["head"]["bias"]) * batch["x"].sum()
+    return value, ({"v": value}, stats)
+
+  opt = optax.sgd(0.1)
+  step = jax.jit(train.make_train_step(loss, opt))
+  state = train.init_train_state(model.params, model.batch_stats, opt, (),
+                                 np.ones((1, 3), bool))
+  ok = {"x": np.ones((2, 2, 2, 1), np.float32), "y": np.zeros(2, np.int32),
+        "t": np.zeros(2, np.int32)}
+  bad = {**ok, "x": np.full((2, 2, 2, 1), np.inf, np.float32)}
+  state, _ = step(state, ok, jax.random.key(0))
+  before = jax.device_get(state.params)
+  state, _ = step(state, bad, jax.random.key(0))
+  state, _ = step(state, ok, jax.random.key(0))  # skipped too: stopped
+  jax.tree.map(np.testing.assert_array_equal, before,
+               jax.device_get(state.params))
+  assert int(state.nonfinite_step) == 1
+  with pytest.raises(FloatingPointError, match="'v'.*step 1"):
+    train.check_finite(state, ["v"])
+
+
+def test_resume_reaches_same_result(digits, tmp_path):
+  stream = data.class_splits(digits, 3, task_sizes=(4, 3, 3))
+  kw = dict(epochs=2, batch_size=32, progress=False, eval_every=4)
+  build = lambda: models.build_model("mlp", stream.input_shape, 10,
+                                     hidden=(16,))
+  full = train.run_stream(stream, methods.FineTune(), build(),
+                          optax.adam(1e-2), **kw)
+
+  class Crash(Exception):
+    pass
+
+  class CrashAtTask2(methods.FineTune):
+    def on_task_start(self, ctx):
+      if ctx.index == 2:
+        raise Crash()
+      return ctx.method_state
+
+  ckpt = str(tmp_path / "ck")
+  with pytest.raises(Crash):
+    train.run_stream(stream, CrashAtTask2(), build(), optax.adam(1e-2),
+                     checkpoint_dir=ckpt, **kw)
+  resumed = train.run_stream(stream, methods.FineTune(), build(),
+                             optax.adam(1e-2), checkpoint_dir=ckpt, **kw)
+  np.testing.assert_allclose(resumed["accuracy_matrix"],
+                             full["accuracy_matrix"])
+  assert resumed["curves"] == full["curves"]
+  jax.tree.map(np.testing.assert_allclose,
+               jax.device_get(full["final_state"].params),
+               jax.device_get(resumed["final_state"].params))
+
+
+def test_checkpoint_of_other_settings_is_refused(digits, tmp_path):
+  stream = data.class_splits(digits, 2)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  ckpt = str(tmp_path / "ck")
+  train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
+                   epochs=1, batch_size=32, progress=False,
+                   checkpoint_dir=ckpt)
+  with pytest.raises(ValueError, match="other settings"):
+    train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
+                     epochs=2, batch_size=32, progress=False,
+                     checkpoint_dir=ckpt)
+
+
+def test_bad_run_arguments(digits):
+  stream = data.class_splits(digits, 2)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  with pytest.raises(ValueError, match="epochs"):
+    train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
+                     epochs=0, batch_size=32, progress=False)
+  with pytest.raises(ValueError, match="batch_size"):
+    train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
+                     epochs=1, batch_size=100000, progress=False)
+  small = models.build_model("mlp", stream.input_shape, 7, hidden=(8,))
+  with pytest.raises(ValueError, match="head"):
+    train.run_stream(stream, methods.FineTune(), small, optax.sgd(0.1),
+                     epochs=1, batch_size=32, progress=False)
+
+
+def test_frozen_backbone_trains_only_the_head(digits):
+  stream = data.class_splits(digits, 2)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  res = train.run_stream(stream, methods.FineTune(freeze_backbone=True), model,
+                         optax.sgd(0.1), epochs=1, batch_size=32,
+                         progress=False)
+  p = jax.device_get(res["final_state"].params)
+  jax.tree.map(np.testing.assert_array_equal, p["layers"],
+               jax.device_get(model.params["layers"]))
+  assert not np.array_equal(p["head"]["kernel"],
+                            np.asarray(model.params["head"]["kernel"]))
+
+
+def test_one_vs_four_devices():
+  """1 device, shard_map over 4 and pmap over 4 give the same parameters.
+
+  Runs in a subprocess: the simulated device count is fixed when JAX starts.
+  """
+  script = os.path.join(os.path.dirname(__file__), "multidevice_check.py")
+  env = {**os.environ,
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "NPROC": "8", "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, script], env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  assert "max abs diff" in out.stdout
