@@ -1,0 +1,62 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cljax import losses, models
+
+
+@pytest.mark.parametrize("name,shape,feat", [
+    ("mlp", (28, 28, 1), 400), ("cnn", (28, 28, 1), 128),
+    ("resnet32", (32, 32, 3), 64), ("reduced_resnet18", (32, 32, 3), 160)])
+def test_shapes_and_batch_stats(name, shape, feat):
+  m = models.build_model(name, shape, 100, hidden=(400, 400))
+  x = jax.random.normal(jax.random.key(0), (3, *shape))
+  apply = jax.jit(m.apply, static_argnames="train")
+  (logits, f), stats = apply(m.params, m.batch_stats, x, train=True)
+  assert logits.shape == (3, 100) and f.shape == (3, feat)
+  assert jax.tree.structure(stats) == jax.tree.structure(m.batch_stats)
+  if jax.tree.leaves(m.batch_stats):  # BatchNorm running stats move in training
+    assert any(not np.allclose(a, b) for a, b in zip(
+        jax.tree.leaves(stats), jax.tree.leaves(m.batch_stats)))
+  (logits_eval, _), same = apply(m.params, m.batch_stats, x, train=False)
+  jax.tree.map(np.testing.assert_array_equal, same, m.batch_stats)
+  assert "head" in m.params
+
+
+def test_resnet32_size():
+  m = models.build_model("resnet32", (32, 32, 3), 10)
+  n = sum(a.size for a in jax.tree.leaves(m.params))
+  assert 0.45e6 < n < 0.48e6  # He et al. 2016, Table 6: 0.46M
+
+
+def test_masked_cross_entropy_against_loop():
+  rng = np.random.default_rng(0)
+  for b, c in [(1, 2), (7, 10), (16, 100)]:
+    logits = rng.normal(size=(b, c)) * 10
+    mask = rng.uniform(size=(b, c)) < 0.5
+    y = np.array([rng.choice(np.flatnonzero(m)) if m.any() else 0
+                  for m in mask])
+    mask[np.arange(b), y] = True
+    want = []
+    for i in range(b):
+      z = logits[i][mask[i]].astype(np.float64)
+      want.append(np.log(np.exp(z - z.max()).sum()) + z.max() - logits[i, y[i]])
+    got = jax.jit(losses.masked_cross_entropy)(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(y), jnp.asarray(mask))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_logits_get_no_gradient():
+  logits = jnp.array([[1.0, 2.0, 3.0]])
+  mask = jnp.array([True, True, False])
+  g = jax.grad(lambda z: losses.masked_cross_entropy(z, jnp.array([0]),
+                                                     mask).sum())(logits)
+  assert g[0, 2] == 0 and np.isfinite(np.asarray(g)).all()
+  masked = models.mask_logits(jnp.array([[1e30, 0.0]]), jnp.array([False, True]))
+  assert np.isfinite(np.asarray(jax.nn.log_softmax(masked))).all()
+
+
+def test_unknown_model():
+  with pytest.raises(ValueError, match="model.name"):
+    models.build_model("vit", (8, 8, 1), 10)
