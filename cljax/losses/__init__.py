@@ -1,3 +1,7 @@
 """Pure loss terms on logits and features: no state, no models."""
 
 from cljax.losses._cross_entropy import masked_cross_entropy
+from cljax.losses._distillation import hinton_distillation_loss
+from cljax.losses._distillation import kd_loss
+from cljax.losses._distillation import lwf_loss
+from cljax.losses._distillation import soft_cross_entropy

@@ -30,6 +30,7 @@ def mask_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:
   Returns:
     ``(..., C)`` logits; inactive ones get zero gradient.
   """
+  logits = jnp.asarray(logits)  # numpy float64 becomes JAX's default float
   return jnp.where(mask, logits, masked_fill_value(logits.dtype))
 
 

@@ -1,0 +1,115 @@
+"""Knowledge-distillation losses on logits.
+
+All are written with log-softmax, so they are finite for any finite logits
+and any temperature, and restrict to a class mask when given (masked classes
+have probability exactly 0 in both distributions and contribute nothing).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from cljax.losses._cross_entropy import masked_cross_entropy
+from cljax.models._heads import mask_logits
+
+
+def _check_temperature(temperature):
+  if isinstance(temperature, numbers.Number) and not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _soft(logits, temperature, mask):
+  z = logits / temperature
+  if mask is not None:
+    z = mask_logits(z, mask)
+  return jax.nn.log_softmax(z, axis=-1)
+
+
+def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
+                       temperature=1.0, mask: jax.Array | None = None
+                       ) -> jax.Array:
+  """Per-example ``-sum_c p_c log q_c`` with ``p = softmax(teacher/T)`` and
+  ``q = softmax(student/T)`` over the masked classes. Shapes ``(B, C)`` ->
+  ``(B,)``. This is LwF's "modified cross-entropy" (Li & Hoiem 2018, eq. 2)."""
+  _check_temperature(temperature)
+  logp = _soft(teacher_logits, temperature, mask)
+  logq = _soft(student_logits, temperature, mask)
+  return -jnp.sum(jnp.exp(logp) * logq, axis=-1)
+
+
+def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array,
+            temperature=1.0, mask: jax.Array | None = None) -> jax.Array:
+  """Hinton knowledge distillation (Hinton, Vinyals & Dean 2015, sec. 2).
+
+  ``mean_i T^2 KL(softmax(t_i / T) || softmax(s_i / T))``
+
+  The ``T^2`` keeps gradient magnitudes comparable across temperatures
+  (Hinton et al. 2015, end of sec. 2).
+
+  Args:
+    student_logits: ``(B, C)``.
+    teacher_logits: ``(B, C)``; treated as a constant (stop_gradient).
+    temperature: ``T > 0``.
+    mask: optional bool ``(C,)`` or ``(B, C)``: distil only over these classes.
+  Returns:
+    A scalar.
+  """
+  _check_temperature(temperature)
+  teacher_logits = jax.lax.stop_gradient(teacher_logits)
+  logp = _soft(teacher_logits, temperature, mask)
+  logq = _soft(student_logits, temperature, mask)
+  p = jnp.exp(logp)
+  kl = jnp.sum(jnp.where(p > 0, p * (logp - logq), 0.0), axis=-1)
+  return temperature ** 2 * jnp.mean(kl)
+
+
+def hinton_distillation_loss(student_logits, teacher_logits, labels,
+                             temperature=2.0, soft_weight=0.9,
+                             mask=None) -> jax.Array:
+  """Hard + soft targets (Hinton et al. 2015, sec. 2.1): a weighted average
+  of ``kd_loss`` at temperature ``T`` (with its ``T^2`` factor) and the
+  cross-entropy with the hard labels at ``T = 1``:
+
+  ``soft_weight * kd_loss(s, t, T) + (1 - soft_weight) * mean_i CE(s_i, y_i)``
+
+  The paper puts "a considerably lower weight on the second objective";
+  ``soft_weight`` in [0, 1].
+  """
+  if isinstance(soft_weight, numbers.Number) and not 0 <= soft_weight <= 1:
+    raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
+  hard = jnp.mean(masked_cross_entropy(student_logits, labels, mask))
+  soft = kd_loss(student_logits, teacher_logits, temperature, mask)
+  return soft_weight * soft + (1 - soft_weight) * hard
+
+
+def lwf_loss(student_logits: jax.Array, recorded_logits: jax.Array,
+             group_masks: jax.Array, temperature=2.0) -> jax.Array:
+  """Learning without Forgetting's old-task loss (Li & Hoiem 2018, eq. 2).
+
+  ``L_old = sum_g mean_i -sum_{c in g} y'_ic log yhat'_ic`` with
+  ``y' = softmax(recorded / T)`` and ``yhat' = softmax(student / T)`` taken
+  within each old head (class group) ``g``; the paper uses ``T = 2``. Its
+  gradient equals that of the KL form (``kd_loss`` without ``T^2``).
+
+  Args:
+    student_logits: ``(B, C)`` current outputs.
+    recorded_logits: ``(B, C)`` the old model's outputs on the same inputs.
+    group_masks: bool ``(G, C)``: one row per old head; rows with no class set
+      contribute nothing (so ``G`` can be a fixed maximum).
+    temperature: ``T > 0``.
+  Returns:
+    A scalar.
+  """
+  _check_temperature(temperature)
+  recorded_logits = jax.lax.stop_gradient(recorded_logits)
+  active = jnp.any(group_masks, axis=-1)
+
+  def one(mask):
+    return jnp.mean(soft_cross_entropy(student_logits, recorded_logits,
+                                       temperature, mask))
+
+  per_group = jax.vmap(one)(group_masks)
+  return jnp.sum(jnp.where(active, per_group, 0.0))
