@@ -1,0 +1,82 @@
+"""Quadratic penalties in parameter space, and the state updates of the
+methods that use them (EWC, online EWC, SI, MAS, L2)."""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from cljax.regularizers._importance import _check_tree
+
+
+def check_strength(name: str, value) -> None:
+  """Raises ``ValueError`` if a (concrete) strength is negative or not finite."""
+  if isinstance(value, numbers.Number) and not (value >= 0 and
+                                                jnp.isfinite(value)):
+    raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def ewc_penalty(params, anchor, fisher) -> jax.Array:
+  """Elastic weight consolidation (Kirkpatrick et al. 2017, eq. 3), without
+  its strength: ``0.5 * sum_k F_k (theta_k - theta*_k)^2`` over all leaves.
+
+  Args:
+    params, anchor, fisher: pytrees of the same structure and shapes.
+  Returns:
+    A scalar.
+  """
+  _check_tree(anchor, params, "anchor")
+  _check_tree(fisher, params, "fisher")
+  terms = jax.tree.map(lambda p, a, f: jnp.sum(f * jnp.square(p - a)),
+                       params, anchor, fisher)
+  return 0.5 * sum(jax.tree.leaves(terms))
+
+
+def l2_penalty(params, anchor) -> jax.Array:
+  """``0.5 * ||theta - theta*||^2``: the seeds' naive L2 constraint (EWC with
+  every importance 1)."""
+  _check_tree(anchor, params, "anchor")
+  terms = jax.tree.map(lambda p, a: jnp.sum(jnp.square(p - a)), params, anchor)
+  return 0.5 * sum(jax.tree.leaves(terms))
+
+
+def multi_ewc_penalty(params, anchors, fishers, active) -> jax.Array:
+  """Multi-task EWC (Kirkpatrick et al. 2017, sec. 2.1, one penalty per old
+  task): ``sum_t active_t * ewc_penalty(params, anchors_t, fishers_t)``.
+
+  Args:
+    anchors, fishers: pytrees whose leaves have a leading task axis ``T``
+      (a fixed maximum, so shapes do not change as tasks arrive).
+    active: ``(T,)`` bool or 0/1, the tasks already learned.
+  """
+  def one(a, f):
+    return ewc_penalty(params, a, f)
+  per_task = jax.vmap(one)(anchors, fishers)
+  return jnp.sum(jnp.asarray(active, per_task.dtype) * per_task)
+
+
+def online_ewc_update(fisher_running, fisher_new, gamma):
+  """Online EWC (Schwarz et al. 2018, "Progress & Compress", eq. 8):
+  ``F* <- gamma F* + F_new``; the anchor is replaced by the latest params."""
+  check_strength("gamma", gamma)
+  return jax.tree.map(lambda a, b: gamma * a + b, fisher_running, fisher_new)
+
+
+def si_accumulate(omega, grads, old_params, new_params):
+  """SI path integral, one step (Zenke et al. 2017, eq. 3):
+  ``omega_k += -g_k * (theta_k(t+1) - theta_k(t))``, with ``g`` the gradient
+  of the task loss at ``theta(t)``."""
+  return jax.tree.map(lambda w, g, a, b: w - g * (b - a), omega, grads,
+                      old_params, new_params)
+
+
+def si_consolidate(big_omega, omega, params, task_start_params, xi):
+  """SI importance at the end of a task (Zenke et al. 2017, eq. 5):
+  ``Omega_k += omega_k / ((Delta theta_k)^2 + xi)`` with ``Delta theta`` the
+  change of parameters over the task; the damping ``xi > 0`` bounds it."""
+  check_strength("xi", xi)
+  return jax.tree.map(
+      lambda big, w, p, s: big + w / (jnp.square(p - s) + xi),
+      big_omega, omega, params, task_start_params)

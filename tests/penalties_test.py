@@ -1,0 +1,121 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax import regularizers as reg
+
+
+def _tree(seed, shapes=((3, 4), (4,), (2, 2, 2))):
+  rng = np.random.default_rng(seed)
+  return {f"l{i}": jnp.asarray(rng.normal(size=s), jnp.float32)
+          for i, s in enumerate(shapes)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ewc_penalty_against_numpy(seed):
+  p, a = _tree(seed), _tree(seed + 10)
+  f = jax.tree.map(jnp.abs, _tree(seed + 20))
+  want = 0.5 * sum(np.sum(np.asarray(f[k], np.float64) *
+                          (np.asarray(p[k], np.float64) - np.asarray(a[k])) ** 2)
+                   for k in p)
+  np.testing.assert_allclose(jax.jit(reg.ewc_penalty)(p, a, f), want,
+                             rtol=1e-5)
+  ones = jax.tree.map(jnp.ones_like, f)
+  np.testing.assert_allclose(reg.l2_penalty(p, a), reg.ewc_penalty(p, a, ones),
+                             rtol=1e-6)
+  # Gradient: F * (theta - theta*)
+  g = jax.grad(reg.ewc_penalty)(p, a, f)
+  jax.tree.map(lambda gg, pp, aa, ff: np.testing.assert_allclose(
+      gg, ff * (pp - aa), rtol=1e-5, atol=1e-7), g, p, a, f)
+
+
+def test_multi_ewc_penalty():
+  p = _tree(0)
+  anchors = [_tree(s) for s in (1, 2, 3)]
+  fishers = [jax.tree.map(jnp.abs, _tree(s)) for s in (4, 5, 6)]
+  stack = lambda ts: jax.tree.map(lambda *a: jnp.stack(a), *ts)
+  active = jnp.array([1, 1, 0])
+  got = reg.multi_ewc_penalty(p, stack(anchors), stack(fishers), active)
+  want = sum(reg.ewc_penalty(p, a, f) for a, f in zip(anchors[:2], fishers[:2]))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_tree_mismatch_is_rejected():
+  p = _tree(0)
+  with pytest.raises(ValueError, match="fisher"):
+    reg.ewc_penalty(p, p, {"l0": p["l0"]})
+  bad = dict(p, l1=jnp.zeros(5))
+  with pytest.raises(ValueError, match="anchor"):
+    reg.ewc_penalty(p, bad, p)
+
+
+def test_online_ewc_and_si_updates():
+  a, b = _tree(0), _tree(1)
+  got = reg.online_ewc_update(a, b, 0.9)
+  jax.tree.map(lambda g, x, y: np.testing.assert_allclose(g, 0.9 * x + y,
+                                                          rtol=1e-6), got, a, b)
+  with pytest.raises(ValueError, match="gamma"):
+    reg.online_ewc_update(a, b, -0.5)
+  omega, g, old, new = _tree(2), _tree(3), _tree(4), _tree(5)
+  got = reg.si_accumulate(omega, g, old, new)
+  jax.tree.map(lambda r, w, gg, o, n: np.testing.assert_allclose(
+      r, w - gg * (n - o), rtol=1e-5, atol=1e-6), got, omega, g, old, new)
+  big = reg.si_consolidate(omega, omega, new, old, 0.1)
+  jax.tree.map(lambda r, w, n, o: np.testing.assert_allclose(
+      r, w + w / ((n - o) ** 2 + 0.1), rtol=1e-5), big, omega, new, old)
+  with pytest.raises(ValueError, match="xi"):
+    reg.si_consolidate(omega, omega, new, old, -1.0)
+
+
+def test_si_path_integral_is_exact_for_a_quadratic():
+  """On L = 0.5 ||theta||^2 with tiny SGD steps, sum_t -g dtheta equals the
+  loss decrease L(start) - L(end) (Zenke et al. 2017, eq. 3)."""
+  theta = _tree(0)
+  start = theta
+  omega = jax.tree.map(jnp.zeros_like, theta)
+  for _ in range(2000):
+    g = theta
+    new = jax.tree.map(lambda t, gg: t - 1e-3 * gg, theta, g)
+    omega = reg.si_accumulate(omega, g, theta, new)
+    theta = new
+  loss = lambda t: 0.5 * sum(jnp.sum(x ** 2) for x in jax.tree.leaves(t))
+  total = sum(jnp.sum(w) for w in jax.tree.leaves(omega))
+  np.testing.assert_allclose(total, loss(start) - loss(theta), rtol=2e-3)
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.7, 5.0])
+def test_optax_form_matches_loss_form(strength):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(32, 2)), jnp.float32)
+  params0 = {"w": jnp.asarray(rng.normal(size=(6, 2)), jnp.float32),
+             "b": jnp.zeros(2)}
+  anchor = jax.tree.map(lambda a: a + 0.3, params0)
+  fisher = {"w": jnp.asarray(rng.uniform(size=(6, 2)), jnp.float32),
+            "b": jnp.asarray([0.5, 2.0])}
+  task = lambda p: jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+  opt = optax.adam(1e-2)
+  total = lambda p: task(p) + strength * reg.ewc_penalty(p, anchor, fisher)
+  p1, s1 = params0, opt.init(params0)
+  chained = optax.chain(reg.add_quadratic_penalty(strength), optax.adam(1e-2))
+  p2, s2 = params0, chained.init(params0)
+  for _ in range(50):
+    u, s1 = opt.update(jax.grad(total)(p1), s1, p1)
+    p1 = optax.apply_updates(p1, u)
+    u, s2 = chained.update(jax.grad(task)(p2), s2, p2, anchor=anchor,
+                           importance=fisher)
+    p2 = optax.apply_updates(p2, u)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6), p1, p2)
+
+
+def test_optax_form_bad_input():
+  with pytest.raises(ValueError, match="strength"):
+    reg.add_quadratic_penalty(-1.0)
+  t = reg.add_quadratic_penalty(1.0)
+  p = _tree(0)
+  with pytest.raises(ValueError, match="anchor"):
+    t.update(p, t.init(p), p)
