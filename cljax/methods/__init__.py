@@ -4,5 +4,12 @@ from cljax.methods._base import Method
 from cljax.methods._base import TaskContext
 from cljax.methods._registry import build_method
 from cljax.methods._registry import METHODS
+from cljax.methods.distill import KD
+from cljax.methods.distill import LwF
+from cljax.methods.ewc import EWC
+from cljax.methods.ewc import L2
+from cljax.methods.ewc import OnlineEWC
 from cljax.methods.finetune import FineTune
 from cljax.methods.joint import Joint
+from cljax.methods.mas import MAS
+from cljax.methods.si import SI

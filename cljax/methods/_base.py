@@ -49,8 +49,9 @@ class Method:
 
   name = "finetune"
 
-  def init_state(self, model: FunctionalModel) -> Any:
-    """The method's initial state: a pytree whose shapes never change."""
+  def init_state(self, model: FunctionalModel, stream: Stream) -> Any:
+    """The method's initial state: a pytree whose shapes never change over
+    the stream (size anything per-task by ``stream.num_tasks``)."""
     return ()
 
   def optimizer(self, base: optax.GradientTransformation,

@@ -108,8 +108,12 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
   eval_step = make_eval_step(model.apply)
   key = jax.random.PRNGKey(seed)
 
+  # Hooks may return arrays that alias the params (e.g. an anchor); the step
+  # donates its state, so the method state gets buffers of its own.
+  own = lambda tree: jax.tree.map(jax.numpy.array, tree)
   state = init_train_state(model.params, model.batch_stats, opt,
-                           method.init_state(model), stream.logit_masks(0))
+                           own(method.init_state(model, stream)),
+                           stream.logit_masks(0))
   term_names = list(jax.eval_shape(
       loss_fn, model.params, model.batch_stats, state.method_state,
       {"x": stream.tasks[0].train.x[:batch_size],
@@ -143,7 +147,7 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     ctx = lambda: TaskContext(i, stream, model, state.params, state.batch_stats,
                               state.method_state, masks)
     state = state._replace(masks=jax.numpy.asarray(masks))
-    state = state._replace(method_state=method.on_task_start(ctx()))
+    state = state._replace(method_state=own(method.on_task_start(ctx())))
     if reset_optimizer and i > 0:
       state = state._replace(opt_state=opt.init(state.params))
     split = method.train_split(stream, i)
@@ -164,7 +168,7 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                                  "acc": accuracies(curve_split, masks)})
       check_finite(state, term_names)
     bar.close()
-    state = state._replace(method_state=method.on_task_end(ctx()))
+    state = state._replace(method_state=own(method.on_task_end(ctx())))
     jax.block_until_ready(state)
     t1 = time.perf_counter()
     prog["rows"].append(accuracies(lambda task: task.test, masks))

@@ -1,0 +1,122 @@
+"""EWC (Kirkpatrick et al. 2017), online EWC (Schwarz et al. 2018) and the
+L2 anchor, all as fine-tuning plus a quadratic penalty."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cljax.methods._regularized import (PenalisedFineTune, example_nll,
+                                        task_sample, zeros_like_tree)
+from cljax.regularizers import (check_strength, ewc_penalty, fisher_diagonal,
+                                l2_penalty, multi_ewc_penalty,
+                                online_ewc_update)
+
+
+class L2(PenalisedFineTune):
+  """L2 anchor (the seeds' naive constraint): ``CE + lam * 0.5 *
+  ||theta - theta*||^2`` with ``theta*`` the parameters at the end of the
+  previous task. Args: ``lam >= 0``."""
+
+  name, term = "l2", "l2"
+
+  def __init__(self, lam: float = 1.0):
+    check_strength("lam", lam)
+    self.lam = float(lam)
+
+  def init_state(self, model, stream):
+    return {"anchor": model.params, "on": jnp.zeros(())}
+
+  def penalty(self, params, s):
+    return s["on"] * self.lam * l2_penalty(params, s["anchor"])
+
+  def on_task_end(self, ctx):
+    return {"anchor": ctx.params, "on": jnp.ones(())}
+
+
+class EWC(PenalisedFineTune):
+  """Elastic weight consolidation, one penalty per past task (Kirkpatrick et
+  al. 2017, eq. 3 and sec. 2.1):
+
+  ``L = CE_t + sum_{k<t} (lam / 2) sum_i F_{k,i} (theta_i - theta*_{k,i})^2``
+
+  At the end of task k: ``F_k`` = the Fisher diagonal from exact per-example
+  gradients on (up to ``fisher_samples``) examples of task k, ``theta*_k`` =
+  the current parameters. Anchors and Fishers are stacked to the stream's
+  task count, so shapes never change.
+
+  Args:
+    lam: ``lambda >= 0``.
+    fisher_samples: examples per task for the Fisher (``None``: all).
+    estimator: ``"empirical"``, ``"sampled"`` (true Fisher) or
+      ``"expected"`` (see ``cljax.regularizers.fisher_diagonal``).
+    chunk_size: examples per vmapped chunk.
+  """
+
+  name, term = "ewc", "ewc"
+
+  def __init__(self, lam: float = 100.0, fisher_samples: int | None = 1024,
+               estimator: str = "empirical", chunk_size: int = 128):
+    check_strength("lam", lam)
+    if fisher_samples is not None and fisher_samples < 1:
+      raise ValueError(f"fisher_samples must be >= 1, got {fisher_samples}")
+    if chunk_size < 1:
+      raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    self.lam, self.fisher_samples = float(lam), fisher_samples
+    self.estimator, self.chunk_size = estimator, int(chunk_size)
+
+  def fisher(self, ctx):
+    data = task_sample(ctx, self.fisher_samples)
+    num_classes = ctx.stream.num_classes
+    return jax.jit(lambda p: fisher_diagonal(
+        example_nll(ctx), p, data.x, data.y, chunk_size=self.chunk_size,
+        estimator=self.estimator, num_classes=num_classes,
+        key=jax.random.key(ctx.index)))(ctx.params)
+
+  def init_state(self, model, stream):
+    t = stream.num_tasks
+    stack = lambda tree: jax.tree.map(
+        lambda a: jnp.zeros((t, *a.shape), a.dtype), tree)
+    return {"anchors": stack(model.params), "fishers": stack(model.params),
+            "active": jnp.zeros((t,))}
+
+  def penalty(self, params, s):
+    return self.lam * multi_ewc_penalty(params, s["anchors"], s["fishers"],
+                                        s["active"])
+
+  def on_task_end(self, ctx):
+    s, k = ctx.method_state, ctx.index
+    put = lambda stack, new: jax.tree.map(lambda a, b: a.at[k].set(b), stack,
+                                          new)
+    return {"anchors": put(s["anchors"], ctx.params),
+            "fishers": put(s["fishers"], self.fisher(ctx)),
+            "active": s["active"].at[k].set(1.0)}
+
+
+class OnlineEWC(EWC):
+  """Online EWC (Schwarz et al. 2018, sec. 4, eq. 8): one running Fisher
+  ``F* <- gamma F* + F_k`` and one anchor (the latest parameters):
+
+  ``L = CE_t + (lam / 2) sum_i F*_i (theta_i - theta*_i)^2``
+
+  Args: as ``EWC``, plus ``gamma`` in [0, 1], the decay of old Fishers.
+  """
+
+  name, term = "online_ewc", "ewc"
+
+  def __init__(self, lam: float = 100.0, gamma: float = 1.0, **kwargs):
+    super().__init__(lam, **kwargs)
+    if not 0.0 <= gamma <= 1.0:
+      raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    self.gamma = float(gamma)
+
+  def init_state(self, model, stream):
+    return {"anchor": model.params, "fisher": zeros_like_tree(model.params)}
+
+  def penalty(self, params, s):
+    return self.lam * ewc_penalty(params, s["anchor"], s["fisher"])
+
+  def on_task_end(self, ctx):
+    f = online_ewc_update(ctx.method_state["fisher"], self.fisher(ctx),
+                          self.gamma)
+    return {"anchor": ctx.params, "fisher": f}

@@ -1,0 +1,48 @@
+"""Memory Aware Synapses (Aljundi et al. 2018)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cljax.methods._regularized import (PenalisedFineTune, example_outputs,
+                                        task_sample, zeros_like_tree)
+from cljax.regularizers import check_strength, ewc_penalty, mas_importance
+
+
+class MAS(PenalisedFineTune):
+  """``L = CE_t + lam sum_ij Omega_ij (theta_ij - theta*_ij)^2`` (eq. 4).
+
+  At the end of each task, ``Omega`` accumulates (sec. 4) the mean absolute
+  per-example gradient of the squared L2 norm of the network's (active)
+  outputs on that task's data (eqs. 2-3; ``cljax.regularizers.mas_importance``)
+  and ``theta*`` becomes the current parameters.
+
+  Args:
+    lam: ``lambda >= 0`` (paper: 1 on its object-recognition sequences).
+    samples: examples per task for ``Omega`` (``None``: all).
+    chunk_size: examples per vmapped chunk.
+  """
+
+  name, term = "mas", "mas"
+
+  def __init__(self, lam: float = 1.0, samples: int | None = 1024,
+               chunk_size: int = 128):
+    check_strength("lam", lam)
+    if chunk_size < 1:
+      raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    self.lam, self.samples, self.chunk_size = float(lam), samples, chunk_size
+
+  def init_state(self, model, stream):
+    return {"omega": zeros_like_tree(model.params), "anchor": model.params}
+
+  def penalty(self, params, s):
+    return self.lam * 2.0 * ewc_penalty(params, s["anchor"], s["omega"])
+
+  def on_task_end(self, ctx):
+    data = task_sample(ctx, self.samples)
+    new = jax.jit(lambda p: mas_importance(
+        example_outputs(ctx), p, data.x, chunk_size=self.chunk_size))(
+            ctx.params)
+    omega = jax.tree.map(jnp.add, ctx.method_state["omega"], new)
+    return {"omega": omega, "anchor": ctx.params}

@@ -1,0 +1,138 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax import data, losses, methods, models, regularizers, train
+from cljax.methods._base import TaskContext
+
+ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
+       methods.EWC(10.0, fisher_samples=64),
+       methods.OnlineEWC(10.0, gamma=0.9, fisher_samples=64),
+       methods.SI(0.1), methods.MAS(0.01, samples=64), methods.KD(1.0),
+       methods.LwF(1.0)]
+
+
+@pytest.fixture(scope="module")
+def stream(digits):
+  return data.class_splits(digits, 3, task_sizes=(4, 3, 3), incremental="task")
+
+
+@pytest.mark.parametrize("method", ALL, ids=lambda m: m.name)
+def test_every_method_runs_and_compiles_once(stream, method):
+  traces = [0]
+  inner = method.loss_fn
+
+  class Counted(type(method)):
+    def loss_fn(self, model):
+      f = inner(model)
+      def loss(*a):
+        traces[0] += 1
+        return f(*a)
+      return loss
+
+  m = Counted.__new__(Counted)
+  m.__dict__.update(method.__dict__)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(32,))
+  res = train.run_stream(stream, m, model, optax.sgd(0.05, momentum=0.9),
+                         epochs=2, batch_size=32, progress=False)
+  assert traces[0] == 2  # eval_shape + the one compilation of the step
+  assert res["metrics"]["average_accuracy"] > 0.5  # task-IL digits
+
+
+def _ctx(stream, model, params, state, k=0):
+  return TaskContext(k, stream, model, params, model.batch_stats, state,
+                     stream.logit_masks(k))
+
+
+def test_ewc_fisher_matches_a_loop(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  m = methods.EWC(1.0, fisher_samples=12, chunk_size=5)
+  state = m.init_state(model, stream)
+  new = m.on_task_end(_ctx(stream, model, model.params, state))
+  sample = stream.tasks[0].train.take(
+      np.sort(np.random.default_rng([0, 0]).permutation(
+          len(stream.tasks[0].train))[:12]))
+  mask = stream.logit_masks(0)[0]
+
+  def nll(p, x, y):
+    (z, _), _ = model.apply(p, model.batch_stats, x[None])
+    z = np.where(mask, np.asarray(z[0], np.float64), -np.inf)
+    return z.max() + np.log(np.exp(z - z.max()).sum()) - z[y]
+
+  g = jax.grad(lambda p, x, y: losses.masked_cross_entropy(
+      model.apply(p, model.batch_stats, x[None])[0][0], y[None], mask)[0])
+  want = jax.tree.map(lambda *a: np.mean(np.square(np.stack(a)), 0),
+                      *[g(model.params, x, y) for x, y in
+                        zip(sample.x, sample.y)])
+  got = jax.tree.map(lambda a: a[0], new["fishers"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-9), got, want)
+  assert float(new["active"][0]) == 1 and float(new["active"][1]) == 0
+  # The penalty then is lam/2 sum F (theta - theta*)^2 with that F.
+  shifted = jax.tree.map(lambda p: p + 0.1, model.params)
+  np.testing.assert_allclose(
+      m.penalty(shifted, new),
+      regularizers.ewc_penalty(shifted, model.params, got), rtol=1e-5)
+
+
+def test_si_accumulates_the_task_loss_gradient(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  m = methods.SI(c=3.0)
+  rng = np.random.default_rng(0)
+  s = m.init_state(model, stream)
+  s = {**s, "big_omega": jax.tree.map(
+      lambda a: jnp.asarray(rng.uniform(size=a.shape), a.dtype), s["omega"]),
+       "anchor": jax.tree.map(lambda a: a + 0.05, model.params)}
+  batch = {"x": stream.tasks[0].train.x[:16], "y": stream.tasks[0].train.y[:16],
+           "t": stream.tasks[0].train.t[:16]}
+  masks = jnp.asarray(stream.logit_masks(0))
+  loss = m.loss_fn(model)
+  total_g = jax.grad(lambda p: loss(p, model.batch_stats, s, batch, masks,
+                                    None)[0])(model.params)
+  ce_g = jax.grad(lambda p: loss(p, model.batch_stats, s, batch, masks,
+                                 None)[1][0]["ce"])(model.params)
+  new_params = jax.tree.map(lambda p, g: p - 0.1 * g, model.params, total_g)
+  out = m.update_method_state(s, model.params, new_params, total_g)
+  want = jax.tree.map(lambda g, a, b: -g * (b - a), ce_g, model.params,
+                      new_params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-9),
+               out["omega"], want)
+
+
+def test_distillation_off_on_first_task_on_after(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  for m in (methods.KD(1.0, 2.0), methods.LwF(1.0, 2.0)):
+    s = m.init_state(model, stream)
+    batch = {"x": stream.tasks[1].train.x[:8], "y": stream.tasks[1].train.y[:8],
+             "t": stream.tasks[1].train.t[:8]}
+    masks = jnp.asarray(stream.logit_masks(1))
+    loss = m.loss_fn(model)
+    moved = jax.tree.map(lambda p: p * 1.5, model.params)
+    terms = loss(moved, model.batch_stats, s, batch, masks, None)[1][0]
+    assert float(terms[m.term]) == 0.0
+    s = m.on_task_end(_ctx(stream, model, model.params, s))
+    terms = loss(moved, model.batch_stats, s, batch, masks, None)[1][0]
+    assert float(terms[m.term]) > 0.0
+    (zs, _), _ = model.apply(moved, model.batch_stats, batch["x"])
+    (zt, _), _ = model.apply(model.params, model.batch_stats, batch["x"])
+    old = np.zeros(10, bool)
+    old[stream.tasks[0].classes] = True
+    want = (losses.kd_loss(zs, zt, 2.0, old) if m.name == "kd" else
+            losses.lwf_loss(zs, zt, np.stack([old, ~old & False,
+                                              ~old & False]), 2.0))
+    np.testing.assert_allclose(terms[m.term], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,kw,match", [
+    ("ewc", {"lam": -1.0}, "lam"), ("l2", {"lam": -0.1}, "lam"),
+    ("si", {"xi": 0.0}, "xi"), ("si", {"c": -1.0}, "c"),
+    ("mas", {"lam": -2.0}, "lam"), ("kd", {"temperature": 0.0}, "temperature"),
+    ("lwf", {"temperature": -1.0}, "temperature"),
+    ("online_ewc", {"gamma": 1.5}, "gamma"),
+    ("ewc", {"chunk_size": 0}, "chunk_size"), ("ewc", {"nope": 1}, "nope")])
+def test_bad_hyperparameters(name, kw, match):
+  with pytest.raises(ValueError, match=match):
+    methods.build_method(name, **kw)
