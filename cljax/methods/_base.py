@@ -40,6 +40,17 @@ class TaskContext(NamedTuple):
   masks: Any
 
 
+def task_cross_entropy(model: FunctionalModel, params, batch_stats, batch,
+                       masks):
+  """Mean masked cross-entropy of a training batch (each example over its
+  task's active logits). Returns ``(ce, logits (B, C), new_batch_stats)``."""
+  (logits, _), new_stats = model.apply(params, batch_stats, batch["x"],
+                                       train=True)
+  ce = jnp.mean(masked_cross_entropy(logits, batch["y"],
+                                     example_masks(masks, batch["t"])))
+  return ce, logits, new_stats
+
+
 class Method:
   """Fine-tuning: cross-entropy on the current task's active classes.
 
@@ -68,10 +79,8 @@ class Method:
     (loss, (terms, new_batch_stats))`` for ``cljax.train.make_train_step``."""
 
     def loss(params, batch_stats, method_state, batch, masks, rng):
-      (logits, _), new_stats = model.apply(params, batch_stats, batch["x"],
-                                           train=True)
-      ce = jnp.mean(masked_cross_entropy(
-          logits, batch["y"], example_masks(masks, batch["t"])))
+      ce, _, new_stats = task_cross_entropy(model, params, batch_stats, batch,
+                                            masks)
       return ce, ({"ce": ce}, new_stats)
 
     return loss

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.losses._cross_entropy import masked_cross_entropy
-from cljax.methods._base import Method, TaskContext
-from cljax.models._heads import example_masks
+from cljax.methods._base import Method, TaskContext, task_cross_entropy
 
 
 def task_sample(ctx: TaskContext, n: int | None, seed: int = 0):
@@ -56,10 +55,8 @@ class PenalisedFineTune(Method):
   def loss_fn(self, model):
 
     def loss(params, batch_stats, method_state, batch, masks, rng):
-      (logits, _), new_stats = model.apply(params, batch_stats, batch["x"],
-                                           train=True)
-      ce = jnp.mean(masked_cross_entropy(
-          logits, batch["y"], example_masks(masks, batch["t"])))
+      ce, _, new_stats = task_cross_entropy(model, params, batch_stats, batch,
+                                            masks)
       pen = self.penalty(params, method_state)
       return ce + pen, ({"ce": ce, self.term: pen}, new_stats)
 

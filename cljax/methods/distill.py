@@ -7,9 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.losses import kd_loss, lwf_loss, masked_cross_entropy
-from cljax.methods._base import Method
-from cljax.models._heads import example_masks
+from cljax.losses import kd_loss, lwf_loss
+from cljax.methods._base import Method, task_cross_entropy
 from cljax.regularizers import check_strength
 
 
@@ -18,6 +17,12 @@ class _FromPreviousModel(Method):
   teacher is the model at the end of the previous task (frozen, eval mode)."""
 
   term = "distill"
+
+  def __init__(self, lam: float = 1.0, temperature: float = 2.0):
+    check_strength("lam", lam)
+    if not temperature > 0:
+      raise ValueError(f"temperature must be > 0, got {temperature}")
+    self.lam, self.temperature = float(lam), float(temperature)
 
   def distill(self, student, teacher, s):
     raise NotImplementedError
@@ -30,10 +35,8 @@ class _FromPreviousModel(Method):
   def loss_fn(self, model):
 
     def loss(params, batch_stats, s, batch, masks, rng):
-      (logits, _), new_stats = model.apply(params, batch_stats, batch["x"],
-                                           train=True)
-      ce = jnp.mean(masked_cross_entropy(
-          logits, batch["y"], example_masks(masks, batch["t"])))
+      ce, logits, new_stats = task_cross_entropy(model, params, batch_stats,
+                                                 batch, masks)
       (teacher, _), _ = model.apply(s["teacher"], s["teacher_stats"],
                                     batch["x"], train=False)
       d = s["on"] * self.distill(logits, jax.lax.stop_gradient(teacher), s)
@@ -60,12 +63,6 @@ class KD(_FromPreviousModel):
 
   name, term = "kd", "kd"
 
-  def __init__(self, lam: float = 1.0, temperature: float = 2.0):
-    check_strength("lam", lam)
-    if not temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {temperature}")
-    self.lam, self.temperature = float(lam), float(temperature)
-
   def distill(self, student, teacher, s):
     return kd_loss(student, teacher, self.temperature,
                    jnp.any(s["groups"], axis=0))
@@ -83,12 +80,6 @@ class LwF(_FromPreviousModel):
   """
 
   name, term = "lwf", "lwf"
-
-  def __init__(self, lam: float = 1.0, temperature: float = 2.0):
-    check_strength("lam", lam)
-    if not temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {temperature}")
-    self.lam, self.temperature = float(lam), float(temperature)
 
   def distill(self, student, teacher, s):
     return lwf_loss(student, teacher, s["groups"], self.temperature)
