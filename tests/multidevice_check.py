@@ -3,7 +3,6 @@
 parameters agree. (Not collected by pytest: no test_ prefix.)"""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
