@@ -38,6 +38,9 @@ def test_every_method_runs_and_compiles_once(stream, method):
   res = train.run_stream(stream, m, model, optax.sgd(0.05, momentum=0.9),
                          epochs=2, batch_size=32, progress=False)
   assert traces[0] == 2  # eval_shape + the one compilation of the step
+  for fn in ("_fisher", "_omega"):  # end-of-task importance: also once
+    if hasattr(m, fn):
+      assert getattr(m, fn)._cache_size() == 1
   assert res["metrics"]["average_accuracy"] > 0.5  # task-IL digits
 
 
@@ -46,20 +49,18 @@ def _ctx(stream, model, params, state, k=0):
                      stream.logit_masks(k))
 
 
-def test_ewc_fisher_matches_a_loop(stream):
+@pytest.mark.parametrize("samples,path", [(12, "layerwise"), (12, "vmap"),
+                                          (10**4, "layerwise")])
+def test_ewc_fisher_matches_a_loop(stream, samples, path):
+  # 10**4 > the task's size: all examples, padded with zero weight.
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
-  m = methods.EWC(1.0, fisher_samples=12, chunk_size=5)
+  m = methods.EWC(1.0, fisher_samples=samples, chunk_size=5, path=path)
   state = m.init_state(model, stream)
   new = m.on_task_end(_ctx(stream, model, model.params, state))
   sample = stream.tasks[0].train.take(
       np.sort(np.random.default_rng([0, 0]).permutation(
-          len(stream.tasks[0].train))[:12]))
+          len(stream.tasks[0].train))[:samples]))
   mask = stream.logit_masks(0)[0]
-
-  def nll(p, x, y):
-    (z, _), _ = model.apply(p, model.batch_stats, x[None])
-    z = np.where(mask, np.asarray(z[0], np.float64), -np.inf)
-    return z.max() + np.log(np.exp(z - z.max()).sum()) - z[y]
 
   g = jax.grad(lambda p, x, y: losses.masked_cross_entropy(
       model.apply(p, model.batch_stats, x[None])[0][0], y[None], mask)[0])
@@ -132,7 +133,9 @@ def test_distillation_off_on_first_task_on_after(stream):
     ("mas", {"lam": -2.0}, "lam"), ("kd", {"temperature": 0.0}, "temperature"),
     ("lwf", {"temperature": -1.0}, "temperature"),
     ("online_ewc", {"gamma": 1.5}, "gamma"),
-    ("ewc", {"chunk_size": 0}, "chunk_size"), ("ewc", {"nope": 1}, "nope")])
+    ("ewc", {"chunk_size": 0}, "chunk_size"), ("ewc", {"nope": 1}, "nope"),
+    ("ewc", {"path": "batch"}, "path"), ("mas", {"samples": 0}, "samples"),
+    ("online_ewc", {"estimator": "minibatch"}, "estimator")])
 def test_bad_hyperparameters(name, kw, match):
   with pytest.raises(ValueError, match=match):
     methods.build_method(name, **kw)

@@ -8,6 +8,10 @@ import numpy as np
 
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._base import Method, TaskContext, task_cross_entropy
+from cljax.models._functional import FunctionalModel
+from cljax.regularizers import (FISHER_ESTIMATORS, fisher_diagonal,
+                                layerwise_fisher_diagonal,
+                                layerwise_mas_importance, mas_importance)
 
 
 def task_sample(ctx: TaskContext, n: int | None, seed: int = 0):
@@ -20,27 +24,75 @@ def task_sample(ctx: TaskContext, n: int | None, seed: int = 0):
   return split.take(np.sort(idx))
 
 
-def example_nll(ctx: TaskContext):
-  """``(params, x, y) -> -log p(y | x)`` for one example, over the logits
-  active for task ``ctx.index`` (eval-mode BatchNorm)."""
-  mask = jnp.asarray(ctx.masks[ctx.index])
-
-  def nll(params, x, y):
-    (logits, _), _ = ctx.model.apply(params, ctx.batch_stats, x[None])
-    return masked_cross_entropy(logits, jnp.reshape(y, (1,)), mask)[0]
-
-  return nll
+IMPORTANCE_PATHS = ("layerwise", "vmap")
 
 
-def example_outputs(ctx: TaskContext):
-  """``(params, x) -> (C,)`` active logits of one example (inactive ones 0)."""
-  mask = jnp.asarray(ctx.masks[ctx.index])
+def padded_task_sample(ctx: TaskContext, n: int | None):
+  """``task_sample`` padded to exactly ``n`` examples (by repeating the last
+  one) so that the importance function compiles once per stream. Returns
+  ``(x, y, w)`` with ``w`` 1 on real examples and 0 on padding."""
+  split = task_sample(ctx, n)
+  size = len(split) if n is None else max(n, len(split))
+  pad = size - len(split)
+  rep = lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)])
+  return rep(split.x), rep(split.y), (np.arange(size) < len(split)).astype(
+      np.float32)
 
-  def out(params, x):
-    (logits, _), _ = ctx.model.apply(params, ctx.batch_stats, x[None])
-    return jnp.where(mask, logits[0], 0.0)
 
-  return out
+def check_importance_options(path: str, estimator: str = "empirical"):
+  if path not in IMPORTANCE_PATHS:
+    raise ValueError(f"path must be one of {IMPORTANCE_PATHS}, got {path!r}")
+  if estimator not in FISHER_ESTIMATORS:
+    raise ValueError(f"estimator must be one of {FISHER_ESTIMATORS}, got "
+                     f"{estimator!r}")
+
+
+def importance_function(model: FunctionalModel, kind: str, *,
+                        chunk_size: int, path: str = "layerwise",
+                        estimator: str = "empirical"):
+  """A function jitted once: ``(params, batch_stats, xs, ys, weights, mask,
+  key) -> importance`` (a pytree like params), for ``kind`` ``"fisher"``
+  (``estimator`` as in ``fisher_diagonal``) or ``"mas"``, over the logits in
+  ``mask`` (``(C,)`` bool), in eval mode.
+
+  ``path="layerwise"`` (default) uses the model's layer taps
+  (``layerwise_fisher_diagonal``); ``"vmap"`` (or a model without taps) uses
+  ``vmap(grad)`` over the whole network. Both are exact and agree.
+  """
+  check_importance_options(path, estimator)
+  taps = model.taps if path == "layerwise" else None
+
+  def fn(params, batch_stats, xs, ys, weights, mask, key):
+    if taps is not None and kind == "fisher":
+      return layerwise_fisher_diagonal(
+          taps, params, batch_stats, xs, ys, mask=mask, estimator=estimator,
+          key=key, weights=weights, chunk_size=chunk_size)
+    if taps is not None:
+      return layerwise_mas_importance(taps, params, batch_stats, xs, mask=mask,
+                                      weights=weights, chunk_size=chunk_size)
+
+    def logits(p, x):
+      return model.apply(p, batch_stats, x[None])[0][0]
+
+    if kind == "fisher":
+      nll = lambda p, x, y: masked_cross_entropy(logits(p, x), y[None],
+                                                 mask)[0]
+      return fisher_diagonal(nll, params, xs, ys, chunk_size=chunk_size,
+                             estimator=estimator, num_classes=mask.shape[-1],
+                             key=key, weights=weights)
+    out = lambda p, x: jnp.where(mask, logits(p, x)[0], 0.0)
+    return mas_importance(out, params, xs, chunk_size=chunk_size,
+                          weights=weights)
+
+  return jax.jit(fn)
+
+
+def task_importance(fn, ctx: TaskContext, samples: int | None):
+  """``fn`` (from ``importance_function``) on up to ``samples`` training
+  examples of task ``ctx.index``, over that task's active logits."""
+  x, y, w = padded_task_sample(ctx, samples)
+  return fn(ctx.params, ctx.batch_stats, x, y, w,
+            jnp.asarray(ctx.masks[ctx.index]), jax.random.key(ctx.index))
 
 
 class PenalisedFineTune(Method):

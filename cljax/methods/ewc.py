@@ -6,11 +6,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cljax.methods._regularized import (PenalisedFineTune, example_nll,
-                                        task_sample, zeros_like_tree)
-from cljax.regularizers import (check_strength, ewc_penalty, fisher_diagonal,
-                                l2_penalty, multi_ewc_penalty,
-                                online_ewc_update)
+from cljax.methods._regularized import (PenalisedFineTune,
+                                        check_importance_options,
+                                        importance_function, task_importance,
+                                        zeros_like_tree)
+from cljax.regularizers import (check_strength, ewc_penalty, l2_penalty,
+                                multi_ewc_penalty, online_ewc_update)
 
 
 class L2(PenalisedFineTune):
@@ -50,13 +51,17 @@ class EWC(PenalisedFineTune):
     fisher_samples: examples per task for the Fisher (``None``: all).
     estimator: ``"empirical"``, ``"sampled"`` (true Fisher) or
       ``"expected"`` (see ``cljax.regularizers.fisher_diagonal``).
-    chunk_size: examples per vmapped chunk.
+    chunk_size: examples per backward pass (bounds memory).
+    path: ``"layerwise"`` (one backward pass per chunk, from the model's
+      layer taps; the default) or ``"vmap"`` (``vmap(grad)`` over the
+      network). Both are exact per-example Fishers.
   """
 
   name, term = "ewc", "ewc"
 
   def __init__(self, lam: float = 100.0, fisher_samples: int | None = 1024,
-               estimator: str = "empirical", chunk_size: int = 128):
+               estimator: str = "empirical", chunk_size: int = 128,
+               path: str = "layerwise"):
     check_strength("lam", lam)
     if fisher_samples is not None and fisher_samples < 1:
       raise ValueError(f"fisher_samples must be >= 1, got {fisher_samples}")
@@ -64,16 +69,19 @@ class EWC(PenalisedFineTune):
       raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     self.lam, self.fisher_samples = float(lam), fisher_samples
     self.estimator, self.chunk_size = estimator, int(chunk_size)
+    self.path = path
+    check_importance_options(path, estimator)
 
   def fisher(self, ctx):
-    data = task_sample(ctx, self.fisher_samples)
-    num_classes = ctx.stream.num_classes
-    return jax.jit(lambda p: fisher_diagonal(
-        example_nll(ctx), p, data.x, data.y, chunk_size=self.chunk_size,
-        estimator=self.estimator, num_classes=num_classes,
-        key=jax.random.key(ctx.index)))(ctx.params)
+    return task_importance(self._fisher, ctx, self.fisher_samples)
+
+  def build_fisher(self, model):
+    self._fisher = importance_function(model, "fisher",
+                                       chunk_size=self.chunk_size,
+                                       path=self.path, estimator=self.estimator)
 
   def init_state(self, model, stream):
+    self.build_fisher(model)
     t = stream.num_tasks
     stack = lambda tree: jax.tree.map(
         lambda a: jnp.zeros((t, *a.shape), a.dtype), tree)
@@ -111,6 +119,7 @@ class OnlineEWC(EWC):
     self.gamma = float(gamma)
 
   def init_state(self, model, stream):
+    self.build_fisher(model)
     return {"anchor": model.params, "fisher": zeros_like_tree(model.params)}
 
   def penalty(self, params, s):

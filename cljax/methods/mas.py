@@ -5,9 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cljax.methods._regularized import (PenalisedFineTune, example_outputs,
-                                        task_sample, zeros_like_tree)
-from cljax.regularizers import check_strength, ewc_penalty, mas_importance
+from cljax.methods._regularized import (PenalisedFineTune,
+                                        check_importance_options,
+                                        importance_function, task_importance,
+                                        zeros_like_tree)
+from cljax.regularizers import check_strength, ewc_penalty
 
 
 class MAS(PenalisedFineTune):
@@ -21,28 +23,32 @@ class MAS(PenalisedFineTune):
   Args:
     lam: ``lambda >= 0`` (paper: 1 on its object-recognition sequences).
     samples: examples per task for ``Omega`` (``None``: all).
-    chunk_size: examples per vmapped chunk.
+    chunk_size: examples per backward pass.
+    path: ``"layerwise"`` (default) or ``"vmap"``, as for ``EWC``.
   """
 
   name, term = "mas", "mas"
 
   def __init__(self, lam: float = 1.0, samples: int | None = 1024,
-               chunk_size: int = 128):
+               chunk_size: int = 128, path: str = "layerwise"):
     check_strength("lam", lam)
     if chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if samples is not None and samples < 1:
+      raise ValueError(f"samples must be >= 1, got {samples}")
+    check_importance_options(path)
     self.lam, self.samples, self.chunk_size = float(lam), samples, chunk_size
+    self.path = path
 
   def init_state(self, model, stream):
+    self._omega = importance_function(model, "mas", chunk_size=self.chunk_size,
+                                      path=self.path)
     return {"omega": zeros_like_tree(model.params), "anchor": model.params}
 
   def penalty(self, params, s):
     return self.lam * 2.0 * ewc_penalty(params, s["anchor"], s["omega"])
 
   def on_task_end(self, ctx):
-    data = task_sample(ctx, self.samples)
-    new = jax.jit(lambda p: mas_importance(
-        example_outputs(ctx), p, data.x, chunk_size=self.chunk_size))(
-            ctx.params)
+    new = task_importance(self._omega, ctx, self.samples)
     omega = jax.tree.map(jnp.add, ctx.method_state["omega"], new)
     return {"omega": omega, "anchor": ctx.params}

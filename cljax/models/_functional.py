@@ -9,6 +9,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 from flax import nnx
 
+from cljax.models._taps import LayerTaps, layer_taps
+
 
 class FunctionalModel(NamedTuple):
   """A model as a pure function and its initial state.
@@ -19,10 +21,13 @@ class FunctionalModel(NamedTuple):
     params: nested dict of trainable arrays (the head under ``"head"``).
     batch_stats: nested dict of non-trainable state (BatchNorm statistics);
       empty for models without it.
+    taps: ``LayerTaps`` (per-layer inputs and output gradients, for
+      layer-local per-example gradients), or ``None``.
   """
   apply: Callable
   params: Any
   batch_stats: Any
+  taps: LayerTaps | None = None
 
 
 def functional(module: nnx.Module) -> FunctionalModel:
@@ -34,10 +39,13 @@ def functional(module: nnx.Module) -> FunctionalModel:
     same = [a is b for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(pure))]
     assert all(same), "leaf order of nnx.State and its pure dict differ"
 
+  def merge(params, batch_stats):
+    return nnx.merge(graphdef,
+                     jax.tree.unflatten(p_def, jax.tree.leaves(params)),
+                     jax.tree.unflatten(r_def, jax.tree.leaves(batch_stats)))
+
   def apply(params, batch_stats, x, train: bool = False):
-    model = nnx.merge(graphdef,
-                      jax.tree.unflatten(p_def, jax.tree.leaves(params)),
-                      jax.tree.unflatten(r_def, jax.tree.leaves(batch_stats)))
+    model = merge(params, batch_stats)
     feats = model.features(x, train=train)
     logits = model.head(feats)
     new_stats = jax.tree.unflatten(
@@ -45,4 +53,5 @@ def functional(module: nnx.Module) -> FunctionalModel:
         jax.tree.leaves(nnx.state(model, nnx.Not(nnx.Param))))
     return (logits, feats), new_stats
 
-  return FunctionalModel(apply, p_dict, r_dict)
+  return FunctionalModel(apply, p_dict, r_dict,
+                         layer_taps(merge, p_dict, r_dict))

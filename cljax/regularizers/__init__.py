@@ -4,6 +4,9 @@ from cljax.regularizers._importance import FISHER_ESTIMATORS
 from cljax.regularizers._importance import fisher_diagonal
 from cljax.regularizers._importance import mas_importance
 from cljax.regularizers._importance import mean_per_example
+from cljax.regularizers._layerwise import layerwise_fisher_diagonal
+from cljax.regularizers._layerwise import layerwise_mas_importance
+from cljax.regularizers._layerwise import per_example_grad_sum
 from cljax.regularizers._penalties import check_strength
 from cljax.regularizers._penalties import ewc_penalty
 from cljax.regularizers._penalties import l2_penalty

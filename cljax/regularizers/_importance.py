@@ -8,6 +8,7 @@ last chunk is masked out of the mean.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -25,18 +26,11 @@ def _check_tree(a, b, what):
                        f"shape {jnp.shape(y)}")
 
 
-def mean_per_example(fn: Callable, params, *data, chunk_size: int | None = None,
-                     key: jax.Array | None = None):
-  """``(1/N) sum_i fn(params, *data_i[, key_i])``, a pytree like ``fn``'s
-  output, computed with ``jax.vmap`` over chunks of ``chunk_size`` examples.
-
-  Args:
-    fn: ``(params, *example[, key]) -> pytree`` on unbatched examples.
-    params: passed unchanged to every call.
-    *data: arrays with a leading example axis ``N``.
-    chunk_size: examples per vmapped chunk (default: all at once).
-    key: if given, a distinct key ``fold_in(key, i)`` is passed to example i.
-  """
+def chunk_examples(data, chunk_size: int | None):
+  """Splits arrays with a common leading axis ``N`` into
+  ``(n_chunks, chunk, ...)`` chunks, the last padded by repeating the final
+  example. Returns ``(chunks, weight (n_chunks, chunk), index (n_chunks *
+  chunk,))`` where ``weight`` is 0 on padding."""
   n = len(data[0])
   if n == 0:
     raise ValueError("no examples")
@@ -52,10 +46,33 @@ def mean_per_example(fn: Callable, params, *data, chunk_size: int | None = None,
   weight = (idx < n).astype(jnp.float32).reshape(n_chunks, chunk)
   padded = [jnp.concatenate([d, jnp.repeat(d[-1:], pad, 0)]) if pad else
             jnp.asarray(d) for d in data]
-  chunks = [d.reshape(n_chunks, chunk, *d.shape[1:]) for d in padded]
+  return ([d.reshape(n_chunks, chunk, *d.shape[1:]) for d in padded], weight,
+          idx)
+
+
+def mean_per_example(fn: Callable, params, *data, chunk_size: int | None = None,
+                     key: jax.Array | None = None, weights=None):
+  """``(1/sum w) sum_i w_i fn(params, *data_i[, key_i])``, a pytree like
+  ``fn``'s output, computed with ``jax.vmap`` over chunks of ``chunk_size``
+  examples.
+
+  Args:
+    fn: ``(params, *example[, key]) -> pytree`` on unbatched examples.
+    params: passed unchanged to every call.
+    *data: arrays with a leading example axis ``N``.
+    chunk_size: examples per vmapped chunk (default: all at once).
+    key: if given, a distinct key ``fold_in(key, i)`` is passed to example i.
+    weights: ``(N,)`` example weights (e.g. 0 on padding); default all 1.
+  """
+  n = len(data[0])
+  w_all = jnp.ones((n,)) if weights is None else jnp.asarray(weights,
+                                                             jnp.float32)
+  (w_chunks, *chunks), weight, idx = chunk_examples((w_all, *data),
+                                                    chunk_size)
+  weight = weight * w_chunks
   if key is not None:
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-    chunks.append(keys.reshape(n_chunks, chunk, *keys.shape[1:]))
+    chunks.append(keys.reshape(*weight.shape, *keys.shape[1:]))
 
   def one_chunk(args):
     *xs, w = args
@@ -63,14 +80,14 @@ def mean_per_example(fn: Callable, params, *data, chunk_size: int | None = None,
     return jax.tree.map(lambda o: jnp.tensordot(w, o, axes=1), out)
 
   sums = jax.lax.map(one_chunk, (*chunks, weight))
-  return jax.tree.map(lambda s: jnp.sum(s, axis=0) / n, sums)
+  return jax.tree.map(lambda s: jnp.sum(s, axis=0) / jnp.sum(w_all), sums)
 
 
 def fisher_diagonal(per_example_loss: Callable, params, xs, ys, *,
                     chunk_size: int | None = None,
                     estimator: str = "empirical",
                     num_classes: int | None = None,
-                    key: jax.Array | None = None):
+                    key: jax.Array | None = None, weights=None):
   """Diagonal of the Fisher information from exact per-example gradients.
 
   With ``l(theta, x, y) = -log p(y | x, theta)`` (``per_example_loss``):
@@ -95,17 +112,19 @@ def fisher_diagonal(per_example_loss: Callable, params, xs, ys, *,
     estimator: one of ``FISHER_ESTIMATORS``.
     num_classes: needed by ``"sampled"`` and ``"expected"``.
     key: PRNG key, needed by ``"sampled"``.
+    weights: ``(N,)`` in {0, 1}: which examples count (e.g. 0 on padding).
   Returns:
     A pytree like ``params``.
   """
+  mean = functools.partial(mean_per_example, chunk_size=chunk_size,
+                           weights=weights)
   if estimator not in FISHER_ESTIMATORS:
     raise ValueError(f"estimator must be one of {FISHER_ESTIMATORS}, got "
                      f"{estimator!r}")
   grad = jax.grad(per_example_loss)
   sq = lambda g: jax.tree.map(jnp.square, g)
   if estimator == "empirical":
-    return mean_per_example(lambda p, x, y: sq(grad(p, x, y)), params, xs, ys,
-                            chunk_size=chunk_size)
+    return mean(lambda p, x, y: sq(grad(p, x, y)), params, xs, ys)
   if num_classes is None or num_classes < 1:
     raise ValueError(f"estimator={estimator!r} needs num_classes >= 1")
   classes = jnp.arange(num_classes)
@@ -122,19 +141,18 @@ def fisher_diagonal(per_example_loss: Callable, params, xs, ys, *,
       y = jax.random.categorical(k, jnp.log(probs(p, x)))
       return sq(grad(p, x, y))
 
-    return mean_per_example(sampled, params, xs, chunk_size=chunk_size,
-                            key=key)
+    return mean(sampled, params, xs, key=key)
 
   def expected(p, x):
     pr = jax.lax.stop_gradient(probs(p, x))
     g2 = jax.vmap(lambda c: sq(grad(p, x, c)))(classes)
     return jax.tree.map(lambda a: jnp.tensordot(pr, a, axes=1), g2)
 
-  return mean_per_example(expected, params, xs, chunk_size=chunk_size)
+  return mean(expected, params, xs)
 
 
 def mas_importance(output_fn: Callable, params, xs, *,
-                   chunk_size: int | None = None):
+                   chunk_size: int | None = None, weights=None):
   """Memory Aware Synapses importance (Aljundi et al. 2018, eqs. 2-4).
 
   ``Omega = (1/N) sum_i | grad_theta ||F(x_i; theta)||_2^2 |``, the gradient of
@@ -144,10 +162,11 @@ def mas_importance(output_fn: Callable, params, xs, *,
   Args:
     output_fn: ``(params, x) -> (C,)`` outputs for one unbatched input.
     params: a pytree. xs: ``(N, ...)`` inputs.
+    chunk_size, weights: as ``fisher_diagonal``.
   Returns:
     A pytree like ``params``.
   """
   sqnorm = lambda p, x: jnp.sum(jnp.square(output_fn(p, x)))
   g = jax.grad(sqnorm)
   return mean_per_example(lambda p, x: jax.tree.map(jnp.abs, g(p, x)), params,
-                          xs, chunk_size=chunk_size)
+                          xs, chunk_size=chunk_size, weights=weights)

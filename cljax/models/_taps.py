@@ -1,0 +1,106 @@
+"""Layer taps: a forward pass that exposes every parametrised layer's input
+and the gradient at its output, for layer-local per-example gradients.
+
+A *layer* is a module that owns ``nnx.Param`` attributes directly (``Linear``,
+``Conv``, ``BatchNorm``, ...). With the network's output ``y_i`` for example
+``i`` and a loss that is a sum of per-example terms, ``L = sum_i l_i(y_i)``,
+the gradient of ``L`` with respect to a zero perturbation ``z`` added to a
+layer's output ``s = layer(theta, a)`` is ``delta_i = dl_i / ds_i`` *per
+example*, because example ``i`` touches only its own rows (eval-mode
+BatchNorm). Example ``i``'s gradient of the layer's parameters is then the
+layer's own VJP at ``(a_i, delta_i)`` (Goodfellow 2015, "Efficient per-example
+gradient computations"; the perturbation trick is flax NNX's
+``Module.perturb``). Each layer's parameters must be used by one call per
+forward pass, which ``run`` checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from flax import nnx
+
+
+class LayerTaps(NamedTuple):
+  """Tapped forward pass of a ``FunctionalModel``.
+
+  Attributes:
+    run: ``run(params, batch_stats, x, perturbations=None) -> (logits (B, C),
+      inputs, outputs)``. ``inputs`` and ``outputs`` map each layer's path (a
+      tuple, as in ``params``) to the input it received and the output it
+      computed; ``perturbations`` maps the same paths to arrays added to the
+      layer's output (zeros: the identity). Runs in eval mode.
+    call: ``call(path, layer_params, batch_stats, a) -> s``, the layer at
+      ``path`` alone as a pure function of its parameters and input (called
+      as in ``run``).
+    kinds: ``{path: class name}`` (e.g. ``"Linear"``, ``"Conv"``).
+  """
+  run: Callable
+  call: Callable
+  kinds: dict
+
+
+def _owns_params(module) -> bool:
+  return any(isinstance(v, nnx.Param) for v in vars(module).values())
+
+
+def _submodule(model, path):
+  for key in path:
+    model = model[key] if isinstance(key, int) else getattr(model, key)
+  return model
+
+
+def layer_taps(merge: Callable[[Any, Any], nnx.Module], params,
+               batch_stats) -> LayerTaps:
+  """Builds ``LayerTaps`` for a model rebuilt by ``merge(params,
+  batch_stats)`` (``params``/``batch_stats`` give the structure)."""
+  template = merge(params, batch_stats)
+  kinds = {path: type(m).__name__ for path, m in nnx.iter_modules(template)
+           if _owns_params(m)}
+  call_args = {}  # path -> (args, kwargs) after the first trace of ``run``
+
+  def run(params, batch_stats, x, perturbations=None):
+    model = merge(params, batch_stats)
+    inputs, outputs = {}, {}
+    for path, m in nnx.iter_modules(model):
+      if path not in kinds:
+        continue
+      base = type(m)
+
+      def tapped(self, a, *args, _path=path, _base=base, **kwargs):
+        if _path in inputs:
+          raise ValueError(f"layer {_path} is called more than once per "
+                           "forward pass; layer taps need one call per layer")
+        inputs[_path] = a
+        call_args[_path] = (args, kwargs)
+        s = outputs[_path] = _base.__call__(self, a, *args, **kwargs)
+        if perturbations is not None:
+          s = s + perturbations[_path]
+        return s
+
+      m.__class__ = type(base.__name__, (base,), {"__call__": tapped})
+    logits = model.head(model.features(x, train=False))
+    missing = set(kinds) - set(inputs)
+    if missing:
+      raise ValueError(f"layers {sorted(missing)} were not called")
+    return logits, inputs, outputs
+
+  def call(path, layer_params, batch_stats, a):
+    if path not in call_args:
+      raise ValueError("call() needs run() to have been traced first")
+    model = merge(params, batch_stats)
+    layer = _submodule(model, path)
+    for name, value in layer_params.items():
+      getattr(layer, name)[...] = value
+    args, kwargs = call_args[path]
+    return layer(a, *args, **kwargs)
+
+  return LayerTaps(run, call, kinds)
+
+
+def layer_params(params, path):
+  """The parameter subtree of the layer at ``path``."""
+  for key in path:
+    params = params[key]
+  return params
+

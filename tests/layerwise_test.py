@@ -1,0 +1,111 @@
+"""Layer-tap importances equal the vmap(grad) ones on every model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cljax import regularizers as reg
+from cljax.losses import masked_cross_entropy
+from cljax.models import build_model
+
+_SHAPES = {"mlp": (8, 8, 1), "cnn": (8, 8, 1), "resnet32": (8, 8, 1),
+           "reduced_resnet18": (8, 8, 3)}
+
+
+def _setup(name, n=11, seed=0):
+  model = build_model(name, _SHAPES[name], 10, seed=seed, hidden=(32, 16))
+  rng = np.random.default_rng(seed)
+  xs = rng.normal(size=(n, *_SHAPES[name])).astype(np.float32)
+  ys = rng.integers(0, 6, n).astype(np.int32)
+  weights = (rng.random(n) < 0.7).astype(np.float32)
+  weights[0] = 1.0
+  mask = jnp.arange(10) < 6
+  return model, xs, ys, weights, mask
+
+
+def _logits(model, p, x):
+  return model.apply(p, model.batch_stats, x[None])[0][0]
+
+
+def _assert_trees_close(got, want, rtol=2e-5):
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    scale = float(np.max(np.abs(b))) + 1e-20
+    np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale,
+                               atol=rtol)
+
+
+@pytest.mark.parametrize("name,estimator", [
+    ("mlp", "empirical"), ("mlp", "sampled"), ("mlp", "expected"),
+    ("cnn", "empirical"), ("cnn", "sampled"), ("cnn", "expected"),
+    ("resnet32", "empirical"), ("reduced_resnet18", "empirical"),
+    ("reduced_resnet18", "expected")])
+def test_layerwise_fisher_equals_vmap_path(name, estimator):
+  model, xs, ys, w, mask = _setup(name)
+  key = jax.random.key(3)
+  got = jax.jit(lambda p: reg.layerwise_fisher_diagonal(
+      model.taps, p, model.batch_stats, xs, ys, mask=mask,
+      estimator=estimator, key=key, weights=w, chunk_size=4))(model.params)
+  nll = lambda p, x, y: masked_cross_entropy(_logits(model, p, x), y[None],
+                                             mask)[0]
+  want = reg.fisher_diagonal(nll, model.params, xs, ys, chunk_size=3,
+                             estimator=estimator, num_classes=10, key=key,
+                             weights=w)
+  _assert_trees_close(got, want)
+
+
+@pytest.mark.parametrize("name", list(_SHAPES))
+def test_layerwise_mas_equals_vmap_path(name):
+  model, xs, _, w, mask = _setup(name, seed=1)
+  got = reg.layerwise_mas_importance(model.taps, model.params,
+                                     model.batch_stats, xs, mask=mask,
+                                     weights=w, chunk_size=5)
+  out = lambda p, x: jnp.where(mask, _logits(model, p, x)[0], 0.0)
+  want = reg.mas_importance(out, model.params, xs, weights=w)
+  _assert_trees_close(got, want)
+
+
+def test_per_example_grad_sum_against_loop_on_trained_bn_stats():
+  # Non-trivial BatchNorm statistics: eval mode uses them, per example.
+  model, xs, ys, _, _ = _setup("resnet32", n=6, seed=2)
+  stats = jax.tree.map(lambda a: a + 0.3 * jnp.abs(jnp.sin(jnp.arange(
+      a.size, dtype=a.dtype).reshape(a.shape))), model.batch_stats)
+  losses = lambda z, y: masked_cross_entropy(z, y) * 1.7
+  got = reg.per_example_grad_sum(model.taps, model.params, stats, xs, ys,
+                                 example_losses=losses, reduce="abs")
+  g = jax.jit(jax.grad(lambda p, x, y: losses(
+      model.apply(p, stats, x[None])[0][0], y[None])[0]))
+  want = jax.tree.map(lambda *a: np.sum(np.abs(np.stack(a)), 0),
+                      *[g(model.params, xs[i], ys[i]) for i in range(6)])
+  _assert_trees_close(got, want)
+
+
+def test_taps_reject_bad_reduce_and_reused_layer():
+  model, xs, ys, _, _ = _setup("mlp")
+  with pytest.raises(ValueError, match="reduce"):
+    reg.per_example_grad_sum(model.taps, model.params, model.batch_stats, xs,
+                             example_losses=lambda z: z.sum(-1), reduce="cube")
+  with pytest.raises(ValueError, match="estimator"):
+    reg.layerwise_fisher_diagonal(model.taps, model.params, model.batch_stats,
+                                  xs, ys, estimator="batch")
+  with pytest.raises(ValueError, match="key"):
+    reg.layerwise_fisher_diagonal(model.taps, model.params, model.batch_stats,
+                                  xs, ys, estimator="sampled")
+
+
+def test_taps_reject_a_layer_called_twice():
+  from flax import nnx
+  from cljax.models import Classifier, functional
+
+  class Shared(Classifier):
+    def __init__(self, rngs):
+      self.layer = nnx.Linear(4, 4, rngs=rngs)
+      self.head = nnx.Linear(4, 3, rngs=rngs)
+
+    def features(self, x, train=False):
+      return self.layer(jax.nn.relu(self.layer(x)))
+
+  model = functional(Shared(nnx.Rngs(0)))
+  with pytest.raises(ValueError, match="more than once"):
+    model.taps.run(model.params, model.batch_stats, jnp.ones((2, 4)))
