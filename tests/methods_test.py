@@ -67,10 +67,9 @@ def test_ewc_fisher_matches_a_loop(stream, samples, path):
   want = jax.tree.map(lambda *a: np.mean(np.square(np.stack(a)), 0),
                       *[g(model.params, x, y) for x, y in
                         zip(sample.x, sample.y)])
-  got = jax.tree.map(lambda a: a[0], new["fishers"])
+  got = new["importance"]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
                                                        atol=1e-9), got, want)
-  assert float(new["active"][0]) == 1 and float(new["active"][1]) == 0
   # The penalty then is lam/2 sum F (theta - theta*)^2 with that F.
   shifted = jax.tree.map(lambda p: p + 0.1, model.params)
   np.testing.assert_allclose(
@@ -78,12 +77,32 @@ def test_ewc_fisher_matches_a_loop(stream, samples, path):
       regularizers.ewc_penalty(shifted, model.params, got), rtol=1e-5)
 
 
+@pytest.mark.parametrize("name,kw", [
+    ("l2", {"lam": 0.5}), ("ewc", {"lam": 30.0, "fisher_samples": 64}),
+    ("online_ewc", {"lam": 30.0, "gamma": 0.8, "fisher_samples": 64}),
+    ("si", {"c": 0.5}), ("mas", {"lam": 0.5, "samples": 64})])
+def test_penalty_forms_give_the_same_run(stream, name, kw):
+  # The optax-transform form and the loss form of each penalty: same
+  # trajectory (SI's path integral included) and the same accuracy matrix.
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  out = [train.run_stream(stream, methods.build_method(name, form=form, **kw),
+                          model, optax.sgd(0.05, momentum=0.9), epochs=1,
+                          batch_size=32, progress=False)
+         for form in ("transform", "loss")]
+  a, b = (o["final_state"] for o in out)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4,
+                                                       atol=2e-5),
+               (a.params, a.method_state), (b.params, b.method_state))
+  np.testing.assert_allclose(out[0]["accuracy_matrix"],
+                             out[1]["accuracy_matrix"], atol=0.01)
+
+
 def test_si_accumulates_the_task_loss_gradient(stream):
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
-  m = methods.SI(c=3.0)
+  m = methods.SI(c=3.0, form="loss")
   rng = np.random.default_rng(0)
   s = m.init_state(model, stream)
-  s = {**s, "big_omega": jax.tree.map(
+  s = {**s, "importance": jax.tree.map(
       lambda a: jnp.asarray(rng.uniform(size=a.shape), a.dtype), s["omega"]),
        "anchor": jax.tree.map(lambda a: a + 0.05, model.params)}
   batch = {"x": stream.tasks[0].train.x[:16], "y": stream.tasks[0].train.y[:16],
@@ -135,7 +154,8 @@ def test_distillation_off_on_first_task_on_after(stream):
     ("online_ewc", {"gamma": 1.5}, "gamma"),
     ("ewc", {"chunk_size": 0}, "chunk_size"), ("ewc", {"nope": 1}, "nope"),
     ("ewc", {"path": "batch"}, "path"), ("mas", {"samples": 0}, "samples"),
-    ("online_ewc", {"estimator": "minibatch"}, "estimator")])
+    ("online_ewc", {"estimator": "minibatch"}, "estimator"),
+    ("si", {"form": "optax"}, "form")])
 def test_bad_hyperparameters(name, kw, match):
   with pytest.raises(ValueError, match=match):
     methods.build_method(name, **kw)

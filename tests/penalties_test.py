@@ -42,6 +42,32 @@ def test_multi_ewc_penalty():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ewc_merge_equals_one_penalty_per_task(seed):
+  # Folding tasks one by one gives the multi-task penalty's value and
+  # gradient at random points, also where some Fisher entries are 0.
+  rng = np.random.default_rng(seed)
+  t = 4
+  anchors = [_tree(seed * 10 + s) for s in range(t)]
+  fishers = [jax.tree.map(lambda a: jnp.abs(a) * (rng.random(a.shape) < 0.6),
+                          _tree(seed * 10 + 5 + s)) for s in range(t)]
+  stack = lambda ts: jax.tree.map(lambda *a: jnp.stack(a), *ts)
+  f = jax.tree.map(jnp.zeros_like, anchors[0])
+  m, c = _tree(99), jnp.zeros(())
+  merge = jax.jit(reg.ewc_merge)
+  for k in range(t):
+    f, m, c = merge(f, m, c, fishers[k], anchors[k])
+    active = jnp.arange(t) <= k
+    for point in (_tree(50 + k), anchors[k]):
+      want_v, want_g = jax.value_and_grad(reg.multi_ewc_penalty)(
+          point, stack(anchors), stack(fishers), active)
+      got_v, got_g = jax.value_and_grad(
+          lambda p: reg.ewc_penalty(p, m, f) + c)(point)
+      np.testing.assert_allclose(got_v, want_v, rtol=1e-5, atol=1e-6)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(
+          a, b, rtol=1e-5, atol=1e-6), got_g, want_g)
+
+
 def test_tree_mismatch_is_rejected():
   p = _tree(0)
   with pytest.raises(ValueError, match="fisher"):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._base import Method, TaskContext, task_cross_entropy
 from cljax.models._functional import FunctionalModel
-from cljax.regularizers import (FISHER_ESTIMATORS, fisher_diagonal,
+from cljax.regularizers import (FISHER_ESTIMATORS, add_quadratic_penalty,
+                                ewc_penalty, fisher_diagonal,
                                 layerwise_fisher_diagonal,
                                 layerwise_mas_importance, mas_importance)
 
@@ -95,20 +97,64 @@ def task_importance(fn, ctx: TaskContext, samples: int | None):
             jnp.asarray(ctx.masks[ctx.index]), jax.random.key(ctx.index))
 
 
+PENALTY_FORMS = ("transform", "loss")
+
+
 class PenalisedFineTune(Method):
-  """Fine-tuning's cross-entropy plus ``self.penalty(params, method_state)``
-  (named ``self.term`` in the logged loss terms)."""
+  """Fine-tuning plus a quadratic penalty on the parameters:
+
+  ``L = CE + strength * (0.5 sum_i importance_i (theta_i - anchor_i)^2 + const)``
+
+  with ``anchor``, ``importance`` (and optionally a scalar ``const``) in the
+  method state; subclasses set ``self.strength`` and fill the state in their
+  task hooks.
+
+  ``form="transform"`` (default): the penalty's gradient
+  ``strength * importance * (theta - anchor)`` is added to the gradient by
+  ``cljax.regularizers.add_quadratic_penalty`` chained before the optimizer,
+  which gives the same trajectory as the loss form; the penalty's value is
+  not computed per step (that reduction over every parameter cost more than
+  the rest of the penalty in ``benchmarks/method_overhead.py``).
+  ``form="loss"``: the penalty is added to the loss and logged per step as
+  ``self.term``.
+  """
 
   term = "penalty"
+  strength = 0.0
 
-  def penalty(self, params, method_state):
-    raise NotImplementedError
+  def __init__(self, form: str = "transform"):
+    if form not in PENALTY_FORMS:
+      raise ValueError(f"form must be one of {PENALTY_FORMS}, got {form!r}")
+    self.form = form
+
+  def penalty(self, params, s):
+    """The penalty's value for ``method_state`` ``s``."""
+    return self.strength * (ewc_penalty(params, s["anchor"], s["importance"])
+                            + s.get("const", 0.0))
+
+  def penalty_grad(self, params, s):
+    return jax.tree.map(lambda p, a, f: self.strength * f * (p - a), params,
+                        s["anchor"], s["importance"])
+
+  def optimizer(self, base, params):
+    if self.form == "loss":
+      return base
+    return optax.chain(add_quadratic_penalty(self.strength), base)
+
+  @property
+  def extra_args(self):
+    if self.form == "loss":
+      return None
+    return lambda params, batch_stats, s, *_: {"anchor": s["anchor"],
+                                               "importance": s["importance"]}
 
   def loss_fn(self, model):
 
     def loss(params, batch_stats, method_state, batch, masks, rng):
       ce, _, new_stats = task_cross_entropy(model, params, batch_stats, batch,
                                             masks)
+      if self.form == "transform":
+        return ce, ({"ce": ce}, new_stats)
       pen = self.penalty(params, method_state)
       return ce + pen, ({"ce": ce, self.term: pen}, new_stats)
 

@@ -10,29 +10,31 @@ from cljax.methods._regularized import (PenalisedFineTune,
                                         check_importance_options,
                                         importance_function, task_importance,
                                         zeros_like_tree)
-from cljax.regularizers import (check_strength, ewc_penalty, l2_penalty,
-                                multi_ewc_penalty, online_ewc_update)
+from cljax.regularizers import check_strength, ewc_merge, online_ewc_update
 
 
 class L2(PenalisedFineTune):
   """L2 anchor (the seeds' naive constraint): ``CE + lam * 0.5 *
   ||theta - theta*||^2`` with ``theta*`` the parameters at the end of the
-  previous task. Args: ``lam >= 0``."""
+  previous task (no penalty during the first task).
+
+  Args: ``lam >= 0``; ``form`` as in ``PenalisedFineTune``.
+  """
 
   name, term = "l2", "l2"
 
-  def __init__(self, lam: float = 1.0):
+  def __init__(self, lam: float = 1.0, form: str = "transform"):
+    super().__init__(form)
     check_strength("lam", lam)
-    self.lam = float(lam)
+    self.lam = self.strength = float(lam)
 
   def init_state(self, model, stream):
-    return {"anchor": model.params, "on": jnp.zeros(())}
-
-  def penalty(self, params, s):
-    return s["on"] * self.lam * l2_penalty(params, s["anchor"])
+    return {"anchor": model.params,
+            "importance": zeros_like_tree(model.params)}
 
   def on_task_end(self, ctx):
-    return {"anchor": ctx.params, "on": jnp.ones(())}
+    return {"anchor": ctx.params,
+            "importance": jax.tree.map(jnp.ones_like, ctx.params)}
 
 
 class EWC(PenalisedFineTune):
@@ -43,8 +45,10 @@ class EWC(PenalisedFineTune):
 
   At the end of task k: ``F_k`` = the Fisher diagonal from exact per-example
   gradients on (up to ``fisher_samples``) examples of task k, ``theta*_k`` =
-  the current parameters. Anchors and Fishers are stacked to the stream's
-  task count, so shapes never change.
+  the current parameters. The sum over tasks is kept as one exactly equal
+  quadratic (``cljax.regularizers.ewc_merge``: summed Fisher,
+  Fisher-weighted anchor, constant), so a step costs one penalty however
+  many tasks have passed, and shapes never change.
 
   Args:
     lam: ``lambda >= 0``.
@@ -55,50 +59,44 @@ class EWC(PenalisedFineTune):
     path: ``"layerwise"`` (one backward pass per chunk, from the model's
       layer taps; the default) or ``"vmap"`` (``vmap(grad)`` over the
       network). Both are exact per-example Fishers.
+    form: ``"transform"`` or ``"loss"`` (see ``PenalisedFineTune``).
   """
 
   name, term = "ewc", "ewc"
 
   def __init__(self, lam: float = 100.0, fisher_samples: int | None = 1024,
                estimator: str = "empirical", chunk_size: int = 128,
-               path: str = "layerwise"):
+               path: str = "layerwise", form: str = "transform"):
+    super().__init__(form)
     check_strength("lam", lam)
     if fisher_samples is not None and fisher_samples < 1:
       raise ValueError(f"fisher_samples must be >= 1, got {fisher_samples}")
     if chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    self.lam, self.fisher_samples = float(lam), fisher_samples
-    self.estimator, self.chunk_size = estimator, int(chunk_size)
-    self.path = path
     check_importance_options(path, estimator)
-
-  def fisher(self, ctx):
-    return task_importance(self._fisher, ctx, self.fisher_samples)
+    self.lam = self.strength = float(lam)
+    self.fisher_samples, self.estimator = fisher_samples, estimator
+    self.chunk_size, self.path = int(chunk_size), path
 
   def build_fisher(self, model):
     self._fisher = importance_function(model, "fisher",
                                        chunk_size=self.chunk_size,
                                        path=self.path, estimator=self.estimator)
 
+  def fisher(self, ctx):
+    return task_importance(self._fisher, ctx, self.fisher_samples)
+
   def init_state(self, model, stream):
     self.build_fisher(model)
-    t = stream.num_tasks
-    stack = lambda tree: jax.tree.map(
-        lambda a: jnp.zeros((t, *a.shape), a.dtype), tree)
-    return {"anchors": stack(model.params), "fishers": stack(model.params),
-            "active": jnp.zeros((t,))}
-
-  def penalty(self, params, s):
-    return self.lam * multi_ewc_penalty(params, s["anchors"], s["fishers"],
-                                        s["active"])
+    return {"anchor": model.params,
+            "importance": zeros_like_tree(model.params),
+            "const": jnp.zeros(())}
 
   def on_task_end(self, ctx):
-    s, k = ctx.method_state, ctx.index
-    put = lambda stack, new: jax.tree.map(lambda a, b: a.at[k].set(b), stack,
-                                          new)
-    return {"anchors": put(s["anchors"], ctx.params),
-            "fishers": put(s["fishers"], self.fisher(ctx)),
-            "active": s["active"].at[k].set(1.0)}
+    s = ctx.method_state
+    f, m, c = ewc_merge(s["importance"], s["anchor"], s["const"],
+                        self.fisher(ctx), ctx.params)
+    return {"anchor": m, "importance": f, "const": c}
 
 
 class OnlineEWC(EWC):
@@ -120,12 +118,10 @@ class OnlineEWC(EWC):
 
   def init_state(self, model, stream):
     self.build_fisher(model)
-    return {"anchor": model.params, "fisher": zeros_like_tree(model.params)}
-
-  def penalty(self, params, s):
-    return self.lam * ewc_penalty(params, s["anchor"], s["fisher"])
+    return {"anchor": model.params,
+            "importance": zeros_like_tree(model.params)}
 
   def on_task_end(self, ctx):
-    f = online_ewc_update(ctx.method_state["fisher"], self.fisher(ctx),
+    f = online_ewc_update(ctx.method_state["importance"], self.fisher(ctx),
                           self.gamma)
-    return {"anchor": ctx.params, "fisher": f}
+    return {"anchor": ctx.params, "importance": f}

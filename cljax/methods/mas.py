@@ -9,7 +9,7 @@ from cljax.methods._regularized import (PenalisedFineTune,
                                         check_importance_options,
                                         importance_function, task_importance,
                                         zeros_like_tree)
-from cljax.regularizers import check_strength, ewc_penalty
+from cljax.regularizers import check_strength
 
 
 class MAS(PenalisedFineTune):
@@ -25,12 +25,15 @@ class MAS(PenalisedFineTune):
     samples: examples per task for ``Omega`` (``None``: all).
     chunk_size: examples per backward pass.
     path: ``"layerwise"`` (default) or ``"vmap"``, as for ``EWC``.
+    form: ``"transform"`` or ``"loss"`` (see ``PenalisedFineTune``).
   """
 
   name, term = "mas", "mas"
 
   def __init__(self, lam: float = 1.0, samples: int | None = 1024,
-               chunk_size: int = 128, path: str = "layerwise"):
+               chunk_size: int = 128, path: str = "layerwise",
+               form: str = "transform"):
+    super().__init__(form)
     check_strength("lam", lam)
     if chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -39,16 +42,15 @@ class MAS(PenalisedFineTune):
     check_importance_options(path)
     self.lam, self.samples, self.chunk_size = float(lam), samples, chunk_size
     self.path = path
+    self.strength = 2.0 * self.lam  # lam sum Omega d^2 = 2 lam (0.5 sum ...)
 
   def init_state(self, model, stream):
     self._omega = importance_function(model, "mas", chunk_size=self.chunk_size,
                                       path=self.path)
-    return {"omega": zeros_like_tree(model.params), "anchor": model.params}
-
-  def penalty(self, params, s):
-    return self.lam * 2.0 * ewc_penalty(params, s["anchor"], s["omega"])
+    return {"importance": zeros_like_tree(model.params),
+            "anchor": model.params}
 
   def on_task_end(self, ctx):
     new = task_importance(self._omega, ctx, self.samples)
-    omega = jax.tree.map(jnp.add, ctx.method_state["omega"], new)
-    return {"omega": omega, "anchor": ctx.params}
+    omega = jax.tree.map(jnp.add, ctx.method_state["importance"], new)
+    return {"importance": omega, "anchor": ctx.params}

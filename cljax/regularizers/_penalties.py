@@ -57,6 +57,41 @@ def multi_ewc_penalty(params, anchors, fishers, active) -> jax.Array:
   return jnp.sum(jnp.asarray(active, per_task.dtype) * per_task)
 
 
+def ewc_merge(fisher, anchor, const, new_fisher, new_anchor):
+  """Folds one more task's EWC penalty into one quadratic, exactly.
+
+  ``sum_k 0.5 F_k (theta - theta*_k)^2 = 0.5 F (theta - m)^2 + c`` per
+  parameter, with ``F = sum_k F_k``, the Fisher-weighted anchor
+  ``m = sum_k F_k theta*_k / F`` and a constant ``c``. Adding task ``n``
+  (the parallel-axis identity, free of cancellation):
+
+  ``F' = F + F_n``, ``m' = (F m + F_n theta*_n) / F'``,
+  ``c' = c + 0.5 sum F F_n / F' (m - theta*_n)^2``
+
+  (``m' = theta*_n`` where ``F' = 0``). So multi-task EWC (Kirkpatrick et
+  al. 2017, sec. 2.1: one penalty per old task) costs one penalty per step,
+  whatever the number of tasks: ``ewc_penalty(theta, m, F) + c`` equals
+  ``multi_ewc_penalty`` in value and gradient.
+
+  Returns:
+    ``(F', m', c')`` (pytrees like params, and a scalar).
+  """
+  _check_tree(anchor, fisher, "anchor")
+  _check_tree(new_fisher, fisher, "new_fisher")
+  _check_tree(new_anchor, fisher, "new_anchor")
+  total = jax.tree.map(jnp.add, fisher, new_fisher)
+  pos = jax.tree.map(lambda f: f > 0, total)
+  safe = jax.tree.map(lambda f, p: jnp.where(p, f, 1.0), total, pos)
+  merged = jax.tree.map(
+      lambda f, m, g, a, t, p: jnp.where(p, (f * m + g * a) / t, a),
+      fisher, anchor, new_fisher, new_anchor, safe, pos)
+  extra = jax.tree.map(
+      lambda f, m, g, a, t, p: jnp.sum(jnp.where(
+          p, f * g / t * jnp.square(m - a), 0.0)),
+      fisher, anchor, new_fisher, new_anchor, safe, pos)
+  return total, merged, const + 0.5 * sum(jax.tree.leaves(extra))
+
+
 def online_ewc_update(fisher_running, fisher_new, gamma):
   """Online EWC (Schwarz et al. 2018, "Progress & Compress", eq. 8):
   ``F* <- gamma F* + F_new``; the anchor is replaced by the latest params."""

@@ -1,0 +1,96 @@
+"""Fisher diagonal: layer-tap path vs vmap(grad) path vs a batched gradient.
+
+For the same N examples (chunks of ``--chunk``) of Fashion-MNIST-shaped
+inputs, times three jitted functions of the parameters:
+
+* ``layerwise``: ``layerwise_fisher_diagonal`` (exact per-example Fisher from
+  one backward pass per chunk; cljax's default in EWC),
+* ``vmap``: ``fisher_diagonal`` (exact, ``vmap(grad)`` per chunk),
+* ``batched grad``: the gradient of the mean loss over the same chunks (one
+  ordinary backward pass per chunk; *not* a Fisher, the speed floor).
+
+Peak memory is XLA's compiled temporary allocation
+(``memory_analysis().temp_size_in_bytes``). Target: layerwise within 2x of
+the batched gradient.
+
+    python benchmarks/fisher.py [--n 1024 --chunk 128 --blocks 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from _timing import interleaved_medians, repeat, write
+from cljax import models, regularizers
+from cljax.losses import masked_cross_entropy
+
+
+def functions(model, xs, ys, chunk):
+  taps, stats = model.taps, model.batch_stats
+
+  def nll(p, x, y):
+    return masked_cross_entropy(model.apply(p, stats, x[None])[0][0],
+                                y[None])[0]
+
+  def batched(p):
+    xc = xs.reshape(-1, chunk, *xs.shape[1:])
+    yc = ys.reshape(-1, chunk)
+    loss = lambda q, x, y: jnp.sum(masked_cross_entropy(
+        model.apply(q, stats, x)[0][0], y))
+    g = jax.lax.map(lambda a: jax.grad(loss)(p, *a), (xc, yc))
+    return jax.tree.map(lambda s: s.sum(0) / len(xs), g)
+
+  return {
+      "layerwise": lambda p: regularizers.layerwise_fisher_diagonal(
+          taps, p, stats, xs, ys, chunk_size=chunk),
+      "vmap": lambda p: regularizers.fisher_diagonal(nll, p, xs, ys,
+                                                     chunk_size=chunk),
+      "batched grad": batched,
+  }
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--n", type=int, default=1024)
+  ap.add_argument("--chunk", type=int, default=128)
+  ap.add_argument("--blocks", type=int, default=15)
+  ap.add_argument("--reps", type=int, default=3)
+  args = ap.parse_args()
+  rng = np.random.default_rng(0)
+  xs = jnp.asarray(rng.normal(size=(args.n, 28, 28, 1)).astype(np.float32))
+  ys = jnp.asarray(rng.integers(0, 10, args.n).astype(np.int32))
+  results = {}
+  for name in ("mlp", "cnn"):
+    model = models.build_model(name, (28, 28, 1), 10)
+    fns = {k: jax.jit(f) for k, f in functions(model, xs, ys,
+                                               args.chunk).items()}
+    mem = {k: f.lower(model.params).compile().memory_analysis()
+           for k, f in fns.items()}
+    want = fns["vmap"](model.params)
+    got = fns["layerwise"](model.params)
+    err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+              for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+    t = interleaved_medians({k: repeat(f, model.params) for k, f in
+                             fns.items()}, blocks=args.blocks, reps=args.reps)
+    ref = t["batched grad"]["median_ms"]
+    for k in t:
+      t[k]["ratio_to_batched_grad"] = t[k]["median_ms"] / ref
+      t[k]["temp_mib"] = mem[k].temp_size_in_bytes / 2**20
+    results[name] = {"timings": t, "max_rel_diff_layerwise_vs_vmap": err}
+    print(f"\n{name}: N={args.n}, chunk {args.chunk}; median of "
+          f"{args.blocks} blocks x {args.reps}; layerwise vs vmap max "
+          f"relative difference {err:.1e}")
+    print(f"{'path':<14}{'median ms':>10}{'vs batched':>12}{'temp MiB':>10}")
+    for k, r in t.items():
+      print(f"{k:<14}{r['median_ms']:10.1f}{r['ratio_to_batched_grad']:11.2f}x"
+            f"{r['temp_mib']:10.1f}")
+  write("fisher", {"n": args.n, "chunk": args.chunk, "blocks": args.blocks,
+                   "reps": args.reps, "results": results})
+
+
+if __name__ == "__main__":
+  main()
