@@ -51,6 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # c.method whose `kind` names the method (its other keys are the method's
   # hyperparameters; an `lr` key overrides train.lr for that entry).
   c.methods = "finetune,joint"
+  # Entries named family__variant compete within their family on this
+  # validation criterion (val_acc | val_score); only winners are summarised.
+  c.select = "val_acc"
   c.method = ml_collections.ConfigDict()
   c.method.finetune = ml_collections.ConfigDict({"freeze_backbone": False})
   c.method.joint = ml_collections.ConfigDict()

@@ -72,6 +72,8 @@ def validate(config) -> None:
           "permutation of 0..C-1")
   if not 0 <= s.val_fraction < 1:
     _fail("scenario.val_fraction", f"must be in [0, 1), got {s.val_fraction}")
+  if config.select not in report.CRITERIA:
+    _fail("select", f"unknown {config.select!r}; one of {report.CRITERIA}")
   if config.model.name not in MODELS:
     _fail("model.name", f"unknown {config.model.name!r}; one of {MODELS}")
   for entry, kind, hp, _ in run_entries(config):
@@ -164,6 +166,18 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
   report.plot_curves({e: r["curves"] for e, r in results["runs"].items()},
                      os.path.join(workdir, "curves.png"), stream.name)
   print("\n" + report.summary_table(results["runs"]))
+  if any("__" in entry for entry in results["runs"]):
+    sel = report.select(results["runs"], config.select)
+    results["selection"] = sel
+    table = report.selection_table(results["runs"], sel, config.select)
+    with open(os.path.join(workdir, "selection.md"), "w") as f:
+      f.write(f"Chosen on validation ({config.select}); test numbers of the "
+              f"chosen entries only.\n\n{table}\n")
+    print("\n" + table)
+    report.plot_curves({e: results["runs"][e]["curves"] for e in
+                        (s["entry"] for s in sel.values())},
+                       os.path.join(workdir, "curves_selected.png"),
+                       stream.name)
   path = _write(results, workdir)
   print(f"\nresults: {path}\nplots:   {workdir}/accuracy_*.png, "
         f"{workdir}/curves.png")

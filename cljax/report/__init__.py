@@ -4,3 +4,6 @@ from cljax.report._plots import plot_accuracy_matrix
 from cljax.report._plots import plot_curves
 from cljax.report._table import accuracy_table
 from cljax.report._table import summary_table
+from cljax.report._selection import CRITERIA
+from cljax.report._selection import select
+from cljax.report._selection import selection_table

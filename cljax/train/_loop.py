@@ -76,7 +76,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     checkpoint_dir: where to checkpoint after each task and resume from.
     progress: show a progress bar.
   Returns:
-    A dict with ``accuracy_matrix`` (``R[i][j]``), ``random_init_accuracy``,
+    A dict with ``accuracy_matrix`` (``R[i][j]``, test splits),
+    ``val_accuracy_matrix`` (validation splits), ``random_init_accuracy``,
     ``metrics``, ``curves``, ``timings`` and ``steps``.
   """
   if epochs < 1:
@@ -130,7 +131,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
   fingerprint = _fingerprint(stream, method, dict(
       epochs=epochs, batch_size=batch_size, seed=seed, eval_every=eval_every,
       reset_optimizer=reset_optimizer))
-  prog = {"fingerprint": fingerprint, "done": 0, "rows": [], "curves": [],
+  prog = {"fingerprint": fingerprint, "done": 0, "rows": [], "val_rows": [],
+          "curves": [],
           "train_s": [], "eval_s": [],
           # b[j]: random-init accuracy on task j, heads masked as at task j.
           "random_init": [evaluate(eval_step, state.params, state.batch_stats,
@@ -141,6 +143,7 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     restored = _checkpoint.load(checkpoint_dir, state, fingerprint)
     if restored is not None:
       state, prog = restored
+      prog.setdefault("val_rows", [])  # checkpoints from before val rows
 
   for i in range(prog["done"], t_count):
     masks = stream.logit_masks(i)
@@ -172,6 +175,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     jax.block_until_ready(state)
     t1 = time.perf_counter()
     prog["rows"].append(accuracies(lambda task: task.test, masks))
+    if all(len(task.val) for task in stream.tasks):
+      prog["val_rows"].append(accuracies(lambda task: task.val, masks))
     prog["train_s"].append(t1 - t0)
     prog["eval_s"].append(time.perf_counter() - t1)
     prog["done"] = i + 1
@@ -184,6 +189,9 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
       "method": method.name,
       "stream": stream.name,
       "accuracy_matrix": r.tolist(),
+      # The same on the validation splits (for model selection), if every
+      # task has one; else empty.
+      "val_accuracy_matrix": prog["val_rows"],
       "random_init_accuracy": prog["random_init"],
       "metrics": metrics.summary(r, prog["random_init"], sizes),
       "curves": prog["curves"],

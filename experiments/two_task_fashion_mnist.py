@@ -1,0 +1,55 @@
+"""The seeds' two-task experiment (Striveworks' sequential learning).
+
+Task A = Fashion-MNIST classes 0-4; then a new head for task B = classes
+5-9 (two heads: task-incremental). Techniques, each at the standard lr (0.01)
+and at a 10x lower lr (0.001): fine-tuning, EWC and Hinton KD from the task-A
+model. EWC's lambda and KD's weight are chosen per technique and lr on the
+*validation* Score (the seed's metric: the best mean of task-A and task-B
+validation accuracy over the evaluations made while training task B; see
+``cljax.metrics.score``). Test accuracies are reported for the chosen runs.
+
+    cljax run --config experiments/two_task_fashion_mnist.py \
+        --config.workdir=experiments/results/two_task_fashion_mnist
+    cljax run --config experiments/two_task_fashion_mnist.py:runlocal
+"""
+
+import ml_collections
+
+from cljax.default_config import get_config as base
+
+LRS = {"": 0.01, "_lowlr": 0.001}
+EWC_LAMBDAS = (10.0, 100.0, 1000.0, 10000.0)
+KD_LAMBDAS = (0.5, 1.0, 2.0, 4.0)
+
+
+def get_config(arg=None):
+  c = base()
+  c.name = "two_task_fashion_mnist"
+  c.data.name = "fashion_mnist"
+  c.scenario.kind = "two_task"
+  c.scenario.classes_a = (0, 1, 2, 3, 4)
+  c.scenario.classes_b = (5, 6, 7, 8, 9)
+  c.scenario.val_fraction = 0.1
+  c.model.name = "mlp"
+  c.model.hidden = (400, 400)
+  c.train.epochs = 5
+  c.train.batch_size = 128
+  c.train.momentum = 0.9
+  c.train.eval_every = 50
+  c.select = "val_score"
+  entries = []
+  for suffix, lr in LRS.items():
+    fam = "finetune" + suffix
+    c.method[fam] = ml_collections.ConfigDict({"kind": "finetune", "lr": lr})
+    entries.append(fam)
+    for kind, lams in (("ewc", EWC_LAMBDAS), ("kd", KD_LAMBDAS)):
+      for lam in lams:
+        entry = f"{kind}{suffix}__lam{lam:g}".replace(".", "p")
+        c.method[entry] = ml_collections.ConfigDict(
+            {"kind": kind, "lr": lr, "lam": lam})
+        entries.append(entry)
+  c.methods = ",".join(entries)
+  if arg == "runlocal":
+    c.train.epochs = 1
+    c.train.eval_every = 20
+  return c
