@@ -125,6 +125,8 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
   Writes to ``config.workdir`` (default ``runs/<name>``): ``results.json``,
   ``accuracy_<entry>.png`` per entry and ``curves.png``; checkpoints under
   ``checkpoints/<entry>`` let an interrupted run resume where it stopped.
+  An entry whose training diverges (NaN/inf) is recorded as ``{"diverged":
+  message}`` and the others still run.
   Returns the results dict (as written to ``results.json``).
   """
   validate(config)
@@ -145,15 +147,21 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
                         stream.num_classes, seed=config.seed,
                         hidden=tuple(config.model.hidden))
     t0 = time.perf_counter()
-    res = run_stream(
-        stream, build_method(kind, **hp), model,
-        build_optimizer(config.train, lr), epochs=config.train.epochs,
-        batch_size=config.train.batch_size, seed=config.seed,
-        eval_every=config.train.eval_every,
-        eval_batch_size=config.train.eval_batch_size,
-        reset_optimizer=config.train.reset_optimizer, augment=augment,
-        checkpoint_dir=os.path.join(workdir, "checkpoints", entry),
-        progress=config.progress)
+    try:
+      res = run_stream(
+          stream, build_method(kind, **hp), model,
+          build_optimizer(config.train, lr), epochs=config.train.epochs,
+          batch_size=config.train.batch_size, seed=config.seed,
+          eval_every=config.train.eval_every,
+          eval_batch_size=config.train.eval_batch_size,
+          reset_optimizer=config.train.reset_optimizer, augment=augment,
+          checkpoint_dir=os.path.join(workdir, "checkpoints", entry),
+          progress=config.progress)
+    except FloatingPointError as e:  # a diverged candidate; the rest go on
+      print(f"\n{entry}: diverged: {e}")
+      results["runs"][entry] = {"diverged": str(e), "lr": lr, "hparams": hp}
+      _write(results, workdir)
+      continue
     res.pop("final_state")
     res.update(lr=lr, hparams=hp, wall_s=time.perf_counter() - t0)
     results["runs"][entry] = res
@@ -163,19 +171,24 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
                                 os.path.join(workdir, f"accuracy_{entry}.png"),
                                 f"{entry}: accuracy (%)")
     _write(results, workdir)
-  report.plot_curves({e: r["curves"] for e, r in results["runs"].items()},
-                     os.path.join(workdir, "curves.png"), stream.name)
-  print("\n" + report.summary_table(results["runs"]))
-  if any("__" in entry for entry in results["runs"]):
-    sel = report.select(results["runs"], config.select)
+  done = {e: r for e, r in results["runs"].items() if "diverged" not in r}
+  if not any("__" in entry for entry in done):  # else: curves_selected.png
+    report.plot_curves({e: r["curves"] for e, r in done.items()},
+                       os.path.join(workdir, "curves.png"), stream.name)
+  print("\n" + report.summary_table(done))
+  if any("__" in entry for entry in done):
+    sel = report.select(done, config.select)
     results["selection"] = sel
-    table = report.selection_table(results["runs"], sel, config.select)
+    table = report.selection_table(done, sel, config.select)
+    diverged = sorted(set(results["runs"]) - set(done))
+    if diverged:
+      table += f"\n\nDiverged (not candidates): {', '.join(diverged)}"
     with open(os.path.join(workdir, "selection.md"), "w") as f:
       f.write(f"Chosen on validation ({config.select}); test numbers of the "
               f"chosen entries only.\n\n{table}\n")
     print("\n" + table)
     report.plot_curves({e: results["runs"][e]["curves"] for e in
-                        (s["entry"] for s in sel.values())},
+                        (v["entry"] for v in sel.values())},
                        os.path.join(workdir, "curves_selected.png"),
                        stream.name)
   path = _write(results, workdir)

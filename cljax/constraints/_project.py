@@ -1,0 +1,104 @@
+"""GEM and A-GEM gradient projections, on flat vectors and on pytrees."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cljax.constraints._qp import _HI, nonneg_qp
+
+
+def _leaves(grad, memory_grads, what):
+  g = jax.tree.leaves(grad)
+  mg = jax.tree.leaves(memory_grads)
+  if jax.tree.structure(grad) != jax.tree.structure(memory_grads):
+    raise ValueError(f"{what}: tree structure differs from grad's")
+  t = {a.shape[0] if a.ndim else None for a in mg}
+  if len(t) != 1 or None in t:
+    raise ValueError(f"{what}: every leaf needs the same leading axis t")
+  for a, b in zip(g, mg):
+    if b.shape[1:] != a.shape:
+      raise ValueError(f"{what}: leaf shape {b.shape} is not (t, *{a.shape})")
+  return g, mg
+
+
+def _check_finite(tree, what):
+  """Rejects NaN/inf in concrete (non-traced) inputs; under ``jit`` the train
+  step's own non-finite check applies instead."""
+  for a in jax.tree.leaves(tree):
+    if not isinstance(a, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(
+        a))):
+      raise ValueError(f"{what} contains NaN or inf")
+
+
+def _check_margin(margin):
+  if isinstance(margin, (int, float)) and not margin >= 0:
+    raise ValueError(f"margin must be >= 0, got {margin}")
+
+
+def gem_project(grad, memory_grads, margin: float = 0.0, mask=None):
+  """GEM's projection (Lopez-Paz & Ranzato 2017, eqs. 10-11).
+
+  With margin 0: the Euclidean projection of ``grad`` onto
+  ``{x : <x, G_k> >= 0 for all k in mask}``, ``x = G^T v + g`` with ``v``
+  the exact solution of the dual QP (``nonneg_qp``). A margin acts as in
+  the paper's reference code (its ``memory_strength``): dual variables
+  ``v >= margin``, applied only when some constraint is violated
+  (``<g, G_k> < 0``); otherwise ``grad`` is returned unchanged.
+
+  Args:
+    grad: ``(P,)`` or a pytree.
+    memory_grads: ``(t, P)``, or a pytree like ``grad`` with a leading
+      ``t`` axis on every leaf: one gradient per past task.
+    margin: ``>= 0``.
+    mask: ``(t,)`` bool, the rows in play (past tasks); default all.
+  Returns:
+    The projected gradient, like ``grad``.
+  """
+  _check_margin(margin)
+  _check_finite(grad, "grad")
+  _check_finite(memory_grads, "memory_grads")
+  g, mg = _leaves(grad, memory_grads, "memory_grads")
+  t = mg[0].shape[0]
+  mask = jnp.ones((t,), bool) if mask is None else jnp.asarray(mask, bool)
+  dots = sum(jnp.matmul(b.reshape(t, -1), a.reshape(-1), precision=_HI)
+             for a, b in zip(g, mg))
+  violated = jnp.any(mask & (dots < 0))
+
+  def project(_):
+    gram = sum(jnp.matmul(b.reshape(t, -1), b.reshape(t, -1).T, precision=_HI)
+               for b in mg)
+    gram = 0.5 * (gram + gram.T)
+    lower = jnp.where(mask, margin, 0.0)
+    u, _ = nonneg_qp(gram, dots + jnp.matmul(gram, lower, precision=_HI),
+                     mask)
+    v = jnp.where(mask, u + lower, 0.0)
+    return [a + jnp.tensordot(v, b, axes=1, precision=_HI).astype(a.dtype)
+            for a, b in zip(g, mg)]
+
+  out = jax.lax.cond(violated, project, lambda _: g, None)
+  return jax.tree.unflatten(jax.tree.structure(grad), out)
+
+
+def agem_project(grad, ref_grad):
+  """A-GEM (Chaudhry et al. 2019, eq. 11):
+  ``g - min(0, <g, g_ref>) / <g_ref, g_ref> * g_ref`` (``g`` unchanged when
+  ``g_ref = 0``).
+
+  Args:
+    grad, ref_grad: ``(P,)`` arrays or pytrees of the same structure.
+  """
+  if jax.tree.structure(grad) != jax.tree.structure(ref_grad):
+    raise ValueError("ref_grad: tree structure differs from grad's")
+  _check_finite(grad, "grad")
+  _check_finite(ref_grad, "ref_grad")
+  g, r = jax.tree.leaves(grad), jax.tree.leaves(ref_grad)
+  for a, b in zip(g, r):
+    if a.shape != b.shape:
+      raise ValueError(f"ref_grad: leaf shape {b.shape} != grad's {a.shape}")
+  dot = sum(jnp.vdot(a, b, precision=_HI) for a, b in zip(g, r))
+  norm2 = sum(jnp.vdot(b, b, precision=_HI) for b in r)
+  coef = jnp.where((dot < 0) & (norm2 > 0),
+                   dot / jnp.where(norm2 > 0, norm2, 1.0), 0.0)
+  return jax.tree.unflatten(jax.tree.structure(grad),
+                            [a - coef * b for a, b in zip(g, r)])

@@ -1,0 +1,190 @@
+"""GEM/A-GEM projections against quadprog (float64) and closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import quadprog
+
+from cljax import constraints
+
+gem = jax.jit(constraints.gem_project)
+
+
+def _primal(g, G):
+  """Reference: argmin 1/2 ||x - g||^2 s.t. G x >= 0 (identity Hessian, so
+  quadprog accepts any G, degenerate or not)."""
+  return quadprog.solve_qp(np.eye(len(g)), np.asarray(g, np.float64),
+                           np.asarray(G, np.float64).T, np.zeros(len(G)))[0]
+
+
+def _dual(g, G, margin):
+  """Reference as in the GEM code: the dual with v >= margin."""
+  M = G @ G.T
+  v = quadprog.solve_qp(0.5 * (M + M.T), -(G @ g), np.eye(len(G)),
+                        np.full(len(G), margin))[0]
+  return G.T @ v + g
+
+
+def _f32(*a):
+  return [jnp.asarray(x, jnp.float32) for x in a]
+
+
+def _assert_projection(x, g, G, want):
+  # Agreement: 1e-5 of the problem's scale (||g||; x* itself may be 0).
+  x = np.asarray(x, np.float64)
+  scale = max(np.linalg.norm(want), np.linalg.norm(g))
+  assert np.linalg.norm(x - want) <= 1e-5 * scale
+  # KKT: feasibility, x - g in the cone of the rows with v >= 0,
+  # complementary slackness.
+  gx = G @ x
+  assert gx.min() >= -1e-5 * scale * np.abs(G).max() * np.sqrt(G.shape[1])
+  v, *_ = np.linalg.lstsq(G.T, x - g, rcond=None)
+  np.testing.assert_allclose(G.T @ v, x - g, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 5, 8, 13, 20])
+def test_gem_matches_quadprog_on_random_problems(t):
+  rng = np.random.default_rng(t)
+  for trial in range(15):
+    p = 300 if trial % 3 else 2 * t + 3  # two shapes: few compilations
+    G = rng.normal(size=(t, p)) * rng.uniform(0.1, 10, size=(t, 1))
+    g = rng.normal(size=p) - rng.uniform(0, 1) * G.mean(0) * (trial % 2)
+    x = gem(*_f32(g, G))
+    want = _primal(g, G)
+    _assert_projection(x, g, G, want)
+    if np.linalg.norm(want) > 0.1 * np.linalg.norm(g):  # relative to x*
+      assert np.linalg.norm(np.asarray(x) - want) <= 1e-5 * np.linalg.norm(
+          want)
+
+
+def _degenerate(rng, t, p=120):
+  G = rng.normal(size=(t, p))
+  g = -G.sum(0) + 0.2 * rng.normal(size=p)
+  zero = G.copy()
+  zero[0] = 0
+  return {
+      "duplicate rows": (g, np.concatenate([G, G[:2], G[:1]])),
+      "colinear rows": (g, np.concatenate([G, 3.0 * G[:1], 0.01 * G[1:2]])),
+      "zero row": (g, zero),
+      "zero gradient": (np.zeros(p), G),
+      "all constraints active": (-G.sum(0), G),
+      "more rows than dims": (rng.normal(size=8), rng.normal(size=(t + 8, 8))),
+  }
+
+
+@pytest.mark.parametrize("t", [2, 5, 20])
+@pytest.mark.parametrize("case", ["duplicate rows", "colinear rows",
+                                  "zero row", "zero gradient",
+                                  "all constraints active",
+                                  "more rows than dims"])
+def test_gem_degenerate_problems(t, case):
+  g, G = _degenerate(np.random.default_rng(t), t)[case]
+  x = gem(*_f32(g, G))
+  assert np.all(np.isfinite(np.asarray(x)))
+  _assert_projection(x, g, G, _primal(g, G))
+
+
+def test_feasible_gradient_is_unchanged_even_with_margin():
+  rng = np.random.default_rng(0)
+  G = rng.normal(size=(6, 50))
+  g = G.sum(0) * 3 + 0.01 * rng.normal(size=50)
+  assert np.all(G @ g > 0)
+  for margin in (0.0, 0.5):
+    np.testing.assert_array_equal(gem(*_f32(g, G), margin),
+                                  np.float32(g))
+
+
+@pytest.mark.parametrize("t", [1, 4, 20])
+def test_gem_margin_matches_reference_dual(t):
+  rng = np.random.default_rng(10 + t)
+  for _ in range(10):
+    G = rng.normal(size=(t, 200))
+    g = rng.normal(size=200) - 0.5 * G.mean(0) * t
+    if np.all(G @ g >= 0):
+      continue
+    x = gem(*_f32(g, G), 0.5)
+    want = _dual(g, G, 0.5)
+    assert np.linalg.norm(np.asarray(x) - want) <= 1e-5 * np.linalg.norm(want)
+
+
+def test_mask_equals_dropping_rows_and_pytrees_equal_flat():
+  rng = np.random.default_rng(1)
+  G = rng.normal(size=(7, 30))
+  g = rng.normal(size=30) - G[:3].sum(0)
+  mask = np.array([1, 0, 1, 1, 0, 0, 1], bool)
+  np.testing.assert_allclose(gem(*_f32(g, G), 0.0, mask),
+                             gem(*_f32(g, G[mask])), atol=1e-5)
+  tree = lambda v: {"a": v[..., :12].reshape(*v.shape[:-1], 3, 4),
+                    "b": v[..., 12:]}
+  out = gem(tree(jnp.float32(g)), tree(jnp.float32(G)), 0.3, mask)
+  flat = gem(*_f32(g, G), 0.3, mask)
+  np.testing.assert_allclose(out["a"].reshape(-1), flat[:12], atol=1e-5)
+  np.testing.assert_allclose(out["b"], flat[12:], atol=1e-5)
+
+
+def test_gem_compiles_once_as_tasks_arrive():
+  f = jax.jit(lambda *a: constraints.gem_project(*a))
+  rng = np.random.default_rng(2)
+  G = jnp.asarray(rng.normal(size=(5, 40)), jnp.float32)
+  for k in range(1, 6):
+    f(jnp.asarray(rng.normal(size=40), jnp.float32), G, 0.5,
+      jnp.arange(5) < k)
+  assert f._cache_size() == 1
+
+
+def test_agem_closed_form_and_pytrees():
+  rng = np.random.default_rng(3)
+  for _ in range(20):
+    g, r = rng.normal(size=(2, 25))
+    want = g - min(0.0, g @ r) / (r @ r) * r
+    got = jax.jit(constraints.agem_project)(*_f32(g, r))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert float(np.asarray(got) @ r) >= -1e-4
+  g = jnp.ones(4)
+  np.testing.assert_array_equal(constraints.agem_project(g, jnp.zeros(4)), g)
+  tree = {"a": jnp.asarray(g[:2]), "b": jnp.asarray(-g[2:])}
+  ref = {"a": jnp.ones(2), "b": jnp.ones(2)}
+  flat = constraints.agem_project(jnp.array([1., 1, -1, -1]), jnp.ones(4))
+  out = constraints.agem_project(tree, ref)
+  np.testing.assert_allclose(jnp.concatenate([out["a"], out["b"]]), flat)
+
+
+def test_optax_forms_follow_the_direct_projection():
+  # A few SGD steps on a quadratic: chain(gem, sgd) == project then sgd.
+  rng = np.random.default_rng(4)
+  G = jnp.asarray(rng.normal(size=(3, 10)), jnp.float32)
+  target = jnp.asarray(rng.normal(size=10), jnp.float32)
+  grad = lambda p: p - target
+  for tx, kw, proj in (
+      (constraints.gem(0.5), {"memory_grads": G},
+       lambda g: constraints.gem_project(g, G, 0.5)),
+      (constraints.agem(), {"ref_grad": G[0]},
+       lambda g: constraints.agem_project(g, G[0]))):
+    opt = optax.chain(tx, optax.sgd(0.1))
+    p, s, q = jnp.zeros(10), None, jnp.zeros(10)
+    s = opt.init(p)
+    for _ in range(5):
+      u, s = opt.update(grad(p), s, p, **kw)
+      p = optax.apply_updates(p, u)
+      q = q - 0.1 * proj(grad(q))
+    np.testing.assert_allclose(p, q, rtol=1e-6)
+
+
+def test_bad_inputs_are_rejected():
+  g, G = jnp.ones(5), jnp.ones((2, 5))
+  with pytest.raises(ValueError, match="margin"):
+    constraints.gem_project(g, G, -0.1)
+  with pytest.raises(ValueError, match="shape"):
+    constraints.gem_project(g, jnp.ones((2, 4)))
+  with pytest.raises(ValueError, match="NaN"):
+    constraints.gem_project(g.at[0].set(jnp.nan), G)
+  with pytest.raises(ValueError, match="NaN"):
+    constraints.agem_project(g, G[0].at[1].set(jnp.inf))
+  with pytest.raises(ValueError, match="shape"):
+    constraints.agem_project(g, jnp.ones(4))
+  with pytest.raises(ValueError, match="memory_grads"):
+    constraints.gem().update(g, optax.EmptyState(), g)
+  with pytest.raises(ValueError, match="margin"):
+    constraints.gem(-1.0)
