@@ -11,7 +11,7 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.EWC(10.0, fisher_samples=64),
        methods.OnlineEWC(10.0, gamma=0.9, fisher_samples=64),
        methods.SI(0.1), methods.MAS(0.01, samples=64), methods.KD(1.0),
-       methods.LwF(1.0)]
+       methods.LwF(1.0), methods.GEM(32, 0.5), methods.AGEM(32, 16)]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,37 @@ def test_every_method_runs_and_compiles_once(stream, method):
     if hasattr(m, fn):
       assert getattr(m, fn)._cache_size() == 1
   assert res["metrics"]["average_accuracy"] > 0.5  # task-IL digits
+
+
+def test_resume_fingerprint_ignores_private_helpers(stream):
+  from cljax.train._loop import _fingerprint
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  a, b = methods.EWC(5.0), methods.EWC(5.0)
+  a.init_state(model, stream)  # sets a jitted helper on ``a`` only
+  assert _fingerprint(stream, a, {}) == _fingerprint(stream, b, {})
+  assert _fingerprint(stream, a, {}) != _fingerprint(stream, methods.EWC(6.),
+                                                     {})
+
+
+def test_gem_step_gradient_satisfies_the_memory_constraints(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  m = methods.GEM(16, margin=0.0)
+  s = m.init_state(model, stream)
+  for k in range(2):
+    s = m.on_task_end(_ctx(stream, model, model.params, s, k))
+  masks = jnp.asarray(stream.logit_masks(2))
+  task = stream.tasks[2].train
+  batch = {"x": task.x[:32], "y": task.y[:32], "t": task.t[:32]}
+  g = jax.grad(lambda p: m.loss_fn(model)(p, model.batch_stats, s, batch,
+                                          masks, None)[0])(model.params)
+  kw = m.extra_args(model.params, model.batch_stats, s, batch, masks, None)
+  assert np.asarray(kw["memory_mask"]).tolist() == [True, True, False]
+  opt = m.optimizer(optax.sgd(1.0), model.params)
+  upd, _ = opt.update(g, opt.init(model.params), model.params, **kw)
+  dots = [sum(float(jnp.vdot(-u, mg[k])) for u, mg in zip(
+      jax.tree.leaves(upd), jax.tree.leaves(kw["memory_grads"])))
+          for k in range(2)]
+  assert min(dots) >= -1e-5  # the projected step does not raise old losses
 
 
 def _ctx(stream, model, params, state, k=0):
@@ -155,7 +186,9 @@ def test_distillation_off_on_first_task_on_after(stream):
     ("ewc", {"chunk_size": 0}, "chunk_size"), ("ewc", {"nope": 1}, "nope"),
     ("ewc", {"path": "batch"}, "path"), ("mas", {"samples": 0}, "samples"),
     ("online_ewc", {"estimator": "minibatch"}, "estimator"),
-    ("si", {"form": "optax"}, "form")])
+    ("si", {"form": "optax"}, "form"), ("gem", {"margin": -1.0}, "margin"),
+    ("gem", {"memory_size": 0}, "memory_size"),
+    ("agem", {"ref_size": 0}, "ref_size")])
 def test_bad_hyperparameters(name, kw, match):
   with pytest.raises(ValueError, match=match):
     methods.build_method(name, **kw)

@@ -10,6 +10,8 @@ from cljax.methods.ewc import EWC
 from cljax.methods.ewc import L2
 from cljax.methods.ewc import OnlineEWC
 from cljax.methods.finetune import FineTune
+from cljax.methods.gem import AGEM
+from cljax.methods.gem import GEM
 from cljax.methods.joint import Joint
 from cljax.methods.mas import MAS
 from cljax.methods.si import SI

@@ -45,7 +45,11 @@ def _with_augmentation(loss_fn, augment):
 def _fingerprint(stream, method, settings) -> str:
   desc = json.dumps({"stream": stream.name, "tasks": stream.num_tasks,
                      "sizes": [len(t.train) for t in stream.tasks],
-                     "method": method.name, "hparams": repr(vars(method)),
+                     "method": method.name,
+                     # public hyperparameters only: private attributes (e.g.
+                     # jitted helpers) differ between processes
+                     "hparams": repr({k: v for k, v in vars(method).items()
+                                      if not k.startswith("_")}),
                      **settings}, sort_keys=True, default=str)
   return hashlib.sha256(desc.encode()).hexdigest()[:16]
 

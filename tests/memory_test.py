@@ -1,0 +1,43 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cljax import data, memory
+
+
+def _split(n, seed=0):
+  rng = np.random.default_rng(seed)
+  return data.Split(rng.normal(size=(n, 3, 3, 1)).astype(np.float32),
+                    rng.integers(0, 5, n).astype(np.int32),
+                    np.full(n, 2, np.int32))
+
+
+def test_store_last_and_random_keep_shapes():
+  mem = memory.episodic_memory(4, 5, (3, 3, 1))
+  s = _split(12)
+  mem2 = memory.store_task(mem, 2, s)
+  assert jax_shapes(mem2) == jax_shapes(mem)
+  np.testing.assert_array_equal(mem2.x[2], s.x[-5:])
+  np.testing.assert_array_equal(mem2.y[2], s.y[-5:])
+  np.testing.assert_array_equal(np.asarray(mem2.filled), [0, 0, 1, 0])
+  assert float(jnp.abs(mem2.x[jnp.array([0, 1, 3])]).sum()) == 0
+  r = memory.store_task(mem, 1, s, selection="random", seed=3)
+  rows = {tuple(np.asarray(x).ravel()) for x in r.x[1]}
+  assert len(rows) == 5 and rows <= {tuple(x.ravel()) for x in s.x}
+
+
+def test_short_task_repeats_cyclically():
+  s = _split(3)
+  got = memory.select_examples(s, 7)
+  np.testing.assert_array_equal(got.y, np.resize(s.y, 7))
+
+
+def jax_shapes(mem):
+  return [a.shape for a in mem]
+
+
+def test_bad_memory_arguments():
+  with pytest.raises(ValueError, match="per_task"):
+    memory.episodic_memory(3, 0, (2,))
+  with pytest.raises(ValueError, match="selection"):
+    memory.select_examples(_split(4), 2, "first")
