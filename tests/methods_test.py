@@ -44,6 +44,42 @@ def test_every_method_runs_and_compiles_once(stream, method):
   assert res["metrics"]["average_accuracy"] > 0.5  # task-IL digits
 
 
+def test_lwf_warmup_trains_only_the_new_head(stream):
+  traces = [0]
+
+  class WarmupOnly(methods.LwF):
+    # From task 2 on, only the warm-up phase: what it moves is all we see.
+    def phases(self, index):
+      return super().phases(index)[:1]
+
+    def phase_loss_fn(self, model, name):
+      f = super().phase_loss_fn(model, name)
+      if name != "warmup":
+        return f
+      def counted(*a):
+        traces[0] += 1
+        return f(*a)
+      return counted
+
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  one = train.run_stream(data.Stream(stream.name, stream.kind, stream.tasks[:1],
+                                     stream.num_classes), methods.LwF(),
+                         model, optax.sgd(0.05, momentum=0.9), epochs=1,
+                         batch_size=32, progress=False)["final_state"]
+  res = train.run_stream(stream, WarmupOnly(warmup_epochs=2), model,
+                         optax.sgd(0.05, momentum=0.9), epochs=1,
+                         batch_size=32, progress=False)
+  p0, p1 = one.params, res["final_state"].params
+  assert traces[0] == 2  # eval_shape + one compilation for tasks 2 and 3
+  jax.tree.map(np.testing.assert_array_equal, p0["layers"], p1["layers"])
+  old = stream.tasks[0].classes
+  np.testing.assert_array_equal(p0["head"]["kernel"][:, old],
+                                p1["head"]["kernel"][:, old])
+  new = np.concatenate([stream.tasks[1].classes, stream.tasks[2].classes])
+  assert not np.allclose(p0["head"]["kernel"][:, new],
+                         p1["head"]["kernel"][:, new])
+
+
 def test_resume_fingerprint_ignores_private_helpers(stream):
   from cljax.train._loop import _fingerprint
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
@@ -188,7 +224,8 @@ def test_distillation_off_on_first_task_on_after(stream):
     ("online_ewc", {"estimator": "minibatch"}, "estimator"),
     ("si", {"form": "optax"}, "form"), ("gem", {"margin": -1.0}, "margin"),
     ("gem", {"memory_size": 0}, "memory_size"),
-    ("agem", {"ref_size": 0}, "ref_size")])
+    ("agem", {"ref_size": 0}, "ref_size"),
+    ("lwf", {"warmup_epochs": -1}, "warmup_epochs")])
 def test_bad_hyperparameters(name, kw, match):
   with pytest.raises(ValueError, match=match):
     methods.build_method(name, **kw)

@@ -1,6 +1,7 @@
 """Continual-learning methods: each a small composition of the pure pieces."""
 
 from cljax.methods._base import Method
+from cljax.methods._base import Phase
 from cljax.methods._base import TaskContext
 from cljax.methods._registry import build_method
 from cljax.methods._registry import METHODS

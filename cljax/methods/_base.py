@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -51,6 +52,34 @@ def task_cross_entropy(model: FunctionalModel, params, batch_stats, batch,
   return ce, logits, new_stats
 
 
+class Phase(NamedTuple):
+  """A stage of training within a task.
+
+  Attributes:
+    name: selects the loss (``Method.phase_loss_fn``); each distinct name
+      gets its own train step, compiled once per stream.
+    epochs: passes over the task's data (``None``: the run's ``epochs``).
+    head_only: train only ``params["head"]`` (the rest frozen), with an
+      optimizer state of its own for the phase.
+  """
+  name: str = "train"
+  epochs: int | None = None
+  head_only: bool = False
+
+
+def head_labels(params) -> dict:
+  """``"head"`` for parameters under ``params["head"]``, else ``"backbone"``."""
+  return {k: jax.tree.map(lambda _, k=k: "head" if k == "head" else "backbone",
+                          v) for k, v in params.items()}
+
+
+def head_only(base: optax.GradientTransformation,
+              params) -> optax.GradientTransformation:
+  """``base`` on the head's parameters, zero updates elsewhere."""
+  return optax.multi_transform({"head": base, "backbone": optax.set_to_zero()},
+                               head_labels(params))
+
+
 class Method:
   """Fine-tuning: cross-entropy on the current task's active classes.
 
@@ -84,6 +113,14 @@ class Method:
       return ce, ({"ce": ce}, new_stats)
 
     return loss
+
+  def phases(self, index: int) -> tuple[Phase, ...]:
+    """The training phases of task ``index`` (default: one, all epochs)."""
+    return (Phase(),)
+
+  def phase_loss_fn(self, model: FunctionalModel, name: str):
+    """The loss of phase ``name`` (default: ``loss_fn`` for every phase)."""
+    return self.loss_fn(model)
 
   update_method_state = None  # optional per-step state update (e.g. SI)
   extra_args = None           # optional optimizer extra args (e.g. GEM)

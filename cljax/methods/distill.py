@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.losses import kd_loss, lwf_loss
-from cljax.methods._base import Method, task_cross_entropy
+from cljax.losses._cross_entropy import masked_cross_entropy
+from cljax.methods._base import Method, Phase, task_cross_entropy
+from cljax.models._heads import example_masks
 from cljax.regularizers import check_strength
 
 
@@ -76,10 +78,43 @@ class LwF(_FromPreviousModel):
   the same as recording them before training (no augmentation, eval mode).
   Weight decay ``lambda_r`` is the optimizer's (``train.weight_decay``).
 
-  Args: ``lam`` (the paper's ``lambda_o``, 1 by default), ``temperature``.
+  From the second task on, Alg. 1's warm-up comes first: ``warmup_epochs``
+  of training the new head only (shared layers and old heads frozen: only
+  ``params["head"]`` moves, and the old classes' logits are held constant),
+  on the new task's cross-entropy alone; then the joint optimisation.
+
+  Args: ``lam`` (the paper's ``lambda_o``, 1 by default), ``temperature``,
+  ``warmup_epochs >= 0`` (0: no warm-up).
   """
 
   name, term = "lwf", "lwf"
+
+  def __init__(self, lam: float = 1.0, temperature: float = 2.0,
+               warmup_epochs: int = 1):
+    super().__init__(lam, temperature)
+    if warmup_epochs < 0:
+      raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    self.warmup_epochs = int(warmup_epochs)
+
+  def phases(self, index):
+    if index == 0 or self.warmup_epochs == 0:
+      return (Phase(),)
+    return (Phase("warmup", self.warmup_epochs, head_only=True), Phase())
+
+  def phase_loss_fn(self, model, name):
+    if name != "warmup":
+      return self.loss_fn(model)
+
+    def warmup(params, batch_stats, s, batch, masks, rng):
+      (logits, _), _ = model.apply(params, batch_stats, batch["x"],
+                                   train=False)  # frozen layers: eval mode
+      old = jnp.any(s["groups"], axis=0)
+      logits = jnp.where(old, jax.lax.stop_gradient(logits), logits)
+      ce = jnp.mean(masked_cross_entropy(
+          logits, batch["y"], example_masks(masks, batch["t"])))
+      return ce, ({"ce": ce}, batch_stats)
+
+    return warmup
 
   def distill(self, student, teacher, s):
     return lwf_loss(student, teacher, s["groups"], self.temperature)

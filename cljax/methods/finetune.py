@@ -3,16 +3,7 @@ backbone (only the head is trained; a linear probe on fixed features)."""
 
 from __future__ import annotations
 
-import jax
-import optax
-
-from cljax.methods._base import Method
-
-
-def head_labels(params) -> dict:
-  """``"head"`` for parameters under ``params["head"]``, else ``"backbone"``."""
-  return {k: jax.tree.map(lambda _, k=k: "head" if k == "head" else "backbone",
-                          v) for k, v in params.items()}
+from cljax.methods._base import Method, head_only
 
 
 class FineTune(Method):
@@ -32,5 +23,4 @@ class FineTune(Method):
   def optimizer(self, base, params):
     if not self.freeze_backbone:
       return base
-    return optax.multi_transform(
-        {"head": base, "backbone": optax.set_to_zero()}, head_labels(params))
+    return head_only(base, params)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from cljax import metrics
 from cljax.data._batching import num_batches, train_batches
 from cljax.data._scenarios import Stream
-from cljax.methods._base import Method, TaskContext
+from cljax.methods._base import Method, Phase, TaskContext, head_only
 from cljax.models._functional import FunctionalModel
 from cljax.train import _checkpoint
 from cljax.train._step import (check_finite, data_parallel, evaluate,
@@ -102,14 +102,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                      f"{stream.num_classes} classes")
 
   opt = method.optimizer(optimizer, model.params)
-  loss_fn = _with_augmentation(method.loss_fn(model), augment)
   kwargs = dict(update_method_state=method.update_method_state,
                 extra_args=method.extra_args)
-  if mesh is None:
-    step = jax.jit(make_train_step(loss_fn, opt, **kwargs), donate_argnums=0)
-  else:
-    step = data_parallel(make_train_step(loss_fn, opt, axis_name="data",
-                                         **kwargs), mesh)
   eval_step = make_eval_step(model.apply)
   key = jax.random.PRNGKey(seed)
 
@@ -119,12 +113,25 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
   state = init_train_state(model.params, model.batch_stats, opt,
                            own(method.init_state(model, stream)),
                            stream.logit_masks(0))
-  term_names = list(jax.eval_shape(
-      loss_fn, model.params, model.batch_stats, state.method_state,
-      {"x": stream.tasks[0].train.x[:batch_size],
-       "y": stream.tasks[0].train.y[:batch_size],
-       "t": stream.tasks[0].train.t[:batch_size]},
-      state.masks, key)[1][0])
+  example = {k: getattr(stream.tasks[0].train, k)[:batch_size] for k in "xyt"}
+  compiled = {}  # one train step per distinct phase, compiled once
+
+  def phase_step(phase: Phase):
+    """``(step, optimizer, term names)`` of ``phase``."""
+    if (phase.name, phase.head_only) not in compiled:
+      loss_fn = _with_augmentation(method.phase_loss_fn(model, phase.name),
+                                   augment)
+      o = head_only(opt, model.params) if phase.head_only else opt
+      if mesh is None:
+        step = jax.jit(make_train_step(loss_fn, o, **kwargs), donate_argnums=0)
+      else:
+        step = data_parallel(make_train_step(loss_fn, o, axis_name="data",
+                                             **kwargs), mesh)
+      names = list(jax.eval_shape(loss_fn, model.params, model.batch_stats,
+                                  state.method_state, example, state.masks,
+                                  key)[1][0])
+      compiled[phase.name, phase.head_only] = (step, o, names)
+    return compiled[phase.name, phase.head_only]
 
   def accuracies(split_of, masks) -> list:
     return [evaluate(eval_step, state.params, state.batch_stats, masks,
@@ -158,22 +165,32 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     if reset_optimizer and i > 0:
       state = state._replace(opt_state=opt.init(state.params))
     split = method.train_split(stream, i)
-    steps = epochs * num_batches(len(split), batch_size)
+    phases = method.phases(i)
+    per_epoch = num_batches(len(split), batch_size)
+    total = sum(per_epoch * (p.epochs or epochs) for p in phases)
     host_step = int(state.step)  # one sync per task, not per step
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, desc=f"{method.name} task {i + 1}/{t_count}",
+    bar = tqdm(total=total, desc=f"{method.name} task {i + 1}/{t_count}",
                disable=not progress, leave=False)
-    for epoch in range(epochs):
-      rng = np.random.default_rng([seed, i, epoch])
-      for batch in train_batches(split, batch_size, rng):
-        state, _ = step(state, batch, key)
-        bar.update()
-        host_step += 1
-        if eval_every and host_step % eval_every == 0:
-          check_finite(state, term_names)
-          prog["curves"].append({"step": host_step, "task": i,
-                                 "acc": accuracies(curve_split, masks)})
-      check_finite(state, term_names)
+    for phase in phases:
+      step, phase_opt, term_names = phase_step(phase)
+      main_opt_state = state.opt_state
+      if phase_opt is not opt:  # a phase's own optimizer state
+        state = state._replace(opt_state=phase_opt.init(state.params))
+      for epoch in range(phase.epochs or epochs):
+        extra = [] if phase.name == "train" else list(map(ord, phase.name))
+        rng = np.random.default_rng([seed, i, epoch, *extra])
+        for batch in train_batches(split, batch_size, rng):
+          state, _ = step(state, batch, key)
+          bar.update()
+          host_step += 1
+          if eval_every and host_step % eval_every == 0:
+            check_finite(state, term_names)
+            prog["curves"].append({"step": host_step, "task": i,
+                                   "acc": accuracies(curve_split, masks)})
+        check_finite(state, term_names)
+      if phase_opt is not opt:
+        state = state._replace(opt_state=main_opt_state)
     bar.close()
     state = state._replace(method_state=own(method.on_task_end(ctx())))
     jax.block_until_ready(state)
