@@ -41,3 +41,27 @@ def test_bad_memory_arguments():
     memory.episodic_memory(3, 0, (2,))
   with pytest.raises(ValueError, match="selection"):
     memory.select_examples(_split(4), 2, "first")
+
+
+def test_reservoir_fills_then_samples_uniformly():
+  import jax
+  cap, n, runs = 5, 20, 400
+  ids = np.arange(n, dtype=np.int32)
+  x = ids[:, None].astype(np.float32)
+  add = jax.jit(memory.reservoir_add)
+  counts = np.zeros(n)
+  for r in range(runs):
+    buf = memory.reservoir_buffer(cap, (1,))
+    # Two calls (as across tasks) equal one stream of all n examples.
+    buf = add(buf, x[:5], ids[:5], ids[:5] * 0, jax.random.key(2 * r))
+    if r == 0:
+      np.testing.assert_array_equal(buf.y, ids[:5])  # filling in order
+    buf = add(buf, x[5:], ids[5:], ids[5:] * 0 + 1, jax.random.key(2 * r + 1))
+    held = np.asarray(buf.y)
+    assert len(set(held)) == cap and int(buf.seen) == n
+    np.testing.assert_array_equal(np.asarray(buf.x)[:, 0], held)
+    counts[held] += 1
+  # Each example is kept with probability cap / n = 0.25: 100 of 400 runs;
+  # binomial sd ~ 8.7, so +-40 is > 4.5 sd (a wrong sampler, e.g. keeping
+  # the last examples, fails by far).
+  assert np.all(np.abs(counts - runs * cap / n) < 40), counts

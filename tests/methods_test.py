@@ -11,7 +11,8 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.EWC(10.0, fisher_samples=64),
        methods.OnlineEWC(10.0, gamma=0.9, fisher_samples=64),
        methods.SI(0.1), methods.MAS(0.01, samples=64), methods.KD(1.0),
-       methods.LwF(1.0), methods.GEM(32, 0.5), methods.AGEM(32, 16)]
+       methods.LwF(1.0), methods.GEM(32, 0.5), methods.AGEM(32, 16),
+       methods.AGEM(32, 16, memory="reservoir")]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,8 @@ def stream(digits):
   return data.class_splits(digits, 3, task_sizes=(4, 3, 3), incremental="task")
 
 
-@pytest.mark.parametrize("method", ALL, ids=lambda m: m.name)
+@pytest.mark.parametrize("method", ALL, ids=lambda m: m.name + getattr(
+    m, "memory", ""))
 def test_every_method_runs_and_compiles_once(stream, method):
   traces = [0]
   inner = method.loss_fn
@@ -38,7 +40,7 @@ def test_every_method_runs_and_compiles_once(stream, method):
   res = train.run_stream(stream, m, model, optax.sgd(0.05, momentum=0.9),
                          epochs=2, batch_size=32, progress=False)
   assert traces[0] == 2  # eval_shape + the one compilation of the step
-  for fn in ("_fisher", "_omega"):  # end-of-task importance: also once
+  for fn in ("_fisher", "_omega", "_add"):  # end-of-task helpers: also once
     if hasattr(m, fn):
       assert getattr(m, fn)._cache_size() == 1
   assert res["metrics"]["average_accuracy"] > 0.5  # task-IL digits
@@ -225,7 +227,8 @@ def test_distillation_off_on_first_task_on_after(stream):
     ("si", {"form": "optax"}, "form"), ("gem", {"margin": -1.0}, "margin"),
     ("gem", {"memory_size": 0}, "memory_size"),
     ("agem", {"ref_size": 0}, "ref_size"),
-    ("lwf", {"warmup_epochs": -1}, "warmup_epochs")])
+    ("lwf", {"warmup_epochs": -1}, "warmup_epochs"),
+    ("agem", {"memory": "ring"}, "memory")])
 def test_bad_hyperparameters(name, kw, match):
   with pytest.raises(ValueError, match=match):
     methods.build_method(name, **kw)

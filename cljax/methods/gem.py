@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cljax import constraints, memory
@@ -19,6 +20,17 @@ def memory_loss(model, params, batch_stats, x, y, t, masks):
   (eval-mode BatchNorm: memory passes do not move the running stats)."""
   (logits, _), _ = model.apply(params, batch_stats, x)
   return jnp.mean(masked_cross_entropy(logits, y, example_masks(masks, t)))
+
+
+def memory_buckets(t_count: int) -> list[int]:
+  """Slot counts ``1, 2, 4, ..., t_count`` whose memory gradients GEM
+  computes: at most twice the filled slots, so the step's cost grows with
+  the number of past tasks instead of being fixed at ``t_count``."""
+  sizes, b = [], 1
+  while b < t_count:
+    sizes.append(b)
+    b *= 2
+  return sizes + [t_count]
 
 
 class _Episodic(Method):
@@ -72,43 +84,94 @@ class GEM(_Episodic):
   def extra_args(self, params, batch_stats, mem, batch, masks, rng):
     grad = jax.grad(lambda p, x, y, t: memory_loss(self._model, p, batch_stats,
                                                    x, y, t, masks))
-    g = jax.vmap(grad, in_axes=(None, 0, 0, 0))(params, mem.x, mem.y, mem.t)
+    t_count = mem.y.shape[0]
+    sizes = memory_buckets(t_count)
+
+    def grads_of_first(b):
+      def branch(_):
+        g = jax.vmap(grad, in_axes=(None, 0, 0, 0))(params, mem.x[:b],
+                                                    mem.y[:b], mem.t[:b])
+        return jax.tree.map(
+            lambda a: jnp.pad(a, [(0, t_count - b)] + [(0, 0)] * (a.ndim - 1)),
+            g)
+      return branch
+
+    # Tasks fill slots 0, 1, ... in order; only the smallest bucket holding
+    # the filled slots is computed (every branch is compiled with the step,
+    # so nothing recompiles as tasks arrive).
+    filled = jnp.sum(mem.filled)
+    which = jnp.searchsorted(jnp.asarray(sizes), filled)
+    g = jax.lax.switch(which, [grads_of_first(b) for b in sizes], None)
     return {"memory_grads": g, "memory_mask": mem.filled}
 
 
 class AGEM(_Episodic):
   """A-GEM (Chaudhry et al. 2019, eq. 11): the reference gradient is the
-  gradient on ``ref_size`` examples drawn uniformly from the memories of all
+  gradient on ``ref_size`` examples drawn uniformly from the memory of all
   past tasks; ``g~ = g - min(0, g.g_ref)/(g_ref.g_ref) g_ref``
   (``cljax.constraints.agem_project``, chained before the optimizer).
 
   Args:
     memory_size: examples per task.
     ref_size: examples per reference gradient (paper: 256).
-    selection: as for ``GEM``.
+    selection: as for ``GEM`` (episodic memory).
+    memory: ``"episodic"`` (``memory_size`` per task, as in the paper) or
+      ``"reservoir"`` (one reservoir of ``memory_size * T`` examples that
+      every task's data streams through at the task's end).
   """
 
   name = "agem"
+  MEMORIES = ("episodic", "reservoir")
+  _CHUNK = 256  # reservoir insertion: fixed-size chunks, compiled once
 
   def __init__(self, memory_size: int = 256, ref_size: int = 256,
-               selection: str = "last"):
+               selection: str = "last", memory: str = "episodic"):
     super().__init__(memory_size, selection)
     if ref_size < 1:
       raise ValueError(f"ref_size must be >= 1, got {ref_size}")
-    self.ref_size = int(ref_size)
+    if memory not in self.MEMORIES:
+      raise ValueError(f"memory must be one of {self.MEMORIES}, got "
+                       f"{memory!r}")
+    self.ref_size, self.memory = int(ref_size), memory
+
+  def init_state(self, model, stream):
+    if self.memory == "episodic":
+      return super().init_state(model, stream)
+    self._model = model
+    self._add = jax.jit(memory.reservoir_add)
+    return memory.reservoir_buffer(self.memory_size * stream.num_tasks,
+                                   stream.input_shape)
+
+  def on_task_end(self, ctx):
+    if self.memory == "episodic":
+      return super().on_task_end(ctx)
+    split, buf = ctx.stream.tasks[ctx.index].train, ctx.method_state
+    c = self._CHUNK
+    for k, start in enumerate(range(0, len(split), c)):
+      part = split.take(np.arange(start, min(start + c, len(split))))
+      pad = c - len(part)
+      rep = lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)])
+      buf = self._add(buf, rep(part.x), rep(part.y), rep(part.t),
+                      jax.random.key(1000 * ctx.index + k),
+                      np.arange(c) < len(part))
+    return buf
 
   def optimizer(self, base, params):
     return optax.chain(constraints.agem(), base)
 
   def extra_args(self, params, batch_stats, mem, batch, masks, rng):
-    t_count, m = mem.y.shape
-    weight = jnp.repeat(mem.filled, m).astype(jnp.float32)
-    on = jnp.any(mem.filled)
+    if self.memory == "episodic":
+      t_count, m = mem.y.shape
+      weight = jnp.repeat(mem.filled, m).astype(jnp.float32)
+      flat = lambda a: a.reshape(t_count * m, *a.shape[2:])
+    else:
+      size = mem.y.shape[0]
+      weight = (jnp.arange(size) < mem.seen).astype(jnp.float32)
+      flat = lambda a: a
+    on = jnp.any(weight > 0)
     p = jnp.where(on, weight, 1.0)  # nothing stored yet: any index, unused
-    idx = jax.random.choice(rng, t_count * m, (self.ref_size,),
-                            p=p / p.sum())
-    flat = lambda a: a.reshape(t_count * m, *a.shape[2:])[idx]
+    idx = jax.random.choice(rng, len(weight), (self.ref_size,), p=p / p.sum())
     ref = jax.grad(memory_loss, argnums=1)(
-        self._model, params, batch_stats, flat(mem.x), flat(mem.y),
-        flat(mem.t), masks)
+        self._model, params, batch_stats, flat(mem.x)[idx], flat(mem.y)[idx],
+        flat(mem.t)[idx], masks)
     return {"ref_grad": jax.tree.map(lambda r: jnp.where(on, r, 0.0), ref)}
