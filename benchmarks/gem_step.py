@@ -1,0 +1,117 @@
+"""GEM and A-GEM train steps vs the plain fine-tuning step, by number of
+past tasks.
+
+The GEM paper's setting: MLP 784-100-100-10, batch 10, 256 memories per
+task, a stream of 20 tasks. For ``t`` past tasks (memory slots filled with
+random examples), times the jitted steps (as ``run_stream`` builds them) of
+fine-tuning, GEM (memory gradients of the filled slots' bucket, the on-device
+QP, the projection) and A-GEM (a 256-example reference gradient). Also, as
+shares of the GEM step: the whole projection (``gem_project`` on the ``T``
+masked rows of ``P`` parameters: Gram matrix, QP, ``G^T v``) and the QP
+solve alone (``nonneg_qp`` on the ``t x t`` problem; target < 2%). Target: GEM step <= 1.1 x (1 + t m / B) plain steps;
+A-GEM <= 1.1 x (1 + 256 / B).
+
+    python benchmarks/gem_step.py [--blocks 15 --steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from _timing import interleaved_medians, repeat, write
+from cljax import constraints, data, methods, models, train
+from cljax.constraints import nonneg_qp
+
+T, M, B = 20, 256, 10
+
+
+def stream(rng):
+  n = 300
+  tasks = []
+  for k in range(T):
+    s = data.Split(rng.normal(size=(n, 28, 28, 1)).astype(np.float32),
+                   rng.integers(0, 10, n).astype(np.int32),
+                   np.full(n, k, np.int32))
+    tasks.append(data.Task(s, s.take(np.arange(0)), s, np.arange(10)))
+  return data.Stream("random", "domain", tuple(tasks), 10)
+
+
+def runner(method, model, st, filled, batch):
+  opt = method.optimizer(optax.sgd(0.1), model.params)
+  step = jax.jit(train.make_train_step(
+      method.loss_fn(model), opt, extra_args=method.extra_args),
+      donate_argnums=0)
+  ms = method.init_state(model, st)
+  for k in range(filled):
+    ms = method.on_task_end(methods.TaskContext(
+        k, st, model, model.params, model.batch_stats, ms, st.logit_masks(k)))
+  state = train.init_train_state(model.params, model.batch_stats, opt,
+                                 jax.tree.map(jnp.array, ms),
+                                 st.logit_masks(filled))
+  box, key = [state], jax.random.key(0)
+
+  def run(n):
+    s = box[0]
+    for _ in range(n):
+      s, _ = step(s, batch, key)
+    jax.block_until_ready(s)
+    box[0] = s
+
+  return run
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--blocks", type=int, default=15)
+  ap.add_argument("--steps", type=int, default=20)
+  args = ap.parse_args()
+  rng = np.random.default_rng(0)
+  st = stream(rng)
+  model = models.build_model("mlp", (28, 28, 1), 10, hidden=(100, 100))
+  n_params = sum(a.size for a in jax.tree.leaves(model.params))
+  rows = []
+  print(f"MLP 784-100-100-10 ({n_params} params), batch {B}, {M} memories "
+        f"per task, {T} task slots")
+  print(f"{'t':>3}{'plain ms':>10}{'GEM ms':>9}{'x plain':>9}{'target':>8}"
+        f"{'A-GEM ms':>10}{'x plain':>9}{'proj share':>12}{'QP share':>10}")
+  for t in (1, 2, 5, 10, 19):
+    task = st.tasks[t].train
+    batch = {k: jnp.asarray(getattr(task, k)[:B]) for k in "xyt"}
+    G = jnp.asarray(rng.normal(size=(T, n_params)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=n_params), jnp.float32) - G[:t].sum(0)
+    proj = jax.jit(constraints.gem_project)
+    mask = jnp.arange(T) < t
+    gram, lin = G @ G.T, G @ g
+    qp = jax.jit(lambda m, c, k: nonneg_qp(m, c, k)[0])
+    tm = interleaved_medians({
+        "plain": runner(methods.FineTune(), model, st, t, batch),
+        "gem": runner(methods.GEM(M, 0.5), model, st, t, batch),
+        "agem": runner(methods.AGEM(M, 256), model, st, t, batch),
+        "project": repeat(proj, g, G, 0.5, mask),
+        "qp": repeat(qp, gram, lin, mask)},
+        blocks=args.blocks, reps=args.steps)
+    plain = tm["plain"]["median_ms"]
+    r = {"t": t, **{f"{k}_ms": v["median_ms"] for k, v in tm.items()}}
+    r["gem_ratio"] = r["gem_ms"] / plain
+    r["agem_ratio"] = r["agem_ms"] / plain
+    r["gem_target"] = 1.1 * (1 + t * M / B)
+    r["agem_target"] = 1.1 * (1 + 256 / B)
+    r["project_share_of_gem_step"] = r["project_ms"] / r["gem_ms"]
+    r["qp_share_of_gem_step"] = r["qp_ms"] / r["gem_ms"]
+    rows.append(r)
+    print(f"{t:3d}{plain:10.3f}{r['gem_ms']:9.2f}{r['gem_ratio']:8.1f}x"
+          f"{r['gem_target']:7.0f}x{r['agem_ms']:10.2f}{r['agem_ratio']:8.1f}x"
+          f"{100 * r['project_share_of_gem_step']:11.1f}%"
+          f"{100 * r['qp_share_of_gem_step']:9.2f}%")
+  write("gem_step", {"T": T, "memory_per_task": M, "batch": B,
+                     "n_params": int(n_params), "blocks": args.blocks,
+                     "steps_per_block": args.steps, "results": rows})
+
+
+if __name__ == "__main__":
+  main()
