@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.batch_size = 32
   c.train.optimizer = "sgd"     # sgd | adam
   c.train.lr = 0.05
+  c.train.first_task_lr = 0.0   # > 0: the first task's lr (later tasks: lr)
   c.train.momentum = 0.9
   c.train.weight_decay = 0.0
   c.train.eval_every = 10       # steps between curve evaluations; 0 = off

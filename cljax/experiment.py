@@ -56,6 +56,8 @@ def validate(config) -> None:
       _fail(f"train.{key}", f"must be >= 1, got {t[key]}")
   if t.eval_every < 0:
     _fail("train.eval_every", f"must be >= 0, got {t.eval_every}")
+  if t.first_task_lr < 0:
+    _fail("train.first_task_lr", f"must be >= 0, got {t.first_task_lr}")
   if t.momentum < 0 or t.weight_decay < 0:
     _fail("train", "momentum and weight_decay must be >= 0")
   if t.optimizer not in OPTIMIZERS:
@@ -103,10 +105,14 @@ def build_stream(config) -> cl_data.Stream:
 
 
 def build_optimizer(train_cfg, lr: float) -> optax.GradientTransformation:
+  """The configured optimizer; its learning rate is injected state, so the
+  runner can change it per task (``train.first_task_lr``) without
+  recompiling."""
   if train_cfg.optimizer == "adam":
-    opt = optax.adam(lr)
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr)
   else:
-    opt = optax.sgd(lr, momentum=train_cfg.momentum or None)
+    opt = optax.inject_hyperparams(optax.sgd)(
+        learning_rate=lr, momentum=train_cfg.momentum or None)
   if train_cfg.weight_decay:
     opt = optax.chain(optax.add_decayed_weights(train_cfg.weight_decay), opt)
   return opt
@@ -156,7 +162,9 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
           eval_batch_size=config.train.eval_batch_size,
           reset_optimizer=config.train.reset_optimizer, augment=augment,
           checkpoint_dir=os.path.join(workdir, "checkpoints", entry),
-          progress=config.progress)
+          progress=config.progress,
+          task_lrs=([config.train.first_task_lr] + [lr] * (
+              stream.num_tasks - 1) if config.train.first_task_lr else None))
     except FloatingPointError as e:  # a diverged candidate; the rest go on
       print(f"\n{entry}: diverged: {e}")
       results["runs"][entry] = {"diverged": str(e), "lr": lr, "hparams": hp}

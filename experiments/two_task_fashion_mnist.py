@@ -3,7 +3,8 @@
 Task A = Fashion-MNIST classes 0-4; then a new head for task B = classes
 5-9 (two heads: task-incremental). Techniques, each at the standard lr (0.01)
 and at a 10x lower lr (0.001): fine-tuning, EWC and Hinton KD from the task-A
-model. EWC's lambda and KD's weight are chosen per technique and lr on the
+model. Task A is always trained at the standard lr (``train.first_task_lr``);
+the technique's lr applies to task B. EWC's lambda and KD's weight are chosen per technique and lr on the
 *validation* Score (the seed's metric: the best mean of task-A and task-B
 validation accuracy over the evaluations made while training task B; see
 ``cljax.metrics.score``). Test accuracies are reported for the chosen runs.
@@ -35,6 +36,7 @@ def get_config(arg=None):
   c.train.epochs = 5
   c.train.batch_size = 128
   c.train.momentum = 0.9
+  c.train.first_task_lr = 0.01
   c.train.eval_every = 50
   c.select = "val_score"
   entries = []

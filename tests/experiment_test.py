@@ -72,6 +72,28 @@ def test_entry_with_own_lr(tmp_path):
   assert res["runs"]["finetune_low"]["lr"] == 0.005
 
 
+def test_sweep_selection_on_validation_and_diverged_entries(tmp_path):
+  # Entries of one family compete on validation; a diverging one (lr 1e6)
+  # is recorded, not fatal; task 1 runs at first_task_lr for every entry.
+  c = _config(tmp_path, first_task_lr=0.05)
+  c.scenario.num_tasks = 2
+  c.methods = "ft__a,ft__b,ft__nan"
+  for name, lr in (("ft__a", 0.05), ("ft__b", 1e-4), ("ft__nan", 1e6)):
+    c.method[name] = {"kind": "finetune", "lr": lr}
+  res = experiment.run_experiment(c)
+  runs = res["runs"]
+  assert "diverged" in runs["ft__nan"]
+  assert runs["ft__a"]["accuracy_matrix"][0] == \
+      runs["ft__b"]["accuracy_matrix"][0]  # same first task
+  sel = res["selection"]["ft"]
+  vals = {e: sum(runs[e]["val_accuracy_matrix"][-1]) / 2
+          for e in ("ft__a", "ft__b")}
+  assert sel["entry"] == max(vals, key=vals.get)
+  assert os.path.exists(os.path.join(c.workdir, "selection.md"))
+  with pytest.raises(ValueError, match="first_task_lr"):
+    experiment.run_experiment(_config(tmp_path, first_task_lr=-1.0))
+
+
 def test_cli_usage_and_error():
   run = lambda *a: subprocess.run([sys.executable, "-m", "cljax.cli", *a],
                                   capture_output=True, text=True, timeout=300)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -42,6 +42,29 @@ def _with_augmentation(loss_fn, augment):
   return loss
 
 
+def set_learning_rate(opt_state, lr: float):
+  """``opt_state`` with every ``optax.inject_hyperparams`` learning rate set
+  to ``lr`` (a state value: nothing recompiles)."""
+  found = []
+
+  def put(node):
+    if isinstance(node, optax.InjectStatefulHyperparamsState) and (
+        "learning_rate" in node.hyperparams):
+      found.append(node)
+      hp = dict(node.hyperparams)
+      hp["learning_rate"] = jax.numpy.asarray(
+          lr, hp["learning_rate"].dtype)
+      return node._replace(hyperparams=hp)
+    return node
+
+  out = jax.tree.map(put, opt_state, is_leaf=lambda n: isinstance(
+      n, optax.InjectStatefulHyperparamsState))
+  if not found:
+    raise ValueError("task_lrs needs an optimizer made with "
+                     "optax.inject_hyperparams(...)(learning_rate=...)")
+  return out
+
+
 def _fingerprint(stream, method, settings) -> str:
   desc = json.dumps({"stream": stream.name, "tasks": stream.num_tasks,
                      "sizes": [len(t.train) for t in stream.tasks],
@@ -60,7 +83,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                eval_batch_size: int = 1000, reset_optimizer: bool = True,
                augment: Callable | None = None, mesh=None,
                checkpoint_dir: str | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True,
+               task_lrs: Sequence[float] | None = None) -> dict:
   """Trains ``method`` on ``stream`` and returns the run's results.
 
   Args:
@@ -79,6 +103,9 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     mesh: a ``jax.sharding.Mesh`` with axis ``"data"`` for data parallelism.
     checkpoint_dir: where to checkpoint after each task and resume from.
     progress: show a progress bar.
+    task_lrs: optional learning rate per task (e.g. task A at the standard
+      lr, later tasks lower); ``optimizer`` must come from
+      ``optax.inject_hyperparams`` so the lr is part of its state.
   Returns:
     A dict with ``accuracy_matrix`` (``R[i][j]``, test splits),
     ``val_accuracy_matrix`` (validation splits), ``random_init_accuracy``,
@@ -90,6 +117,10 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     raise ValueError("batch_size and eval_batch_size must be >= 1")
   if eval_every < 0:
     raise ValueError(f"eval_every must be >= 0, got {eval_every}")
+  if task_lrs is not None and (len(task_lrs) != stream.num_tasks or
+                               min(task_lrs) <= 0):
+    raise ValueError(f"task_lrs must have {stream.num_tasks} values > 0, got "
+                     f"{task_lrs}")
   t_count = stream.num_tasks
   for k in range(t_count):
     n = len(method.train_split(stream, k))
@@ -141,7 +172,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
   curve_split = lambda task: task.val if len(task.val) else task.test
   fingerprint = _fingerprint(stream, method, dict(
       epochs=epochs, batch_size=batch_size, seed=seed, eval_every=eval_every,
-      reset_optimizer=reset_optimizer))
+      reset_optimizer=reset_optimizer,
+      **({"task_lrs": list(task_lrs)} if task_lrs is not None else {})))
   prog = {"fingerprint": fingerprint, "done": 0, "rows": [], "val_rows": [],
           "curves": [],
           "train_s": [], "eval_s": [],
@@ -164,6 +196,9 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     state = state._replace(method_state=own(method.on_task_start(ctx())))
     if reset_optimizer and i > 0:
       state = state._replace(opt_state=opt.init(state.params))
+    if task_lrs is not None:
+      state = state._replace(opt_state=set_learning_rate(state.opt_state,
+                                                         task_lrs[i]))
     split = method.train_split(stream, i)
     phases = method.phases(i)
     per_epoch = num_batches(len(split), batch_size)
