@@ -11,10 +11,11 @@ g||^2 - 1/2 ||g||^2`` this is a non-negative least-squares problem in
 1974, ch. 23; Bro & de Jong 1997) solves *exactly* in finitely many steps:
 every iterate solves the equality-constrained problem on a "passive" set of
 free variables, so the answer is the exact solution of the final set's
-linear system rather than the limit of a gradient method. Its iterations
-move one index in or out of the passive set, so ``4 t + 8`` iterations
-bound the typical count (about ``t``) generously; the loop stops earlier on
-convergence. All shapes are static: ``t`` is a fixed maximum, and rows
+linear system rather than the limit of a gradient method. It starts from
+the violated constraints as the passive set (usually the final one) and
+then moves one index in or out per iteration, so ``4 t + 8`` iterations
+bound the typical count (one to a few) generously; the loop stops earlier
+on convergence. All shapes are static: ``t`` is a fixed maximum, and rows
 outside ``mask`` (tasks not yet seen) are held at ``v = 0``.
 
 Conditioning, in float32: the ``t x t`` system is Jacobi-scaled to a unit
@@ -78,7 +79,8 @@ def nonneg_qp(m, c, mask=None, *, max_iter: int | None = None, tol=1e-6):
       ratio = jnp.where(bad, u / jnp.where(bad, u - s, 1.0), jnp.inf)
       alpha = jnp.clip(jnp.min(ratio), 0.0, 1.0)
       un = u + alpha * (s - u)
-      keep = passive & (un > 0) & ~(bad & (ratio <= alpha))
+      blocked = bad & (ratio <= alpha)
+      keep = passive & ~blocked & (un > 0)
       return jnp.where(keep, un, 0.0), keep, False
 
     def advance(_):
@@ -93,6 +95,17 @@ def nonneg_qp(m, c, mask=None, *, max_iter: int | None = None, tol=1e-6):
   def cond(state):
     return (~state[3]) & (state[2] < max_iter)
 
-  init = (jnp.zeros((t,), m.dtype), jnp.zeros((t,), bool), 0, False)
+  # Warm start: the passive set begins as the variables whose multipliers at
+  # u = 0 are positive (for GEM: the violated constraints), usually the final
+  # set, so most problems take one or two iterations. It is kept only if its
+  # system solves cleanly to a positive point (duplicate or colinear rows
+  # make it singular); otherwise the loop starts from the empty set.
+  start = live & (-cs > thresh)
+  s0 = _passive_solve(ms, cs, start)
+  resid = jnp.where(start, jnp.matmul(ms, s0, precision=_HI) + cs, 0.0)
+  ok = (jnp.all(jnp.isfinite(s0)) & jnp.all(jnp.where(start, s0 > 0, True))
+        & (jnp.max(jnp.abs(resid)) <= 1e-4 * jnp.maximum(1.0, jnp.max(
+            jnp.abs(cs)))))
+  init = (jnp.where(ok, s0, 0.0), start & ok, 0, False)
   u, _, it, _ = jax.lax.while_loop(cond, body, init)
   return u * d, it
