@@ -138,7 +138,8 @@ class AGEM(_Episodic):
     if self.memory == "episodic":
       return super().init_state(model, stream)
     self._model = model
-    self._add = jax.jit(memory.reservoir_add)
+    # A wrapper of its own: jit caches are shared per wrapped function.
+    self._add = jax.jit(lambda *a: memory.reservoir_add(*a))
     return memory.reservoir_buffer(self.memory_size * stream.num_tasks,
                                    stream.input_shape)
 
