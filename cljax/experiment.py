@@ -152,7 +152,6 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
     model = build_model(config.model.name, stream.input_shape,
                         stream.num_classes, seed=config.seed,
                         hidden=tuple(config.model.hidden))
-    t0 = time.perf_counter()
     try:
       res = run_stream(
           stream, build_method(kind, **hp), model,
@@ -171,7 +170,10 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
       _write(results, workdir)
       continue
     res.pop("final_state")
-    res.update(lr=lr, hparams=hp, wall_s=time.perf_counter() - t0)
+    # Training plus per-task evaluation, from the run's own timings (which
+    # checkpoints keep, so a resumed run reports its original cost).
+    res.update(lr=lr, hparams=hp, wall_s=sum(res["timings"]["train_s"]) +
+               sum(res["timings"]["eval_s"]))
     results["runs"][entry] = res
     print(report.accuracy_table(res["accuracy_matrix"],
                                 f"\n{entry} on {stream.name} (accuracy %)"))
@@ -184,6 +186,12 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
     report.plot_curves({e: r["curves"] for e, r in done.items()},
                        os.path.join(workdir, "curves.png"), stream.name)
   print("\n" + report.summary_table(done))
+  shown = done
+  if any("__" in entry for entry in done):  # the selected entries only
+    shown = {e: done[e] for e in (v["entry"] for v in report.select(
+        done, config.select).values())}
+  report.plot_over_tasks({e: r["accuracy_matrix"] for e, r in shown.items()},
+                         os.path.join(workdir, "over_tasks.png"), stream.name)
   if any("__" in entry for entry in done):
     sel = report.select(done, config.select)
     results["selection"] = sel
@@ -201,7 +209,7 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
                        stream.name)
   path = _write(results, workdir)
   print(f"\nresults: {path}\nplots:   {workdir}/accuracy_*.png, "
-        f"{workdir}/curves.png")
+        f"{workdir}/over_tasks.png, {workdir}/curves*.png")
   return results
 
 

@@ -51,7 +51,7 @@ def test_run_writes_results_and_plots(tmp_path, capsys):
   assert "ACC" in out and "results:" in out
   files = os.listdir(c.workdir)
   for f in ("results.json", "accuracy_finetune.png", "accuracy_joint.png",
-            "curves.png"):
+            "curves.png", "over_tasks.png"):
     assert f in files
   with open(os.path.join(c.workdir, "results.json")) as f:
     saved = json.load(f)

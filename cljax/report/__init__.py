@@ -2,6 +2,7 @@
 
 from cljax.report._plots import plot_accuracy_matrix
 from cljax.report._plots import plot_curves
+from cljax.report._plots import plot_over_tasks
 from cljax.report._table import accuracy_table
 from cljax.report._table import summary_table
 from cljax.report._selection import CRITERIA

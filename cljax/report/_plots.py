@@ -63,3 +63,30 @@ def plot_curves(curves_by_method: dict, path: str, title: str = "",
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def plot_over_tasks(matrices: dict, path: str, title: str = "") -> str:
+  """Two panels, one line per method, against the number of tasks learned:
+  the average accuracy over the tasks seen so far, and the accuracy on the
+  first task (the GEM paper's Figure 1 views). ``matrices`` maps a name to
+  its accuracy matrix ``R``."""
+  fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+  for name, r in matrices.items():
+    r = np.asarray(r) * 100
+    tasks = np.arange(1, r.shape[0] + 1)
+    seen = [r[i, :i + 1].mean() for i in range(r.shape[0])]
+    ax0.plot(tasks, seen, marker=".", label=name)
+    ax1.plot(tasks, r[:, 0], marker=".", label=name)
+  ax0.set_ylabel("accuracy (%)")
+  ax0.set_title("average over tasks seen")
+  ax1.set_title("task 1")
+  for ax in (ax0, ax1):
+    ax.set_xlabel("tasks learned")
+    ax.set_ylim(0, 100)
+  ax1.legend(fontsize=7, loc="lower left")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
