@@ -26,8 +26,10 @@ def _fail(key, msg):
   raise ValueError(f"config.{key}: {msg}")
 
 
-def run_entries(config) -> list[tuple[str, str, dict, float]]:
-  """``(entry, method kind, hyperparameters, lr)`` for each run entry."""
+def run_entries(config) -> list[tuple[str, str, dict, float, tuple]]:
+  """``(entry, method kind, hyperparameters, lr, hidden)`` for each run
+  entry; an entry's ``lr`` and ``hidden`` keys override ``train.lr`` and
+  ``model.hidden`` for it."""
   out = []
   entries = [e.strip() for e in config.methods.split(",") if e.strip()]
   if not entries:
@@ -36,12 +38,13 @@ def run_entries(config) -> list[tuple[str, str, dict, float]]:
     hp = dict(config.method.get(entry, {}))
     kind = hp.pop("kind", entry)
     lr = float(hp.pop("lr", config.train.lr))
+    hidden = tuple(hp.pop("hidden", config.model.hidden))
     if kind not in METHODS:
       _fail("methods", f"unknown method {kind!r} (entry {entry!r}); known: "
             f"{sorted(METHODS)}")
     if lr <= 0:
       _fail(f"method.{entry}.lr", f"must be > 0, got {lr}")
-    out.append((entry, kind, hp, lr))
+    out.append((entry, kind, hp, lr, hidden))
   return out
 
 
@@ -78,7 +81,7 @@ def validate(config) -> None:
     _fail("select", f"unknown {config.select!r}; one of {report.CRITERIA}")
   if config.model.name not in MODELS:
     _fail("model.name", f"unknown {config.model.name!r}; one of {MODELS}")
-  for entry, kind, hp, _ in run_entries(config):
+  for entry, kind, hp, _, _ in run_entries(config):
     build_method(kind, **hp)  # raises ValueError on bad hyperparameters
 
 
@@ -148,10 +151,10 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
                         "test_sizes": [len(t.test) for t in stream.tasks]},
              "data_load_s": load_s, "runs": {}}
   augment = cl_data.AUGMENTATIONS[config.train.augment]
-  for entry, kind, hp, lr in run_entries(config):
+  for entry, kind, hp, lr, hidden in run_entries(config):
     model = build_model(config.model.name, stream.input_shape,
                         stream.num_classes, seed=config.seed,
-                        hidden=tuple(config.model.hidden))
+                        hidden=hidden)
     try:
       res = run_stream(
           stream, build_method(kind, **hp), model,

@@ -6,7 +6,9 @@ per task (plus 111 held out for validation), 2,000 test examples per task,
 MLP 784-100-100-10, one pass (1 epoch), batch 10, plain SGD lr 0.1; GEM and
 A-GEM with 256 memories per task, GEM's memory strength (margin) 0.5, as in
 facebookresearch/GradientEpisodicMemory's run script. Methods: single
-(fine-tuning), EWC (strength chosen on validation), A-GEM, GEM. A second
+(fine-tuning), independent (one network per task with 1/20 of the hidden
+units, 784-5-5-10, as in the paper), EWC (strength chosen on validation),
+A-GEM, GEM. A second
 argument sets the epochs (``:rotated,5``).
 
     cljax run --config experiments/gem_fashion_mnist.py:permuted \
@@ -39,11 +41,13 @@ def get_config(arg="permuted"):
   c.train.eval_every = 0
   c.select = "val_acc"
   c.method.single = ml_collections.ConfigDict({"kind": "finetune"})
+  c.method.independent = ml_collections.ConfigDict(
+      {"kind": "independent", "hidden": (5, 5)})
   c.method.gem = ml_collections.ConfigDict(
       {"kind": "gem", "memory_size": 256, "margin": 0.5})
   c.method.agem = ml_collections.ConfigDict(
       {"kind": "agem", "memory_size": 256, "ref_size": 256})
-  entries = ["single", "agem", "gem"]
+  entries = ["single", "independent", "agem", "gem"]
   for lam in (1.0, 10.0, 100.0):
     entry = f"ewc__lam{lam:g}"
     c.method[entry] = ml_collections.ConfigDict({"kind": "ewc", "lam": lam})

@@ -109,6 +109,18 @@ def test_gem_margin_matches_reference_dual(t):
     assert np.linalg.norm(np.asarray(x) - want) <= 1e-5 * np.linalg.norm(want)
 
 
+@pytest.mark.parametrize("t", [2, 5])
+def test_gem_is_accurate_for_a_million_parameters(t):
+  # Long float32 accumulations: the Gram matrix and <G_k, g> must not lose
+  # precision with P (a plain XLA:CPU dot lost 4.6e-4 at P = 10^6, t = 2).
+  rng = np.random.default_rng(t)
+  G = rng.normal(size=(t, 10**6)).astype(np.float32)
+  g = (rng.normal(size=10**6) - G.mean(0) * t).astype(np.float32)
+  x = np.asarray(gem(*_f32(g, G), 0.5), np.float64)
+  want = _dual(g.astype(np.float64), G.astype(np.float64), 0.5)
+  assert np.linalg.norm(x - want) <= 1e-5 * np.linalg.norm(want)
+
+
 def test_mask_equals_dropping_rows_and_pytrees_equal_flat():
   rng = np.random.default_rng(1)
   G = rng.normal(size=(7, 30))

@@ -12,7 +12,7 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.OnlineEWC(10.0, gamma=0.9, fisher_samples=64),
        methods.SI(0.1), methods.MAS(0.01, samples=64), methods.KD(1.0),
        methods.LwF(1.0), methods.GEM(32, 0.5), methods.AGEM(32, 16),
-       methods.AGEM(32, 16, memory="reservoir")]
+       methods.AGEM(32, 16, memory="reservoir"), methods.Independent()]
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,31 @@ def test_lwf_warmup_trains_only_the_new_head(stream):
   new = np.concatenate([stream.tasks[1].classes, stream.tasks[2].classes])
   assert not np.allclose(p0["head"]["kernel"][:, new],
                          p1["head"]["kernel"][:, new])
+
+
+def test_independent_keeps_one_network_per_task(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  res = train.run_stream(stream, methods.Independent(), model,
+                         optax.sgd(0.05, momentum=0.9), epochs=1,
+                         batch_size=32, progress=False)
+  r, b = np.asarray(res["accuracy_matrix"]), res["random_init_accuracy"]
+  np.testing.assert_array_equal(r[:, 0], r[0, 0])  # task 1's net is kept
+  np.testing.assert_array_equal(r[1, 1], r[2, 1])
+  assert r[0, 1] == b[1] and r[1, 2] == b[2]  # untrained tasks: the init
+  assert res["metrics"]["backward_transfer"] == 0.0
+  # Each task starts from the initial weights: task 2's network does not
+  # depend on what task 1's data were.
+  first = stream.tasks[0]
+  half = first._replace(train=first.train.take(np.arange(len(first.train)
+                                                          // 2)))
+  other = data.Stream(stream.name, stream.kind,
+                      (half, *stream.tasks[1:]), stream.num_classes)
+  res2 = train.run_stream(other, methods.Independent(), model,
+                          optax.sgd(0.05, momentum=0.9), epochs=1,
+                          batch_size=32, progress=False)
+  second = lambda out: jax.tree.map(
+      lambda a: a[1], out["final_state"].method_state["params"])
+  jax.tree.map(np.testing.assert_array_equal, second(res), second(res2))
 
 
 def test_resume_fingerprint_ignores_private_helpers(stream):

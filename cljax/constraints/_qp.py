@@ -62,7 +62,7 @@ def nonneg_qp(m, c, mask=None, *, max_iter: int | None = None, tol=1e-6):
   max_iter = 4 * t + 8 if max_iter is None else max_iter
   diag = jnp.diagonal(m)
   live = mask & (diag > 0)
-  d = jnp.where(live, jax.lax.rsqrt(jnp.where(live, diag, 1.0)), 0.0)
+  d = jnp.where(live, 1.0 / jnp.sqrt(jnp.where(live, diag, 1.0)), 0.0)
   ms = m * d[:, None] * d[None, :]  # unit diagonal on live rows
   cs = c * d
   thresh = tol * jnp.maximum(1.0, jnp.max(jnp.abs(cs)))

@@ -128,5 +128,16 @@ class Method:
   def on_task_start(self, ctx: TaskContext) -> Any:
     return ctx.method_state
 
+  def start_params(self, ctx: TaskContext):
+    """``(params, batch_stats)`` to start task ``ctx.index`` from (after
+    ``on_task_start``), or ``None`` to go on from the current ones."""
+    return None
+
+  def eval_params(self, method_state, params, batch_stats, task: int,
+                  current: int):
+    """``(params, batch_stats)`` that predict for ``task`` after training
+    task ``current`` (default: the one current model)."""
+    return params, batch_stats
+
   def on_task_end(self, ctx: TaskContext) -> Any:
     return ctx.method_state

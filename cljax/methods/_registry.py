@@ -4,12 +4,13 @@ from cljax.methods.distill import KD, LwF
 from cljax.methods.ewc import EWC, L2, OnlineEWC
 from cljax.methods.finetune import FineTune
 from cljax.methods.gem import AGEM, GEM
+from cljax.methods.independent import Independent
 from cljax.methods.joint import Joint
 from cljax.methods.mas import MAS
 from cljax.methods.si import SI
 
 METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
-                                     MAS, KD, LwF, GEM, AGEM)}
+                                     MAS, KD, LwF, GEM, AGEM, Independent)}
 
 
 def build_method(name: str, **hparams):

@@ -164,10 +164,14 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
       compiled[phase.name, phase.head_only] = (step, o, names)
     return compiled[phase.name, phase.head_only]
 
-  def accuracies(split_of, masks) -> list:
-    return [evaluate(eval_step, state.params, state.batch_stats, masks,
-                     split_of(task), eval_batch_size)
-            for task in stream.tasks]
+  def accuracies(split_of, masks, current) -> list:
+    out = []
+    for j, task in enumerate(stream.tasks):
+      params, stats = method.eval_params(state.method_state, state.params,
+                                         state.batch_stats, j, current)
+      out.append(evaluate(eval_step, params, stats, masks, split_of(task),
+                          eval_batch_size))
+    return out
 
   curve_split = lambda task: task.val if len(task.val) else task.test
   fingerprint = _fingerprint(stream, method, dict(
@@ -194,6 +198,10 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                               state.method_state, masks)
     state = state._replace(masks=jax.numpy.asarray(masks))
     state = state._replace(method_state=own(method.on_task_start(ctx())))
+    start = method.start_params(ctx())
+    if start is not None:  # e.g. a fresh network per task
+      state = state._replace(params=own(start[0]), batch_stats=own(start[1]),
+                             opt_state=opt.init(start[0]))
     if reset_optimizer and i > 0:
       state = state._replace(opt_state=opt.init(state.params))
     if task_lrs is not None:
@@ -222,7 +230,7 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
           if eval_every and host_step % eval_every == 0:
             check_finite(state, term_names)
             prog["curves"].append({"step": host_step, "task": i,
-                                   "acc": accuracies(curve_split, masks)})
+                                   "acc": accuracies(curve_split, masks, i)})
         check_finite(state, term_names)
       if phase_opt is not opt:
         state = state._replace(opt_state=main_opt_state)
@@ -230,9 +238,9 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     state = state._replace(method_state=own(method.on_task_end(ctx())))
     jax.block_until_ready(state)
     t1 = time.perf_counter()
-    prog["rows"].append(accuracies(lambda task: task.test, masks))
+    prog["rows"].append(accuracies(lambda task: task.test, masks, i))
     if all(len(task.val) for task in stream.tasks):
-      prog["val_rows"].append(accuracies(lambda task: task.val, masks))
+      prog["val_rows"].append(accuracies(lambda task: task.val, masks, i))
     prog["train_s"].append(t1 - t0)
     prog["eval_s"].append(time.perf_counter() - t1)
     prog["done"] = i + 1
