@@ -46,3 +46,43 @@ for name, shape in [("mlp", (8, 8, 1)), ("cnn", (8, 8, 3))]:
         jax.tree.leaves(single[0]), jax.tree.leaves(other[0])))
     print(name, "max abs diff", diff)
     assert diff < 1e-5, diff
+
+# GEM and A-GEM: the memory is replicated and A-GEM's reference sample uses
+# the step key shared by all shards, so the projected update is the same on
+# every shard and equals one device's.
+from cljax import data  # noqa: E402
+from cljax.methods import TaskContext  # noqa: E402
+
+rng = np.random.default_rng(1)
+n = 64
+split = data.Split(rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
+                   rng.integers(0, 10, n).astype(np.int32), np.zeros(n, np.int32))
+stream = data.permuted(data.Dataset("random", split, split, 10), 3)
+model = models.build_model("mlp", (8, 8, 1), 10, hidden=(32,))
+for method in (methods.GEM(16, 0.5), methods.AGEM(16, 8)):
+  opt = method.optimizer(optax.sgd(0.05), model.params)
+  s0 = method.init_state(model, stream)
+  for k in range(2):
+    s0 = method.on_task_end(TaskContext(k, stream, model, model.params,
+                                        model.batch_stats, s0,
+                                        stream.logit_masks(k)))
+  batches = [{k: getattr(stream.tasks[2].train, k)[16 * i:16 * i + 16]
+              for k in "xyt"} for i in range(4)]
+
+  def run(step):
+    state = train.init_train_state(model.params, model.batch_stats, opt,
+                                   jax.tree.map(np.array, s0),
+                                   stream.logit_masks(2))
+    for b in batches:
+      state, _ = step(state, b, key)
+    return jax.device_get(state.params)
+
+  kw = dict(extra_args=method.extra_args)
+  single = run(jax.jit(train.make_train_step(method.loss_fn(model), opt,
+                                             **kw)))
+  sharded = run(train.data_parallel(train.make_train_step(
+      method.loss_fn(model), opt, axis_name="data", **kw), mesh))
+  diff = max(float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(single), jax.tree.leaves(sharded)))
+  print(method.name, "max abs diff", diff)
+  assert diff < 1e-5, diff

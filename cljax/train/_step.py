@@ -84,7 +84,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     update_method_state: optional ``(method_state, old_params, new_params,
       grads) -> method_state`` run after the update (e.g. SI's path integral).
     extra_args: optional ``(params, batch_stats, method_state, batch, masks,
-      rng) -> dict`` of keyword arguments for ``optimizer.update``.
+      rng) -> dict`` of keyword arguments for ``optimizer.update``. Its
+      ``rng`` is the same on every shard (the optimizer's inputs must agree
+      across shards, e.g. A-GEM's reference sample).
   Returns:
     The step. ``rng`` may be the same key every call: the step folds in
     ``state.step``.
@@ -94,7 +96,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
           else (lambda x: x))
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
-    rng = jax.random.fold_in(rng, state.step)
+    rng = shared_rng = jax.random.fold_in(rng, state.step)
     if axis_name:
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     args = (state.batch_stats, state.method_state, batch, state.masks, rng)
@@ -103,7 +105,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     names = sorted(terms)
     finite = jnp.stack([jnp.all(jnp.isfinite(terms[k])) for k in names])
     ok = jnp.all(finite) & (state.nonfinite_step < 0)
-    kwargs = extra_args(state.params, *args) if extra_args else {}
+    kwargs = (extra_args(state.params, *args[:-1], shared_rng) if extra_args
+              else {})
 
     def update(_):
       updates, opt_state = optimizer.update(grads, state.opt_state,
