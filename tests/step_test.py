@@ -158,6 +158,40 @@ def test_bad_run_arguments(digits):
   with pytest.raises(ValueError, match="head"):
     train.run_stream(stream, methods.FineTune(), small, optax.sgd(0.1),
                      epochs=1, batch_size=32, progress=False)
+  with pytest.raises(ValueError, match="task_lrs"):
+    train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
+                     epochs=1, batch_size=32, progress=False,
+                     task_lrs=[0.1, -1.0])
+  with pytest.raises(ValueError, match="inject_hyperparams"):
+    train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
+                     epochs=1, batch_size=32, progress=False,
+                     task_lrs=[0.1, 0.01])
+
+
+def test_task_lrs_change_the_lr_without_recompiling(digits):
+  # Task 2 at lr 0: its parameters stay those after task 1.
+  stream = data.class_splits(digits, 2)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
+  traces = [0]
+  inner = methods.FineTune().loss_fn(model)
+
+  class Counted(methods.FineTune):
+    def loss_fn(self, model):
+      def loss(*a):
+        traces[0] += 1
+        return inner(*a)
+      return loss
+
+  full = train.run_stream(stream, Counted(), model, opt, epochs=1,
+                          batch_size=32, progress=False, task_lrs=[0.1, 1e-30])
+  one = train.run_stream(data.Stream(stream.name, stream.kind,
+                                     stream.tasks[:1], stream.num_classes),
+                         methods.FineTune(), model, opt, epochs=1,
+                         batch_size=32, progress=False)
+  assert traces[0] == 2  # eval_shape + one compilation
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               full["final_state"].params, one["final_state"].params)
 
 
 def test_frozen_backbone_trains_only_the_head(digits):
