@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cljax.constraints._qp import _HI, _passive_solve, nonneg_qp
+from cljax.constraints._qp import _HI, solve_on_set, nonneg_qp
 
 
 def _leaves(grad, memory_grads, what):
@@ -91,7 +91,7 @@ def gem_project(grad, memory_grads, margin: float = 0.0, mask=None):
     # is accurate even where the Gram matrix's long float32 dot is not
     # (XLA:CPU lost 4.6e-4 relative at P = 10^6, t = 2).
     free = mask & (u > 0)
-    dv = _passive_solve(gram, _row_dots(mg, x), free)
+    dv = solve_on_set(gram, _row_dots(mg, x), free)
     return _add_rows(x, dv, mg)
 
   out = jax.lax.cond(violated, project, lambda _: g, None)
@@ -114,8 +114,9 @@ def agem_project(grad, ref_grad):
   for a, b in zip(g, r):
     if a.shape != b.shape:
       raise ValueError(f"ref_grad: leaf shape {b.shape} != grad's {a.shape}")
-  dot = sum(jnp.vdot(a, b, precision=_HI) for a, b in zip(g, r))
-  norm2 = sum(jnp.vdot(b, b, precision=_HI) for b in r)
+  # Reductions, not long dots (see gem_project on XLA:CPU's dot accuracy).
+  dot = sum(jnp.sum(a * b) for a, b in zip(g, r))
+  norm2 = sum(jnp.sum(b * b) for b in r)
   coef = jnp.where((dot < 0) & (norm2 > 0),
                    dot / jnp.where(norm2 > 0, norm2, 1.0), 0.0)
   return jax.tree.unflatten(jax.tree.structure(grad),

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _passive_solve(m, c, passive):
+def solve_on_set(m, c, passive):
   """``s`` with ``s_P = -M_PP^{-1} c_P`` and ``s_Z = 0``."""
   eye = jnp.eye(m.shape[0], dtype=m.dtype)
   both = passive[:, None] & passive[None, :]
@@ -72,7 +72,7 @@ def nonneg_qp(m, c, mask=None, *, max_iter: int | None = None, tol=1e-6):
 
   def body(state):
     u, passive, it, _ = state
-    s = _passive_solve(ms, cs, passive)
+    s = solve_on_set(ms, cs, passive)
     bad = passive & (s <= 0)
 
     def backtrack(_):
@@ -101,7 +101,7 @@ def nonneg_qp(m, c, mask=None, *, max_iter: int | None = None, tol=1e-6):
   # system solves cleanly to a positive point (duplicate or colinear rows
   # make it singular); otherwise the loop starts from the empty set.
   start = live & (-cs > thresh)
-  s0 = _passive_solve(ms, cs, start)
+  s0 = solve_on_set(ms, cs, start)
   resid = jnp.where(start, jnp.matmul(ms, s0, precision=_HI) + cs, 0.0)
   ok = (jnp.all(jnp.isfinite(s0)) & jnp.all(jnp.where(start, s0 > 0, True))
         & (jnp.max(jnp.abs(resid)) <= 1e-4 * jnp.maximum(1.0, jnp.max(
