@@ -17,6 +17,9 @@ import time
 import jax
 import numpy as np
 
+from cljax import train
+from cljax.methods import TaskContext
+
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
@@ -60,3 +63,38 @@ def write(name: str, payload: dict, out: str | None = None) -> str:
     json.dump({**payload, "machine": machine()}, f, indent=1)
   print(f"written: {path}")
   return path
+
+
+def train_steps(step, state, batch):
+  """A runner taking ``n`` steps ``state, _ = step(state, batch, key)`` from
+  where the previous call stopped (the step may donate its state)."""
+  box, key = [state], jax.random.key(0)
+
+  def run(n):
+    s = box[0]
+    for _ in range(n):
+      s, _ = step(s, batch, key)
+    jax.block_until_ready(s)
+    box[0] = s
+
+  return run
+
+
+def method_steps(method, model, stream, base, tasks_done: int, batch):
+  """``train_steps`` for ``method``'s jitted step (as ``run_stream`` builds
+  it) in the state it has after its end-of-task hook ran for the first
+  ``tasks_done`` tasks (parameters left at their initial values)."""
+  opt = method.optimizer(base, model.params)
+  step = jax.jit(train.make_train_step(
+      method.loss_fn(model), opt,
+      update_method_state=method.update_method_state,
+      extra_args=method.extra_args), donate_argnums=0)
+  ms = method.init_state(model, stream)
+  for k in range(tasks_done):
+    ms = method.on_task_end(TaskContext(k, stream, model, model.params,
+                                        model.batch_stats, ms,
+                                        stream.logit_masks(k)))
+  state = train.init_train_state(model.params, model.batch_stats, opt,
+                                 jax.tree.map(np.array, ms),
+                                 stream.logit_masks(tasks_done))
+  return train_steps(step, state, batch)

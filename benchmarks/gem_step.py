@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from _timing import interleaved_medians, repeat, write
-from cljax import constraints, data, methods, models, train
+from _timing import interleaved_medians, method_steps, repeat, write
+from cljax import constraints, data, methods, models
 from cljax.constraints import nonneg_qp
 
 T, M, B = 20, 256, 10
@@ -44,30 +44,6 @@ def stream(rng):
   return data.Stream("random", "domain", tuple(tasks), 10)
 
 
-def runner(method, model, st, filled, batch):
-  opt = method.optimizer(optax.sgd(0.1), model.params)
-  step = jax.jit(train.make_train_step(
-      method.loss_fn(model), opt, extra_args=method.extra_args),
-      donate_argnums=0)
-  ms = method.init_state(model, st)
-  for k in range(filled):
-    ms = method.on_task_end(methods.TaskContext(
-        k, st, model, model.params, model.batch_stats, ms, st.logit_masks(k)))
-  state = train.init_train_state(model.params, model.batch_stats, opt,
-                                 jax.tree.map(jnp.array, ms),
-                                 st.logit_masks(filled))
-  box, key = [state], jax.random.key(0)
-
-  def run(n):
-    s = box[0]
-    for _ in range(n):
-      s, _ = step(s, batch, key)
-    jax.block_until_ready(s)
-    box[0] = s
-
-  return run
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--blocks", type=int, default=15)
@@ -82,6 +58,7 @@ def main():
         f"per task, {T} task slots")
   print(f"{'t':>3}{'plain ms':>10}{'GEM ms':>9}{'x plain':>9}{'target':>8}"
         f"{'A-GEM ms':>10}{'x plain':>9}{'proj share':>12}{'QP share':>10}")
+  sgd = optax.sgd(0.1)
   for t in (1, 2, 5, 10, 19):
     task = st.tasks[t].train
     batch = {k: jnp.asarray(getattr(task, k)[:B]) for k in "xyt"}
@@ -92,9 +69,9 @@ def main():
     gram, lin = G @ G.T, G @ g
     qp = jax.jit(lambda m, c, k: nonneg_qp(m, c, k)[0])
     tm = interleaved_medians({
-        "plain": runner(methods.FineTune(), model, st, t, batch),
-        "gem": runner(methods.GEM(M, 0.5), model, st, t, batch),
-        "agem": runner(methods.AGEM(M, 256), model, st, t, batch),
+        "plain": method_steps(methods.FineTune(), model, st, sgd, t, batch),
+        "gem": method_steps(methods.GEM(M, 0.5), model, st, sgd, t, batch),
+        "agem": method_steps(methods.AGEM(M, 256), model, st, sgd, t, batch),
         "project": repeat(proj, g, G, 0.5, mask),
         "qp": repeat(qp, gram, lin, mask)},
         blocks=args.blocks, reps=args.steps)

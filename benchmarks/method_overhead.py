@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from _timing import interleaved_medians, write
-from cljax import data, methods, models, train
-from cljax.methods._base import TaskContext
+from _timing import interleaved_medians, method_steps, write
+from cljax import data, methods, models
 
 BATCH = 128
 NAMES = ("finetune", "l2", "ewc", "online_ewc", "si", "mas", "kd", "lwf")
@@ -38,33 +36,6 @@ def stream(rng):
   return data.class_splits(ds, 5, incremental="task")
 
 
-def runner(name, model, st, batch):
-  method = methods.build_method(name)
-  opt = method.optimizer(optax.sgd(0.01, momentum=0.9), model.params)
-  step = jax.jit(train.make_train_step(
-      method.loss_fn(model), opt,
-      update_method_state=method.update_method_state,
-      extra_args=method.extra_args), donate_argnums=0)
-  ms = method.init_state(model, st)
-  ms = method.on_task_end(TaskContext(0, st, model, model.params,
-                                      model.batch_stats, ms,
-                                      st.logit_masks(0)))
-  ms = jax.tree.map(jnp.array, ms)
-  state = train.init_train_state(model.params, model.batch_stats, opt, ms,
-                                 st.logit_masks(1))
-  key = jax.random.key(0)
-  box = [state]
-
-  def run(n):
-    s = box[0]
-    for _ in range(n):
-      s, _ = step(s, batch, key)
-    jax.block_until_ready(s)
-    box[0] = s
-
-  return run
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--blocks", type=int, default=40)
@@ -75,7 +46,9 @@ def main():
   task = st.tasks[1].train
   batch = {k: jnp.asarray(getattr(task, k)[:BATCH]) for k in "xyt"}
   model = models.build_model("mlp", (28, 28, 1), 10)
-  runners = {n: runner(n, model, st, batch) for n in NAMES}
+  base = optax.sgd(0.01, momentum=0.9)
+  runners = {n: method_steps(methods.build_method(n), model, st, base, 1,
+                             batch) for n in NAMES}
   t = interleaved_medians(runners, blocks=args.blocks, reps=args.steps)
   ref = t["finetune"]["median_ms"]
   print(f"MLP 784-400-400-10, batch {BATCH}; median of {args.blocks} blocks "

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from _timing import train_steps
 from cljax import methods, models, train
 
 SIZES = (784, 400, 400, 10)
@@ -40,17 +41,7 @@ def cljax_step(batch):
                  donate_argnums=0)
   state = train.init_train_state(model.params, model.batch_stats, opt, (),
                                  np.ones((1, 10), bool))
-  key = jax.random.key(0)
-  box = [state]
-
-  def run(n):
-    s = box[0]
-    for _ in range(n):
-      s, _ = step(s, batch, key)
-    jax.block_until_ready(s)
-    box[0] = s
-
-  return run
+  return train_steps(step, state, batch)
 
 
 def jax_step(batch):

@@ -29,6 +29,9 @@ def test_ewc_penalty_against_numpy(seed):
   g = jax.grad(reg.ewc_penalty)(p, a, f)
   jax.tree.map(lambda gg, pp, aa, ff: np.testing.assert_allclose(
       gg, ff * (pp - aa), rtol=1e-5, atol=1e-7), g, p, a, f)
+  jax.tree.map(lambda gg, cf: np.testing.assert_allclose(gg, cf, rtol=1e-5,
+                                                         atol=1e-7),
+               g, reg.ewc_penalty_grad(p, a, f))
 
 
 def test_multi_ewc_penalty():

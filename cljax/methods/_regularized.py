@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cljax.data._batching import eval_batches
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._base import Method, TaskContext, task_cross_entropy
 from cljax.models._functional import FunctionalModel
 from cljax.regularizers import (FISHER_ESTIMATORS, add_quadratic_penalty,
-                                ewc_penalty, fisher_diagonal,
+                                ewc_penalty, ewc_penalty_grad, fisher_diagonal,
                                 layerwise_fisher_diagonal,
                                 layerwise_mas_importance, mas_importance)
 
@@ -30,15 +31,13 @@ IMPORTANCE_PATHS = ("layerwise", "vmap")
 
 
 def padded_task_sample(ctx: TaskContext, n: int | None):
-  """``task_sample`` padded to exactly ``n`` examples (by repeating the last
-  one) so that the importance function compiles once per stream. Returns
-  ``(x, y, w)`` with ``w`` 1 on real examples and 0 on padding."""
+  """``task_sample`` padded to exactly ``n`` examples (one padded
+  ``eval_batches`` batch) so that the importance function compiles once per
+  stream. Returns ``(x, y, w)`` with ``w`` 1 on real examples and 0 on
+  padding."""
   split = task_sample(ctx, n)
-  size = len(split) if n is None else max(n, len(split))
-  pad = size - len(split)
-  rep = lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)])
-  return rep(split.x), rep(split.y), (np.arange(size) < len(split)).astype(
-      np.float32)
+  b = next(eval_batches(split, len(split) if n is None else n))
+  return b["x"], b["y"], b["w"]
 
 
 def check_importance_options(path: str, estimator: str = "empirical"):
@@ -133,8 +132,9 @@ class PenalisedFineTune(Method):
                             + s.get("const", 0.0))
 
   def penalty_grad(self, params, s):
-    return jax.tree.map(lambda p, a, f: self.strength * f * (p - a), params,
-                        s["anchor"], s["importance"])
+    """The penalty's gradient (what the transform form adds)."""
+    return jax.tree.map(lambda g: self.strength * g, ewc_penalty_grad(
+        params, s["anchor"], s["importance"]))
 
   def optimizer(self, base, params):
     if self.form == "loss":

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from cljax import constraints, memory
+from cljax.data._batching import eval_batches
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._base import Method
 from cljax.models._heads import example_masks
@@ -146,15 +146,11 @@ class AGEM(_Episodic):
   def on_task_end(self, ctx):
     if self.memory == "episodic":
       return super().on_task_end(ctx)
-    split, buf = ctx.stream.tasks[ctx.index].train, ctx.method_state
-    c = self._CHUNK
-    for k, start in enumerate(range(0, len(split), c)):
-      part = split.take(np.arange(start, min(start + c, len(split))))
-      pad = c - len(part)
-      rep = lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)])
-      buf = self._add(buf, rep(part.x), rep(part.y), rep(part.t),
-                      jax.random.key(1000 * ctx.index + k),
-                      np.arange(c) < len(part))
+    buf = ctx.method_state
+    for k, b in enumerate(eval_batches(ctx.stream.tasks[ctx.index].train,
+                                       self._CHUNK)):
+      buf = self._add(buf, b["x"], b["y"], b["t"],
+                      jax.random.key(1000 * ctx.index + k), b["w"] > 0)
     return buf
 
   def optimizer(self, base, params):

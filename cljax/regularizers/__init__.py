@@ -10,6 +10,7 @@ from cljax.regularizers._layerwise import per_example_grad_sum
 from cljax.regularizers._penalties import check_strength
 from cljax.regularizers._penalties import ewc_merge
 from cljax.regularizers._penalties import ewc_penalty
+from cljax.regularizers._penalties import ewc_penalty_grad
 from cljax.regularizers._penalties import l2_penalty
 from cljax.regularizers._penalties import multi_ewc_penalty
 from cljax.regularizers._penalties import online_ewc_update

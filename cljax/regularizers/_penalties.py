@@ -34,6 +34,12 @@ def ewc_penalty(params, anchor, fisher) -> jax.Array:
   return 0.5 * sum(jax.tree.leaves(terms))
 
 
+def ewc_penalty_grad(params, anchor, fisher):
+  """The gradient of ``ewc_penalty`` in ``params``, in closed form:
+  ``F * (theta - theta*)`` (a pytree like ``params``)."""
+  return jax.tree.map(lambda p, a, f: f * (p - a), params, anchor, fisher)
+
+
 def l2_penalty(params, anchor) -> jax.Array:
   """``0.5 * ||theta - theta*||^2``: the seeds' naive L2 constraint (EWC with
   every importance 1)."""

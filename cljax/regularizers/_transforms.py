@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from cljax.regularizers._penalties import check_strength
+from cljax.regularizers._penalties import check_strength, ewc_penalty_grad
 
 
 def add_quadratic_penalty(strength: float
@@ -37,8 +37,8 @@ def add_quadratic_penalty(strength: float
     if params is None or anchor is None or importance is None:
       raise ValueError("add_quadratic_penalty needs params, anchor and "
                        "importance")
-    new = jax.tree.map(lambda u, p, a, f: u + strength * f * (p - a),
-                       updates, params, anchor, importance)
+    new = jax.tree.map(lambda u, g: u + strength * g, updates,
+                       ewc_penalty_grad(params, anchor, importance))
     return new, state
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -9,6 +9,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: str, title: str = "") -> str:
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def plot_accuracy_matrix(r, path: str, title: str = "") -> str:
   """Heatmap of ``R[i, j]`` (percent), saved as PNG at ``path``."""
   r = np.asarray(r) * 100
@@ -25,10 +34,7 @@ def plot_accuracy_matrix(r, path: str, title: str = "") -> str:
   ax.set_ylabel("after training task")
   ax.set_title(title or "accuracy (%)")
   fig.colorbar(im, ax=ax, fraction=0.046)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def plot_curves(curves_by_method: dict, path: str, title: str = "",
@@ -57,12 +63,7 @@ def plot_curves(curves_by_method: dict, path: str, title: str = "",
     ax.set_ylim(0, 100)
   axes[0][0].set_ylabel("accuracy (%)")
   axes[0][-1].legend(fontsize=7, loc="lower left")
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path, title)
 
 
 def plot_over_tasks(matrices: dict, path: str, title: str = "") -> str:
@@ -84,9 +85,4 @@ def plot_over_tasks(matrices: dict, path: str, title: str = "") -> str:
     ax.set_xlabel("tasks learned")
     ax.set_ylim(0, 100)
   ax1.legend(fontsize=7, loc="lower left")
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path, title)
