@@ -200,3 +200,27 @@ def test_bad_inputs_are_rejected():
     constraints.gem().update(g, optax.EmptyState(), g)
   with pytest.raises(ValueError, match="margin"):
     constraints.gem(-1.0)
+
+
+@pytest.mark.parametrize("margin", [jnp.array(-1.0), np.float32(-0.5),
+                                    np.array(jnp.nan), float("inf")])
+def test_margin_of_any_type_is_checked(margin):
+  # A JAX or NumPy scalar used to skip the check and change the result.
+  g, G = -jnp.ones(5), jnp.ones((2, 5))
+  with pytest.raises(ValueError, match="margin must be finite and >= 0"):
+    constraints.gem_project(g, G, margin)
+  with pytest.raises(ValueError, match="margin"):
+    constraints.gem(margin)
+
+
+def test_traced_margin_is_left_to_the_caller():
+  g, G = -jnp.ones(5), jnp.ones((2, 5))
+  got = jax.jit(constraints.gem_project)(g, G, 0.5)
+  np.testing.assert_allclose(got, constraints.gem_project(g, G, 0.5),
+                             atol=1e-6)
+
+
+def test_gem_mask_must_have_one_entry_per_row():
+  g, G = -jnp.ones(5), jnp.ones((3, 5))
+  with pytest.raises(ValueError, match=r"mask must have shape \(3,\)"):
+    constraints.gem_project(g, G, mask=jnp.ones((1,), bool))

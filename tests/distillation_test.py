@@ -100,3 +100,42 @@ def test_bad_temperature(temp):
     losses.lwf_loss(z, z, jnp.ones((1, 3), bool), temp)
   with pytest.raises(ValueError, match="soft_weight"):
     losses.hinton_distillation_loss(z, z, jnp.zeros(2, int), 2.0, 1.5)
+
+
+@pytest.mark.parametrize("temp", [0.0, -1.0, jnp.array(0.0), np.float32(-2.0),
+                                  np.array(np.nan), jnp.inf])
+def test_temperature_of_any_type_is_checked(temp):
+  # kd_loss(T=jnp.array(0.)) used to return 0.0.
+  s = jnp.zeros((4, 10))
+  for fn in (lambda: losses.kd_loss(s, s, temp),
+             lambda: losses.soft_cross_entropy(s, s, temp),
+             lambda: losses.lwf_loss(s, s, jnp.ones((1, 10), bool), temp)):
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+      fn()
+
+
+def test_traced_temperature_is_not_checked():
+  s = jax.random.normal(jax.random.key(0), (4, 10))
+  got = jax.jit(losses.kd_loss)(s, s * 2, 3.0)
+  np.testing.assert_allclose(got, losses.kd_loss(s, s * 2, 3.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("teacher_shape", [(1, 10), (10,), (4, 9), (4, 10, 1)])
+def test_teacher_logits_never_broadcast(teacher_shape):
+  # A (1, 10) or (10,) teacher used to broadcast against a (4, 10) student.
+  s, t = jnp.zeros((4, 10)), jnp.zeros(teacher_shape)
+  with pytest.raises(ValueError, match="shapes must be equal"):
+    losses.kd_loss(s, t, 2.0)
+  with pytest.raises(ValueError, match="shapes must be equal"):
+    losses.lwf_loss(s, t, jnp.ones((1, 10), bool))
+
+
+def test_bad_masks_and_soft_weight():
+  s = jnp.zeros((4, 10))
+  with pytest.raises(ValueError, match="mask must have shape"):
+    losses.kd_loss(s, s, 2.0, jnp.ones((3,), bool))
+  with pytest.raises(ValueError, match="group_masks"):
+    losses.lwf_loss(s, s, jnp.ones((2, 9), bool))
+  with pytest.raises(ValueError, match="soft_weight"):
+    losses.hinton_distillation_loss(s, s, jnp.zeros(4, int), 2.0,
+                                    jnp.array(1.5))

@@ -26,10 +26,24 @@ def test_store_last_and_random_keep_shapes():
   assert len(rows) == 5 and rows <= {tuple(x.ravel()) for x in s.x}
 
 
-def test_short_task_repeats_cyclically():
-  s = _split(3)
-  got = memory.select_examples(s, 7)
-  np.testing.assert_array_equal(got.y, np.resize(s.y, 7))
+def test_memory_larger_than_the_task_is_refused():
+  # It used to repeat examples cyclically, silently weighting some twice.
+  with pytest.raises(ValueError, match="memory_size=7 exceeds the task's 3"):
+    memory.select_examples(_split(3), 7)
+
+
+@pytest.mark.parametrize("k", [-1, 3, 1.5, np.int64(7), jnp.array(-1)])
+def test_store_task_rejects_a_task_index_out_of_range(k):
+  # -1 used to write the last row; 3 was silently ignored.
+  mem = memory.episodic_memory(3, 2, (2,))
+  with pytest.raises(ValueError, match="k must be"):
+    memory.store_task(mem, k, _split(4))
+
+
+def test_store_task_rejects_examples_of_another_shape():
+  mem = memory.episodic_memory(3, 2, (3,))
+  with pytest.raises(ValueError, match="split.x"):
+    memory.store_task(mem, 0, _split(4))
 
 
 def jax_shapes(mem):

@@ -57,6 +57,30 @@ def test_masked_logits_get_no_gradient():
   assert np.isfinite(np.asarray(jax.nn.log_softmax(masked))).all()
 
 
+@pytest.mark.parametrize("labels,match", [
+    ([0, 10], r"labels\[1\] = 10 is outside \[0, 10\)"),
+    ([-1, 0], r"labels\[0\] = -1 is outside"),
+    ([0.0, 1.0], "labels must be integers"),
+])
+def test_masked_cross_entropy_rejects_bad_labels(labels, match):
+  # A label of 10 of 10 classes used to give a loss of 1.7e38.
+  with pytest.raises(ValueError, match=match):
+    losses.masked_cross_entropy(jnp.zeros((2, 10)), jnp.asarray(labels))
+
+
+def test_masked_cross_entropy_rejects_inactive_labels_and_bad_shapes():
+  z = jnp.zeros((2, 4))
+  mask = jnp.array([[True, True, False, False], [False, False, True, True]])
+  with pytest.raises(ValueError, match=r"labels\[1\] = 1 is not an active"):
+    losses.masked_cross_entropy(z, jnp.array([0, 1]), mask)
+  with pytest.raises(ValueError, match="labels must have shape"):
+    losses.masked_cross_entropy(z, jnp.array([0]))
+  with pytest.raises(ValueError, match="mask must have shape"):
+    losses.masked_cross_entropy(z, jnp.array([0, 2]), mask[:1])
+  with pytest.raises(ValueError, match="logits must have shape"):
+    losses.masked_cross_entropy(jnp.zeros(4), jnp.array([0]))
+
+
 def test_unknown_model():
   with pytest.raises(ValueError, match="model.name"):
     models.build_model("vit", (8, 8, 1), 10)

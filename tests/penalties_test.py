@@ -148,3 +148,34 @@ def test_optax_form_bad_input():
   p = _tree(0)
   with pytest.raises(ValueError, match="anchor"):
     t.update(p, t.init(p), p)
+
+
+def test_negative_fisher_is_refused():
+  # ewc_penalty used to return -6.0 for a negative Fisher.
+  p = {"w": jnp.ones(4)}
+  a = {"w": jnp.zeros(4)}
+  for bad in (-jnp.ones(4), np.full(4, -1.0), jnp.array([1.0, jnp.nan, 0, 0])):
+    with pytest.raises(ValueError, match="fisher must be finite and >= 0"):
+      reg.ewc_penalty(p, a, {"w": bad})
+    with pytest.raises(ValueError, match="fisher"):
+      reg.ewc_penalty_grad(p, a, {"w": bad})
+
+
+def test_penalty_gradient_never_broadcasts():
+  # A (1, 4) Fisher used to broadcast against (3, 4) parameters.
+  p = {"w": jnp.ones((3, 4))}
+  with pytest.raises(ValueError, match="fisher must match params"):
+    reg.ewc_penalty_grad(p, p, {"w": jnp.ones((1, 4))})
+  with pytest.raises(ValueError, match="anchor must match params"):
+    reg.ewc_penalty_grad(p, {"w": jnp.ones(4)}, p)
+  with pytest.raises(ValueError, match="anchor"):
+    reg.ewc_penalty(p, {"v": jnp.ones((3, 4))}, p)
+
+
+@pytest.mark.parametrize("value", [jnp.array(-1.0), np.float64(-2.0),
+                                   np.array(np.inf)])
+def test_strengths_of_any_type_are_checked(value):
+  with pytest.raises(ValueError, match="strength"):
+    reg.add_quadratic_penalty(value)
+  with pytest.raises(ValueError, match="gamma"):
+    reg.online_ewc_update({"w": jnp.ones(2)}, {"w": jnp.ones(2)}, value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cljax import _validate
 from cljax.constraints._qp import _HI, solve_on_set, nonneg_qp
 
 
@@ -20,20 +21,6 @@ def _leaves(grad, memory_grads, what):
     if b.shape[1:] != a.shape:
       raise ValueError(f"{what}: leaf shape {b.shape} is not (t, *{a.shape})")
   return g, mg
-
-
-def _check_finite(tree, what):
-  """Rejects NaN/inf in concrete (non-traced) inputs; under ``jit`` the train
-  step's own non-finite check applies instead."""
-  for a in jax.tree.leaves(tree):
-    if not isinstance(a, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(
-        a))):
-      raise ValueError(f"{what} contains NaN or inf")
-
-
-def _check_margin(margin):
-  if isinstance(margin, (int, float)) and not margin >= 0:
-    raise ValueError(f"margin must be >= 0, got {margin}")
 
 
 def _row_dots(rows, vec):
@@ -67,12 +54,17 @@ def gem_project(grad, memory_grads, margin: float = 0.0, mask=None):
     mask: ``(t,)`` bool, the rows in play (past tasks); default all.
   Returns:
     The projected gradient, like ``grad``.
+  Raises:
+    ValueError: mismatched shapes, or (when concrete, of any type) a
+      negative or non-finite margin, or NaN/inf in the gradients.
   """
-  _check_margin(margin)
-  _check_finite(grad, "grad")
-  _check_finite(memory_grads, "memory_grads")
+  _validate.check_nonnegative("margin", margin)
+  _validate.check_finite_tree("grad", grad)
+  _validate.check_finite_tree("memory_grads", memory_grads)
   g, mg = _leaves(grad, memory_grads, "memory_grads")
   t = mg[0].shape[0]
+  if mask is not None:
+    _validate.check_shape("mask", mask, (t,))
   mask = jnp.ones((t,), bool) if mask is None else jnp.asarray(mask, bool)
   dots = _row_dots(mg, g)
   violated = jnp.any(mask & (dots < 0))
@@ -108,8 +100,8 @@ def agem_project(grad, ref_grad):
   """
   if jax.tree.structure(grad) != jax.tree.structure(ref_grad):
     raise ValueError("ref_grad: tree structure differs from grad's")
-  _check_finite(grad, "grad")
-  _check_finite(ref_grad, "ref_grad")
+  _validate.check_finite_tree("grad", grad)
+  _validate.check_finite_tree("ref_grad", ref_grad)
   g, r = jax.tree.leaves(grad), jax.tree.leaves(ref_grad)
   for a, b in zip(g, r):
     if a.shape != b.shape:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import optax
 
-from cljax.constraints._project import _check_margin, agem_project, gem_project
+from cljax import _validate
+from cljax.constraints._project import agem_project, gem_project
 
 
 def gem(margin: float = 0.0) -> optax.GradientTransformationExtraArgs:
   """``update(updates, state, params=None, *, memory_grads, memory_mask=None)``
   returns ``gem_project(updates, memory_grads, margin, memory_mask)``."""
-  _check_margin(margin)
+  _validate.check_nonnegative("margin", margin)
 
   def init(params):
     del params

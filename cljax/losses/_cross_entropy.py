@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from cljax import _validate
 from cljax.models._heads import mask_logits
 
 
@@ -20,8 +22,23 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
     mask: bool ``(C,)`` or ``(B, C)``; ``None`` means all classes.
   Returns:
     ``(B,)`` losses.
+  Raises:
+    ValueError: shapes other than the above, or (when concrete) a label
+      outside ``[0, C)`` or not active in its row of ``mask``.
   """
+  _validate.check_shape("logits", logits, (None, None))
+  b, c = logits.shape
+  _validate.check_shape("labels", labels, (b,))
+  _validate.check_labels("labels", labels, c)
   if mask is not None:
+    _validate.check_mask("mask", mask, b, c)
+    lab, m = _validate.concrete(labels), _validate.concrete(mask)
+    if lab is not None and m is not None:
+      active = np.broadcast_to(m, (b, c))[np.arange(b), lab]
+      if not active.all():
+        i = int(np.argmin(active))
+        raise ValueError(f"labels[{i}] = {lab[i]} is not an active class of "
+                         "its row of mask")
     logits = mask_logits(logits, mask)
   logp = jax.nn.log_softmax(logits, axis=-1)
   return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32),

@@ -7,18 +7,24 @@ have probability exactly 0 in both distributions and contribute nothing).
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
+from cljax import _validate
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.models._heads import mask_logits
 
 
-def _check_temperature(temperature):
-  if isinstance(temperature, numbers.Number) and not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
+def _check(student_logits, teacher_logits, temperature, mask,
+           teacher_name="teacher_logits"):
+  """Logits ``(B, C)`` of exactly equal shapes (nothing broadcast), a mask
+  ``(C,)`` or ``(B, C)``, ``temperature > 0``."""
+  _validate.check_shape("student_logits", student_logits, (None, None))
+  _validate.check_same_shape(student_logits=student_logits,
+                             **{teacher_name: teacher_logits})
+  if mask is not None:
+    _validate.check_mask("mask", mask, *student_logits.shape)
+  _validate.check_positive("temperature", temperature)
 
 
 def _soft(logits, temperature, mask):
@@ -34,7 +40,7 @@ def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
   """Per-example ``-sum_c p_c log q_c`` with ``p = softmax(teacher/T)`` and
   ``q = softmax(student/T)`` over the masked classes. Shapes ``(B, C)`` ->
   ``(B,)``. This is LwF's "modified cross-entropy" (Li & Hoiem 2018, eq. 2)."""
-  _check_temperature(temperature)
+  _check(student_logits, teacher_logits, temperature, mask)
   logp = _soft(teacher_logits, temperature, mask)
   logq = _soft(student_logits, temperature, mask)
   return -jnp.sum(jnp.exp(logp) * logq, axis=-1)
@@ -56,8 +62,12 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array,
     mask: optional bool ``(C,)`` or ``(B, C)``: distil only over these classes.
   Returns:
     A scalar.
+  Raises:
+    ValueError: shapes that differ (nothing is broadcast), a bad mask shape,
+      or a concrete ``temperature <= 0`` (of any type: Python, NumPy or JAX;
+      a traced temperature is not checked).
   """
-  _check_temperature(temperature)
+  _check(student_logits, teacher_logits, temperature, mask)
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
   logp = _soft(teacher_logits, temperature, mask)
   logq = _soft(student_logits, temperature, mask)
@@ -78,8 +88,7 @@ def hinton_distillation_loss(student_logits, teacher_logits, labels,
   The paper puts "a considerably lower weight on the second objective";
   ``soft_weight`` in [0, 1].
   """
-  if isinstance(soft_weight, numbers.Number) and not 0 <= soft_weight <= 1:
-    raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
+  _validate.check_unit_interval("soft_weight", soft_weight)
   hard = jnp.mean(masked_cross_entropy(student_logits, labels, mask))
   soft = kd_loss(student_logits, teacher_logits, temperature, mask)
   return soft_weight * soft + (1 - soft_weight) * hard
@@ -103,7 +112,10 @@ def lwf_loss(student_logits: jax.Array, recorded_logits: jax.Array,
   Returns:
     A scalar.
   """
-  _check_temperature(temperature)
+  _check(student_logits, recorded_logits, temperature, None,
+         "recorded_logits")
+  _validate.check_shape("group_masks", group_masks,
+                        (None, student_logits.shape[1]))
   recorded_logits = jax.lax.stop_gradient(recorded_logits)
   active = jnp.any(group_masks, axis=-1)
 

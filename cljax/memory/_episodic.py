@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from cljax import _validate
 from cljax.data._datasets import Split
 
 SELECTIONS = ("last", "random")
@@ -42,25 +43,37 @@ def select_examples(split: Split, m: int, selection: str = "last",
                     seed: int = 0) -> Split:
   """``m`` examples of a task: the last ``m`` seen in the task's data order
   (GEM's reference code keeps the last ``m`` of its single pass) or ``m``
-  chosen uniformly at random. Fewer than ``m`` examples are repeated
-  cyclically so the memory stays full."""
+  chosen uniformly at random.
+
+  Raises:
+    ValueError: the task has fewer than ``m`` examples (a memory row is full
+      by construction; repeating examples would silently weight some
+      twice).
+  """
   if selection not in SELECTIONS:
     raise ValueError(f"selection must be one of {SELECTIONS}, got "
                      f"{selection!r}")
   n = len(split)
-  if n == 0:
-    raise ValueError("cannot store an empty task")
+  if n < m:
+    raise ValueError(f"memory_size={m} exceeds the task's {n} examples; use "
+                     f"a memory_size <= {n}")
   if selection == "last":
-    idx = np.arange(n - min(m, n), n)
+    idx = np.arange(n - m, n)
   else:
     idx = np.sort(np.random.default_rng(seed).permutation(n)[:m])
-  return split.take(np.resize(idx, m))
+  return split.take(idx)
 
 
 def store_task(memory: EpisodicMemory, k: int, split: Split, *,
                selection: str = "last", seed: int = 0) -> EpisodicMemory:
-  """``memory`` with task ``k``'s row set from ``split``."""
-  per_task = memory.y.shape[1]
+  """``memory`` with task ``k``'s row set from ``split``.
+
+  Raises:
+    ValueError: ``k`` outside ``[0, T)``, or examples of another shape.
+  """
+  t_count, per_task = memory.y.shape
+  k = _validate.check_index("k", k, t_count)
+  _validate.check_shape("split.x", split.x, (None, *memory.x.shape[2:]))
   s = select_examples(split, per_task, selection, seed)
   return EpisodicMemory(memory.x.at[k].set(s.x), memory.y.at[k].set(s.y),
                         memory.t.at[k].set(s.t), memory.filled.at[k].set(True))

@@ -17,15 +17,6 @@ import jax.numpy as jnp
 FISHER_ESTIMATORS = ("empirical", "sampled", "expected")
 
 
-def _check_tree(a, b, what):
-  if jax.tree.structure(a) != jax.tree.structure(b):
-    raise ValueError(f"{what}: tree structure differs from params")
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    if jnp.shape(x) != jnp.shape(y):
-      raise ValueError(f"{what}: leaf shape {jnp.shape(x)} != params leaf "
-                       f"shape {jnp.shape(y)}")
-
-
 def chunk_examples(data, chunk_size: int | None):
   """Splits arrays with a common leading axis ``N`` into
   ``(n_chunks, chunk, ...)`` chunks, the last padded by repeating the final

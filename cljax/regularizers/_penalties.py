@@ -3,19 +3,22 @@ methods that use them (EWC, online EWC, SI, MAS, L2)."""
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
-from cljax.regularizers._importance import _check_tree
+from cljax import _validate
+
+# A strength must be a finite number >= 0 (checked when concrete).
+check_strength = _validate.check_nonnegative
 
 
-def check_strength(name: str, value) -> None:
-  """Raises ``ValueError`` if a (concrete) strength is negative or not finite."""
-  if isinstance(value, numbers.Number) and not (value >= 0 and
-                                                jnp.isfinite(value)):
-    raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+def _check_quadratic(params, anchor, importance, name="fisher"):
+  """Anchor and importance exactly like params (nothing broadcast), the
+  importance (when concrete) >= 0: a negative one rewards drifting away."""
+  _validate.check_tree_like("anchor", anchor, params)
+  _validate.check_tree_like(name, importance, params)
+  for leaf in jax.tree.leaves(importance):
+    _validate.check_nonnegative(name, leaf)
 
 
 def ewc_penalty(params, anchor, fisher) -> jax.Array:
@@ -23,12 +26,15 @@ def ewc_penalty(params, anchor, fisher) -> jax.Array:
   its strength: ``0.5 * sum_k F_k (theta_k - theta*_k)^2`` over all leaves.
 
   Args:
-    params, anchor, fisher: pytrees of the same structure and shapes.
+    params, anchor, fisher: pytrees of the same structure and shapes;
+      ``fisher >= 0``.
   Returns:
     A scalar.
+  Raises:
+    ValueError: structures or shapes that differ, or (when concrete) a
+      negative or non-finite Fisher entry.
   """
-  _check_tree(anchor, params, "anchor")
-  _check_tree(fisher, params, "fisher")
+  _check_quadratic(params, anchor, fisher)
   terms = jax.tree.map(lambda p, a, f: jnp.sum(f * jnp.square(p - a)),
                        params, anchor, fisher)
   return 0.5 * sum(jax.tree.leaves(terms))
@@ -36,14 +42,16 @@ def ewc_penalty(params, anchor, fisher) -> jax.Array:
 
 def ewc_penalty_grad(params, anchor, fisher):
   """The gradient of ``ewc_penalty`` in ``params``, in closed form:
-  ``F * (theta - theta*)`` (a pytree like ``params``)."""
+  ``F * (theta - theta*)`` (a pytree like ``params``); checked as
+  ``ewc_penalty``."""
+  _check_quadratic(params, anchor, fisher)
   return jax.tree.map(lambda p, a, f: f * (p - a), params, anchor, fisher)
 
 
 def l2_penalty(params, anchor) -> jax.Array:
   """``0.5 * ||theta - theta*||^2``: the seeds' naive L2 constraint (EWC with
   every importance 1)."""
-  _check_tree(anchor, params, "anchor")
+  _validate.check_tree_like("anchor", anchor, params)
   terms = jax.tree.map(lambda p, a: jnp.sum(jnp.square(p - a)), params, anchor)
   return 0.5 * sum(jax.tree.leaves(terms))
 
@@ -82,9 +90,9 @@ def ewc_merge(fisher, anchor, const, new_fisher, new_anchor):
   Returns:
     ``(F', m', c')`` (pytrees like params, and a scalar).
   """
-  _check_tree(anchor, fisher, "anchor")
-  _check_tree(new_fisher, fisher, "new_fisher")
-  _check_tree(new_anchor, fisher, "new_anchor")
+  _validate.check_tree_like("anchor", anchor, fisher, "fisher")
+  _validate.check_tree_like("new_fisher", new_fisher, fisher, "fisher")
+  _validate.check_tree_like("new_anchor", new_anchor, fisher, "fisher")
   total = jax.tree.map(jnp.add, fisher, new_fisher)
   pos = jax.tree.map(lambda f: f > 0, total)
   safe = jax.tree.map(lambda f, p: jnp.where(p, f, 1.0), total, pos)
