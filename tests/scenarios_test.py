@@ -32,6 +32,60 @@ def test_given_task_sizes(digits):
     data.class_splits(digits, 3)
   with pytest.raises(ValueError, match="permutation"):
     data.class_splits(digits, 5, class_order=(0, 0, 1, 2, 3, 4, 5, 6, 7, 8))
+  # It used to run 2 tasks while the config said 5.
+  with pytest.raises(ValueError, match=r"num_tasks=5 contradicts task_sizes"):
+    data.class_splits(digits, 5, task_sizes=(5, 5))
+
+
+def _with_train(digits, **fields):
+  return digits._replace(train=digits.train.replace(**fields))
+
+
+@pytest.mark.parametrize("label", [10, -1])
+def test_scenarios_refuse_labels_out_of_range(digits, label):
+  # Labels >= C were dropped silently from class splits; -1 became class 9
+  # in a permuted stream.
+  y = digits.train.y.copy()
+  y[3] = label
+  bad = _with_train(digits, y=y)
+  for build in (lambda: data.class_splits(bad, 5),
+                lambda: data.permuted(bad, 2),
+                lambda: data.two_task(bad, (0, 1), (2, 3))):
+    with pytest.raises(ValueError, match=rf"digits train split: label "
+                       rf"y\[3\] = {label} is outside \[0, 10\)"):
+      build()
+
+
+def test_scenarios_refuse_nonfinite_inputs(digits):
+  x = digits.test.x.copy()
+  x[11, 2, 2, 0] = np.nan
+  bad = digits._replace(test=digits.test.replace(x=x))
+  with pytest.raises(ValueError, match=r"digits test split: input x\[11\]"):
+    data.rotated(bad, 2)
+
+
+def test_stream_check_names_task_and_split(digits):
+  s = data.class_splits(digits, 5)
+  assert s.check() is s
+  task = s.tasks[2]
+  y = task.test.y.copy()
+  y[4] = 10
+  tasks = list(s.tasks)
+  tasks[2] = task._replace(test=task.test.replace(y=y))
+  with pytest.raises(ValueError, match=r"task 2 test split: label y\[4\] = "
+                     "10"):
+    s._replace(tasks=tuple(tasks)).check()
+  tasks[2] = task._replace(train=task.train.take(np.arange(0)))
+  with pytest.raises(ValueError, match="task 2 train split is empty"):
+    s._replace(tasks=tuple(tasks)).check()
+
+
+def test_stream_digest_follows_content(digits):
+  a, b = data.class_splits(digits, 5), data.class_splits(digits, 5)
+  assert a.digest == b.digest
+  assert data.class_splits(digits, 5, seed=1, val_fraction=0.1).digest != \
+      data.class_splits(digits, 5, seed=2, val_fraction=0.1).digest
+  assert data.class_splits(digits, 5, incremental="task").digest != a.digest
 
 
 def test_logit_masks(digits):
@@ -97,6 +151,10 @@ def test_two_task(digits):
   assert len(s.tasks[0].val) > 0
   with pytest.raises(ValueError, match="disjoint"):
     data.two_task(digits, (0, 1), (1, 2))
+  # Ids outside the dataset used to end in an IndexError 15 s in.
+  with pytest.raises(ValueError, match=r"classes_b \[5, 12\] has ids "
+                     "outside the dataset's classes 0..9"):
+    data.two_task(digits, (0, 1), (5, 12))
 
 
 def test_batches(digits):

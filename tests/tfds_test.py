@@ -106,3 +106,13 @@ def test_unprepared_dataset_is_a_clear_error(tmp_path):
   from cljax.data._tfds import load_tfds
   with pytest.raises(FileNotFoundError, match="not prepared"):
     load_tfds("fashion_mnist", str(tmp_path))
+
+
+def test_known_content_checksums_follow_from_upstreams(manual_dir):
+  # The files are byte-identical to upstream's (above), so the SHA-256 of
+  # their content that load_fashion_mnist verifies is upstream's content.
+  import gzip
+  from cljax.data._datasets import FASHION_MNIST_SHA256
+  for name, digest in FASHION_MNIST_SHA256.items():
+    content = gzip.decompress((manual_dir / (name + ".gz")).read_bytes())
+    assert hashlib.sha256(content).hexdigest() == digest, name

@@ -18,6 +18,7 @@ two-task task-incremental stream (``two_task``).
 
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -65,6 +66,41 @@ class Stream(NamedTuple):
   def input_shape(self) -> tuple:
     return self.tasks[0].train.x.shape[1:]
 
+  @property
+  def digest(self) -> str:
+    """SHA-256 of the stream: its name, kind, class count, every task's
+    classes and the content of every split (each split hashed once)."""
+    h = hashlib.sha256(f"{self.name}|{self.kind}|{self.num_classes}".encode())
+    for task in self.tasks:
+      h.update(np.asarray(task.classes, np.int64).tobytes())
+      for split in (task.train, task.val, task.test):
+        h.update(split.digest.encode())
+    return h.hexdigest()
+
+  def check(self) -> "Stream":
+    """Raises ``ValueError`` naming the task and split unless every task has
+    training and test examples of one input shape, labels in ``[0,
+    num_classes)``, task ids in ``[0, num_tasks)`` and finite inputs."""
+    if not self.tasks:
+      raise ValueError("stream has no tasks")
+    if self.kind not in ("class", "task", "domain"):
+      raise ValueError(f"stream kind must be 'class', 'task' or 'domain', "
+                       f"got {self.kind!r}")
+    for k, task in enumerate(self.tasks):
+      for part in ("train", "val", "test"):
+        split, name = getattr(task, part), f"task {k} {part} split"
+        if part != "val" and len(split) == 0:
+          raise ValueError(f"{name} is empty")
+        if len(split) and split.x.shape[1:] != self.input_shape:
+          raise ValueError(f"{name}: inputs of shape {split.x.shape[1:]}, "
+                           f"task 0's are {self.input_shape}")
+        split.check(self.num_classes, name)
+        if len(split) and not 0 <= split.t.min() <= split.t.max() < len(
+            self.tasks):
+          raise ValueError(f"{name}: task ids must be in [0, "
+                           f"{len(self.tasks)})")
+    return self
+
   def logit_masks(self, current: int) -> np.ndarray:
     """``(T, C)`` bool: row ``k`` marks the logits active for task-``k`` data.
 
@@ -97,6 +133,9 @@ def _check_order(class_order, num_classes):
 
 
 def _group_sizes(num_classes, num_tasks, task_sizes):
+  if task_sizes is not None and num_tasks != len(task_sizes):
+    raise ValueError(f"num_tasks={num_tasks} contradicts task_sizes "
+                     f"{list(task_sizes)} ({len(task_sizes)} tasks)")
   if task_sizes is None:
     if num_tasks < 1 or num_classes % num_tasks:
       raise ValueError(f"num_tasks={num_tasks} does not divide "
@@ -161,6 +200,7 @@ def class_splits(data: Dataset, num_tasks: int, *, incremental: str = "class",
   """
   if incremental not in ("class", "task"):
     raise ValueError(f"incremental must be 'class' or 'task', got {incremental!r}")
+  data.check()
   order = _check_order(class_order, data.num_classes)
   sizes = _group_sizes(data.num_classes, num_tasks, task_sizes)
   groups = np.split(order, np.cumsum(sizes)[:-1])
@@ -176,7 +216,15 @@ def two_task(data: Dataset, classes_a: Sequence[int], classes_b: Sequence[int],
   Task A and task B each have their own head (logits masked to their classes),
   so this is a two-task task-incremental stream.
   """
+  data.check()
   a, b = np.asarray(classes_a), np.asarray(classes_b)
+  for name, c in (("classes_a", a), ("classes_b", b)):
+    if c.ndim != 1 or not c.size or not np.issubdtype(c.dtype, np.integer):
+      raise ValueError(f"{name} must be a non-empty list of class ids, got "
+                       f"{c.tolist()}")
+    if c.min() < 0 or c.max() >= data.num_classes:
+      raise ValueError(f"{name} {c.tolist()} has ids outside the dataset's "
+                       f"classes 0..{data.num_classes - 1}")
   if np.intersect1d(a, b).size:
     raise ValueError("classes_a and classes_b must be disjoint")
   tasks = _class_tasks(data, [a, b], val_fraction, seed)
@@ -187,6 +235,7 @@ def _domain_stream(name, data, num_tasks, transforms, train_per_task,
                    test_per_task, val_fraction, seed) -> Stream:
   if num_tasks < 1:
     raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+  data.check()
   rng = np.random.default_rng(seed)
   tasks = []
   for k, transform in enumerate(transforms):
