@@ -89,6 +89,11 @@ class Method:
 
   name = "finetune"
 
+  def check(self, stream: Stream) -> None:
+    """Raises ``ValueError`` (naming the hyperparameter) if this method
+    cannot run on ``stream`` (e.g. a memory larger than a task's data);
+    called before anything trains."""
+
   def init_state(self, model: FunctionalModel, stream: Stream) -> Any:
     """The method's initial state: a pytree whose shapes never change over
     the stream (size anything per-task by ``stream.num_tasks``)."""

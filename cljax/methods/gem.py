@@ -44,6 +44,14 @@ class _Episodic(Method):
                        f"{selection!r}")
     self.memory_size, self.selection = int(memory_size), selection
 
+  def check(self, stream):
+    n, k = min((len(self.train_split(stream, k)), k)
+               for k in range(stream.num_tasks))
+    if self.memory_size > n:
+      raise ValueError(f"memory_size={self.memory_size} exceeds task {k}'s "
+                       f"{n} training examples (a memory row is filled from "
+                       f"one task's data); use a memory_size <= {n}")
+
   def init_state(self, model, stream):
     self._model = model
     return memory.episodic_memory(stream.num_tasks, self.memory_size,
@@ -133,6 +141,10 @@ class AGEM(_Episodic):
       raise ValueError(f"memory must be one of {self.MEMORIES}, got "
                        f"{memory!r}")
     self.ref_size, self.memory = int(ref_size), memory
+
+  def check(self, stream):
+    if self.memory == "episodic":  # a reservoir may hold more than a task
+      super().check(stream)
 
   def init_state(self, model, stream):
     if self.memory == "episodic":

@@ -1,5 +1,9 @@
 """Train steps (jit, data-parallel), the task-stream runner, checkpoints."""
 
+from cljax.train._checkpoint import Checkpoints
+from cljax.train._identity import run_identity
+from cljax.train._lock import directory_lock
+from cljax.train._lock import LockedError
 from cljax.train._loop import run_stream
 from cljax.train._step import check_finite
 from cljax.train._step import data_parallel

@@ -1,59 +1,164 @@
-"""Checkpoints at task boundaries: a crash loses at most the task in progress.
+"""Checkpoints: orbax steps, atomic, verified on load, with fallback.
 
-A checkpoint is the train state's leaves (``.npz``) plus the run's progress
-(``.json``: finished tasks, accuracy-matrix rows, curves, timings and a
-fingerprint of the run's settings). Both are written to temporary files and
-renamed into place, so a kill mid-write leaves the previous checkpoint intact.
-The state is restored into the structure of a freshly built one, so a
-mismatch in shapes (a different model or stream) is an error, not a silent
+Each save is one orbax ``CheckpointManager`` step (written to a temporary
+directory and renamed into place, so a kill mid-write leaves the previous
+steps intact): the pytrees (the train state, and whatever else the runner
+needs to resume) plus a JSON record of the run's progress (finished tasks,
+accuracy rows, curves, timings, the position inside a task, and the run's
+identity). State and record live in the same step, so they cannot disagree.
+
+The record carries SHA-256 digests of itself and of the state's bytes; a
+step whose record or state does not verify (truncated, bit-flipped, torn) is
+set aside as ``corrupt-<step>`` with a warning naming it, and the previous
+step is used. The pytrees are restored into the structure of freshly built
+templates, so a mismatch in structure or shapes is an error, not a silent
 reinterpretation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
-from typing import Any
+import time
+import warnings
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
-_STATE, _PROGRESS = "state.npz", "progress.json"
+RECORD = "record"
 
 
-def save(directory: str, state: Any, progress: dict) -> None:
-  os.makedirs(directory, exist_ok=True)
-  leaves = jax.device_get(jax.tree.leaves(state))
-  tmp = os.path.join(directory, _STATE + ".tmp.npz")
-  np.savez(tmp, *leaves)
-  os.replace(tmp, os.path.join(directory, _STATE))
-  tmp = os.path.join(directory, _PROGRESS + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(progress, f)
-  os.replace(tmp, os.path.join(directory, _PROGRESS))
+def tree_digest(tree) -> str:
+  """SHA-256 over every leaf's shape, dtype and bytes (host copies)."""
+  h = hashlib.sha256()
+  for leaf in jax.device_get(jax.tree.leaves(tree)):
+    a = np.ascontiguousarray(leaf)
+    h.update(f"{a.shape}{a.dtype.str}".encode())
+    h.update(memoryview(a.reshape(-1)).cast("B"))
+  return h.hexdigest()
 
 
-def load(directory: str, template: Any, fingerprint: str):
-  """Returns ``(state, progress)``, or ``None`` if there is no checkpoint.
+def _json_digest(record: dict) -> str:
+  return hashlib.sha256(json.dumps(record, sort_keys=True).encode()
+                        ).hexdigest()
 
-  Raises:
-    ValueError: the checkpoint belongs to a run with other settings.
+
+def identity_diff(stored: dict, current: dict, keys=None) -> list[str]:
+  """``"key: old -> new"`` for each key (of ``keys``, default all) whose
+  value differs between two flat identity dicts."""
+  keys = sorted(set(stored) | set(current)) if keys is None else sorted(keys)
+  absent = "<absent>"
+  return [f"{k}: {json.dumps(stored.get(k, absent))} -> "
+          f"{json.dumps(current.get(k, absent))}"
+          for k in keys if stored.get(k, absent) != current.get(k, absent)]
+
+
+class Checkpoints:
+  """The checkpoints of one run in ``directory`` (created if needed).
+
+  Args:
+    directory: where the orbax steps live.
+    max_to_keep: steps kept (>= 2 keeps a fallback for a corrupt latest).
   """
-  path = os.path.join(directory, _PROGRESS)
-  if not os.path.exists(path):
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    import orbax.checkpoint as ocp
+    self._ocp = ocp
+    self.directory = os.path.abspath(directory)
+    if os.path.exists(os.path.join(self.directory, "progress.json")):
+      raise ValueError(
+          f"{directory} holds a checkpoint in the format of cljax < 0.2 "
+          "(state.npz + progress.json), which cannot be verified; delete it "
+          "to start afresh")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's info lines
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            enable_async_checkpointing=False))
+
+  def save(self, items: dict[str, Any], record: dict) -> int:
+    """Saves ``items`` (name -> pytree) and ``record`` (JSON) as one new
+    step; returns its number."""
+    steps = self._manager.all_steps()
+    step = max(steps) + 1 if steps else 0
+    record = {**record, "state_sha256": tree_digest(items)}
+    args = {k: self._ocp.args.StandardSave(v) for k, v in items.items()}
+    args[RECORD] = self._ocp.args.JsonSave({"record": record,
+                                            "sha256": _json_digest(record)})
+    self._manager.save(step, args=self._ocp.args.Composite(**args))
+    self._manager.wait_until_finished()
+    return step
+
+  def _record(self, step: int) -> dict:
+    out = self._manager.restore(step, args=self._ocp.args.Composite(
+        **{RECORD: self._ocp.args.JsonRestore()}))[RECORD]
+    if not isinstance(out, dict) or _json_digest(out.get("record")) != out.get(
+        "sha256"):
+      raise ValueError("its progress record does not match its checksum")
+    return out["record"]
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(self.directory, f"corrupt-{step}-{int(time.time())}")
+    why = (str(error).strip().splitlines() or [""])[0][:200]
+    warnings.warn(f"checkpoint step {step} in {self.directory} is corrupt "
+                  f"({type(error).__name__}: {why}); moved to {dst}, "
+                  "falling back to the previous step", stacklevel=3)
+    if os.path.exists(src):
+      os.replace(src, dst)
+    self._manager.reload()
+
+  def latest_record(self) -> dict | None:
+    """The newest step's record that verifies (corrupt steps are set aside
+    with a warning), or ``None``."""
+    for step in reversed(self._manager.all_steps()):
+      try:
+        return self._record(step)
+      except Exception as e:  # noqa: BLE001 - any failure to read is corruption
+        self._set_aside(step, e)
     return None
-  with open(path) as f:
-    progress = json.load(f)
-  if progress.get("fingerprint") != fingerprint:
+
+  def restore(self, templates: Callable[[dict], dict[str, Any]]):
+    """The newest step that verifies, as ``(items, record)``, or ``None``.
+
+    Args:
+      templates: ``record -> {name: pytree}``, the structures to restore
+        into (a record may say which items its step holds).
+    """
+    for step in reversed(self._manager.all_steps()):
+      try:
+        record = self._record(step)
+        abstract = {k: jax.tree.map(self._ocp.utils.to_shape_dtype_struct, v)
+                    for k, v in templates(record).items()}
+        restored = self._manager.restore(step, args=self._ocp.args.Composite(
+            **{k: self._ocp.args.StandardRestore(v)
+               for k, v in abstract.items()}))
+        items = {k: jax.tree.unflatten(jax.tree.structure(abstract[k]),
+                                       jax.tree.leaves(restored[k]))
+                 for k in abstract}
+        if tree_digest(items) != record.get("state_sha256"):
+          raise ValueError("its arrays do not match their checksum")
+        return items, record
+      except Exception as e:  # noqa: BLE001 - any failure to read is corruption
+        self._set_aside(step, e)
+    return None
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def check_identity(directory: str, stored: dict, current: dict,
+                   keys=None) -> None:
+  """Raises ``ValueError`` listing each differing key with its old and new
+  value when a checkpoint's identity is not the run's."""
+  diff = identity_diff(stored, current, keys)
+  if diff:
+    shown = "\n  ".join(diff[:25]) + (
+        f"\n  ... and {len(diff) - 25} more" if len(diff) > 25 else "")
     raise ValueError(
-        f"{directory} holds a checkpoint of a run with other settings; use "
-        "another workdir or delete it")
-  with np.load(os.path.join(directory, _STATE)) as data:
-    leaves = [data[f"arr_{i}"] for i in range(len(data.files))]
-  ref = jax.tree.leaves(template)
-  if len(leaves) != len(ref) or any(
-      a.shape != np.shape(b) for a, b in zip(leaves, ref)):
-    raise ValueError(f"checkpoint in {directory} does not match the model")
-  state = jax.tree.unflatten(jax.tree.structure(template),
-                             [jax.numpy.asarray(a) for a in leaves])
-  return state, progress
+        f"{directory} holds a checkpoint of a run with other settings "
+        f"(checkpoint -> now):\n  {shown}\nUse another workdir, or delete "
+        f"{directory} to start afresh.")

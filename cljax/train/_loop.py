@@ -9,10 +9,9 @@ name.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -24,7 +23,10 @@ from cljax.data._batching import num_batches, train_batches
 from cljax.data._scenarios import Stream
 from cljax.methods._base import Method, Phase, TaskContext, head_only
 from cljax.models._functional import FunctionalModel
-from cljax.train import _checkpoint
+from cljax import _validate
+from cljax.train._checkpoint import Checkpoints, check_identity
+from cljax.train._identity import run_identity
+from cljax.train._lock import directory_lock
 from cljax.train._step import (check_finite, data_parallel, evaluate,
                                init_train_state, make_eval_step,
                                make_train_step)
@@ -65,16 +67,35 @@ def set_learning_rate(opt_state, lr: float):
   return out
 
 
-def _fingerprint(stream, method, settings) -> str:
-  desc = json.dumps({"stream": stream.name, "tasks": stream.num_tasks,
-                     "sizes": [len(t.train) for t in stream.tasks],
-                     "method": method.name,
-                     # public hyperparameters only: private attributes (e.g.
-                     # jitted helpers) differ between processes
-                     "hparams": repr({k: v for k, v in vars(method).items()
-                                      if not k.startswith("_")}),
-                     **settings}, sort_keys=True, default=str)
-  return hashlib.sha256(desc.encode()).hexdigest()[:16]
+def _check_int(name: str, value, low: int) -> int:
+  _validate.check_value(name, value, lambda v: (v >= low) & (v == np.round(v)),
+                        f"an integer >= {low}")
+  return int(value)
+
+
+def _check_arguments(stream, method, model, settings, checkpoint_every):
+  """Every argument error before anything trains."""
+  stream.check()
+  for key, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1),
+                   ("eval_every", 0), ("seed", 0)):
+    _check_int(key, settings[key], low)
+  _check_int("checkpoint_every", checkpoint_every, 0)
+  task_lrs = settings["task_lrs"]
+  if task_lrs is not None:
+    if len(task_lrs) != stream.num_tasks:
+      raise ValueError(f"task_lrs must have {stream.num_tasks} values, got "
+                       f"{task_lrs}")
+    _validate.check_positive("task_lrs", np.asarray(task_lrs, float))
+  for k in range(stream.num_tasks):
+    n = len(method.train_split(stream, k))
+    if n < settings["batch_size"]:
+      raise ValueError(f"task {k} has {n} training examples, fewer than "
+                       f"batch_size={settings['batch_size']}")
+  out_dim = jax.tree.leaves(model.params["head"])[0].shape[-1]
+  if out_dim != stream.num_classes:
+    raise ValueError(f"model head has {out_dim} outputs, stream has "
+                     f"{stream.num_classes} classes")
+  method.check(stream)
 
 
 def run_stream(stream: Stream, method: Method, model: FunctionalModel,
@@ -82,8 +103,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                batch_size: int, seed: int = 0, eval_every: int = 0,
                eval_batch_size: int = 1000, reset_optimizer: bool = True,
                augment: Callable | None = None, mesh=None,
-               checkpoint_dir: str | None = None,
-               progress: bool = True,
+               checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+               identity: Mapping | None = None, progress: bool = True,
                task_lrs: Sequence[float] | None = None) -> dict:
   """Trains ``method`` on ``stream`` and returns the run's results.
 
@@ -101,165 +122,266 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     reset_optimizer: start each task with a fresh optimizer state.
     augment: optional ``(rng, x) -> x`` applied on device to training inputs.
     mesh: a ``jax.sharding.Mesh`` with axis ``"data"`` for data parallelism.
-    checkpoint_dir: where to checkpoint after each task and resume from.
-    progress: show a progress bar.
+    checkpoint_dir: where to checkpoint after each task and resume from
+      (orbax steps, verified on load, under an exclusive lock; see
+      ``cljax.train.Checkpoints``). A checkpoint of a run whose identity
+      (``run_identity``: stream content, method hyperparameters, initial
+      model and optimizer state, these settings, ``identity``) differs is
+      refused with the differing keys.
+    checkpoint_every: if > 0, also checkpoint every this many steps inside a
+      task; a resumed run continues from there bit-identically.
+    identity: more of the run's identity (e.g. the resolved config), JSON
+      values, recorded in and checked against the checkpoints.
+    progress: show a progress bar and say when a run resumes.
     task_lrs: optional learning rate per task (e.g. task A at the standard
       lr, later tasks lower); ``optimizer`` must come from
       ``optax.inject_hyperparams`` so the lr is part of its state.
   Returns:
     A dict with ``accuracy_matrix`` (``R[i][j]``, test splits),
     ``val_accuracy_matrix`` (validation splits), ``random_init_accuracy``,
-    ``metrics``, ``curves``, ``timings`` and ``steps``.
+    ``metrics``, ``curves``, ``timings``, ``steps`` and ``final_state``.
+  Raises:
+    ValueError: bad arguments or data (before anything trains), or a
+      checkpoint of another run.
+    cljax.train.LockedError: another process is using ``checkpoint_dir``.
+    FloatingPointError: training diverged (NaN/inf); names step and cause.
   """
-  if epochs < 1:
-    raise ValueError(f"epochs must be >= 1, got {epochs}")
-  if batch_size < 1 or eval_batch_size < 1:
-    raise ValueError("batch_size and eval_batch_size must be >= 1")
-  if eval_every < 0:
-    raise ValueError(f"eval_every must be >= 0, got {eval_every}")
-  if task_lrs is not None and (len(task_lrs) != stream.num_tasks or
-                               min(task_lrs) <= 0):
-    raise ValueError(f"task_lrs must have {stream.num_tasks} values > 0, got "
-                     f"{task_lrs}")
-  t_count = stream.num_tasks
-  for k in range(t_count):
-    n = len(method.train_split(stream, k))
-    if n < batch_size:
-      raise ValueError(f"task {k} has {n} training examples, fewer than "
-                       f"batch_size={batch_size}")
-  out_dim = jax.tree.leaves(model.params["head"])[0].shape[-1]
-  if out_dim != stream.num_classes:
-    raise ValueError(f"model head has {out_dim} outputs, stream has "
-                     f"{stream.num_classes} classes")
+  settings = dict(epochs=epochs, batch_size=batch_size, seed=seed,
+                  eval_every=eval_every, eval_batch_size=eval_batch_size,
+                  reset_optimizer=bool(reset_optimizer), augment=augment,
+                  task_lrs=None if task_lrs is None else list(task_lrs))
+  _check_arguments(stream, method, model, settings, checkpoint_every)
+  if not checkpoint_dir:
+    return _Run(stream, method, model, optimizer, settings, mesh, progress
+                ).run(None, None, 0)
+  ident = run_identity(stream, method, model, optimizer, settings, identity)
+  with directory_lock(checkpoint_dir):
+    checkpoints = Checkpoints(checkpoint_dir)
+    try:
+      return _Run(stream, method, model, optimizer, settings, mesh, progress
+                  ).run(checkpoints, ident, checkpoint_every)
+    finally:
+      checkpoints.close()
 
-  opt = method.optimizer(optimizer, model.params)
-  kwargs = dict(update_method_state=method.update_method_state,
-                extra_args=method.extra_args)
-  eval_step = make_eval_step(model.apply)
-  key = jax.random.PRNGKey(seed)
 
-  # Hooks may return arrays that alias the params (e.g. an anchor); the step
-  # donates its state, so the method state gets buffers of its own.
-  own = lambda tree: jax.tree.map(jax.numpy.array, tree)
-  state = init_train_state(model.params, model.batch_stats, opt,
-                           own(method.init_state(model, stream)),
-                           stream.logit_masks(0))
-  example = {k: getattr(stream.tasks[0].train, k)[:batch_size] for k in "xyt"}
-  compiled = {}  # one train step per distinct phase, compiled once
+class _Run:
+  """One ``run_stream`` call: the compiled steps and the task loop."""
 
-  def phase_step(phase: Phase):
+  def __init__(self, stream, method, model, optimizer, settings, mesh,
+               progress):
+    self.stream, self.method, self.model = stream, method, model
+    self.s, self.mesh, self.progress = settings, mesh, progress
+    self.opt = method.optimizer(optimizer, model.params)
+    self.eval_step = make_eval_step(model.apply)
+    self.key = jax.random.PRNGKey(settings["seed"])
+    self.compiled = {}  # one train step per distinct phase, compiled once
+    # Hooks may return arrays that alias the params (e.g. an anchor); the
+    # step donates its state, so the method state gets buffers of its own.
+    self.state = init_train_state(
+        model.params, model.batch_stats, self.opt,
+        _own(method.init_state(model, stream)), stream.logit_masks(0))
+
+  def phase_step(self, phase: Phase):
     """``(step, optimizer, term names)`` of ``phase``."""
-    if (phase.name, phase.head_only) not in compiled:
+    cache_key = (phase.name, phase.head_only)
+    if cache_key not in self.compiled:
+      model, method, augment = self.model, self.method, self.s["augment"]
       loss_fn = _with_augmentation(method.phase_loss_fn(model, phase.name),
                                    augment)
-      o = head_only(opt, model.params) if phase.head_only else opt
-      if mesh is None:
+      o = head_only(self.opt, model.params) if phase.head_only else self.opt
+      kwargs = dict(update_method_state=method.update_method_state,
+                    extra_args=method.extra_args)
+      if self.mesh is None:
         step = jax.jit(make_train_step(loss_fn, o, **kwargs), donate_argnums=0)
       else:
         step = data_parallel(make_train_step(loss_fn, o, axis_name="data",
-                                             **kwargs), mesh)
+                                             **kwargs), self.mesh)
+      example = {k: getattr(self.stream.tasks[0].train, k)[
+          :self.s["batch_size"]] for k in "xyt"}
+      state = self.state
       names = list(jax.eval_shape(loss_fn, model.params, model.batch_stats,
                                   state.method_state, example, state.masks,
-                                  key)[1][0])
-      compiled[phase.name, phase.head_only] = (step, o, names)
-    return compiled[phase.name, phase.head_only]
+                                  self.key)[1][0])
+      self.compiled[cache_key] = (step, o, names)
+    return self.compiled[cache_key]
 
-  def accuracies(split_of, masks, current) -> list:
+  def accuracies(self, split_of, masks, current) -> list:
     out = []
-    for j, task in enumerate(stream.tasks):
-      params, stats = method.eval_params(state.method_state, state.params,
-                                         state.batch_stats, j, current)
-      out.append(evaluate(eval_step, params, stats, masks, split_of(task),
-                          eval_batch_size))
+    for j, task in enumerate(self.stream.tasks):
+      params, stats = self.method.eval_params(
+          self.state.method_state, self.state.params, self.state.batch_stats,
+          j, current)
+      out.append(evaluate(self.eval_step, params, stats, masks, split_of(task),
+                          self.s["eval_batch_size"]))
     return out
 
-  curve_split = lambda task: task.val if len(task.val) else task.test
-  fingerprint = _fingerprint(stream, method, dict(
-      epochs=epochs, batch_size=batch_size, seed=seed, eval_every=eval_every,
-      reset_optimizer=reset_optimizer,
-      **({"task_lrs": list(task_lrs)} if task_lrs is not None else {})))
-  prog = {"fingerprint": fingerprint, "done": 0, "rows": [], "val_rows": [],
-          "curves": [],
-          "train_s": [], "eval_s": [],
-          # b[j]: random-init accuracy on task j, heads masked as at task j.
-          "random_init": [evaluate(eval_step, state.params, state.batch_stats,
-                                   stream.logit_masks(j), task.test,
-                                   eval_batch_size)
-                          for j, task in enumerate(stream.tasks)]}
-  if checkpoint_dir:
-    restored = _checkpoint.load(checkpoint_dir, state, fingerprint)
-    if restored is not None:
-      state, prog = restored
-      prog.setdefault("val_rows", [])  # checkpoints from before val rows
+  def _templates(self, record):
+    """What a checkpoint's pytrees restore into: the train state (with the
+    optimizer state of the phase it was saved in) and, inside a phase with
+    an optimizer of its own, the stashed main optimizer state."""
+    pos = record.get("position")
+    if not pos or not pos["stash"]:
+      return {"state": self.state}
+    _, phase_opt, _ = self.phase_step(
+        self.method.phases(pos["task"])[pos["phase"]])
+    return {"state": self.state._replace(
+        opt_state=phase_opt.init(self.state.params)),
+            "stash": self.state.opt_state}
 
-  for i in range(prog["done"], t_count):
-    masks = stream.logit_masks(i)
-    ctx = lambda: TaskContext(i, stream, model, state.params, state.batch_stats,
-                              state.method_state, masks)
-    state = state._replace(masks=jax.numpy.asarray(masks))
-    state = state._replace(method_state=own(method.on_task_start(ctx())))
-    start = method.start_params(ctx())
+  def _say(self, msg):
+    if self.progress:
+      print(msg, file=sys.stderr)
+
+  def run(self, checkpoints: Checkpoints | None, ident, checkpoint_every):
+    stream, method = self.stream, self.method
+    t_count = stream.num_tasks
+    prog, stash = None, None
+    if checkpoints is not None:
+      record = checkpoints.latest_record()
+      if record is not None:  # before restoring: a run of another shape
+        check_identity(checkpoints.directory, record["identity"], ident)
+      restored = checkpoints.restore(self._templates)
+      if restored is not None:
+        items, prog = restored
+        check_identity(checkpoints.directory, prog["identity"], ident)
+        self.state, stash = items["state"], items.get("stash")
+        pos = prog["position"]
+        self._say(f"{method.name}: resuming "
+                  + (f"after task {prog['done']} of {t_count}" if pos is None
+                     else f"inside task {pos['task'] + 1} of {t_count} at "
+                     f"step {int(self.state.step)}"))
+    if prog is None:
+      prog = {"identity": ident, "done": 0, "position": None, "rows": [],
+              "val_rows": [], "curves": [], "train_s": [], "eval_s": [],
+              # b[j]: random-init accuracy on task j, heads masked as at j.
+              "random_init": [evaluate(self.eval_step, self.state.params,
+                                       self.state.batch_stats,
+                                       stream.logit_masks(j), task.test,
+                                       self.s["eval_batch_size"])
+                              for j, task in enumerate(stream.tasks)]}
+
+    def save(items, position):
+      prog["position"] = position
+      checkpoints.save(items, prog)
+
+    for i in range(prog["done"], t_count):
+      self._train_task(i, prog, stash, save if checkpoints else None,
+                       checkpoint_every)
+      stash = None
+      if checkpoints is not None:
+        save({"state": self.state}, None)
+
+    r = np.asarray(prog["rows"])
+    sizes = [len(task.test) for task in stream.tasks]
+    return {
+        "method": method.name,
+        "stream": stream.name,
+        "accuracy_matrix": r.tolist(),
+        # The same on the validation splits (for model selection), if every
+        # task has one; else empty.
+        "val_accuracy_matrix": prog["val_rows"],
+        "random_init_accuracy": prog["random_init"],
+        "metrics": metrics.summary(r, prog["random_init"], sizes),
+        "curves": prog["curves"],
+        "timings": {"train_s": prog["train_s"], "eval_s": prog["eval_s"]},
+        "steps": int(self.state.step),
+        "final_state": self.state,
+    }
+
+  def _start_task(self, i, masks):
+    """The method's start hooks, the optimizer reset and the task's lr."""
+    method, s = self.method, self.s
+    self.state = self.state._replace(masks=jax.numpy.asarray(masks))
+    self.state = self.state._replace(
+        method_state=_own(method.on_task_start(self._ctx(i, masks))))
+    start = method.start_params(self._ctx(i, masks))
     if start is not None:  # e.g. a fresh network per task
-      state = state._replace(params=own(start[0]), batch_stats=own(start[1]),
-                             opt_state=opt.init(start[0]))
-    if reset_optimizer and i > 0:
-      state = state._replace(opt_state=opt.init(state.params))
-    if task_lrs is not None:
-      state = state._replace(opt_state=set_learning_rate(state.opt_state,
-                                                         task_lrs[i]))
+      self.state = self.state._replace(
+          params=_own(start[0]), batch_stats=_own(start[1]),
+          opt_state=self.opt.init(start[0]))
+    if s["reset_optimizer"] and i > 0:
+      self.state = self.state._replace(opt_state=self.opt.init(
+          self.state.params))
+    if s["task_lrs"] is not None:
+      self.state = self.state._replace(opt_state=set_learning_rate(
+          self.state.opt_state, s["task_lrs"][i]))
+
+  def _ctx(self, i, masks):
+    st = self.state
+    return TaskContext(i, self.stream, self.model, st.params, st.batch_stats,
+                       st.method_state, masks)
+
+  def _train_task(self, i, prog, stash, save, checkpoint_every):
+    """Trains task ``i``, from the start or from ``prog["position"]`` (a
+    mid-task checkpoint), then evaluates it into ``prog``."""
+    stream, method, s = self.stream, self.method, self.s
+    masks = stream.logit_masks(i)
+    pos = prog["position"]
+    if pos is None:
+      self._start_task(i, masks)
+      pos = {"task": i, "phase": 0, "epoch": 0, "batch": 0, "elapsed": 0.0,
+             "stash": False}
     split = method.train_split(stream, i)
     phases = method.phases(i)
-    per_epoch = num_batches(len(split), batch_size)
-    total = sum(per_epoch * (p.epochs or epochs) for p in phases)
-    host_step = int(state.step)  # one sync per task, not per step
-    t0 = time.perf_counter()
-    bar = tqdm(total=total, desc=f"{method.name} task {i + 1}/{t_count}",
-               disable=not progress, leave=False)
-    for phase in phases:
-      step, phase_opt, term_names = phase_step(phase)
-      main_opt_state = state.opt_state
-      if phase_opt is not opt:  # a phase's own optimizer state
-        state = state._replace(opt_state=phase_opt.init(state.params))
-      for epoch in range(phase.epochs or epochs):
-        extra = [] if phase.name == "train" else list(map(ord, phase.name))
-        rng = np.random.default_rng([seed, i, epoch, *extra])
-        for batch in train_batches(split, batch_size, rng):
-          state, _ = step(state, batch, key)
+    per_epoch = num_batches(len(split), s["batch_size"])
+    n_epochs = [p.epochs or s["epochs"] for p in phases]
+    done = (per_epoch * sum(n_epochs[:pos["phase"]]) +
+            per_epoch * pos["epoch"] + pos["batch"])
+    host_step = int(self.state.step)  # one sync per task, not per step
+    t0 = time.perf_counter() - pos["elapsed"]
+    bar = tqdm(total=per_epoch * sum(n_epochs), initial=done,
+               desc=f"{method.name} task {i + 1}/{stream.num_tasks}",
+               disable=not self.progress, leave=False)
+    curve_split = lambda task: task.val if len(task.val) else task.test
+    for p in range(pos["phase"], len(phases)):
+      step, phase_opt, term_names = self.phase_step(phases[p])
+      own_opt = phase_opt is not self.opt
+      resuming = p == pos["phase"] and done > 0
+      if own_opt:  # a phase's own optimizer state; the main one is stashed
+        if resuming:
+          main_opt_state = stash
+        else:
+          main_opt_state = self.state.opt_state
+          self.state = self.state._replace(
+              opt_state=phase_opt.init(self.state.params))
+      for epoch in range(pos["epoch"] if resuming else 0, n_epochs[p]):
+        first = pos["batch"] if resuming and epoch == pos["epoch"] else 0
+        extra = [] if phases[p].name == "train" else list(
+            map(ord, phases[p].name))
+        rng = np.random.default_rng([s["seed"], i, epoch, *extra])
+        batches = train_batches(split, s["batch_size"], rng, start=first)
+        for b, batch in enumerate(batches, first):
+          self.state, _ = step(self.state, batch, self.key)
           bar.update()
           host_step += 1
-          if eval_every and host_step % eval_every == 0:
-            check_finite(state, term_names)
+          if s["eval_every"] and host_step % s["eval_every"] == 0:
+            check_finite(self.state, term_names)
             prog["curves"].append({"step": host_step, "task": i,
-                                   "acc": accuracies(curve_split, masks, i)})
-        check_finite(state, term_names)
-      if phase_opt is not opt:
-        state = state._replace(opt_state=main_opt_state)
+                                   "acc": self.accuracies(curve_split, masks,
+                                                          i)})
+          if save and checkpoint_every and host_step % checkpoint_every == 0:
+            check_finite(self.state, term_names)
+            save({"state": self.state,
+                  **({"stash": main_opt_state} if own_opt else {})},
+                 {"task": i, "phase": p, "epoch": epoch, "batch": b + 1,
+                  "elapsed": time.perf_counter() - t0, "stash": own_opt})
+        check_finite(self.state, term_names)
+      if own_opt:
+        self.state = self.state._replace(opt_state=main_opt_state)
     bar.close()
-    state = state._replace(method_state=own(method.on_task_end(ctx())))
-    jax.block_until_ready(state)
+    self.state = self.state._replace(
+        method_state=_own(method.on_task_end(self._ctx(i, masks))))
+    jax.block_until_ready(self.state)
     t1 = time.perf_counter()
-    prog["rows"].append(accuracies(lambda task: task.test, masks, i))
+    prog["rows"].append(self.accuracies(lambda task: task.test, masks, i))
     if all(len(task.val) for task in stream.tasks):
-      prog["val_rows"].append(accuracies(lambda task: task.val, masks, i))
+      prog["val_rows"].append(self.accuracies(lambda task: task.val, masks, i))
     prog["train_s"].append(t1 - t0)
     prog["eval_s"].append(time.perf_counter() - t1)
     prog["done"] = i + 1
-    if checkpoint_dir:
-      _checkpoint.save(checkpoint_dir, state, prog)
+    prog["position"] = None
 
-  r = np.asarray(prog["rows"])
-  sizes = [len(task.test) for task in stream.tasks]
-  return {
-      "method": method.name,
-      "stream": stream.name,
-      "accuracy_matrix": r.tolist(),
-      # The same on the validation splits (for model selection), if every
-      # task has one; else empty.
-      "val_accuracy_matrix": prog["val_rows"],
-      "random_init_accuracy": prog["random_init"],
-      "metrics": metrics.summary(r, prog["random_init"], sizes),
-      "curves": prog["curves"],
-      "timings": {"train_s": prog["train_s"], "eval_s": prog["eval_s"]},
-      "steps": int(state.step),
-      "final_state": state,
-  }
+
+def _own(tree):
+  """Copies of ``tree``'s arrays (buffers the donating step may consume)."""
+  return jax.tree.map(jax.numpy.array, tree)

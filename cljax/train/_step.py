@@ -35,10 +35,14 @@ class TrainState(NamedTuple):
     opt_state: the optax state.
     method_state: the method's fixed-shape state (anchors, importances, ...).
     masks: ``(T, C)`` bool active-logit table (``Stream.logit_masks``).
-    nonfinite_step: ``()`` int32, first step whose loss terms were not all
-      finite (its update and every later one are skipped); -1 if none.
-    nonfinite_term: ``()`` int32, index (in sorted term names) of the first
-      non-finite term at that step.
+    nonfinite_step: ``()`` int32, first step whose loss terms, gradient or
+      update were not all finite (its update and every later one are
+      skipped); -1 if none.
+    nonfinite_term: ``()`` int32, what was not finite at that step: the
+      index of the first such loss term (in sorted term names), or, when
+      every term was finite, ``len(terms)`` for the gradient of the total
+      loss and ``len(terms) + 1`` for the update (after the optimizer and
+      any projection or penalty transform).
   """
   step: jax.Array
   params: Any
@@ -77,7 +81,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   Args:
     loss_fn: ``(params, batch_stats, method_state, batch, masks, rng) ->
       (loss, (terms, new_batch_stats))``; ``terms`` is a dict of scalar loss
-      terms (its entries are checked for NaN/inf every step).
+      terms. Every step checks the terms, the gradient and the update for
+      NaN/inf (``TrainState.nonfinite_step``).
     optimizer: any optax transformation (``GradientTransformationExtraArgs``
       receive ``extra_args``' keyword arguments in ``update``).
     axis_name: the data-parallel axis, or ``None`` on one device.
@@ -102,32 +107,31 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     args = (state.batch_stats, state.method_state, batch, state.masks, rng)
     (_, (terms, batch_stats)), grads = grad_fn(state.params, *args)
     grads, terms, batch_stats = mean((grads, terms, batch_stats))
-    names = sorted(terms)
-    finite = jnp.stack([jnp.all(jnp.isfinite(terms[k])) for k in names])
-    ok = jnp.all(finite) & (state.nonfinite_step < 0)
     kwargs = (extra_args(state.params, *args[:-1], shared_rng) if extra_args
               else {})
-
-    def update(_):
-      updates, opt_state = optimizer.update(grads, state.opt_state,
-                                            state.params, **kwargs)
-      params = optax.apply_updates(state.params, updates)
-      method_state = state.method_state
-      if update_method_state is not None:
-        method_state = update_method_state(method_state, state.params, params,
-                                           grads)
-      return params, batch_stats, opt_state, method_state
-
-    def skip(_):
-      return (state.params, state.batch_stats, state.opt_state,
-              state.method_state)
-
-    params, batch_stats, opt_state, method_state = jax.lax.cond(
-        ok, update, skip, None)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.params, **kwargs)
+    params = optax.apply_updates(state.params, updates)
+    method_state = state.method_state
+    if update_method_state is not None:
+      method_state = update_method_state(method_state, state.params, params,
+                                         grads)
+    # One reduction each: a sum is NaN/inf iff some element is (or it
+    # overflows, which is divergence too).
+    all_finite = lambda tree: jnp.isfinite(optax.tree_utils.tree_sum(tree))
+    finite = jnp.stack([jnp.all(jnp.isfinite(terms[k])) for k in
+                        sorted(terms)] + [all_finite(grads),
+                                          all_finite(updates)])
+    ok = jnp.all(finite) & (state.nonfinite_step < 0)
+    keep = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(ok, a, b), new, old)
     first_bad = (state.nonfinite_step < 0) & ~jnp.all(finite)
     new = state._replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats,
-        opt_state=opt_state, method_state=method_state,
+        step=state.step + 1,
+        params=keep(params, state.params),
+        batch_stats=keep(batch_stats, state.batch_stats),
+        opt_state=keep(opt_state, state.opt_state),
+        method_state=keep(method_state, state.method_state),
         nonfinite_step=jnp.where(first_bad, state.step, state.nonfinite_step),
         nonfinite_term=jnp.where(first_bad, jnp.argmin(finite).astype(jnp.int32),
                                  state.nonfinite_term))
@@ -188,10 +192,17 @@ def evaluate(eval_step, params, batch_stats, masks, split, batch_size) -> float:
 
 
 def check_finite(state: TrainState, term_names) -> None:
-  """Raises ``FloatingPointError`` naming the step and loss term that first
-  went NaN/inf (training stopped updating from that step on)."""
-  bad, term = jax.device_get((state.nonfinite_step, state.nonfinite_term))
-  if int(bad) >= 0:
-    raise FloatingPointError(
-        f"loss term {sorted(term_names)[int(term)]!r} was NaN or inf at step "
-        f"{int(bad)}; training stopped there")
+  """Raises ``FloatingPointError`` naming the step and what first went
+  NaN/inf there: a loss term, or (all terms finite) the gradient of the total
+  loss or the update. Training stopped updating from that step on."""
+  bad, term = map(int, jax.device_get((state.nonfinite_step,
+                                       state.nonfinite_term)))
+  if bad >= 0:
+    names = sorted(term_names)
+    what = (f"loss term {names[term]!r}" if term < len(names) else
+            "the gradient of the total loss (every loss term was finite)"
+            if term == len(names) else
+            "the update (after the optimizer and the method's gradient "
+            "transforms; loss terms and gradient were finite)")
+    raise FloatingPointError(f"{what} was NaN or inf at step {bad}; training "
+                             "stopped there")

@@ -1,0 +1,221 @@
+"""Checkpoints and resume: identity, atomic steps, corruption, mid-task."""
+
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from cljax import data, methods, models, train
+from cljax.train import _checkpoint
+
+
+class Crash(Exception):
+  pass
+
+
+def _crash_after_saves(monkeypatch, n):
+  """Raises ``Crash`` right after the ``n``-th checkpoint is written (a
+  kill at that moment: everything after it is lost)."""
+  real, calls = _checkpoint.Checkpoints.save, []
+
+  def save(self, items, record):
+    out = real(self, items, record)
+    calls.append(out)
+    if len(calls) == n:
+      raise Crash()
+    return out
+
+  monkeypatch.setattr(_checkpoint.Checkpoints, "save", save)
+
+
+@pytest.fixture(scope="module")
+def stream(digits):
+  return data.class_splits(digits, 3, task_sizes=(4, 3, 3))
+
+
+def _run(stream, method=None, ckpt=None, lr=1e-2, **kw):
+  kw = {"epochs": 2, "batch_size": 32, "progress": False, "eval_every": 4,
+        **kw}
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  return train.run_stream(stream, method or methods.FineTune(), model,
+                          optax.adam(lr), checkpoint_dir=ckpt, **kw)
+
+
+def _same(a, b):
+  """Bit-identical results: accuracies, curves, steps and parameters."""
+  assert a["accuracy_matrix"] == b["accuracy_matrix"]
+  assert a["curves"] == b["curves"]
+  assert a["steps"] == b["steps"]
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(a["final_state"].params),
+               jax.device_get(b["final_state"].params))
+
+
+@pytest.fixture(scope="module")
+def full(stream):
+  return _run(stream)
+
+
+def test_resume_after_a_task_is_bit_identical(stream, full, tmp_path,
+                                              monkeypatch):
+  ckpt = str(tmp_path / "ck")
+  _crash_after_saves(monkeypatch, 2)  # killed after task 2's checkpoint
+  with pytest.raises(Crash):
+    _run(stream, ckpt=ckpt)
+  monkeypatch.undo()
+  _same(_run(stream, ckpt=ckpt), full)
+
+
+@pytest.mark.parametrize("crash_at", [4, 8, 12])
+def test_resume_inside_a_task_is_bit_identical(stream, full, tmp_path,
+                                               monkeypatch, crash_at):
+  # Tasks of 18, 13 and 13 steps an epoch, 2 epochs; saves every 7 steps
+  # plus one per task: the 4th save is inside task 1's second epoch, the 8th
+  # at the end of task 2's first epoch, the 12th inside task 3.
+  ckpt = str(tmp_path / "ck")
+  _crash_after_saves(monkeypatch, crash_at)
+  with pytest.raises(Crash):
+    _run(stream, ckpt=ckpt, checkpoint_every=7)
+  monkeypatch.undo()
+  record = _checkpoint.Checkpoints(ckpt).latest_record()
+  assert record["position"] is not None  # it did stop inside a task
+  _same(_run(stream, ckpt=ckpt, checkpoint_every=7), full)
+
+
+def test_resume_inside_a_phase_with_its_own_optimizer(stream, tmp_path,
+                                                      monkeypatch):
+  # LwF's head-only warm-up has an optimizer state of its own; the main one
+  # is stashed in the checkpoint and restored after the phase.
+  lwf = lambda: methods.LwF(warmup_epochs=2)
+  want = _run(stream, lwf())
+  ckpt = str(tmp_path / "ck")
+  _crash_after_saves(monkeypatch, 8)  # inside task 2's warm-up (step 49)
+  with pytest.raises(Crash):
+    _run(stream, lwf(), ckpt=ckpt, checkpoint_every=7)
+  monkeypatch.undo()
+  pos = _checkpoint.Checkpoints(ckpt).latest_record()["position"]
+  assert pos["task"] == 1 and pos["phase"] == 0 and pos["stash"]
+  _same(_run(stream, lwf(), ckpt=ckpt, checkpoint_every=7), want)
+
+
+def _steps(ckpt):
+  return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+
+
+def _largest_file(directory):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "record", "torn"])
+def test_corrupt_latest_step_falls_back_to_the_previous(stream, full, tmp_path,
+                                                        monkeypatch, damage):
+  # A torn checkpoint (newer state, older progress) used to train a task
+  # twice and exit 0; a damaged state.npz ended in BadZipFile.
+  ckpt = str(tmp_path / "ck")
+  _crash_after_saves(monkeypatch, 2)
+  with pytest.raises(Crash):
+    _run(stream, ckpt=ckpt)
+  monkeypatch.undo()
+  latest = os.path.join(ckpt, str(_steps(ckpt)[-1]))
+  if damage == "truncate":
+    path = _largest_file(os.path.join(latest, "state"))
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  elif damage == "flip":
+    path = _largest_file(os.path.join(latest, "state"))
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 0x10
+    open(path, "wb").write(bytes(raw))
+  elif damage == "record":
+    path = os.path.join(latest, "record", "metadata")
+    text = open(path).read().replace('"done": 2', '"done": 1')
+    open(path, "w").write(text)
+  else:  # the state written, the record not: a step without its record
+    import shutil
+    shutil.rmtree(os.path.join(latest, "record"))
+  with pytest.warns(UserWarning, match=rf"checkpoint step \d+ in .* is "
+                    "corrupt .* falling back to the previous step"):
+    resumed = _run(stream, ckpt=ckpt)
+  _same(resumed, full)
+  assert any(d.startswith("corrupt-") for d in os.listdir(ckpt))
+
+
+def test_leftover_temporary_step_is_ignored(stream, full, tmp_path,
+                                           monkeypatch):
+  ckpt = str(tmp_path / "ck")
+  _crash_after_saves(monkeypatch, 1)
+  with pytest.raises(Crash):
+    _run(stream, ckpt=ckpt)
+  monkeypatch.undo()
+  # What a kill during orbax's write leaves: an uncommitted temporary step.
+  os.makedirs(os.path.join(ckpt, "1.orbax-checkpoint-tmp-123", "state"))
+  _same(_run(stream, ckpt=ckpt), full)
+
+
+def test_every_step_corrupt_starts_afresh_with_a_warning(stream, full,
+                                                         tmp_path,
+                                                         monkeypatch):
+  ckpt = str(tmp_path / "ck")
+  _crash_after_saves(monkeypatch, 2)
+  with pytest.raises(Crash):
+    _run(stream, ckpt=ckpt)
+  monkeypatch.undo()
+  for step in _steps(ckpt):
+    os.remove(os.path.join(ckpt, str(step), "record", "metadata"))
+  with pytest.warns(UserWarning, match="corrupt"):
+    _same(_run(stream, ckpt=ckpt), full)
+
+
+def test_checkpoint_of_another_run_is_refused_naming_the_keys(stream,
+                                                             tmp_path):
+  ckpt = str(tmp_path / "ck")
+  _run(stream, methods.EWC(lam=1.0), ckpt=ckpt, epochs=1)
+  with pytest.raises(ValueError, match=r"other settings.*\n  method.lam: 1.0 "
+                     r"-> 10.0\n"):
+    _run(stream, methods.EWC(lam=10.0), ckpt=ckpt, epochs=1)
+  with pytest.raises(ValueError, match=r"run.epochs: 1 -> 2"):
+    _run(stream, methods.EWC(lam=1.0), ckpt=ckpt, epochs=2)
+  with pytest.raises(ValueError, match=r"run.task_lrs: null -> \[0.1, 0.1, "
+                     r"0.1\]"):
+    model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+    train.run_stream(stream, methods.EWC(lam=1.0), model,
+                     optax.inject_hyperparams(optax.adam)(learning_rate=0.1),
+                     epochs=1, batch_size=32, progress=False, eval_every=4,
+                     checkpoint_dir=ckpt, task_lrs=[0.1] * 3)
+  # Another model (shapes differ): refused by identity, not set aside as
+  # corrupt.
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  with pytest.raises(ValueError, match="model.digest"):
+    train.run_stream(stream, methods.EWC(lam=1.0), model, optax.adam(1e-2),
+                     epochs=1, batch_size=32, progress=False, eval_every=4,
+                     checkpoint_dir=ckpt)
+  assert not any(d.startswith("corrupt") for d in os.listdir(ckpt))
+
+
+def test_other_data_is_refused(stream, digits, tmp_path):
+  ckpt = str(tmp_path / "ck")
+  _run(stream, ckpt=ckpt, epochs=1)
+  x = digits.train.x.copy()
+  x[0, 0, 0, 0] += 1.0  # one pixel of the same-sized data
+  other = data.class_splits(digits._replace(train=digits.train.replace(x=x)),
+                            3, task_sizes=(4, 3, 3))
+  with pytest.raises(ValueError, match="stream.digest"):
+    _run(other, ckpt=ckpt, epochs=1)
+
+
+def test_old_format_is_refused(stream, tmp_path):
+  ckpt = tmp_path / "ck"
+  ckpt.mkdir()
+  (ckpt / "progress.json").write_text("{}")
+  with pytest.raises(ValueError, match="format of cljax < 0.2"):
+    _run(stream, ckpt=str(ckpt))
+
+
+def test_a_locked_checkpoint_directory_is_refused(stream, tmp_path):
+  ckpt = str(tmp_path / "ck")
+  with train.directory_lock(ckpt):
+    with pytest.raises(train.LockedError, match=rf"pid {os.getpid()}"):
+      _run(stream, ckpt=ckpt)
