@@ -5,4 +5,4 @@ pieces; ``methods`` compose them; ``train`` runs a method on a stream;
 ``metrics`` and ``report`` summarise. See DESIGN.md.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,48 +1,177 @@
 """Command line: ``cljax run [--config path/to/config.py[:arg]]
-[--config.key=value ...]`` (absl flags + ml_collections config files)."""
+[--config.key=value ...]`` (ml_collections config files and overrides, as
+in absl programs). Every error in the command line, the config or the data
+is one line on stderr and exit status 2; a run that produced no results, or
+a workdir in use, exits 1."""
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
 
-from absl import app
-from absl import logging
-from ml_collections import config_flags
-
-_DEFAULT = os.path.join(os.path.dirname(__file__), "default_config.py")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT, "Experiment config file (a get_config() per file); "
-    "`path.py:arg` passes arg, e.g. `:runlocal`.", lock_config=True)
-
 USAGE = """usage: cljax run [--config path/to/config.py[:arg]] [--config.key=value ...]
+       cljax --help | --version
 
-  With no arguments: a short class-incremental stream on the embedded
-  digits data (fine-tuning vs joint training), about half a minute on 2 cores.
-  Examples:
-    cljax run --config experiments/split_fashion_mnist.py
-    cljax run --config experiments/split_fashion_mnist.py:runlocal
-    cljax run --config.train.lr=0.01 --config.methods=finetune
+  cljax run    trains the configured methods on the configured stream and
+               prints an accuracy table; with no arguments, a short
+               class-incremental stream on the embedded digits data
+               (fine-tuning vs joint training), about half a minute on 2
+               cores. `cljax run --help` lists the keys.
+"""
+
+RUN_HELP = """usage: cljax run [--config path/to/config.py[:arg]] [--config.key=value ...]
+
+  --config FILE[:ARG]  an ml_collections config file with get_config(arg)
+                       (default: cljax/default_config.py; experiments in
+                       experiments/*.py, e.g. experiments/split_fashion_mnist.py:runlocal)
+  --config.KEY=VALUE   override any key of the config, e.g.
+                       --config.train.lr=0.01 --config.methods=finetune,ewc
+
+Examples:
+  cljax run
+  cljax run --config experiments/split_fashion_mnist.py:runlocal
+  cljax run --config.train.lr=0.01 --config.methods=finetune
+
+Keys of the chosen config (current values):
 """
 
 
-def _main(argv):
-  if len(argv) != 2 or argv[1] != "run":
-    print(USAGE, file=sys.stderr)
-    return 2
-  logging.set_verbosity(logging.WARNING)
+class UsageError(ValueError):
+  """A bad command line (one line, exit status 2)."""
+
+
+def _config_file(args) -> str:
+  """The ``--config`` file named in ``args`` (default: the default config),
+  which must exist."""
+  default = os.path.join(os.path.dirname(__file__), "default_config.py")
+  for i, a in enumerate(args):
+    m = re.fullmatch(r"--?config(?:=(.*))?", a)
+    if m:
+      value = m.group(1) if m.group(1) is not None else (
+          args[i + 1] if i + 1 < len(args) else "")
+      path = value.split(":", 1)[0]
+      if not os.path.isfile(path):
+        raise UsageError(f"--config: config file {path!r} not found")
+      return value
+  return default
+
+
+def _flat_keys(config, prefix="config.") -> list[str]:
+  out = []
+  for k, v in config.items():
+    if hasattr(v, "items"):
+      out += _flat_keys(v, f"{prefix}{k}.")
+    else:
+      out.append(f"{prefix}{k}")
+  return out
+
+
+def _define(args):
+  from absl import flags
+  from ml_collections import config_flags
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+      "config", _config_file(args), "Experiment config file.",
+      flag_values=values, lock_config=True, sys_argv=["cljax"] + args)
+  return values
+
+
+def load_config(args: list[str]):
+  """The config that ``cljax run ARGS`` runs: ``--config`` (default: the
+  default config) with every ``--config.key=value`` override applied.
+
+  Raises:
+    UsageError: a missing config file, an unknown key (naming the closest
+      valid ones), a value of the wrong type, or an unknown flag.
+  """
+  from absl import flags
+  try:  # overrides are applied when the flag is defined and when parsed
+    values = _define(args)
+    rest = values(["cljax"] + args)
+  except flags.Error as e:
+    raise UsageError(str(e).splitlines()[0]) from None
+  except (AttributeError, KeyError) as e:
+    raise UsageError(_unknown_key(args) or f"bad override: {e}") from None
+  except OSError as e:
+    raise UsageError(f"--config: could not load the config file: "
+                     f"{str(e).splitlines()[-1].strip()}") from None
+  if len(rest) > 1:
+    raise UsageError(f"unexpected arguments {rest[1:]}")
+  return values.config
+
+
+def _unknown_key(args) -> str | None:
+  """The message for the first override naming no key of the config."""
+  base = [a for i, a in enumerate(args)
+          if not re.match(r"--?(no)?config\.", a)]
+  values = _define(base)
+  values(["cljax"] + base)
+  keys = _flat_keys(values.config)
+  for a in args:
+    m = re.match(r"--?(?:no)?(config\.[^=]+)", a)
+    if m and m.group(1) not in keys:
+      close = difflib.get_close_matches(m.group(1), keys, n=3, cutoff=0.6)
+      hint = f"; closest: {', '.join(close)}" if close else ""
+      return f"{m.group(1)}: no such key in the config{hint}"
+  return None
+
+
+def _run(args) -> int:
+  if {"-h", "--help", "--helpshort", "--helpfull"} & set(args):
+    config = load_config([a for a in args if not a.startswith("--help")
+                          and a != "-h"])
+    print(RUN_HELP + "\n".join(f"  {k} = {v!r}" for k, v in zip(
+        _flat_keys(config), _leaf_values(config))))
+    return 0
+  config = load_config(args)
   from cljax.experiment import run_experiment
+  run_experiment(config)
+  return 0
+
+
+def _leaf_values(config) -> list:
+  out = []
+  for v in config.values():
+    out += _leaf_values(v) if hasattr(v, "items") else [v]
+  return out
+
+
+def _main(argv: list[str]) -> int:
+  from absl import flags, logging
+  flags.FLAGS.mark_as_parsed()  # absl's own flags: defaults, no warning
+  logging.set_verbosity(logging.WARNING)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(USAGE, file=sys.stdout if argv else sys.stderr)
+    return 0 if argv else 2
+  if argv[0] == "--version":
+    import cljax
+    print(f"cljax {cljax.__version__}")
+    return 0
+  if argv[0] != "run":
+    print(f"cljax: error: unknown command {argv[0]!r}\n\n{USAGE}",
+          file=sys.stderr)
+    return 2
+  from cljax.experiment import NoResults
+  from cljax.train import LockedError
   try:
-    run_experiment(_CONFIG.value)
+    return _run(argv[1:])
+  except KeyboardInterrupt:
+    print("\ncljax: interrupted; rerun the same command to resume after the "
+          "last finished task", file=sys.stderr)
+    return 130
   except (ValueError, FileNotFoundError) as e:
     print(f"cljax: error: {e}", file=sys.stderr)
     return 2
-  return 0
+  except (LockedError, NoResults) as e:
+    print(f"cljax: error: {e}", file=sys.stderr)
+    return 1
 
 
 def main():
   """Console entry point."""
-  app.run(_main)
+  sys.exit(_main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

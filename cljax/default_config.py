@@ -12,11 +12,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.workdir = ""            # default: runs/<name>
   c.progress = True
+  c.checkpoint_every = 0    # > 0: also checkpoint every this many steps
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"    # digits | fashion_mnist | tfds:<name>
   c.data.path = ""          # directory of idx files (fashion_mnist)
   c.data.data_dir = ""      # tensorflow-datasets data_dir
+  c.data.verify = True      # check known files (Fashion-MNIST) by SHA-256
 
   c.scenario = ml_collections.ConfigDict()
   c.scenario.kind = "class_incremental"  # see cljax.data.SCENARIOS

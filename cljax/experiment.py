@@ -6,24 +6,49 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
+import warnings
 
 import jax
 import ml_collections
 import numpy as np
 import optax
 
+import cljax
+from cljax import _validate
 from cljax import data as cl_data
 from cljax import report
+from cljax import train
 from cljax.methods import build_method, METHODS
 from cljax.models import build_model, MODELS
-from cljax.train import run_stream
+from cljax.train._checkpoint import Checkpoints, check_identity
+from cljax.train._identity import flatten
 
 OPTIMIZERS = ("sgd", "adam")
+# Keys that cannot change a result: left out of a run's identity, so
+# changing them never invalidates a checkpoint.
+PRESENTATION_KEYS = ("name", "workdir", "progress", "select",
+                     "checkpoint_every", "data.verify")
+
+
+class NoResults(RuntimeError):
+  """No entry of the run produced results (every one diverged)."""
 
 
 def _fail(key, msg):
   raise ValueError(f"config.{key}: {msg}")
+
+
+def _check(check, key, value, *args):
+  """Runs a ``cljax._validate`` check, naming ``config.<key>``."""
+  check(f"config.{key}", value, *args)
+
+
+def _int(key, value, low):
+  _validate.check_value(f"config.{key}", value,
+                        lambda v: (v >= low) & (v == np.round(v)),
+                        f"an integer >= {low}")
 
 
 def run_entries(config) -> list[tuple[str, str, dict, float, tuple]]:
@@ -34,35 +59,40 @@ def run_entries(config) -> list[tuple[str, str, dict, float, tuple]]:
   entries = [e.strip() for e in config.methods.split(",") if e.strip()]
   if not entries:
     _fail("methods", "no method given")
+  if len(set(entries)) != len(entries):
+    _fail("methods", f"lists an entry twice: {entries}")
   for entry in entries:
     hp = dict(config.method.get(entry, {}))
     kind = hp.pop("kind", entry)
-    lr = float(hp.pop("lr", config.train.lr))
+    lr = hp.pop("lr", config.train.lr)
     hidden = tuple(hp.pop("hidden", config.model.hidden))
     if kind not in METHODS:
       _fail("methods", f"unknown method {kind!r} (entry {entry!r}); known: "
             f"{sorted(METHODS)}")
-    if lr <= 0:
-      _fail(f"method.{entry}.lr", f"must be > 0, got {lr}")
-    out.append((entry, kind, hp, lr, hidden))
+    _check(_validate.check_positive, f"method.{entry}.lr", lr)
+    _check_hidden(f"method.{entry}.hidden", hidden)
+    out.append((entry, kind, hp, float(lr), hidden))
   return out
+
+
+def _check_hidden(key, hidden):
+  if not all(isinstance(h, (int, np.integer)) and h >= 1 for h in hidden):
+    _fail(key, f"widths must be integers >= 1, got {tuple(hidden)}")
 
 
 def validate(config) -> None:
   """Rejects bad values with a ``ValueError`` naming the key, before any
   data is loaded or any training starts."""
   t, s = config.train, config.scenario
-  if t.lr <= 0:
-    _fail("train.lr", f"must be > 0, got {t.lr}")
+  _check(_validate.check_positive, "train.lr", t.lr)
   for key in ("epochs", "batch_size", "eval_batch_size"):
-    if t[key] < 1:
-      _fail(f"train.{key}", f"must be >= 1, got {t[key]}")
-  if t.eval_every < 0:
-    _fail("train.eval_every", f"must be >= 0, got {t.eval_every}")
-  if t.first_task_lr < 0:
-    _fail("train.first_task_lr", f"must be >= 0, got {t.first_task_lr}")
-  if t.momentum < 0 or t.weight_decay < 0:
-    _fail("train", "momentum and weight_decay must be >= 0")
+    _int(f"train.{key}", t[key], 1)
+  _int("train.eval_every", t.eval_every, 0)
+  _int("seed", config.seed, 0)
+  _int("checkpoint_every", config.checkpoint_every, 0)
+  for key in ("first_task_lr", "momentum", "weight_decay"):
+    _check(_validate.check_nonnegative, f"train.{key}", t[key])
+  _check_hidden("model.hidden", tuple(config.model.hidden))
   if t.optimizer not in OPTIMIZERS:
     _fail("train.optimizer", f"unknown {t.optimizer!r}; one of {OPTIMIZERS}")
   if t.augment not in cl_data.AUGMENTATIONS:
@@ -70,13 +100,18 @@ def validate(config) -> None:
           f"{sorted(cl_data.AUGMENTATIONS)}")
   if s.kind not in cl_data.SCENARIOS:
     _fail("scenario.kind", f"unknown {s.kind!r}; one of {cl_data.SCENARIOS}")
-  if s.num_tasks < 1:
-    _fail("scenario.num_tasks", f"must be >= 1, got {s.num_tasks}")
+  _int("scenario.num_tasks", s.num_tasks, 1)
+  if s.task_sizes:
+    _int("scenario.task_sizes", np.asarray(s.task_sizes, float), 1)
+    if len(s.task_sizes) != s.num_tasks:
+      _fail("scenario.num_tasks", f"{s.num_tasks} contradicts "
+            f"scenario.task_sizes {tuple(s.task_sizes)} "
+            f"({len(s.task_sizes)} tasks)")
   if s.class_order and sorted(s.class_order) != list(range(len(s.class_order))):
     _fail("scenario.class_order", f"{tuple(s.class_order)} is not a "
           "permutation of 0..C-1")
-  if not 0 <= s.val_fraction < 1:
-    _fail("scenario.val_fraction", f"must be in [0, 1), got {s.val_fraction}")
+  _check(_validate.check_value, "scenario.val_fraction", s.val_fraction,
+         lambda v: (v >= 0) & (v < 1), "in [0, 1)")
   if config.select not in report.CRITERIA:
     _fail("select", f"unknown {config.select!r}; one of {report.CRITERIA}")
   if config.model.name not in MODELS:
@@ -87,7 +122,8 @@ def validate(config) -> None:
 
 def build_stream(config) -> cl_data.Stream:
   d, s = config.data, config.scenario
-  ds = cl_data.load_dataset(d.name, d.path or None, d.data_dir or None)
+  ds = cl_data.load_dataset(d.name, d.path or None, d.data_dir or None,
+                            verify=d.verify)
   if s.class_order and len(s.class_order) != ds.num_classes:
     _fail("scenario.class_order", f"has {len(s.class_order)} entries for "
           f"{ds.num_classes} classes")
@@ -123,81 +159,162 @@ def build_optimizer(train_cfg, lr: float) -> optax.GradientTransformation:
 
 def _versions() -> dict:
   import flax
-  return {"python": platform.python_version(), "jax": jax.__version__,
-          "flax": flax.__version__, "optax": optax.__version__,
-          "numpy": np.__version__, "devices": [str(d) for d in jax.devices()]}
+  return {"cljax": cljax.__version__, "python": platform.python_version(),
+          "jax": jax.__version__, "flax": flax.__version__,
+          "optax": optax.__version__, "numpy": np.__version__,
+          "devices": [str(d) for d in jax.devices()]}
+
+
+def entry_identity(config, kind, hp, lr, hidden) -> dict:
+  """The resolved config of one entry, flat, without presentation keys:
+  ``train.lr`` and ``model.hidden`` as the entry uses them, and the entry's
+  own method settings in place of ``methods`` and ``method``."""
+  c = json.loads(config.to_json())
+  for key in PRESENTATION_KEYS + ("methods", "method"):
+    *parents, leaf = key.split(".")
+    node = c
+    for k in parents:
+      node = node.get(k, {})
+    node.pop(leaf, None)
+  c["train"]["lr"] = lr
+  c["model"]["hidden"] = list(hidden)
+  c["entry"] = {"kind": kind, "hparams": hp}
+  return flatten(c, "config.")
+
+
+def _prepare_workdir(workdir: str) -> None:
+  """Fails before any data is loaded unless ``workdir`` is (or can be made)
+  a writable directory."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    _fail("workdir", f"{workdir!r} is a file, not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    _fail("workdir", f"{workdir!r} is not a writable directory "
+          f"({e.strerror or e})")
+
+
+def _plot(fn, *args) -> None:
+  """A plot that fails is a warning, never a lost result."""
+  try:
+    fn(*args)
+  except Exception as e:  # noqa: BLE001 - any plotting failure
+    warnings.warn(f"could not write {args[1]}: {type(e).__name__}: {e}")
+
+
+def _prepare_entries(config, stream, workdir) -> list[dict]:
+  """Builds every entry and checks it, before anything trains: argument
+  errors (e.g. a memory larger than a task) and a checkpoint of a run with
+  other settings stop the whole run here."""
+  augment = cl_data.AUGMENTATIONS[config.train.augment]
+  out = []
+  for entry, kind, hp, lr, hidden in run_entries(config):
+    method = build_method(kind, **hp)
+    model = build_model(config.model.name, stream.input_shape,
+                        stream.num_classes, seed=config.seed, hidden=hidden)
+    opt = build_optimizer(config.train, lr)
+    settings = dict(
+        epochs=config.train.epochs, batch_size=config.train.batch_size,
+        seed=config.seed, eval_every=config.train.eval_every,
+        eval_batch_size=config.train.eval_batch_size,
+        reset_optimizer=config.train.reset_optimizer, augment=augment,
+        task_lrs=([config.train.first_task_lr] + [lr] * (
+            stream.num_tasks - 1) if config.train.first_task_lr else None))
+    train.check_run(stream, method, model, **settings)
+    ident = entry_identity(config, kind, hp, lr, hidden)
+    ckdir = os.path.join(workdir, "checkpoints", entry)
+    if os.path.isdir(ckdir):
+      record = Checkpoints(ckdir).latest_record()
+      if record is not None:
+        check_identity(ckdir, record["identity"], train.run_identity(
+            stream, method, model, opt, settings, ident))
+    out.append(dict(entry=entry, method=method, model=model, opt=opt,
+                    settings=settings, identity=ident, checkpoint_dir=ckdir,
+                    lr=lr, hparams=hp))
+  return out
 
 
 def run_experiment(config: ml_collections.ConfigDict) -> dict:
   """Runs every entry of ``config.methods`` on the configured stream.
 
-  Writes to ``config.workdir`` (default ``runs/<name>``): ``results.json``,
+  Writes to ``config.workdir`` (default ``runs/<name>``), holding its lock:
+  ``results.json`` (rewritten as each entry finishes, before any plot),
   ``accuracy_<entry>.png`` per entry and ``curves.png``; checkpoints under
   ``checkpoints/<entry>`` let an interrupted run resume where it stopped.
-  An entry whose training diverges (NaN/inf) is recorded as ``{"diverged":
-  message}`` and the others still run.
-  Returns the results dict (as written to ``results.json``).
+  Everything that can fail on the config, the data or a stale checkpoint
+  fails before any training. An entry whose training diverges (NaN/inf) is
+  recorded as ``{"diverged": message}`` and the others still run.
+
+  Returns:
+    The results dict (as written to ``results.json``).
+  Raises:
+    ValueError: a bad config value, bad data, or a checkpoint of a run with
+      other settings (before training).
+    cljax.train.LockedError: another run is using the workdir.
+    NoResults: every entry diverged (``results.json`` is written first).
   """
   validate(config)
   workdir = config.workdir or os.path.join("runs", config.name)
-  os.makedirs(workdir, exist_ok=True)
+  _prepare_workdir(workdir)
+  with train.directory_lock(workdir):
+    return _run_locked(config, workdir)
+
+
+def _run_locked(config, workdir) -> dict:
   t_load = time.perf_counter()
   stream = build_stream(config)
   load_s = time.perf_counter() - t_load
+  entries = _prepare_entries(config, stream, workdir)
   results = {"config": json.loads(config.to_json()), "versions": _versions(),
              "stream": {"name": stream.name, "kind": stream.kind,
+                        "digest": stream.digest,
                         "classes": [t.classes.tolist() for t in stream.tasks],
                         "train_sizes": [len(t.train) for t in stream.tasks],
                         "test_sizes": [len(t.test) for t in stream.tasks]},
              "data_load_s": load_s, "runs": {}}
-  augment = cl_data.AUGMENTATIONS[config.train.augment]
-  for entry, kind, hp, lr, hidden in run_entries(config):
-    model = build_model(config.model.name, stream.input_shape,
-                        stream.num_classes, seed=config.seed,
-                        hidden=hidden)
+  for e in entries:
+    entry = e["entry"]
     try:
-      res = run_stream(
-          stream, build_method(kind, **hp), model,
-          build_optimizer(config.train, lr), epochs=config.train.epochs,
-          batch_size=config.train.batch_size, seed=config.seed,
-          eval_every=config.train.eval_every,
-          eval_batch_size=config.train.eval_batch_size,
-          reset_optimizer=config.train.reset_optimizer, augment=augment,
-          checkpoint_dir=os.path.join(workdir, "checkpoints", entry),
-          progress=config.progress,
-          task_lrs=([config.train.first_task_lr] + [lr] * (
-              stream.num_tasks - 1) if config.train.first_task_lr else None))
-    except FloatingPointError as e:  # a diverged candidate; the rest go on
-      print(f"\n{entry}: diverged: {e}")
-      results["runs"][entry] = {"diverged": str(e), "lr": lr, "hparams": hp}
+      res = train.run_stream(
+          stream, e["method"], e["model"], e["opt"], **e["settings"],
+          checkpoint_dir=e["checkpoint_dir"],
+          checkpoint_every=config.checkpoint_every, identity=e["identity"],
+          progress=config.progress)
+    except FloatingPointError as err:  # a diverged candidate; the rest go on
+      print(f"\n{entry}: diverged: {err}")
+      results["runs"][entry] = {"diverged": str(err), "lr": e["lr"],
+                                "hparams": e["hparams"]}
       _write(results, workdir)
       continue
     res.pop("final_state")
     # Training plus per-task evaluation, from the run's own timings (which
     # checkpoints keep, so a resumed run reports its original cost).
-    res.update(lr=lr, hparams=hp, wall_s=sum(res["timings"]["train_s"]) +
+    res.update(lr=e["lr"], hparams=e["hparams"],
+               wall_s=sum(res["timings"]["train_s"]) +
                sum(res["timings"]["eval_s"]))
     results["runs"][entry] = res
+    _write(results, workdir)
     print(report.accuracy_table(res["accuracy_matrix"],
                                 f"\n{entry} on {stream.name} (accuracy %)"))
-    report.plot_accuracy_matrix(res["accuracy_matrix"],
-                                os.path.join(workdir, f"accuracy_{entry}.png"),
-                                f"{entry}: accuracy (%)")
-    _write(results, workdir)
+    _plot(report.plot_accuracy_matrix, res["accuracy_matrix"],
+          os.path.join(workdir, f"accuracy_{entry}.png"),
+          f"{entry}: accuracy (%)")
   done = {e: r for e, r in results["runs"].items() if "diverged" not in r}
-  if not any("__" in entry for entry in done):  # else: curves_selected.png
-    report.plot_curves({e: r["curves"] for e, r in done.items()},
-                       os.path.join(workdir, "curves.png"), stream.name)
+  if not done:
+    path = _write(results, workdir)
+    raise NoResults(f"every entry diverged ({', '.join(results['runs'])}); "
+                    f"no results. The record of each is in {path}")
+  sweep = any("__" in entry for entry in done)
+  if sweep:
+    results["selection"] = report.select(done, config.select)
+  path = _write(results, workdir)
   print("\n" + report.summary_table(done))
   shown = done
-  if any("__" in entry for entry in done):  # the selected entries only
-    shown = {e: done[e] for e in (v["entry"] for v in report.select(
-        done, config.select).values())}
-  report.plot_over_tasks({e: r["accuracy_matrix"] for e, r in shown.items()},
-                         os.path.join(workdir, "over_tasks.png"), stream.name)
-  if any("__" in entry for entry in done):
-    sel = report.select(done, config.select)
-    results["selection"] = sel
+  if sweep:  # the selected entries only
+    sel = results["selection"]
+    shown = {e: done[e] for e in (v["entry"] for v in sel.values())}
     table = report.selection_table(done, sel, config.select)
     diverged = sorted(set(results["runs"]) - set(done))
     if diverged:
@@ -206,11 +323,12 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
       f.write(f"Chosen on validation ({config.select}); test numbers of the "
               f"chosen entries only.\n\n{table}\n")
     print("\n" + table)
-    report.plot_curves({e: results["runs"][e]["curves"] for e in
-                        (v["entry"] for v in sel.values())},
-                       os.path.join(workdir, "curves_selected.png"),
-                       stream.name)
-  path = _write(results, workdir)
+  _plot(report.plot_curves, {e: r["curves"] for e, r in shown.items()},
+        os.path.join(workdir, "curves_selected.png" if sweep else
+                     "curves.png"), stream.name)
+  _plot(report.plot_over_tasks,
+        {e: r["accuracy_matrix"] for e, r in shown.items()},
+        os.path.join(workdir, "over_tasks.png"), stream.name)
   print(f"\nresults: {path}\nplots:   {workdir}/accuracy_*.png, "
         f"{workdir}/over_tasks.png, {workdir}/curves*.png")
   return results

@@ -3,9 +3,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from cljax import experiment
+from cljax import experiment, report, train
 from cljax.default_config import get_config
 
 
@@ -19,12 +20,26 @@ def _config(tmp_path, **train):
 
 @pytest.mark.parametrize("key,value,match", [
     ("methods", "finetune,nonsense", "unknown method 'nonsense'"),
+    ("methods", "finetune,finetune", "lists an entry twice"),
     ("train.lr", -0.1, "train.lr"),
     ("train.epochs", 0, "train.epochs"),
     ("scenario.class_order", (0, 1, 2, 3, 4, 5, 6, 7, 8, 8), "class_order"),
     ("scenario.kind", "cyclic", "scenario.kind"),
     ("model.name", "vit", "model.name"),
     ("train.optimizer", "lion", "train.optimizer"),
+    # Accepted before, then every entry "diverged":
+    ("train.lr", float("nan"), r"config.train.lr must be finite and > 0"),
+    ("train.momentum", float("inf"), "config.train.momentum must be finite"),
+    ("train.weight_decay", float("nan"), "config.train.weight_decay"),
+    # A ZeroDivisionError before:
+    ("model.hidden", (16, 0), r"config.model.hidden: widths must be integers "
+     r">= 1, got \(16, 0\)"),
+    # The key was not named before:
+    ("seed", -1, "config.seed must be finite and an integer >= 0"),
+    # Ran 2 tasks and recorded 5 before:
+    ("scenario.task_sizes", (5, 5), "config.scenario.num_tasks: 5 contradicts "
+     r"scenario.task_sizes \(5, 5\)"),
+    ("checkpoint_every", -3, "config.checkpoint_every"),
 ])
 def test_bad_config_rejected_before_training(tmp_path, key, value, match):
   c = _config(tmp_path)
@@ -95,9 +110,189 @@ def test_sweep_selection_on_validation_and_diverged_entries(tmp_path):
 
 
 def test_cli_usage_and_error():
-  run = lambda *a: subprocess.run([sys.executable, "-m", "cljax.cli", *a],
-                                  capture_output=True, text=True, timeout=300)
-  out = run("train")
+  out = _cli("train")
   assert out.returncode == 2 and "usage: cljax run" in out.stderr
-  out = run("run", "--config.train.lr=-1")
+  out = _cli("run", "--config.train.lr=-1")
   assert out.returncode == 2 and "config.train.lr" in out.stderr
+  out = _cli("--help")
+  assert out.returncode == 0 and "usage: cljax run" in out.stdout
+  out = _cli("--version")
+  assert out.returncode == 0 and out.stdout.startswith("cljax ")
+
+
+def _rerun(c, **train_kw):
+  c = c.copy_and_resolve_references()
+  c.train.update(train_kw)
+  return c
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.lr", 0.001, "config.train.lr: 0.05 -> 0.001"),
+    ("train.weight_decay", 1e-4, "config.train.weight_decay: 0.0 -> 0.0001"),
+    ("train.augment", "crop_flip", 'config.train.augment: "none" -> '
+     '"crop_flip"'),
+    ("data.path", "/elsewhere", 'config.data.path: "" -> "/elsewhere"'),
+])
+def test_changed_setting_is_refused_before_training(tmp_path, key, value,
+                                                    message):
+  # The rerun used to train nothing, report the first run's accuracy and
+  # label it with the new setting.
+  c = _config(tmp_path)
+  c.methods = "finetune"
+  c.scenario.num_tasks = 2
+  experiment.run_experiment(c)
+  before = open(os.path.join(c.workdir, "results.json")).read()
+  c2 = c.copy_and_resolve_references()
+  node, leaf = c2, key.split(".")
+  for k in leaf[:-1]:
+    node = node[k]
+  node[leaf[-1]] = value
+  with pytest.raises(ValueError, match=r"checkpoints/finetune holds a "
+                     r"checkpoint of a run with other settings"):
+    try:
+      experiment.run_experiment(c2)
+    except ValueError as e:
+      assert message in str(e), str(e)
+      raise
+  assert open(os.path.join(c.workdir, "results.json")).read() == before
+
+
+def test_changed_setting_mid_stream_is_refused(tmp_path, monkeypatch):
+  # Tasks 1-2 at one lr, 3-5 at another used to be labelled with the last.
+  from cljax.train import _checkpoint
+  c = _config(tmp_path)
+  c.methods = "finetune"
+  real, calls = _checkpoint.Checkpoints.save, []
+
+  def save(self, items, record):
+    calls.append(real(self, items, record))
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return calls[-1]
+
+  monkeypatch.setattr(_checkpoint.Checkpoints, "save", save)
+  with pytest.raises(KeyboardInterrupt):
+    experiment.run_experiment(c)
+  monkeypatch.undo()
+  with pytest.raises(ValueError, match="config.train.lr: 0.05 -> 0.01"):
+    experiment.run_experiment(_rerun(c, lr=0.01))
+  # The same settings resume and finish.
+  res = experiment.run_experiment(c)
+  assert len(res["runs"]["finetune"]["accuracy_matrix"]) == 5
+
+
+def test_presentation_keys_do_not_invalidate_checkpoints(tmp_path):
+  c = _config(tmp_path)
+  c.methods = "finetune"
+  c.scenario.num_tasks = 2
+  first = experiment.run_experiment(c)["runs"]["finetune"]
+  c.name, c.progress, c.checkpoint_every, c.select = "x", True, 3, "val_score"
+  again = experiment.run_experiment(c)["runs"]["finetune"]
+  assert again["accuracy_matrix"] == first["accuracy_matrix"]
+  assert again["timings"] == first["timings"]  # nothing retrained
+
+
+def test_memory_larger_than_a_task_stops_before_training(tmp_path):
+  c = _config(tmp_path)
+  c.methods = "finetune,gem"
+  c.method.gem = {"memory_size": 5000}
+  with pytest.raises(ValueError, match=r"memory_size=5000 exceeds task \d+'s "
+                     r"\d+ training examples"):
+    experiment.run_experiment(c)
+  assert not os.path.exists(os.path.join(c.workdir, "checkpoints"))
+
+
+def test_two_task_class_ids_outside_the_dataset(tmp_path):
+  c = _config(tmp_path)
+  c.scenario.kind = "two_task"
+  c.scenario.classes_b = (5, 6, 7, 8, 12)
+  with pytest.raises(ValueError, match="classes_b .* outside the dataset"):
+    experiment.run_experiment(c)
+
+
+def test_workdir_must_be_a_writable_directory(tmp_path):
+  c = _config(tmp_path)
+  open(c.workdir, "w").close()
+  with pytest.raises(ValueError, match="config.workdir: .* is a file"):
+    experiment.run_experiment(c)
+  c.workdir = os.path.join(c.workdir, "sub")
+  with pytest.raises(ValueError, match="config.workdir: .* is not a writable "
+                     "directory"):
+    experiment.run_experiment(c)
+
+
+def test_second_run_into_a_workdir_is_refused(tmp_path):
+  # Two runs into one workdir both used to exit 0 (one mixed the results).
+  c = _config(tmp_path)
+  with train.directory_lock(c.workdir):
+    with pytest.raises(train.LockedError, match=f"pid {os.getpid()}"):
+      experiment.run_experiment(c)
+
+
+def test_results_survive_a_failing_plot(tmp_path, monkeypatch):
+  # A 120-task stream ran out of memory in the heatmap before writing
+  # results.json, on every rerun.
+  def boom(*a, **k):
+    raise MemoryError("heatmap")
+  monkeypatch.setattr(report, "plot_accuracy_matrix", boom)
+  monkeypatch.setattr(report, "plot_over_tasks", boom)
+  c = _config(tmp_path)
+  c.scenario.num_tasks = 2
+  with pytest.warns(UserWarning, match="could not write .*MemoryError"):
+    res = experiment.run_experiment(c)
+  saved = json.load(open(os.path.join(c.workdir, "results.json")))
+  assert saved["runs"].keys() == {"finetune", "joint"}
+  assert saved["runs"]["joint"]["accuracy_matrix"] == \
+      res["runs"]["joint"]["accuracy_matrix"]
+
+
+def test_heatmap_of_many_tasks_is_bounded(tmp_path):
+  import matplotlib.image
+  path = str(tmp_path / "big.png")
+  report.plot_accuracy_matrix(np.random.default_rng(0).uniform(
+      size=(200, 200)), path)
+  h, w = matplotlib.image.imread(path).shape[:2]
+  assert h <= 12 * 110 and w <= 12 * 110
+
+
+def test_every_entry_diverged_is_a_failure(tmp_path):
+  c = _config(tmp_path)
+  c.scenario.num_tasks = 2
+  c.methods = "ft__a,ft__b"
+  c.method.ft__a = {"kind": "finetune", "lr": 1e6}
+  c.method.ft__b = {"kind": "finetune", "lr": 1e7}
+  with pytest.raises(experiment.NoResults, match="every entry diverged"):
+    experiment.run_experiment(c)
+  saved = json.load(open(os.path.join(c.workdir, "results.json")))
+  assert all("diverged" in r for r in saved["runs"].values())
+
+
+def _cli(*args, cwd=None):
+  return subprocess.run([sys.executable, "-m", "cljax.cli", *args],
+                        capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,match", [
+    # A 52-line traceback before:
+    (["--config.train.learning_rate=0.1"], "cljax: error: "
+     "config.train.learning_rate: no such key in the config; closest: "
+     "config.train.lr"),
+    # A 39-line traceback before:
+    (["--config", "no/such/config.py"], "cljax: error: --config: config file "
+     "'no/such/config.py' not found"),
+    (["--config.train.lr=abc"], "cljax: error: flag --config.train.lr=abc"),
+    (["--config.train.lr=nan"], "cljax: error: config.train.lr must be"),
+])
+def test_cli_errors_are_one_line(args, match):
+  out = _cli("run", *args)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
+  assert match in out.stderr, out.stderr
+
+
+def test_cli_exit_status_when_every_entry_diverges(tmp_path):
+  out = _cli("run", "--config.train.lr=1e7", "--config.methods=finetune",
+             "--config.train.epochs=1", "--config.progress=False",
+             f"--config.workdir={tmp_path}/w")
+  assert out.returncode == 1, out.stderr
+  assert "every entry diverged" in out.stderr

@@ -107,14 +107,15 @@ def test_independent_keeps_one_network_per_task(stream):
   jax.tree.map(np.testing.assert_array_equal, second(res), second(res2))
 
 
-def test_resume_fingerprint_ignores_private_helpers(stream):
-  from cljax.train._loop import _fingerprint
+def test_run_identity_ignores_private_helpers(stream):
+  from cljax.train import run_identity
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
   a, b = methods.EWC(5.0), methods.EWC(5.0)
   a.init_state(model, stream)  # sets a jitted helper on ``a`` only
-  assert _fingerprint(stream, a, {}) == _fingerprint(stream, b, {})
-  assert _fingerprint(stream, a, {}) != _fingerprint(stream, methods.EWC(6.),
-                                                     {})
+  ident = lambda m: run_identity(stream, m, model, optax.sgd(0.1), {})
+  assert ident(a) == ident(b)
+  assert ident(a)["method.lam"] == 5.0
+  assert ident(methods.EWC(6.0))["method.lam"] == 6.0
 
 
 def test_gem_step_gradient_satisfies_the_memory_constraints(stream):

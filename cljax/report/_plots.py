@@ -18,18 +18,31 @@ def _save(fig, path: str, title: str = "") -> str:
   return path
 
 
+# Beyond this many tasks a heatmap has no per-cell numbers and sparse ticks;
+# every figure is at most _MAX_INCHES on a side (memory stays bounded).
+_CELL_TEXT_TASKS = 30
+_MAX_INCHES = 12.0
+
+
+def _ticks(t: int) -> range:
+  return range(0, t, max(1, t // 15))
+
+
 def plot_accuracy_matrix(r, path: str, title: str = "") -> str:
-  """Heatmap of ``R[i, j]`` (percent), saved as PNG at ``path``."""
+  """Heatmap of ``R[i, j]`` (percent), saved as PNG at ``path``; cell
+  numbers up to 30 tasks, a figure of bounded size for any number."""
   r = np.asarray(r) * 100
   t = r.shape[0]
-  fig, ax = plt.subplots(figsize=(1.0 + 0.7 * t, 0.8 + 0.6 * t))
+  fig, ax = plt.subplots(figsize=(min(1.0 + 0.7 * t, _MAX_INCHES),
+                                  min(0.8 + 0.6 * t, _MAX_INCHES)))
   im = ax.imshow(r, vmin=0, vmax=100, cmap="viridis")
-  for i in range(t):
-    for j in range(t):
-      ax.text(j, i, f"{r[i, j]:.0f}", ha="center", va="center",
-              color="w" if r[i, j] < 60 else "k", fontsize=8)
-  ax.set_xticks(range(t), [f"T{j + 1}" for j in range(t)])
-  ax.set_yticks(range(t), [f"T{i + 1}" for i in range(t)])
+  if t <= _CELL_TEXT_TASKS:
+    for i in range(t):
+      for j in range(t):
+        ax.text(j, i, f"{r[i, j]:.0f}", ha="center", va="center",
+                color="w" if r[i, j] < 60 else "k", fontsize=8)
+  ax.set_xticks(_ticks(t), [f"T{j + 1}" for j in _ticks(t)])
+  ax.set_yticks(_ticks(t), [f"T{i + 1}" for i in _ticks(t)])
   ax.set_xlabel("evaluated on task")
   ax.set_ylabel("after training task")
   ax.set_title(title or "accuracy (%)")
@@ -46,9 +59,14 @@ def plot_curves(curves_by_method: dict, path: str, title: str = "",
   names = [n for n, c in curves_by_method.items() if c]
   if not names:
     return ""
-  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2),
+  cols = min(len(names), 4)
+  rows = -(-len(names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(
+      min(4.2 * cols, _MAX_INCHES * 1.4), min(3.2 * rows, _MAX_INCHES * 1.4)),
                            squeeze=False, sharey=True)
-  for ax, name in zip(axes[0], names):
+  for ax in axes.flat[len(names):]:
+    ax.set_visible(False)
+  for ax, name in zip(axes.flat, names):
     curves = curves_by_method[name]
     steps = [c["step"] for c in curves]
     acc = np.asarray([c["acc"] for c in curves]) * 100
@@ -61,8 +79,10 @@ def plot_curves(curves_by_method: dict, path: str, title: str = "",
     ax.set_title(name)
     ax.set_xlabel("training step")
     ax.set_ylim(0, 100)
-  axes[0][0].set_ylabel("accuracy (%)")
-  axes[0][-1].legend(fontsize=7, loc="lower left")
+  for row in axes:
+    row[0].set_ylabel("accuracy (%)")
+  if len(curves_by_method[names[0]][0]["acc"]) <= 20:  # else it hides all
+    axes.flat[len(names) - 1].legend(fontsize=7, loc="lower left")
   return _save(fig, path, title)
 
 

@@ -67,20 +67,23 @@ def set_learning_rate(opt_state, lr: float):
   return out
 
 
-def _check_int(name: str, value, low: int) -> int:
-  _validate.check_value(name, value, lambda v: (v >= low) & (v == np.round(v)),
-                        f"an integer >= {low}")
-  return int(value)
-
-
-def _check_arguments(stream, method, model, settings, checkpoint_every):
-  """Every argument error before anything trains."""
+def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
+              epochs: int, batch_size: int, seed: int = 0,
+              eval_every: int = 0, eval_batch_size: int = 1000,
+              task_lrs: Sequence[float] | None = None,
+              checkpoint_every: int = 0, **_) -> None:
+  """Raises the ``ValueError`` that ``run_stream`` with these arguments
+  would raise before training (bad data, settings, model or method
+  hyperparameters for this stream), without training. Other keyword
+  arguments of ``run_stream`` are accepted and ignored."""
   stream.check()
-  for key, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1),
-                   ("eval_every", 0), ("seed", 0)):
-    _check_int(key, settings[key], low)
-  _check_int("checkpoint_every", checkpoint_every, 0)
-  task_lrs = settings["task_lrs"]
+  for key, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1),
+                          ("eval_batch_size", eval_batch_size, 1),
+                          ("eval_every", eval_every, 0), ("seed", seed, 0),
+                          ("checkpoint_every", checkpoint_every, 0)):
+    _validate.check_value(key, value,
+                          lambda v, low=low: (v >= low) & (v == np.round(v)),
+                          f"an integer >= {low}")
   if task_lrs is not None:
     if len(task_lrs) != stream.num_tasks:
       raise ValueError(f"task_lrs must have {stream.num_tasks} values, got "
@@ -88,9 +91,9 @@ def _check_arguments(stream, method, model, settings, checkpoint_every):
     _validate.check_positive("task_lrs", np.asarray(task_lrs, float))
   for k in range(stream.num_tasks):
     n = len(method.train_split(stream, k))
-    if n < settings["batch_size"]:
+    if n < batch_size:
       raise ValueError(f"task {k} has {n} training examples, fewer than "
-                       f"batch_size={settings['batch_size']}")
+                       f"batch_size={batch_size}")
   out_dim = jax.tree.leaves(model.params["head"])[0].shape[-1]
   if out_dim != stream.num_classes:
     raise ValueError(f"model head has {out_dim} outputs, stream has "
@@ -150,7 +153,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                   eval_every=eval_every, eval_batch_size=eval_batch_size,
                   reset_optimizer=bool(reset_optimizer), augment=augment,
                   task_lrs=None if task_lrs is None else list(task_lrs))
-  _check_arguments(stream, method, model, settings, checkpoint_every)
+  check_run(stream, method, model, checkpoint_every=checkpoint_every,
+            **settings)
   if not checkpoint_dir:
     return _Run(stream, method, model, optimizer, settings, mesh, progress
                 ).run(None, None, 0)
