@@ -116,12 +116,18 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     if update_method_state is not None:
       method_state = update_method_state(method_state, state.params, params,
                                          grads)
-    # One reduction each: a sum is NaN/inf iff some element is (or it
-    # overflows, which is divergence too).
+    # A sum is NaN/inf iff some element is (or it overflows: divergence
+    # too). One reduction per step, over the new parameters (finite before,
+    # so finite after iff the update is); the gradient is looked at only
+    # when that fails, to say which it was. (The check costs ~7% of a
+    # fine-tuning step of the MLP 784-400-400-10 at batch 128 on 2 CPU
+    # cores: benchmarks/step_speed.py.)
     all_finite = lambda tree: jnp.isfinite(optax.tree_utils.tree_sum(tree))
+    update_ok = all_finite(params)
+    grad_ok = jax.lax.cond(update_ok, lambda: jnp.array(True),
+                           lambda: all_finite(grads))
     finite = jnp.stack([jnp.all(jnp.isfinite(terms[k])) for k in
-                        sorted(terms)] + [all_finite(grads),
-                                          all_finite(updates)])
+                        sorted(terms)] + [grad_ok, update_ok])
     ok = jnp.all(finite) & (state.nonfinite_step < 0)
     keep = lambda new, old: jax.tree.map(
         lambda a, b: jnp.where(ok, a, b), new, old)
