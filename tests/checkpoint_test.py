@@ -30,6 +30,16 @@ def _crash_after_saves(monkeypatch, n):
   monkeypatch.setattr(_checkpoint.Checkpoints, "save", save)
 
 
+def _crashed(stream, tmp_path, monkeypatch, n, method=None, **kw) -> str:
+  """A checkpoint directory left by a run killed after its ``n``-th save."""
+  ckpt = str(tmp_path / "ck")
+  _crash_after_saves(monkeypatch, n)
+  with pytest.raises(Crash):
+    _run(stream, method, ckpt=ckpt, **kw)
+  monkeypatch.undo()
+  return ckpt
+
+
 @pytest.fixture(scope="module")
 def stream(digits):
   return data.class_splits(digits, 3, task_sizes=(4, 3, 3))
@@ -60,11 +70,8 @@ def full(stream):
 
 def test_resume_after_a_task_is_bit_identical(stream, full, tmp_path,
                                               monkeypatch):
-  ckpt = str(tmp_path / "ck")
-  _crash_after_saves(monkeypatch, 2)  # killed after task 2's checkpoint
-  with pytest.raises(Crash):
-    _run(stream, ckpt=ckpt)
-  monkeypatch.undo()
+  # Killed right after task 2's checkpoint.
+  ckpt = _crashed(stream, tmp_path, monkeypatch, 2)
   _same(_run(stream, ckpt=ckpt), full)
 
 
@@ -74,11 +81,7 @@ def test_resume_inside_a_task_is_bit_identical(stream, full, tmp_path,
   # Tasks of 18, 13 and 13 steps an epoch, 2 epochs; saves every 7 steps
   # plus one per task: the 4th save is inside task 1's second epoch, the 8th
   # at the end of task 2's first epoch, the 12th inside task 3.
-  ckpt = str(tmp_path / "ck")
-  _crash_after_saves(monkeypatch, crash_at)
-  with pytest.raises(Crash):
-    _run(stream, ckpt=ckpt, checkpoint_every=7)
-  monkeypatch.undo()
+  ckpt = _crashed(stream, tmp_path, monkeypatch, crash_at, checkpoint_every=7)
   record = _checkpoint.Checkpoints(ckpt).latest_record()
   assert record["position"] is not None  # it did stop inside a task
   _same(_run(stream, ckpt=ckpt, checkpoint_every=7), full)
@@ -90,11 +93,9 @@ def test_resume_inside_a_phase_with_its_own_optimizer(stream, tmp_path,
   # is stashed in the checkpoint and restored after the phase.
   lwf = lambda: methods.LwF(warmup_epochs=2)
   want = _run(stream, lwf())
-  ckpt = str(tmp_path / "ck")
-  _crash_after_saves(monkeypatch, 8)  # inside task 2's warm-up (step 49)
-  with pytest.raises(Crash):
-    _run(stream, lwf(), ckpt=ckpt, checkpoint_every=7)
-  monkeypatch.undo()
+  # Killed inside task 2's warm-up (step 49).
+  ckpt = _crashed(stream, tmp_path, monkeypatch, 8, lwf(),
+                  checkpoint_every=7)
   pos = _checkpoint.Checkpoints(ckpt).latest_record()["position"]
   assert pos["task"] == 1 and pos["phase"] == 0 and pos["stash"]
   _same(_run(stream, lwf(), ckpt=ckpt, checkpoint_every=7), want)
@@ -114,11 +115,7 @@ def test_corrupt_latest_step_falls_back_to_the_previous(stream, full, tmp_path,
                                                         monkeypatch, damage):
   # A torn checkpoint (newer state, older progress) used to train a task
   # twice and exit 0; a damaged state.npz ended in BadZipFile.
-  ckpt = str(tmp_path / "ck")
-  _crash_after_saves(monkeypatch, 2)
-  with pytest.raises(Crash):
-    _run(stream, ckpt=ckpt)
-  monkeypatch.undo()
+  ckpt = _crashed(stream, tmp_path, monkeypatch, 2)
   latest = os.path.join(ckpt, str(_steps(ckpt)[-1]))
   if damage == "truncate":
     path = _largest_file(os.path.join(latest, "state"))
@@ -145,11 +142,7 @@ def test_corrupt_latest_step_falls_back_to_the_previous(stream, full, tmp_path,
 
 def test_leftover_temporary_step_is_ignored(stream, full, tmp_path,
                                            monkeypatch):
-  ckpt = str(tmp_path / "ck")
-  _crash_after_saves(monkeypatch, 1)
-  with pytest.raises(Crash):
-    _run(stream, ckpt=ckpt)
-  monkeypatch.undo()
+  ckpt = _crashed(stream, tmp_path, monkeypatch, 1)
   # What a kill during orbax's write leaves: an uncommitted temporary step.
   os.makedirs(os.path.join(ckpt, "1.orbax-checkpoint-tmp-123", "state"))
   _same(_run(stream, ckpt=ckpt), full)
@@ -158,11 +151,7 @@ def test_leftover_temporary_step_is_ignored(stream, full, tmp_path,
 def test_every_step_corrupt_starts_afresh_with_a_warning(stream, full,
                                                          tmp_path,
                                                          monkeypatch):
-  ckpt = str(tmp_path / "ck")
-  _crash_after_saves(monkeypatch, 2)
-  with pytest.raises(Crash):
-    _run(stream, ckpt=ckpt)
-  monkeypatch.undo()
+  ckpt = _crashed(stream, tmp_path, monkeypatch, 2)
   for step in _steps(ckpt):
     os.remove(os.path.join(ckpt, str(step), "record", "metadata"))
   with pytest.warns(UserWarning, match="corrupt"):
