@@ -1,17 +1,21 @@
 """Command line: ``cljax run [--config path/to/config.py[:arg]]
 [--config.key=value ...]`` (ml_collections config files and overrides, as
-in absl programs). Every error in the command line, the config or the data
-is one line on stderr and exit status 2; a run that produced no results, or
-a workdir in use, exits 1."""
+in absl programs) and ``cljax list [what]``. Every error in the command
+line, the config or the data is one line on stderr and exit status 2; a run
+that produced no results, or a workdir in use, exits 1."""
 
 from __future__ import annotations
 
+import ast
 import difflib
+import glob
 import os
 import re
 import sys
+import textwrap
 
 USAGE = """usage: cljax run [--config path/to/config.py[:arg]] [--config.key=value ...]
+       cljax list [methods|models|datasets|scenarios|configs]
        cljax --help | --version
 
   cljax run    trains the configured methods on the configured stream and
@@ -19,7 +23,11 @@ USAGE = """usage: cljax run [--config path/to/config.py[:arg]] [--config.key=val
                class-incremental stream on the embedded digits data
                (fine-tuning vs joint training), about half a minute on 2
                cores. `cljax run --help` lists the keys.
+  cljax list   what there is to choose from: methods (with their
+               hyperparameters and defaults), models, datasets, scenarios
+               and the experiment configs.
 """
+LISTS = ("methods", "models", "datasets", "scenarios", "configs")
 
 RUN_HELP = """usage: cljax run [--config path/to/config.py[:arg]] [--config.key=value ...]
 
@@ -125,9 +133,89 @@ def _run(args) -> int:
     print(RUN_HELP + "\n".join(f"  {k} = {v!r}" for k, v in zip(
         _flat_keys(config), _leaf_values(config))))
     return 0
+  # As `python -m` does: methods given by import path may live here.
+  sys.path.insert(0, os.getcwd())
   config = load_config(args)
   from cljax.experiment import run_experiment
   run_experiment(config)
+  return 0
+
+
+def _wrap(text: str, indent: int = 4) -> str:
+  return textwrap.fill(text, 79, initial_indent=" " * indent,
+                       subsequent_indent=" " * indent)
+
+
+def _experiments_dir() -> str | None:
+  """``experiments/`` of the source checkout cljax runs from, or of the
+  current directory."""
+  here = os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                      "experiments")
+  for d in (here, "experiments"):
+    if os.path.isdir(d):
+      return d
+  return None
+
+
+def list_text(what: str) -> str:
+  """The text ``cljax list WHAT`` prints, made from the code itself."""
+  if what == "methods":
+    from cljax.methods import METHODS, description, hyperparameters
+    out = ["methods (--config.methods=a,b; --config.method.<name>.<key>="
+           "value; or a Method subclass by import path, "
+           "package.module:Class):"]
+    for name, cls in METHODS.items():
+      hp = ", ".join(f"{k}={v!r}" for k, v in hyperparameters(cls).items())
+      out += [f"  {name}", _wrap(description(cls)),
+              _wrap(f"hyperparameters: {hp or 'none'}")]
+    return "\n".join(out)
+  if what == "models":
+    from cljax.models import MODELS
+    return _entries("models (--config.model.name):", MODELS)
+  if what == "scenarios":
+    from cljax.data import SCENARIOS
+    return _entries("scenarios (--config.scenario.kind):", SCENARIOS)
+  if what == "datasets":
+    from cljax.data import DEBIAN_FASHION_MNIST
+    have = "installed" if os.path.isdir(DEBIAN_FASHION_MNIST) else (
+        "not installed: apt-get install dataset-fashion-mnist")
+    return _entries("datasets (--config.data.name):", {
+        "digits": "scikit-learn's bundled 8x8 digits, 1,797 images, 10 "
+                  "classes (always there)",
+        "fashion_mnist": "28x28 Fashion-MNIST, 70,000 images, 10 classes: "
+                         f"Debian's {DEBIAN_FASHION_MNIST} ({have}), a "
+                         "directory of the four idx files "
+                         "(--config.data.path=DIR), or a prepared tfds build "
+                         "(--config.data.data_dir=DIR)",
+        "tfds:<name>": "any image classification dataset prepared with "
+                       "tensorflow-datasets in --config.data.data_dir=DIR"})
+  directory = _experiments_dir()
+  if directory is None:
+    return "configs: no experiments/ directory here (they live in the " \
+           "source repository)"
+  configs = {}
+  for path in sorted(glob.glob(os.path.join(directory, "*.py"))):
+    doc = ast.get_docstring(ast.parse(open(path).read())) or ""
+    runs = [" ".join(line.split()) for line in doc.replace("\\\n", " ")
+            .splitlines() if line.strip().startswith("cljax run")]
+    configs[os.path.basename(path)] = " ".join(
+        doc.split("\n\n")[0].split()) + "".join(f"\n{r}" for r in runs)
+  return _entries(f"configs (--config {directory}/<file>[:arg]):", configs)
+
+
+def _entries(title: str, entries: dict) -> str:
+  out = [title]
+  for name, text in entries.items():
+    out += [f"  {name}"] + [_wrap(line) for line in text.splitlines()]
+  return "\n".join(out)
+
+
+def _list(args) -> int:
+  unknown = [a for a in args if a not in LISTS]
+  if unknown:
+    raise UsageError(f"cljax list: unknown {unknown[0]!r}; one of "
+                     f"{', '.join(LISTS)}")
+  print("\n\n".join(list_text(w) for w in args or LISTS))
   return 0
 
 
@@ -149,6 +237,12 @@ def _main(argv: list[str]) -> int:
     import cljax
     print(f"cljax {cljax.__version__}")
     return 0
+  if argv[0] == "list":
+    try:
+      return _list(argv[1:])
+    except UsageError as e:
+      print(f"cljax: error: {e}", file=sys.stderr)
+      return 2
   if argv[0] != "run":
     print(f"cljax: error: unknown command {argv[0]!r}\n\n{USAGE}",
           file=sys.stderr)

@@ -4,6 +4,28 @@ joint training. Every key any experiment may set is defined here; the files
 in ``experiments/`` start from this and change what they need."""
 
 import ml_collections
+from ml_collections import config_dict
+
+from cljax.methods import METHODS
+from cljax.methods import hyperparameters
+from cljax.methods import method_class
+
+
+def method_entry(kind: str, **hparams) -> ml_collections.ConfigDict:
+  """A ``config.method`` entry for method ``kind`` (a name or an import
+  path): every hyperparameter with its default (read from the method's
+  constructor), ``hparams`` applied, and ``lr`` / ``hidden`` overriding
+  ``train.lr`` / ``model.hidden`` for this entry when set."""
+  defaults = hyperparameters(method_class(kind))
+  unknown = sorted(set(hparams) - set(defaults) - {"lr", "hidden"})
+  if unknown:
+    raise ValueError(f"method {kind!r} has no hyperparameter {unknown}; it "
+                     f"has {sorted(defaults)}")
+  entry = ml_collections.ConfigDict({
+      "kind": kind, "lr": config_dict.placeholder(float),
+      "hidden": config_dict.placeholder(tuple), **defaults})
+  entry.update(hparams)
+  return entry
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.scenario.classes_b = (5, 6, 7, 8, 9)
   c.scenario.angles = ()        # rotated; () = uniform in [0, 180)
   c.scenario.identity_first = False  # permuted
-  c.scenario.train_per_task = 0  # permuted/rotated; 0 = all
+  c.scenario.train_per_task = 0  # examples per task (a random subset); 0: all
   c.scenario.test_per_task = 0
   c.scenario.val_fraction = 0.1
 
@@ -57,9 +79,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Entries named family__variant compete within their family on this
   # validation criterion (val_acc | val_score); only winners are summarised.
   c.select = "val_acc"
-  c.method = ml_collections.ConfigDict()
-  c.method.finetune = ml_collections.ConfigDict({"freeze_backbone": False})
-  c.method.joint = ml_collections.ConfigDict()
+  # One entry per method, with every hyperparameter, so any of them can be
+  # set from the command line: --config.method.ewc.lam=10.
+  c.method = ml_collections.ConfigDict(
+      {name: method_entry(name) for name in METHODS})
 
   if arg == "runlocal":
     c.train.epochs = 1

@@ -64,11 +64,13 @@ def run_entries(config) -> list[tuple[str, str, dict, float, tuple]]:
   for entry in entries:
     hp = dict(config.method.get(entry, {}))
     kind = hp.pop("kind", entry)
-    lr = hp.pop("lr", config.train.lr)
-    hidden = tuple(hp.pop("hidden", config.model.hidden))
-    if kind not in METHODS:
+    lr = hp.pop("lr", None)
+    lr = config.train.lr if lr is None else lr
+    hidden = hp.pop("hidden", None)
+    hidden = tuple(config.model.hidden if hidden is None else hidden)
+    if kind not in METHODS and ":" not in kind:
       _fail("methods", f"unknown method {kind!r} (entry {entry!r}); known: "
-            f"{sorted(METHODS)}")
+            f"{sorted(METHODS)}, or an import path 'package.module:Class'")
     _check(_validate.check_positive, f"method.{entry}.lr", lr)
     _check_hidden(f"method.{entry}.hidden", hidden)
     out.append((entry, kind, hp, float(lr), hidden))
@@ -99,7 +101,7 @@ def validate(config) -> None:
     _fail("train.augment", f"unknown {t.augment!r}; one of "
           f"{sorted(cl_data.AUGMENTATIONS)}")
   if s.kind not in cl_data.SCENARIOS:
-    _fail("scenario.kind", f"unknown {s.kind!r}; one of {cl_data.SCENARIOS}")
+    _fail("scenario.kind", f"unknown {s.kind!r}; one of {sorted(cl_data.SCENARIOS)}")
   _int("scenario.num_tasks", s.num_tasks, 1)
   if s.task_sizes:
     _int("scenario.task_sizes", np.asarray(s.task_sizes, float), 1)
@@ -115,7 +117,7 @@ def validate(config) -> None:
   if config.select not in report.CRITERIA:
     _fail("select", f"unknown {config.select!r}; one of {report.CRITERIA}")
   if config.model.name not in MODELS:
-    _fail("model.name", f"unknown {config.model.name!r}; one of {MODELS}")
+    _fail("model.name", f"unknown {config.model.name!r}; one of {sorted(MODELS)}")
   for entry, kind, hp, _, _ in run_entries(config):
     build_method(kind, **hp)  # raises ValueError on bad hyperparameters
 
@@ -127,16 +129,16 @@ def build_stream(config) -> cl_data.Stream:
   if s.class_order and len(s.class_order) != ds.num_classes:
     _fail("scenario.class_order", f"has {len(s.class_order)} entries for "
           f"{ds.num_classes} classes")
-  common = dict(val_fraction=s.val_fraction, seed=config.seed)
+  sub = dict(train_per_task=s.train_per_task or None,
+             test_per_task=s.test_per_task or None,
+             val_fraction=s.val_fraction, seed=config.seed)
+  if s.kind == "two_task":
+    return cl_data.two_task(ds, s.classes_a, s.classes_b, **sub)
   if s.kind in ("class_incremental", "task_incremental"):
     return cl_data.class_splits(
         ds, s.num_tasks, incremental=s.kind.split("_")[0],
         class_order=tuple(s.class_order) or None,
-        task_sizes=tuple(s.task_sizes) or None, **common)
-  if s.kind == "two_task":
-    return cl_data.two_task(ds, s.classes_a, s.classes_b, **common)
-  sub = dict(train_per_task=s.train_per_task or None,
-             test_per_task=s.test_per_task or None, **common)
+        task_sizes=tuple(s.task_sizes) or None, **sub)
   if s.kind == "permuted":
     return cl_data.permuted(ds, s.num_tasks, identity_first=s.identity_first,
                             **sub)

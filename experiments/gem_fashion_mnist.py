@@ -8,24 +8,32 @@ A-GEM with 256 memories per task, GEM's memory strength (margin) 0.5, as in
 facebookresearch/GradientEpisodicMemory's run script. Methods: single
 (fine-tuning), independent (one network per task with 1/20 of the hidden
 units, 784-5-5-10, as in the paper), EWC (strength chosen on validation),
-A-GEM, GEM. A second
-argument sets the epochs (``:rotated,5``).
+A-GEM, GEM. A number sets the epochs (``:rotated,5``); ``runlocal`` makes a
+quick check (5 tasks of 500 examples, one EWC strength:
+``:permuted,runlocal``).
 
     cljax run --config experiments/gem_fashion_mnist.py:permuted \
         --config.workdir=experiments/results/gem_permuted
+    cljax run --config experiments/gem_fashion_mnist.py:runlocal
 """
 
-import ml_collections
-
 from cljax.default_config import get_config as base
+from cljax.default_config import method_entry
 
 
 def get_config(arg="permuted"):
-  kind, _, epochs = (arg or "permuted").partition(",")
-  if kind not in ("permuted", "rotated"):
-    raise ValueError(f"config arg: permuted or rotated, got {arg!r}")
+  tokens = [a for a in (arg or "").split(",") if a]
+  quick = "runlocal" in tokens
+  epochs = [a for a in tokens if a.isdigit()]
+  kinds = [a for a in tokens if a in ("permuted", "rotated")]
+  if len(tokens) != quick + len(epochs) + len(kinds) or len(kinds) > 1 or (
+      len(epochs) > 1):
+    raise ValueError("config arg: permuted or rotated, optionally with an "
+                     f"epoch count and ',runlocal', got {arg!r}")
+  kind, epochs = (kinds or ["permuted"])[0], (epochs or [""])[0]
   c = base()
-  c.name = f"gem_{kind}" + (f"_{epochs}ep" if epochs else "")
+  c.name = (f"gem_{kind}" + (f"_{epochs}ep" if epochs else "") +
+            ("_runlocal" if quick else ""))
   c.data.name = "fashion_mnist"
   c.scenario.kind = kind
   c.scenario.num_tasks = 20
@@ -40,17 +48,20 @@ def get_config(arg="permuted"):
   c.train.momentum = 0.0
   c.train.eval_every = 0
   c.select = "val_acc"
-  c.method.single = ml_collections.ConfigDict({"kind": "finetune"})
-  c.method.independent = ml_collections.ConfigDict(
-      {"kind": "independent", "hidden": (5, 5)})
-  c.method.gem = ml_collections.ConfigDict(
-      {"kind": "gem", "memory_size": 256, "margin": 0.5})
-  c.method.agem = ml_collections.ConfigDict(
-      {"kind": "agem", "memory_size": 256, "ref_size": 256})
+  c.method.single = method_entry("finetune")
+  c.method.independent = method_entry("independent", hidden=(5, 5))
+  c.method.gem = method_entry("gem", memory_size=256, margin=0.5)
+  c.method.agem = method_entry("agem", memory_size=256, ref_size=256)
   entries = ["single", "independent", "agem", "gem"]
-  for lam in (1.0, 10.0, 100.0):
+  for lam in (1.0,) if quick else (1.0, 10.0, 100.0):
     entry = f"ewc__lam{lam:g}"
-    c.method[entry] = ml_collections.ConfigDict({"kind": "ewc", "lam": lam})
+    c.method[entry] = method_entry("ewc", lam=lam)
     entries.insert(1, entry)
   c.methods = ",".join(entries)
+  if quick:
+    c.scenario.num_tasks = 5
+    c.scenario.train_per_task = 556
+    c.scenario.test_per_task = 500
+    c.method.gem.memory_size = c.method.agem.memory_size = 100
+    c.method.agem.ref_size = 100
   return c

@@ -6,7 +6,7 @@ every old task (final ACC near 1/5 of joint's); joint stays near the i.i.d.
 accuracy of the network.
 
     cljax run --config experiments/split_fashion_mnist.py
-    cljax run --config experiments/split_fashion_mnist.py:runlocal
+    cljax run --config experiments/split_fashion_mnist.py:runlocal  # quick
 """
 
 from cljax.default_config import get_config as base
@@ -27,7 +27,12 @@ def get_config(arg=None):
   c.train.momentum = 0.9
   c.train.eval_every = 100
   c.methods = "finetune,joint"
-  if arg == "runlocal":
+  if arg == "runlocal":  # a quick check: 1 epoch on 2,000 images a task
+    c.name += "_runlocal"
     c.train.epochs = 1
     c.train.eval_every = 0
+    c.scenario.train_per_task = 2000
+    c.scenario.test_per_task = 500
+  elif arg:
+    raise ValueError(f"config arg: runlocal or nothing, got {arg!r}")
   return c

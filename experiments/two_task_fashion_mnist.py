@@ -14,9 +14,8 @@ validation accuracy over the evaluations made while training task B; see
     cljax run --config experiments/two_task_fashion_mnist.py:runlocal
 """
 
-import ml_collections
-
 from cljax.default_config import get_config as base
+from cljax.default_config import method_entry
 
 LRS = {"": 0.01, "_lowlr": 0.001}
 EWC_LAMBDAS = (10.0, 100.0, 1000.0, 10000.0)
@@ -42,16 +41,22 @@ def get_config(arg=None):
   entries = []
   for suffix, lr in LRS.items():
     fam = "finetune" + suffix
-    c.method[fam] = ml_collections.ConfigDict({"kind": "finetune", "lr": lr})
+    c.method[fam] = method_entry("finetune", lr=lr)
     entries.append(fam)
     for kind, lams in (("ewc", EWC_LAMBDAS), ("kd", KD_LAMBDAS)):
       for lam in lams:
         entry = f"{kind}{suffix}__lam{lam:g}".replace(".", "p")
-        c.method[entry] = ml_collections.ConfigDict(
-            {"kind": kind, "lr": lr, "lam": lam})
+        c.method[entry] = method_entry(kind, lr=lr, lam=lam)
         entries.append(entry)
   c.methods = ",".join(entries)
-  if arg == "runlocal":
+  if arg == "runlocal":  # a quick check: 1 epoch, 2,000 images a task
+    c.name += "_runlocal"
     c.train.epochs = 1
-    c.train.eval_every = 20
+    c.train.eval_every = 5
+    c.scenario.train_per_task = 2000
+    c.scenario.test_per_task = 500
+    c.methods = ",".join(e for e in entries if "lam" not in e or
+                         e.endswith(("lam100", "lam1")))
+  elif arg:
+    raise ValueError(f"config arg: runlocal or nothing, got {arg!r}")
   return c

@@ -25,8 +25,18 @@ import numpy as np
 
 from cljax.data._datasets import Dataset, Split
 
-SCENARIOS = ("class_incremental", "task_incremental", "permuted", "rotated",
-             "two_task")
+# name (config.scenario.kind) -> what it is (``cljax list scenarios``).
+SCENARIOS = {
+    "class_incremental": "split classes into tasks; one head over all "
+                         "classes seen, no task id at test time",
+    "task_incremental": "split classes into tasks; the task id selects its "
+                        "classes' logits (multi-head)",
+    "permuted": "every task permutes the pixels with its own fixed "
+                "permutation; all classes in every task (domain-IL)",
+    "rotated": "every task rotates the images by its own angle "
+               "(domain-IL)",
+    "two_task": "task A then task B with a new head (classes_a, classes_b)",
+}
 
 
 class Task(NamedTuple):
@@ -166,7 +176,8 @@ def _with_task(split: Split, k: int) -> Split:
   return split.replace(t=np.full(len(split), k, np.int32))
 
 
-def _class_tasks(data: Dataset, groups, val_fraction, seed) -> tuple:
+def _class_tasks(data: Dataset, groups, val_fraction, seed,
+                 train_per_task=None, test_per_task=None) -> tuple:
   rng = np.random.default_rng(seed)
   tasks = []
   for k, classes in enumerate(groups):
@@ -175,6 +186,7 @@ def _class_tasks(data: Dataset, groups, val_fraction, seed) -> tuple:
     te = data.test.take(np.flatnonzero(np.isin(data.test.y, classes)))
     if len(tr) == 0 or len(te) == 0:
       raise ValueError(f"task {k} (classes {classes.tolist()}) is empty")
+    tr, te = _limit(tr, train_per_task, rng), _limit(te, test_per_task, rng)
     tr, va = _carve(tr, val_fraction, rng)
     tasks.append(Task(_with_task(tr, k), _with_task(va, k), _with_task(te, k),
                       classes))
@@ -184,6 +196,8 @@ def _class_tasks(data: Dataset, groups, val_fraction, seed) -> tuple:
 def class_splits(data: Dataset, num_tasks: int, *, incremental: str = "class",
                  class_order: Sequence[int] | None = None,
                  task_sizes: Sequence[int] | None = None,
+                 train_per_task: int | None = None,
+                 test_per_task: int | None = None,
                  val_fraction: float = 0.0, seed: int = 0) -> Stream:
   """Splits a dataset's classes into tasks (class- or task-incremental).
 
@@ -194,6 +208,9 @@ def class_splits(data: Dataset, num_tasks: int, *, incremental: str = "class",
     class_order: a permutation of the labels; task ``k`` takes the next
       ``task_sizes[k]`` classes in this order. Defaults to ``0..C-1``.
     task_sizes: classes per task, summing to ``data.num_classes``.
+    train_per_task, test_per_task: keep at most this many training
+      (before the validation carve-out) and test examples per task, a
+      random subset drawn with ``seed`` (e.g. for a quick run).
     val_fraction: fraction of each task's training data held out as its
       validation split.
     seed: seeds the validation carve-out.
@@ -204,17 +221,21 @@ def class_splits(data: Dataset, num_tasks: int, *, incremental: str = "class",
   order = _check_order(class_order, data.num_classes)
   sizes = _group_sizes(data.num_classes, num_tasks, task_sizes)
   groups = np.split(order, np.cumsum(sizes)[:-1])
-  tasks = _class_tasks(data, groups, val_fraction, seed)
+  tasks = _class_tasks(data, groups, val_fraction, seed, train_per_task,
+                       test_per_task)
   return Stream(f"{incremental}_incremental/{data.name}", incremental, tasks,
                 data.num_classes)
 
 
 def two_task(data: Dataset, classes_a: Sequence[int], classes_b: Sequence[int],
-             *, val_fraction: float = 0.1, seed: int = 0) -> Stream:
+             *, train_per_task: int | None = None,
+             test_per_task: int | None = None, val_fraction: float = 0.1,
+             seed: int = 0) -> Stream:
   """The seeds' setting: a model trained on task A, then a new head for task B.
 
   Task A and task B each have their own head (logits masked to their classes),
-  so this is a two-task task-incremental stream.
+  so this is a two-task task-incremental stream. ``train_per_task`` and
+  ``test_per_task`` as in ``class_splits``.
   """
   data.check()
   a, b = np.asarray(classes_a), np.asarray(classes_b)
@@ -227,7 +248,8 @@ def two_task(data: Dataset, classes_a: Sequence[int], classes_b: Sequence[int],
                        f"classes 0..{data.num_classes - 1}")
   if np.intersect1d(a, b).size:
     raise ValueError("classes_a and classes_b must be disjoint")
-  tasks = _class_tasks(data, [a, b], val_fraction, seed)
+  tasks = _class_tasks(data, [a, b], val_fraction, seed, train_per_task,
+                       test_per_task)
   return Stream(f"two_task/{data.name}", "task", tasks, data.num_classes)
 
 

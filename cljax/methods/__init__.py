@@ -1,9 +1,14 @@
 """Continual-learning methods: each a small composition of the pure pieces."""
 
+from cljax.methods._base import head_only
 from cljax.methods._base import Method
 from cljax.methods._base import Phase
 from cljax.methods._base import TaskContext
+from cljax.methods._base import task_cross_entropy
 from cljax.methods._registry import build_method
+from cljax.methods._registry import description
+from cljax.methods._registry import hyperparameters
+from cljax.methods._registry import method_class
 from cljax.methods._registry import METHODS
 from cljax.methods.distill import KD
 from cljax.methods.distill import LwF

@@ -1,5 +1,12 @@
-"""Methods by name, for configs."""
+"""Methods by name, for configs: the built-in ones and a user's by import
+path (``"mypkg.mymod:MyMethod"``)."""
 
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from cljax.methods._base import Method
 from cljax.methods.distill import KD, LwF
 from cljax.methods.ewc import EWC, L2, OnlineEWC
 from cljax.methods.finetune import FineTune
@@ -13,12 +20,53 @@ METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      MAS, KD, LwF, GEM, AGEM, Independent)}
 
 
-def build_method(name: str, **hparams):
-  """Instantiates method ``name`` with its hyperparameters."""
-  if name not in METHODS:
+def hyperparameters(cls: type) -> dict:
+  """A method class's hyperparameters and their defaults, read from its
+  constructor (and, through ``**kwargs``, its bases' constructors)."""
+  out = {}
+  for klass in cls.__mro__:
+    init = klass.__dict__.get("__init__")
+    if init is None or klass is object:
+      continue
+    params = inspect.signature(init).parameters.values()
+    for p in params:
+      if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        out.setdefault(p.name, None if p.default is p.empty else p.default)
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+      break
+  return out
+
+
+def description(cls: type) -> str:
+  """A method class's one-line summary: its docstring's first paragraph."""
+  return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def method_class(name: str) -> type:
+  """The class of method ``name``: a built-in name (``METHODS``) or an
+  import path ``"package.module:Class"`` of a ``Method`` subclass."""
+  if name in METHODS:
+    return METHODS[name]
+  if ":" not in name:
     raise ValueError(f"methods: unknown method {name!r}; expected one of "
-                     f"{sorted(METHODS)}")
+                     f"{sorted(METHODS)} or an import path "
+                     "'package.module:Class'")
+  module, _, attr = name.partition(":")
   try:
-    return METHODS[name](**hparams)
+    cls = getattr(importlib.import_module(module), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"methods: cannot import {name!r}: {e}") from None
+  if not (isinstance(cls, type) and issubclass(cls, Method)):
+    raise ValueError(f"methods: {name!r} is not a subclass of "
+                     "cljax.methods.Method")
+  return cls
+
+
+def build_method(name: str, **hparams):
+  """Instantiates method ``name`` (see ``method_class``) with its
+  hyperparameters."""
+  cls = method_class(name)
+  try:
+    return cls(**hparams)
   except TypeError as e:
     raise ValueError(f"method {name!r}: bad hyperparameters {hparams}: {e}")

@@ -56,8 +56,9 @@ class _FromPreviousModel(Method):
 
 
 class KD(_FromPreviousModel):
-  """Hinton knowledge distillation from the previous model (Hinton et al.
-  2015): ``CE_t + lam * kd_loss(s, t, T)`` over the old classes (the union
+  """Distillation from the previous model's old classes (Hinton et al. 2015).
+
+  ``CE_t + lam * kd_loss(s, t, T)`` over the old classes (the union
   of the previous tasks' classes: the old head(s)).
 
   Args: ``lam >= 0``, ``temperature > 0``.
@@ -71,7 +72,9 @@ class KD(_FromPreviousModel):
 
 
 class LwF(_FromPreviousModel):
-  """Learning without Forgetting (Li & Hoiem 2018, eq. 2 and Alg. 1):
+  """Learning without Forgetting: old heads distilled (Li & Hoiem 2018).
+
+  Learning without Forgetting (Li & Hoiem 2018, eq. 2 and Alg. 1):
   ``CE_new + lambda_o * sum_{old heads} CE(softmax(y_o/T), softmax(yhat_o/T))``
   with ``T = 2``; each old task's classes are one head. The old model's
   responses are computed on the fly from the frozen previous model, which is

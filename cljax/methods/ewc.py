@@ -14,7 +14,9 @@ from cljax.regularizers import check_strength, ewc_merge, online_ewc_update
 
 
 class L2(PenalisedFineTune):
-  """L2 anchor (the seeds' naive constraint): ``CE + lam * 0.5 *
+  """L2 anchor to the previous task's parameters (the seeds' baseline).
+
+  L2 anchor (the seeds' naive constraint): ``CE + lam * 0.5 *
   ||theta - theta*||^2`` with ``theta*`` the parameters at the end of the
   previous task (no penalty during the first task).
 
@@ -38,7 +40,9 @@ class L2(PenalisedFineTune):
 
 
 class EWC(PenalisedFineTune):
-  """Elastic weight consolidation, one penalty per past task (Kirkpatrick et
+  """EWC: a Fisher-weighted penalty per past task (Kirkpatrick et al. 2017).
+
+  Elastic weight consolidation, one penalty per past task (Kirkpatrick et
   al. 2017, eq. 3 and sec. 2.1):
 
   ``L = CE_t + sum_{k<t} (lam / 2) sum_i F_{k,i} (theta_i - theta*_{k,i})^2``
@@ -100,7 +104,9 @@ class EWC(PenalisedFineTune):
 
 
 class OnlineEWC(EWC):
-  """Online EWC (Schwarz et al. 2018, sec. 4, eq. 8): one running Fisher
+  """Online EWC: one running Fisher and one anchor (Schwarz et al. 2018).
+
+  Online EWC (Schwarz et al. 2018, sec. 4, eq. 8): one running Fisher
   ``F* <- gamma F* + F_k`` and one anchor (the latest parameters):
 
   ``L = CE_t + (lam / 2) sum_i F*_i (theta_i - theta*_i)^2``

@@ -7,7 +7,9 @@ from cljax.methods._base import Method, head_only
 
 
 class FineTune(Method):
-  """Plain fine-tuning on each new task (the lower bound; the learning rate
+  """Fine-tuning: cross-entropy on each new task (the lower bound).
+
+  Plain fine-tuning on each new task (the lower bound; the learning rate
   is the optimizer's, so low-lr fine-tuning is a config value).
 
   Args:

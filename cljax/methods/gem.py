@@ -64,7 +64,9 @@ class _Episodic(Method):
 
 
 class GEM(_Episodic):
-  """GEM (Lopez-Paz & Ranzato 2017, Alg. 1): each step, the gradients ``G``
+  """GEM: no past task's memory loss may rise (Lopez-Paz & Ranzato 2017).
+
+  GEM (Lopez-Paz & Ranzato 2017, Alg. 1): each step, the gradients ``G``
   of the loss on every past task's memory (one ``vmap`` over the fixed
   ``T`` memory rows, unfilled rows masked) constrain the new gradient ``g``
   to ``<g~, G_k> >= 0``; ``g~`` solves GEM's QP on the device
@@ -114,7 +116,9 @@ class GEM(_Episodic):
 
 
 class AGEM(_Episodic):
-  """A-GEM (Chaudhry et al. 2019, eq. 11): the reference gradient is the
+  """A-GEM: projection against a memory gradient (Chaudhry et al. 2019).
+
+  A-GEM (Chaudhry et al. 2019, eq. 11): the reference gradient is the
   gradient on ``ref_size`` examples drawn uniformly from the memory of all
   past tasks; ``g~ = g - min(0, g.g_ref)/(g_ref.g_ref) g_ref``
   (``cljax.constraints.agem_project``, chained before the optimizer).

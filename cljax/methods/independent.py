@@ -10,7 +10,9 @@ from cljax.methods._base import Method
 
 
 class Independent(Method):
-  """Each task trains a fresh copy of the network from the same
+  """One network per task (the GEM paper's independent baseline).
+
+  Each task trains a fresh copy of the network from the same
   initialisation; task ``j`` is always predicted by its own network (a
   not-yet-trained task by the initial one, so forward transfer is 0 by
   construction). The trained networks are kept stacked to the stream's task

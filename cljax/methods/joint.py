@@ -7,7 +7,9 @@ from cljax.methods._base import Method
 
 
 class Joint(Method):
-  """Trains on the union of all tasks seen so far (cumulative training).
+  """Joint training on all tasks seen so far (the upper bound).
+
+  Trains on the union of all tasks seen so far (cumulative training).
 
   At task ``i`` the model continues from its current weights on the training
   data of tasks ``0..i`` together, so after the last task it has seen the

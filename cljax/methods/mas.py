@@ -13,7 +13,9 @@ from cljax.regularizers import check_strength
 
 
 class MAS(PenalisedFineTune):
-  """``L = CE_t + lam sum_ij Omega_ij (theta_ij - theta*_ij)^2`` (eq. 4).
+  """MAS: importances from output sensitivity (Aljundi et al. 2018).
+
+  ``L = CE_t + lam sum_ij Omega_ij (theta_ij - theta*_ij)^2`` (eq. 4).
 
   At the end of each task, ``Omega`` accumulates (sec. 4) the mean absolute
   per-example gradient of the squared L2 norm of the network's (active)

@@ -9,7 +9,9 @@ from cljax.regularizers import check_strength, si_accumulate, si_consolidate
 
 
 class SI(PenalisedFineTune):
-  """``L = CE_t + c sum_k Omega_k (theta_k - theta~_k)^2`` (eq. 4), with
+  """Synaptic Intelligence: path-integral importances (Zenke et al. 2017).
+
+  ``L = CE_t + c sum_k Omega_k (theta_k - theta~_k)^2`` (eq. 4), with
   ``theta~`` the parameters at the end of the previous task.
 
   During a task, every step adds ``-g_k * delta theta_k`` to ``omega``

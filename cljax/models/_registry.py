@@ -5,7 +5,16 @@ from flax import nnx
 from cljax.models._functional import functional
 from cljax.models._networks import CNN, MLP, reduced_resnet18, resnet32
 
-MODELS = ("mlp", "cnn", "resnet32", "reduced_resnet18")
+# name -> what it is (``cljax list models``).
+MODELS = {
+    "mlp": "fully connected ReLU network; widths from model.hidden "
+           "(default 400-400)",
+    "cnn": "small conv net: two 3x3 conv + max-pool blocks, a dense layer",
+    "resnet32": "ResNet-32 for 32x32 images (He et al. 2016; iCaRL's "
+                "CIFAR-100 net), 0.46M parameters, BatchNorm",
+    "reduced_resnet18": "reduced ResNet-18 (Lopez-Paz & Ranzato 2017; "
+                        "A-GEM), BatchNorm",
+}
 
 
 def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0,
@@ -23,5 +32,5 @@ def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0,
     module = reduced_resnet18(c, num_classes, rngs=rngs)
   else:
     raise ValueError(f"model.name: unknown model {name!r}; expected one of "
-                     f"{MODELS}")
+                     f"{sorted(MODELS)}")
   return functional(module)

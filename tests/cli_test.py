@@ -1,0 +1,121 @@
+"""The command line as a newcomer uses it."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cljax import cli, experiment
+from cljax.methods import METHODS, hyperparameters
+
+from conftest import needs_fashion_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, cwd=None, env=None):
+  return subprocess.run([sys.executable, "-m", "cljax.cli", *args],
+                        capture_output=True, text=True, timeout=600, cwd=cwd,
+                        env=env)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["run", "--help"],
+                                  ["run", "-h"], ["--version"]])
+def test_help_and_version_exit_zero(args):
+  out = _cli(*args)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip()
+  if args[0] == "run":
+    assert "config.train.lr = 0.05" in out.stdout  # the keys, with values
+    assert "config.method.ewc.lam = 100.0" in out.stdout
+
+
+def test_list_everything_from_the_code():
+  out = _cli("list")
+  assert out.returncode == 0, out.stderr
+  for name, cls in METHODS.items():
+    assert f"\n  {name}\n" in out.stdout
+    for key, value in hyperparameters(cls).items():
+      assert f"{key}={value!r}" in out.stdout
+  for word in ("resnet32", "fashion_mnist", "permuted",
+               "split_fashion_mnist.py"):
+    assert word in out.stdout
+  bad = _cli("list", "recipes")
+  assert bad.returncode == 2 and "one of methods" in bad.stderr
+
+
+def test_hyperparameters_come_from_the_constructors():
+  assert hyperparameters(METHODS["online_ewc"])["gamma"] == 1.0
+  assert hyperparameters(METHODS["online_ewc"])["fisher_samples"] == 1024
+  assert hyperparameters(METHODS["joint"]) == {}
+
+
+def test_any_hyperparameter_from_the_command_line():
+  # --config.method.ewc.lam=10 used to end in a KeyError traceback.
+  config = cli.load_config(["--config.methods=ewc",
+                            "--config.method.ewc.lam=10",
+                            "--config.method.ewc.lr=0.01"])
+  (entry, kind, hp, lr, _), = experiment.run_entries(config)
+  assert (entry, kind, hp["lam"], lr) == ("ewc", "ewc", 10.0, 0.01)
+  assert hp["fisher_samples"] == 1024  # the default
+
+
+def test_custom_method_by_import_path(tmp_path):
+  pkg = tmp_path / "mylab"
+  pkg.mkdir()
+  (pkg / "__init__.py").write_text("")
+  (pkg / "methods.py").write_text(textwrap.dedent('''
+      import jax
+      import jax.numpy as jnp
+      from cljax.methods import Method, task_cross_entropy
+
+      class HeadDecay(Method):
+        """Fine-tuning plus a penalty on the head's weights."""
+        name = "head_decay"
+
+        def __init__(self, alpha: float = 0.01):
+          self.alpha = alpha
+
+        def loss_fn(self, model):
+          def loss(params, batch_stats, method_state, batch, masks, rng):
+            ce, _, stats = task_cross_entropy(model, params, batch_stats,
+                                              batch, masks)
+            reg = self.alpha * sum(jnp.sum(w ** 2)
+                                   for w in jax.tree.leaves(params["head"]))
+            return ce + reg, ({"ce": ce, "reg": reg}, stats)
+          return loss
+      '''))
+  out = _cli("run", "--config.methods=mylab.methods:HeadDecay",
+             "--config.train.epochs=1", "--config.progress=False",
+             "--config.scenario.num_tasks=2", f"--config.workdir={tmp_path}/w",
+             cwd=str(tmp_path))
+  assert out.returncode == 0, out.stderr
+  res = json.load(open(tmp_path / "w" / "results.json"))
+  assert res["runs"]["mylab.methods:HeadDecay"]["accuracy_matrix"]
+  bad = _cli("run", "--config.methods=mylab.methods:Nope", cwd=str(tmp_path))
+  assert bad.returncode == 2 and "cannot import" in bad.stderr
+
+
+def _experiment_configs():
+  return sorted(f for f in os.listdir(os.path.join(ROOT, "experiments"))
+                if f.endswith(".py"))
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("name", _experiment_configs())
+def test_every_experiment_config_has_a_quick_variant(name, tmp_path):
+  spec = importlib.util.spec_from_file_location(
+      name[:-3], os.path.join(ROOT, "experiments", name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("runlocal")
+  assert c.name.endswith("_runlocal")  # its own default workdir
+  assert module.get_config().name != c.name
+  c.workdir = str(tmp_path / "w")
+  c.progress = False
+  res = experiment.run_experiment(c)
+  assert all("diverged" not in r for r in res["runs"].values())
