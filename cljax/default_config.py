@@ -36,6 +36,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.progress = True
   c.checkpoint_every = 0    # > 0: also checkpoint every this many steps
 
+  # Metric logs under the workdir: tensorboard/<entry>/ (event files) and
+  # metrics/<entry>.csv; loss terms every `every` steps.
+  c.log = ml_collections.ConfigDict()
+  c.log.tensorboard = True
+  c.log.csv = True
+  c.log.every = 50
+
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"    # digits | fashion_mnist | tfds:<name>
   c.data.path = ""          # directory of idx files (fashion_mnist)

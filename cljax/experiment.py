@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 import warnings
@@ -29,7 +30,7 @@ OPTIMIZERS = ("sgd", "adam")
 # Keys that cannot change a result: left out of a run's identity, so
 # changing them never invalidates a checkpoint.
 PRESENTATION_KEYS = ("name", "workdir", "progress", "select",
-                     "checkpoint_every", "data.verify")
+                     "checkpoint_every", "data.verify", "log")
 
 
 class NoResults(RuntimeError):
@@ -92,6 +93,7 @@ def validate(config) -> None:
   _int("train.eval_every", t.eval_every, 0)
   _int("seed", config.seed, 0)
   _int("checkpoint_every", config.checkpoint_every, 0)
+  _int("log.every", config.log.every, 0)
   for key in ("first_task_lr", "momentum", "weight_decay"):
     _check(_validate.check_nonnegative, f"train.{key}", t[key])
   _check_hidden("model.hidden", tuple(config.model.hidden))
@@ -206,6 +208,33 @@ def _plot(fn, *args) -> None:
     warnings.warn(f"could not write {args[1]}: {type(e).__name__}: {e}")
 
 
+def _entry_progress(k: int, n: int, entry: str, elapsed: float) -> str:
+  """``[entry k+1 of n] name``, with an estimate of the time left once an
+  entry has finished."""
+  eta = ""
+  if k:
+    left = elapsed / k * (n - k)
+    eta = f" (about {left / 60:.0f} min left)" if left >= 90 else (
+        f" (about {left:.0f} s left)")
+  return f"[entry {k + 1} of {n}] {entry}{eta}"
+
+
+def _writer(log, workdir, entry):
+  """The entry's metric writer: TensorBoard event files and/or a CSV."""
+  writers = []
+  if log.tensorboard:
+    try:
+      writers.append(report.TensorBoardWriter(
+          os.path.join(workdir, "tensorboard", entry)))
+    except ImportError:
+      warnings.warn("log.tensorboard: tensorboardX is not installed; no "
+                    "event files (pip install tensorboardX)")
+  if log.csv:
+    writers.append(report.CSVWriter(os.path.join(workdir, "metrics",
+                                                 f"{entry}.csv")))
+  return report.MultiWriter(writers) if writers else None
+
+
 def _prepare_entries(config, stream, workdir) -> list[dict]:
   """Builds every entry and checks it, before anything trains: argument
   errors (e.g. a memory larger than a task) and a checkpoint of a run with
@@ -276,14 +305,19 @@ def _run_locked(config, workdir) -> dict:
                         "train_sizes": [len(t.train) for t in stream.tasks],
                         "test_sizes": [len(t.test) for t in stream.tasks]},
              "data_load_s": load_s, "runs": {}}
-  for e in entries:
+  started = time.perf_counter()
+  for k, e in enumerate(entries):
     entry = e["entry"]
+    if config.progress and len(entries) > 1:
+      print(_entry_progress(k, len(entries), entry,
+                            time.perf_counter() - started), file=sys.stderr)
     try:
       res = train.run_stream(
           stream, e["method"], e["model"], e["opt"], **e["settings"],
           checkpoint_dir=e["checkpoint_dir"],
           checkpoint_every=config.checkpoint_every, identity=e["identity"],
-          progress=config.progress)
+          progress=config.progress, writer=_writer(config.log, workdir, entry),
+          log_every=config.log.every)
     except FloatingPointError as err:  # a diverged candidate; the rest go on
       print(f"\n{entry}: diverged: {err}")
       results["runs"][entry] = {"diverged": str(err), "lr": e["lr"],

@@ -296,3 +296,67 @@ def test_cli_exit_status_when_every_entry_diverges(tmp_path):
              f"--config.workdir={tmp_path}/w")
   assert out.returncode == 1, out.stderr
   assert "every entry diverged" in out.stderr
+
+
+def _tensorboard_scalars(logdir):
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={
+      event_accumulator.SCALARS: 0})
+  acc.Reload()
+  return {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+          for tag in acc.Tags()["scalars"]}
+
+
+def _csv_scalars(path):
+  import csv
+  out = {}
+  with open(path) as f:
+    for row in csv.DictReader(f):
+      out.setdefault(row["tag"], []).append((int(row["step"]),
+                                             float(row["value"])))
+  return out
+
+
+def test_tensorboard_and_csv_logs_read_back(tmp_path, monkeypatch):
+  pytest.importorskip("tensorboard")
+  c = _config(tmp_path, epochs=2, eval_every=5)
+  c.methods = "finetune"
+  c.scenario.num_tasks = 3
+  c.scenario.task_sizes = (4, 3, 3)
+  c.log.every = 4
+  # Killed inside task 3 (steps 56-80), some steps after task 2's
+  # checkpoint at step 56, and resumed: what the killed attempt logged after
+  # the checkpoint must not show twice.
+  real = report.MultiWriter.write_scalars
+
+  def write(self, step, scalars):
+    if step >= 64:
+      raise KeyboardInterrupt
+    real(self, step, scalars)
+
+  monkeypatch.setattr(report.MultiWriter, "write_scalars", write)
+  with pytest.raises(KeyboardInterrupt):
+    experiment.run_experiment(c)
+  monkeypatch.undo()
+  logged = _csv_scalars(os.path.join(c.workdir, "metrics", "finetune.csv"))
+  assert max(s for s, _ in logged["train/ce"]) == 60  # after step 56
+  res = experiment.run_experiment(c)["runs"]["finetune"]
+  tb = _tensorboard_scalars(os.path.join(c.workdir, "tensorboard",
+                                         "finetune"))
+  csv_ = _csv_scalars(os.path.join(c.workdir, "metrics", "finetune.csv"))
+  assert tb.keys() == csv_.keys()
+  for tag in tb:
+    steps = [s for s, _ in csv_[tag]]
+    assert steps == sorted(set(steps)), tag  # no step twice
+    np.testing.assert_allclose([v for _, v in tb[tag]],
+                               [v for _, v in csv_[tag]], rtol=1e-6)
+    assert [s for s, _ in tb[tag]] == steps
+  # Each task's row of the accuracy matrix, at the step the task ended.
+  for j in range(3):
+    got = [v for _, v in csv_[f"test_accuracy/task_{j + 1}"]]
+    np.testing.assert_allclose(got, [row[j] for row in
+                                     res["accuracy_matrix"]])
+  assert len(csv_["train/ce"]) == res["steps"] // 4
+  curve = [v for _, v in csv_["val_accuracy/task_1"]]
+  np.testing.assert_allclose(curve, [p["acc"][0] for p in res["curves"]])
+  assert res["curve_split"] == "val"

@@ -8,3 +8,7 @@ from cljax.report._table import summary_table
 from cljax.report._selection import CRITERIA
 from cljax.report._selection import select
 from cljax.report._selection import selection_table
+from cljax.report._writers import CSVWriter
+from cljax.report._writers import MetricWriter
+from cljax.report._writers import MultiWriter
+from cljax.report._writers import TensorBoardWriter

@@ -9,6 +9,7 @@ name.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Callable, Mapping, Sequence
@@ -71,7 +72,7 @@ def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
               epochs: int, batch_size: int, seed: int = 0,
               eval_every: int = 0, eval_batch_size: int = 1000,
               task_lrs: Sequence[float] | None = None,
-              checkpoint_every: int = 0, **_) -> None:
+              checkpoint_every: int = 0, log_every: int = 0, **_) -> None:
   """Raises the ``ValueError`` that ``run_stream`` with these arguments
   would raise before training (bad data, settings, model or method
   hyperparameters for this stream), without training. Other keyword
@@ -80,7 +81,8 @@ def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
   for key, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1),
                           ("eval_batch_size", eval_batch_size, 1),
                           ("eval_every", eval_every, 0), ("seed", seed, 0),
-                          ("checkpoint_every", checkpoint_every, 0)):
+                          ("checkpoint_every", checkpoint_every, 0),
+                          ("log_every", log_every, 0)):
     _validate.check_value(key, value,
                           lambda v, low=low: (v >= low) & (v == np.round(v)),
                           f"an integer >= {low}")
@@ -108,6 +110,7 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                augment: Callable | None = None, mesh=None,
                checkpoint_dir: str | None = None, checkpoint_every: int = 0,
                identity: Mapping | None = None, progress: bool = True,
+               writer=None, log_every: int = 0,
                task_lrs: Sequence[float] | None = None) -> dict:
   """Trains ``method`` on ``stream`` and returns the run's results.
 
@@ -136,13 +139,22 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     identity: more of the run's identity (e.g. the resolved config), JSON
       values, recorded in and checked against the checkpoints.
     progress: show a progress bar and say when a run resumes.
+    writer: optional metric writer (``write_scalars(step, scalars)`` and
+      ``truncate(step)``, e.g. ``cljax.report.TensorBoardWriter``): gets the
+      loss terms every ``log_every`` steps, the accuracy curves and each
+      task's accuracy-matrix row, all against the global step.
+    log_every: steps between logged loss terms (0: none).
     task_lrs: optional learning rate per task (e.g. task A at the standard
       lr, later tasks lower); ``optimizer`` must come from
       ``optax.inject_hyperparams`` so the lr is part of its state.
   Returns:
-    A dict with ``accuracy_matrix`` (``R[i][j]``, test splits),
+    A dict with ``accuracy_matrix`` (``R[i][j]``, test splits, fractions),
     ``val_accuracy_matrix`` (validation splits), ``random_init_accuracy``,
-    ``metrics``, ``curves``, ``timings``, ``steps`` and ``final_state``.
+    ``metrics``, ``curves`` (accuracy on each task's ``curve_split``, the
+    validation split where every task has one, else the test split),
+    ``timings`` (per task: ``train_s`` and ``eval_s`` in seconds, excluding
+    ``compile_s``, the time JAX spent tracing and compiling), ``steps`` and
+    ``final_state``.
   Raises:
     ValueError: bad arguments or data (before anything trains), or a
       checkpoint of another run.
@@ -154,27 +166,45 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                   reset_optimizer=bool(reset_optimizer), augment=augment,
                   task_lrs=None if task_lrs is None else list(task_lrs))
   check_run(stream, method, model, checkpoint_every=checkpoint_every,
-            **settings)
+            log_every=log_every, **settings)
+  run = _Run(stream, method, model, optimizer, settings, mesh=mesh,
+             progress=progress, writer=writer, log_every=log_every)
   if not checkpoint_dir:
-    return _Run(stream, method, model, optimizer, settings, mesh, progress
-                ).run(None, None, 0)
+    return run.run(None, None, 0)
   ident = run_identity(stream, method, model, optimizer, settings, identity)
   with directory_lock(checkpoint_dir):
     checkpoints = Checkpoints(checkpoint_dir)
     try:
-      return _Run(stream, method, model, optimizer, settings, mesh, progress
-                  ).run(checkpoints, ident, checkpoint_every)
+      return run.run(checkpoints, ident, checkpoint_every)
     finally:
       checkpoints.close()
+
+
+@contextlib.contextmanager
+def _compile_timer(total: list):
+  """Adds to ``total[0]`` the seconds JAX spends tracing, lowering and
+  compiling while the context is open (JAX's own compile events)."""
+  def listen(event, seconds, **_):
+    if event.startswith("/jax/core/compile/"):
+      total[0] += seconds
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    yield
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
 
 
 class _Run:
   """One ``run_stream`` call: the compiled steps and the task loop."""
 
-  def __init__(self, stream, method, model, optimizer, settings, mesh,
-               progress):
+  def __init__(self, stream, method, model, optimizer, settings, *, mesh,
+               progress, writer, log_every):
     self.stream, self.method, self.model = stream, method, model
     self.s, self.mesh, self.progress = settings, mesh, progress
+    self.writer, self.log_every = writer, log_every
+    self.compile_s = [0.0]  # running total, see _compile_timer
+    self.curve_split = "val" if all(len(t.val) for t in stream.tasks) else (
+        "test")
     self.opt = method.optimizer(optimizer, model.params)
     self.eval_step = make_eval_step(model.apply)
     self.key = jax.random.PRNGKey(settings["seed"])
@@ -237,6 +267,14 @@ class _Run:
       print(msg, file=sys.stderr)
 
   def run(self, checkpoints: Checkpoints | None, ident, checkpoint_every):
+    with _compile_timer(self.compile_s):
+      try:
+        return self._run(checkpoints, ident, checkpoint_every)
+      finally:
+        if self.writer is not None:
+          self.writer.close()
+
+  def _run(self, checkpoints, ident, checkpoint_every):
     stream, method = self.stream, self.method
     t_count = stream.num_tasks
     prog, stash = None, None
@@ -257,20 +295,30 @@ class _Run:
     if prog is None:
       prog = {"identity": ident, "done": 0, "position": None, "rows": [],
               "val_rows": [], "curves": [], "train_s": [], "eval_s": [],
+              "compile_s": [],
               # b[j]: random-init accuracy on task j, heads masked as at j.
               "random_init": [evaluate(self.eval_step, self.state.params,
                                        self.state.batch_stats,
                                        stream.logit_masks(j), task.test,
                                        self.s["eval_batch_size"])
                               for j, task in enumerate(stream.tasks)]}
+    if self.writer is not None:  # what a killed attempt logged after this
+      self.writer.truncate(int(self.state.step))
 
     def save(items, position):
       prog["position"] = position
       checkpoints.save(items, prog)
 
     for i in range(prog["done"], t_count):
-      self._train_task(i, prog, stash, save if checkpoints else None,
-                       checkpoint_every)
+      try:
+        self._train_task(i, prog, stash, save if checkpoints else None,
+                         checkpoint_every)
+      except KeyboardInterrupt:
+        self._say(f"\n{method.name}: interrupted in task {i + 1} of "
+                  f"{t_count}" + ("; rerun the same command to resume after "
+                                  f"task {prog['done']}" if checkpoints
+                                  else ""))
+        raise
       stash = None
       if checkpoints is not None:
         save({"state": self.state}, None)
@@ -287,7 +335,8 @@ class _Run:
         "random_init_accuracy": prog["random_init"],
         "metrics": metrics.summary(r, prog["random_init"], sizes),
         "curves": prog["curves"],
-        "timings": {"train_s": prog["train_s"], "eval_s": prog["eval_s"]},
+        "curve_split": self.curve_split,
+        "timings": {k: prog[k] for k in ("train_s", "eval_s", "compile_s")},
         "steps": int(self.state.step),
         "final_state": self.state,
     }
@@ -333,10 +382,11 @@ class _Run:
             per_epoch * pos["epoch"] + pos["batch"])
     host_step = int(self.state.step)  # one sync per task, not per step
     t0 = time.perf_counter() - pos["elapsed"]
+    c0 = self.compile_s[0] - pos.get("compile_s", 0.0)
     bar = tqdm(total=per_epoch * sum(n_epochs), initial=done,
                desc=f"{method.name} task {i + 1}/{stream.num_tasks}",
                disable=not self.progress, leave=False)
-    curve_split = lambda task: task.val if len(task.val) else task.test
+    curve_split = lambda task: getattr(task, self.curve_split)
     for p in range(pos["phase"], len(phases)):
       step, phase_opt, term_names = self.phase_step(phases[p])
       own_opt = phase_opt is not self.opt
@@ -355,20 +405,25 @@ class _Run:
         rng = np.random.default_rng([s["seed"], i, epoch, *extra])
         batches = train_batches(split, s["batch_size"], rng, start=first)
         for b, batch in enumerate(batches, first):
-          self.state, _ = step(self.state, batch, self.key)
+          self.state, terms = step(self.state, batch, self.key)
           bar.update()
           host_step += 1
+          if self.writer and self.log_every and (
+              host_step % self.log_every == 0):
+            self.writer.write_scalars(host_step, {
+                f"train/{k}": v for k, v in jax.device_get(terms).items()})
           if s["eval_every"] and host_step % s["eval_every"] == 0:
             check_finite(self.state, term_names)
-            prog["curves"].append({"step": host_step, "task": i,
-                                   "acc": self.accuracies(curve_split, masks,
-                                                          i)})
+            acc = self.accuracies(curve_split, masks, i)
+            prog["curves"].append({"step": host_step, "task": i, "acc": acc})
+            self._log(host_step, f"{self.curve_split}_accuracy", acc)
           if save and checkpoint_every and host_step % checkpoint_every == 0:
             check_finite(self.state, term_names)
             save({"state": self.state,
                   **({"stash": main_opt_state} if own_opt else {})},
                  {"task": i, "phase": p, "epoch": epoch, "batch": b + 1,
-                  "elapsed": time.perf_counter() - t0, "stash": own_opt})
+                  "elapsed": time.perf_counter() - t0, "stash": own_opt,
+                  "compile_s": self.compile_s[0] - c0})
         check_finite(self.state, term_names)
       if own_opt:
         self.state = self.state._replace(opt_state=main_opt_state)
@@ -376,14 +431,27 @@ class _Run:
     self.state = self.state._replace(
         method_state=_own(method.on_task_end(self._ctx(i, masks))))
     jax.block_until_ready(self.state)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), self.compile_s[0]
     prog["rows"].append(self.accuracies(lambda task: task.test, masks, i))
+    self._log(host_step, "test_accuracy", prog["rows"][-1], i)
     if all(len(task.val) for task in stream.tasks):
       prog["val_rows"].append(self.accuracies(lambda task: task.val, masks, i))
-    prog["train_s"].append(t1 - t0)
-    prog["eval_s"].append(time.perf_counter() - t1)
+    prog["train_s"].append(t1 - t0 - (c1 - c0))
+    prog["eval_s"].append(time.perf_counter() - t1 - (self.compile_s[0] - c1))
+    prog["compile_s"].append(self.compile_s[0] - c0)
     prog["done"] = i + 1
     prog["position"] = None
+
+
+  def _log(self, step, name, accuracies, seen=None):
+    """Accuracy on each task (and, after task ``seen``, the mean over the
+    tasks seen) to the writer."""
+    if self.writer is None:
+      return
+    scalars = {f"{name}/task_{j + 1}": a for j, a in enumerate(accuracies)}
+    if seen is not None:
+      scalars[f"{name}/average_seen"] = float(np.mean(accuracies[:seen + 1]))
+    self.writer.write_scalars(step, scalars)
 
 
 def _own(tree):

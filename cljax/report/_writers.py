@@ -1,0 +1,99 @@
+"""Metric logs in the formats the ecosystem reads: TensorBoard event files
+(through tensorboardX) and CSV.
+
+A writer takes scalars at a step, like ``clu.metric_writers``'
+``write_scalars(step, scalars)``. Every scalar of a run is logged against
+the run's global training step (loss terms, accuracy curves, each task's
+accuracy-matrix row), so a resumed run can drop what its killed attempt
+logged after the checkpoint it resumes from (``truncate``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Mapping, Sequence
+
+
+class MetricWriter:
+  """Writes scalars; the base class writes nothing."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    del step, scalars
+
+  def truncate(self, step: int) -> None:
+    """Forgets everything logged after ``step`` (a run resuming there)."""
+    del step
+
+  def close(self) -> None:
+    pass
+
+
+class TensorBoardWriter(MetricWriter):
+  """TensorBoard event files in ``logdir`` (``tensorboard --logdir``)."""
+
+  def __init__(self, logdir: str):
+    from tensorboardX import SummaryWriter
+    self._cls, self.logdir = SummaryWriter, logdir
+    self._writer = SummaryWriter(logdir)
+
+  def write_scalars(self, step, scalars):
+    for tag, value in scalars.items():
+      self._writer.add_scalar(tag, float(value), int(step))
+
+  def truncate(self, step):
+    # TensorBoard's own mechanism: events at steps >= purge_step that an
+    # earlier writer left are hidden when the new file is read.
+    self._writer.close()
+    self._writer = self._cls(self.logdir, purge_step=int(step) + 1)
+
+  def close(self):
+    self._writer.close()
+
+
+class CSVWriter(MetricWriter):
+  """One ``step,tag,value`` row per scalar in ``path``."""
+
+  FIELDS = ("step", "tag", "value")
+
+  def __init__(self, path: str):
+    self.path = path
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if not os.path.exists(path):
+      with open(path, "w", newline="") as f:
+        csv.writer(f).writerow(self.FIELDS)
+
+  def write_scalars(self, step, scalars):
+    with open(self.path, "a", newline="") as f:
+      w = csv.writer(f)
+      for tag, value in scalars.items():
+        w.writerow((int(step), tag, repr(float(value))))
+
+  def truncate(self, step):
+    with open(self.path, newline="") as f:
+      rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+      w = csv.DictWriter(f, self.FIELDS)
+      w.writeheader()
+      w.writerows(rows)
+    os.replace(tmp, self.path)
+
+
+class MultiWriter(MetricWriter):
+  """Writes to each of ``writers``."""
+
+  def __init__(self, writers: Sequence[MetricWriter]):
+    self.writers = list(writers)
+
+  def write_scalars(self, step, scalars):
+    for w in self.writers:
+      w.write_scalars(step, scalars)
+
+  def truncate(self, step):
+    for w in self.writers:
+      w.truncate(step)
+
+  def close(self):
+    for w in self.writers:
+      w.close()
