@@ -161,11 +161,29 @@ def build_optimizer(train_cfg, lr: float) -> optax.GradientTransformation:
   return opt
 
 
+def _git_commit() -> str | None:
+  """The commit of the git checkout cljax runs from (``+dirty`` with
+  uncommitted changes), or ``None``."""
+  import subprocess
+  here = os.path.dirname(os.path.abspath(cljax.__file__))
+  try:
+    run = lambda *a: subprocess.run(["git", "-C", here, *a], text=True,
+                                    capture_output=True, timeout=10)
+    head = run("rev-parse", "HEAD")
+    if head.returncode:
+      return None
+    dirty = run("status", "--porcelain", "--untracked-files=no").stdout
+    return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
 def _versions() -> dict:
   import flax
-  return {"cljax": cljax.__version__, "python": platform.python_version(),
-          "jax": jax.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "numpy": np.__version__,
+  return {"cljax": cljax.__version__, "cljax_git_commit": _git_commit(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "flax": flax.__version__, "optax": optax.__version__,
+          "numpy": np.__version__,
           "devices": [str(d) for d in jax.devices()]}
 
 
@@ -298,7 +316,9 @@ def _run_locked(config, workdir) -> dict:
   stream = build_stream(config)
   load_s = time.perf_counter() - t_load
   entries = _prepare_entries(config, stream, workdir)
-  results = {"config": json.loads(config.to_json()), "versions": _versions(),
+  results = {"units": "accuracies and metrics are fractions in [0, 1] "
+                      "(tables and plots show percent); times in seconds",
+             "config": json.loads(config.to_json()), "versions": _versions(),
              "stream": {"name": stream.name, "kind": stream.kind,
                         "digest": stream.digest,
                         "classes": [t.classes.tolist() for t in stream.tasks],
