@@ -23,3 +23,6 @@ from cljax.data._scenarios import SCENARIOS
 from cljax.data._scenarios import Stream
 from cljax.data._scenarios import Task
 from cljax.data._scenarios import two_task
+from cljax.data._tfds import load_tfds
+from cljax.data._tfds import prepare_tfds
+from cljax.data._tfds import restore_fashion_mnist_gzip_headers

@@ -1,8 +1,12 @@
 """tensorflow-datasets, offline: read a prepared dataset from a ``data_dir``.
 
-Reading goes through the build's own metadata and a tfds data source (random
-access to an array_record build), which needs no TensorFlow. Building a dataset (``prepare_tfds``) runs
-the dataset's tfds builder once, which does need TensorFlow; for
+Reading goes through the build's own metadata (a read-only builder: the
+dataset's builder code is never loaded). A build in ``array_record`` format
+is read through a tfds data source (random access), which needs no
+TensorFlow. A build in tfds's default ``tfrecord`` format needs TensorFlow
+to read; without it, loading stops with the ``tfds convert_format`` command
+that converts it to ``array_record``. Building a dataset (``prepare_tfds``)
+runs the dataset's tfds builder once, which does need TensorFlow; for
 ``fashion_mnist`` it can build from local files without any download (see
 ``restore_fashion_mnist_gzip_headers``).
 """
@@ -106,11 +110,34 @@ def load_tfds(name: str, data_dir: str | None, *, train_split: str = "train",
         f"tfds dataset {name!r} is not prepared in {data_dir!r}; build it "
         "once with cljax.data.prepare_tfds (needs tensorflow) or `tfds build`")
   latest = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
-  builder = tfds.builder_from_directory(os.path.join(root, latest))
+  version_dir = os.path.join(root, latest)
+  builder = tfds.builder_from_directory(version_dir)
   num_classes = builder.info.features[label_key].num_classes
+  fmt = str(getattr(builder.info.file_format, "value",
+                    builder.info.file_format))
   splits = []
   for split in (train_split, test_split):
-    x, y = _to_arrays(builder.as_data_source(split=split), image_key,
-                      label_key)
+    if fmt == "array_record":
+      x, y = _to_arrays(builder.as_data_source(split=split), image_key,
+                        label_key)
+    else:
+      x, y = _read_with_tensorflow(builder, split, image_key, label_key,
+                                   version_dir, fmt)
     splits += [x.astype(np.float32) / 255.0, y]
   return _finish(name, *splits, num_classes)
+
+
+def _read_with_tensorflow(builder, split, image_key, label_key, version_dir,
+                          fmt):
+  """A whole split of a build in a format only TensorFlow reads."""
+  import importlib.util
+  if importlib.util.find_spec("tensorflow") is None:
+    raise ValueError(
+        f"the tfds build in {version_dir} is in {fmt} format, which needs "
+        "TensorFlow to read; install tensorflow, or convert it once to "
+        "array_record (read without TensorFlow): tfds convert_format "
+        f"--dataset_version_dir={version_dir} --out_file_format=array_record")
+  import tensorflow_datasets as tfds
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
+                                          shuffle_files=False))
+  return np.asarray(data[image_key]), np.asarray(data[label_key])
