@@ -32,6 +32,9 @@ def check_value(name: str, value, ok: Callable[[np.ndarray], np.ndarray],
   v = concrete(value)
   if v is None:
     return
+  if v.dtype == object and all(isinstance(e, int) for e in v.ravel()):
+    raise ValueError(f"{name} must be a number within the range of a 64-bit "
+                     f"integer, got {value!r}")
   if v.dtype == bool or not np.issubdtype(v.dtype, np.number) or (
       np.iscomplexobj(v)):
     raise ValueError(f"{name} must be a real number, got {value!r}")
@@ -52,12 +55,18 @@ def check_unit_interval(name: str, value) -> None:
   check_value(name, value, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
 
 
-def check_index(name: str, value, size: int) -> int:
-  """``value`` as an int, which must be an integer in ``[0, size)``."""
+def check_index(name: str, value, size: int):
+  """An integer index in ``[0, size)``: returned as an ``int`` when
+  concrete; a traced integer passes unchecked (returned as it is)."""
+  dtype = getattr(value, "dtype", None)
+  if dtype is None:
+    dtype = np.asarray(value).dtype
+  if np.ndim(value) or not np.issubdtype(dtype, np.integer) or isinstance(
+      value, bool):
+    raise ValueError(f"{name} must be an integer, got {value!r}")
   v = concrete(value)
-  if v is None or v.ndim or not (np.issubdtype(v.dtype, np.integer) or
-                                 (v.dtype.kind == "f" and float(v).is_integer())):
-    raise ValueError(f"{name} must be a concrete integer, got {value!r}")
+  if v is None:
+    return value
   if not 0 <= int(v) < size:
     raise ValueError(f"{name} must be in [0, {size}), got {int(v)}")
   return int(v)
@@ -81,6 +90,8 @@ def check_labels(name: str, labels, num_classes: int) -> None:
 def check_shape(name: str, array, shape: tuple) -> None:
   """``array``'s shape must equal ``shape`` (``None`` entries match any
   size); nothing is broadcast."""
+  if not hasattr(array, "shape"):  # a list is an array here, not a pytree
+    array = np.asarray(array)
   try:
     chex.assert_shape(array, shape)
   except AssertionError:
@@ -92,6 +103,8 @@ def check_shape(name: str, array, shape: tuple) -> None:
 
 def check_same_shape(**arrays) -> None:
   """All ``arrays`` (by argument name) must have exactly the same shape."""
+  arrays = {k: a if hasattr(a, "shape") else np.asarray(a)
+            for k, a in arrays.items()}
   try:
     chex.assert_equal_shape(list(arrays.values()))
   except AssertionError:
@@ -118,8 +131,19 @@ def check_finite_tree(name: str, tree) -> None:
       raise ValueError(f"{name} contains NaN or inf")
 
 
+def check_bool(name: str, mask) -> None:
+  """A mask must be boolean (an int or float mask is a mistake, not a
+  weighting)."""
+  dtype = getattr(mask, "dtype", None)
+  if dtype is None:
+    dtype = np.asarray(mask).dtype
+  if dtype != bool:
+    raise ValueError(f"{name} must be boolean, got dtype {dtype}")
+
+
 def check_mask(name: str, mask, batch: int, classes: int) -> None:
-  """A class mask is ``(C,)`` or ``(B, C)``."""
+  """A class mask is boolean, ``(C,)`` or ``(B, C)``."""
+  check_bool(name, mask)
   if np.shape(mask) not in ((classes,), (batch, classes)):
     raise ValueError(f"{name} must have shape ({classes},) or ({batch}, "
                      f"{classes}), got {np.shape(mask)}")

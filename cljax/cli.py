@@ -51,19 +51,47 @@ class UsageError(ValueError):
 
 
 def _config_file(args) -> str:
-  """The ``--config`` file named in ``args`` (default: the default config),
-  which must exist."""
+  """The ``--config`` value in ``args`` (default: the default config), after
+  checking that its file loads and its ``get_config`` returns a config."""
   default = os.path.join(os.path.dirname(__file__), "default_config.py")
   for i, a in enumerate(args):
     m = re.fullmatch(r"--?config(?:=(.*))?", a)
     if m:
       value = m.group(1) if m.group(1) is not None else (
           args[i + 1] if i + 1 < len(args) else "")
-      path = value.split(":", 1)[0]
-      if not os.path.isfile(path):
-        raise UsageError(f"--config: config file {path!r} not found")
+      _check_config_file(value)
       return value
   return default
+
+
+def _check_config_file(value: str) -> None:
+  """One-line errors for a config file that is missing, does not load, has
+  no ``get_config`` or whose ``get_config`` fails or returns no config."""
+  import importlib.util
+  import ml_collections
+  path, sep, arg = value.partition(":")
+  if not os.path.isfile(path):
+    raise UsageError(f"--config: config file {path!r} not found")
+  spec = importlib.util.spec_from_file_location("cljax_checked_config", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UsageError(f"--config: {path}, line {e.lineno}: {e.msg}") from None
+  except Exception as e:  # noqa: BLE001 - the user's file, any error
+    raise UsageError(f"--config: {path} failed to load: "
+                     f"{type(e).__name__}: {e}") from None
+  if not callable(getattr(module, "get_config", None)):
+    raise UsageError(f"--config: {path} defines no get_config()")
+  try:
+    config = module.get_config(arg) if sep else module.get_config()
+  except Exception as e:  # noqa: BLE001
+    raise UsageError(f"--config {value}: get_config raised "
+                     f"{type(e).__name__}: {e}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UsageError(f"--config {value}: get_config returned a "
+                     f"{type(config).__name__}, not an ml_collections "
+                     "ConfigDict")
 
 
 def _flat_keys(config, prefix="config.") -> list[str]:
@@ -99,7 +127,7 @@ def load_config(args: list[str]):
     values = _define(args)
     rest = values(["cljax"] + args)
   except flags.Error as e:
-    raise UsageError(str(e).splitlines()[0]) from None
+    raise UsageError(" ".join(str(e).split())) from None
   except (AttributeError, KeyError) as e:
     raise UsageError(_unknown_key(args) or f"bad override: {e}") from None
   except OSError as e:

@@ -111,6 +111,16 @@ def validate(config) -> None:
       _fail("scenario.num_tasks", f"{s.num_tasks} contradicts "
             f"scenario.task_sizes {tuple(s.task_sizes)} "
             f"({len(s.task_sizes)} tasks)")
+  for key in ("train_per_task", "test_per_task"):
+    _int(f"scenario.{key}", s[key], 0)
+  if s.angles:
+    if not all(isinstance(a, (int, float)) for a in s.angles):
+      _fail("scenario.angles", f"must be numbers, got {s.angles!r}")
+    _check(_validate.check_value, "scenario.angles",
+           np.asarray(s.angles, float), lambda v: v == v, "numbers")
+    if len(s.angles) != s.num_tasks:
+      _fail("scenario.angles", f"has {len(s.angles)} angles for "
+            f"scenario.num_tasks={s.num_tasks}")
   if s.class_order and sorted(s.class_order) != list(range(len(s.class_order))):
     _fail("scenario.class_order", f"{tuple(s.class_order)} is not a "
           "permutation of 0..C-1")
@@ -211,10 +221,24 @@ def _prepare_workdir(workdir: str) -> None:
     _fail("workdir", f"{workdir!r} is a file, not a directory")
   try:
     os.makedirs(workdir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=workdir):
-      pass
   except OSError as e:
     _fail("workdir", f"{workdir!r} is not a writable directory "
+          f"({e.strerror or e})")
+  _check_writable(workdir)
+
+
+def _check_writable(directory: str) -> None:
+  """An existing ``directory`` must take a new file (a probe, created and
+  removed: permission bits do not tell for root, immutable files, ...)."""
+  if not os.path.isdir(directory):
+    if os.path.exists(directory):
+      _fail("workdir", f"{directory!r} is a file, not a directory")
+    return
+  try:
+    with tempfile.TemporaryFile(dir=directory):
+      pass
+  except OSError as e:
+    _fail("workdir", f"{directory!r} is not a writable directory "
           f"({e.strerror or e})")
 
 
@@ -274,8 +298,15 @@ def _prepare_entries(config, stream, workdir) -> list[dict]:
     train.check_run(stream, method, model, **settings)
     ident = entry_identity(config, kind, hp, lr, hidden)
     ckdir = os.path.join(workdir, "checkpoints", entry)
+    for d in ("checkpoints", ckdir, "tensorboard",
+              os.path.join("tensorboard", entry), "metrics"):
+      _check_writable(os.path.join(workdir, d))
     if os.path.isdir(ckdir):
-      record = Checkpoints(ckdir).latest_record()
+      checkpoints = Checkpoints(ckdir)
+      try:
+        record = checkpoints.latest_record()
+      finally:
+        checkpoints.close()
       if record is not None:
         check_identity(ckdir, record["identity"], train.run_identity(
             stream, method, model, opt, settings, ident))

@@ -208,3 +208,32 @@ def test_a_locked_checkpoint_directory_is_refused(stream, tmp_path):
   with train.directory_lock(ckpt):
     with pytest.raises(train.LockedError, match=rf"pid {os.getpid()}"):
       _run(stream, ckpt=ckpt)
+
+
+@pytest.mark.parametrize("first,second,key", [
+    # Hyperparameters optax keeps in closures used to be invisible: the
+    # second run reported the first run's accuracy.
+    (optax.adam(1e-2), optax.adam(0.5), "optimizer.digest"),
+    (optax.sgd(0.1, momentum=0.9), optax.sgd(0.1, momentum=0.5),
+     "optimizer.digest"),
+    (optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1)),
+     optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.1)),
+     "optimizer.digest"),
+])
+def test_optimizer_of_another_run_is_refused(stream, tmp_path, first, second,
+                                             key):
+  ckpt = str(tmp_path / "ck")
+  model = lambda: models.build_model("mlp", stream.input_shape, 10,
+                                     hidden=(16,))
+  kw = dict(epochs=1, batch_size=32, progress=False, checkpoint_dir=ckpt)
+  train.run_stream(stream, methods.FineTune(), model(), first, **kw)
+  with pytest.raises(ValueError, match=key):
+    train.run_stream(stream, methods.FineTune(), model(), second, **kw)
+
+
+def test_augmentation_of_another_run_is_refused(stream, tmp_path):
+  ckpt = str(tmp_path / "ck")
+  kw = dict(ckpt=ckpt, epochs=1)
+  _run(stream, augment=lambda key, x: x, **kw)
+  with pytest.raises(ValueError, match="run.augment"):
+    _run(stream, augment=lambda key, x: x * 2.0, **kw)

@@ -119,3 +119,19 @@ def test_every_experiment_config_has_a_quick_variant(name, tmp_path):
   c.progress = False
   res = experiment.run_experiment(c)
   assert all("diverged" not in r for r in res["runs"].values())
+
+
+@pytest.mark.parametrize("body,match", [
+    ('def get_config(arg=None):\n  raise ValueError("boom: bad arg")\n',
+     "get_config raised ValueError: boom: bad arg"),
+    ("def get_config(arg=None)\n  return 1\n", ", line 1: expected ':'"),
+    ("x = 1\n", "defines no get_config()"),
+    ("def get_config(arg=None):\n  return 5\n",
+     "get_config returned a int, not an ml_collections ConfigDict"),
+])
+def test_broken_config_files_are_one_line(tmp_path, body, match):
+  (tmp_path / "cfg.py").write_text(body)
+  out = _cli("run", "--config", str(tmp_path / "cfg.py"))
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
+  assert match in out.stderr

@@ -224,3 +224,5 @@ def test_gem_mask_must_have_one_entry_per_row():
   g, G = -jnp.ones(5), jnp.ones((3, 5))
   with pytest.raises(ValueError, match=r"mask must have shape \(3,\)"):
     constraints.gem_project(g, G, mask=jnp.ones((1,), bool))
+  with pytest.raises(ValueError, match="mask must be boolean"):
+    constraints.gem_project(g, G, mask=jnp.array([0.3, 1.0, 1.0]))

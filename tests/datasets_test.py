@@ -119,6 +119,9 @@ def test_make_split_rejects_bad_input():
     data.make_split(np.zeros((2, 2)), np.array([0, -1]))
   with pytest.raises(ValueError, match=r"label y\[0\] = 3 is outside \[0, 3\)"):
     data.make_split(np.zeros((2, 2)), np.array([3, 0]), num_classes=3)
+  # Checked before the cast to int32, which wraps 2**40 to class 0.
+  with pytest.raises(ValueError, match=r"label y\[1\] = 1099511627776"):
+    data.make_split(np.zeros((2, 2)), np.array([0, 2**40]), num_classes=10)
   with pytest.raises(ValueError, match="t must be integers"):
     data.Split(np.zeros((2, 2)), np.zeros(2, int), np.zeros(2))
 

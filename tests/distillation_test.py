@@ -132,6 +132,14 @@ def test_teacher_logits_never_broadcast(teacher_shape):
 
 def test_bad_masks_and_soft_weight():
   s = jnp.zeros((4, 10))
+  # A (1, 10) temperature broadcast into a non-scalar "loss".
+  with pytest.raises(ValueError, match=r"temperature must have shape \(\)"):
+    losses.kd_loss(s, s, jnp.ones((1, 10)))
+  with pytest.raises(ValueError, match="mask must be boolean"):
+    losses.kd_loss(s, s, 2.0, jnp.full((10,), 2))
+  # Lists are arrays here.
+  np.testing.assert_allclose(losses.kd_loss([[1.0, 2.0]], [[1.0, 2.0]], 2.0),
+                             0.0, atol=1e-6)
   with pytest.raises(ValueError, match="mask must have shape"):
     losses.kd_loss(s, s, 2.0, jnp.ones((3,), bool))
   with pytest.raises(ValueError, match="group_masks"):

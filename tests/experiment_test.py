@@ -40,6 +40,13 @@ def _config(tmp_path, **train):
     ("scenario.task_sizes", (5, 5), "config.scenario.num_tasks: 5 contradicts "
      r"scenario.task_sizes \(5, 5\)"),
     ("checkpoint_every", -3, "config.checkpoint_every"),
+    # Accepted silently before:
+    ("scenario.test_per_task", -300, "config.scenario.test_per_task"),
+    ("scenario.train_per_task", -5, "config.scenario.train_per_task"),
+    ("scenario.angles", (1e999, 1.0, 2.0, 3.0, 4.0),
+     "config.scenario.angles must be finite"),
+    ("scenario.angles", (1.0, 2.0), "config.scenario.angles: has 2 angles"),
+    ("seed", 99999999999999999999, "config.seed must be a number within"),
 ])
 def test_bad_config_rejected_before_training(tmp_path, key, value, match):
   c = _config(tmp_path)
@@ -219,6 +226,27 @@ def test_workdir_must_be_a_writable_directory(tmp_path):
   with pytest.raises(ValueError, match="config.workdir: .* is not a writable "
                      "directory"):
     experiment.run_experiment(c)
+
+
+def test_unwritable_places_inside_the_workdir(tmp_path):
+  # A checkpoints directory that cannot be written gave a traceback after
+  # training.
+  c = _config(tmp_path)
+  os.makedirs(c.workdir)
+  open(os.path.join(c.workdir, "checkpoints"), "w").close()
+  with pytest.raises(ValueError, match="checkpoints' is a file"):
+    experiment.run_experiment(c)
+  os.remove(os.path.join(c.workdir, "checkpoints"))
+  path = os.path.join(c.workdir, "checkpoints", "finetune")
+  os.makedirs(path)
+  if subprocess.run(["chattr", "+i", path], capture_output=True).returncode:
+    pytest.skip("chattr +i is not available here")
+  try:
+    with pytest.raises(ValueError, match="finetune' is not a writable "
+                       "directory"):
+      experiment.run_experiment(c)
+  finally:
+    subprocess.run(["chattr", "-i", path])
 
 
 def test_second_run_into_a_workdir_is_refused(tmp_path):

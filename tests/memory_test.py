@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -32,12 +33,19 @@ def test_memory_larger_than_the_task_is_refused():
     memory.select_examples(_split(3), 7)
 
 
-@pytest.mark.parametrize("k", [-1, 3, 1.5, np.int64(7), jnp.array(-1)])
+@pytest.mark.parametrize("k", [-1, 3, 1.5, 1.0, np.int64(7), jnp.array(-1)])
 def test_store_task_rejects_a_task_index_out_of_range(k):
   # -1 used to write the last row; 3 was silently ignored.
   mem = memory.episodic_memory(3, 2, (2,))
   with pytest.raises(ValueError, match="k must be"):
     memory.store_task(mem, k, _split(4))
+
+
+def test_store_task_under_jit_takes_a_traced_index():
+  mem = memory.episodic_memory(3, 2, (3, 3, 1))
+  s = _split(4)
+  got = jax.jit(lambda m, k: memory.store_task(m, k, s))(mem, 2)
+  assert np.asarray(got.filled).tolist() == [False, False, True]
 
 
 def test_store_task_rejects_examples_of_another_shape():

@@ -79,6 +79,8 @@ def test_masked_cross_entropy_rejects_inactive_labels_and_bad_shapes():
     losses.masked_cross_entropy(z, jnp.array([0, 2]), mask[:1])
   with pytest.raises(ValueError, match="logits must have shape"):
     losses.masked_cross_entropy(jnp.zeros(4), jnp.array([0]))
+  with pytest.raises(ValueError, match="mask must be boolean"):
+    losses.masked_cross_entropy(z, jnp.array([0, 2]), jnp.full((4,), 2))
 
 
 def test_unknown_model():

@@ -170,6 +170,8 @@ def test_penalty_gradient_never_broadcasts():
     reg.ewc_penalty_grad(p, {"w": jnp.ones(4)}, p)
   with pytest.raises(ValueError, match="anchor"):
     reg.ewc_penalty(p, {"v": jnp.ones((3, 4))}, p)
+  with pytest.raises(ValueError, match="anchor contains NaN"):
+    reg.ewc_penalty(p, {"w": jnp.full((3, 4), jnp.nan)}, p)
 
 
 @pytest.mark.parametrize("value", [jnp.array(-1.0), np.float64(-2.0),

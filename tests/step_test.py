@@ -222,3 +222,21 @@ def test_one_vs_four_devices():
                        text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
   assert "max abs diff" in out.stdout
+
+
+def test_float16_parameters_do_not_trip_the_finiteness_check():
+  # A sum of 70,000 float16 ones overflowed float16 and read as divergence.
+  params = {"head": {"w": jnp.ones((70000,), jnp.float16)}}
+
+  def loss(params, stats, mstate, batch, masks, rng):
+    value = jnp.sum(params["head"]["w"].astype(jnp.float32)) * 1e-6
+    return value, ({"v": value}, stats)
+
+  opt = optax.sgd(1e-3)
+  step = jax.jit(train.make_train_step(loss, opt))
+  state = train.init_train_state(params, {}, opt, (), np.ones((1, 3), bool))
+  batch = {"x": np.ones((2, 1), np.float32), "y": np.zeros(2, np.int32),
+           "t": np.zeros(2, np.int32)}
+  state, _ = step(state, batch, jax.random.key(0))
+  train.check_finite(state, ["v"])
+  assert int(state.nonfinite_step) == -1

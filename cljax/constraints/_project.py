@@ -65,6 +65,7 @@ def gem_project(grad, memory_grads, margin: float = 0.0, mask=None):
   t = mg[0].shape[0]
   if mask is not None:
     _validate.check_shape("mask", mask, (t,))
+    _validate.check_bool("mask", mask)
   mask = jnp.ones((t,), bool) if mask is None else jnp.asarray(mask, bool)
   dots = _row_dots(mg, g)
   violated = jnp.any(mask & (dots < 0))

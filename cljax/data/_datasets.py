@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cljax._hashing import array_digest
+
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 _IDX_FILES = {
@@ -80,12 +82,7 @@ class Split:
   def digest(self) -> str:
     """SHA-256 of the content (shapes, dtypes and bytes of x, y and t),
     computed once per split: the data's part of a run's identity."""
-    h = hashlib.sha256()
-    for a in (self.x, self.y, self.t):
-      a = np.ascontiguousarray(a)
-      h.update(f"{a.shape}{a.dtype.str}".encode())
-      h.update(memoryview(a.reshape(-1)).cast("B"))
-    return h.hexdigest()
+    return array_digest((self.x, self.y, self.t))
 
   @functools.cached_property
   def _first_nonfinite(self) -> int:
@@ -130,10 +127,11 @@ def make_split(x, y, t=None, *, num_classes: int | None = None,
                      "and (N,)")
   if not np.issubdtype(y.dtype, np.integer):
     raise ValueError(f"{name}: labels y must be integers, got dtype {y.dtype}")
+  # Range first, in the labels' own dtype: a cast could wrap 2**40 to 0.
+  Split(x, y, np.zeros(len(y), np.int8)).check(
+      np.iinfo(np.int32).max if num_classes is None else num_classes, name)
   t = np.zeros(len(y), np.int32) if t is None else np.asarray(t, np.int32)
-  split = Split(x, y.astype(np.int32), t)
-  return split.check(np.iinfo(np.int32).max if num_classes is None
-                     else num_classes, name)
+  return Split(x, y.astype(np.int32), t)
 
 
 def concat(splits) -> Split:

@@ -27,7 +27,7 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
       outside ``[0, C)`` or not active in its row of ``mask``.
   """
   _validate.check_shape("logits", logits, (None, None))
-  b, c = logits.shape
+  b, c = np.shape(logits)
   _validate.check_shape("labels", labels, (b,))
   _validate.check_labels("labels", labels, c)
   if mask is not None:
@@ -40,6 +40,6 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
         raise ValueError(f"labels[{i}] = {lab[i]} is not an active class of "
                          "its row of mask")
     logits = mask_logits(logits, mask)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32),
+  logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
+  return -jnp.take_along_axis(logp, jnp.asarray(labels, jnp.int32)[:, None],
                               axis=-1)[:, 0]

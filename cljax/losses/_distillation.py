@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cljax import _validate
 from cljax.losses._cross_entropy import masked_cross_entropy
@@ -23,12 +24,13 @@ def _check(student_logits, teacher_logits, temperature, mask,
   _validate.check_same_shape(student_logits=student_logits,
                              **{teacher_name: teacher_logits})
   if mask is not None:
-    _validate.check_mask("mask", mask, *student_logits.shape)
+    _validate.check_mask("mask", mask, *np.shape(student_logits))
+  _validate.check_shape("temperature", temperature, ())
   _validate.check_positive("temperature", temperature)
 
 
 def _soft(logits, temperature, mask):
-  z = logits / temperature
+  z = jnp.asarray(logits) / temperature
   if mask is not None:
     z = mask_logits(z, mask)
   return jax.nn.log_softmax(z, axis=-1)
@@ -115,7 +117,8 @@ def lwf_loss(student_logits: jax.Array, recorded_logits: jax.Array,
   _check(student_logits, recorded_logits, temperature, None,
          "recorded_logits")
   _validate.check_shape("group_masks", group_masks,
-                        (None, student_logits.shape[1]))
+                        (None, np.shape(student_logits)[1]))
+  _validate.check_bool("group_masks", group_masks)
   recorded_logits = jax.lax.stop_gradient(recorded_logits)
   active = jnp.any(group_masks, axis=-1)
 

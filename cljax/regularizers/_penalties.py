@@ -17,6 +17,7 @@ def _check_quadratic(params, anchor, importance, name="fisher"):
   importance (when concrete) >= 0: a negative one rewards drifting away."""
   _validate.check_tree_like("anchor", anchor, params)
   _validate.check_tree_like(name, importance, params)
+  _validate.check_finite_tree("anchor", anchor)
   for leaf in jax.tree.leaves(importance):
     _validate.check_nonnegative(name, leaf)
 

@@ -17,6 +17,7 @@ reinterpretation.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -26,19 +27,15 @@ import warnings
 from typing import Any, Callable
 
 import jax
-import numpy as np
+
+from cljax._hashing import array_digest
 
 RECORD = "record"
 
 
 def tree_digest(tree) -> str:
   """SHA-256 over every leaf's shape, dtype and bytes (host copies)."""
-  h = hashlib.sha256()
-  for leaf in jax.device_get(jax.tree.leaves(tree)):
-    a = np.ascontiguousarray(leaf)
-    h.update(f"{a.shape}{a.dtype.str}".encode())
-    h.update(memoryview(a.reshape(-1)).cast("B"))
-  return h.hexdigest()
+  return array_digest(jax.device_get(jax.tree.leaves(tree)))
 
 
 def _json_digest(record: dict) -> str:
@@ -46,10 +43,10 @@ def _json_digest(record: dict) -> str:
                         ).hexdigest()
 
 
-def identity_diff(stored: dict, current: dict, keys=None) -> list[str]:
-  """``"key: old -> new"`` for each key (of ``keys``, default all) whose
-  value differs between two flat identity dicts."""
-  keys = sorted(set(stored) | set(current)) if keys is None else sorted(keys)
+def identity_diff(stored: dict, current: dict) -> list[str]:
+  """``"key: old -> new"`` for each key whose value differs between two
+  flat identity dicts."""
+  keys = sorted(set(stored) | set(current))
   absent = "<absent>"
   return [f"{k}: {json.dumps(stored.get(k, absent))} -> "
           f"{json.dumps(current.get(k, absent))}"
@@ -101,14 +98,25 @@ class Checkpoints:
     return out["record"]
 
   def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves a corrupt step aside (kept for inspection) and warns; an error
+    that is not corruption (no permission, a failing disk) is raised."""
+    if isinstance(error, OSError) and (
+        isinstance(error, PermissionError) or
+        error.errno in (errno.EIO, errno.ENOSPC, errno.EROFS)):
+      raise error
     src = os.path.join(self.directory, str(step))
     dst = os.path.join(self.directory, f"corrupt-{step}-{int(time.time())}")
     why = (str(error).strip().splitlines() or [""])[0][:200]
+    try:
+      if os.path.exists(src):
+        os.replace(src, dst)
+    except OSError as e:
+      raise ValueError(f"checkpoint step {step} in {self.directory} is "
+                       f"corrupt ({type(error).__name__}: {why}) and cannot "
+                       f"be moved aside ({e.strerror or e})") from None
     warnings.warn(f"checkpoint step {step} in {self.directory} is corrupt "
                   f"({type(error).__name__}: {why}); moved to {dst}, "
                   "falling back to the previous step", stacklevel=3)
-    if os.path.exists(src):
-      os.replace(src, dst)
     self._manager.reload()
 
   def latest_record(self) -> dict | None:
@@ -150,11 +158,10 @@ class Checkpoints:
     self._manager.close()
 
 
-def check_identity(directory: str, stored: dict, current: dict,
-                   keys=None) -> None:
+def check_identity(directory: str, stored: dict, current: dict) -> None:
   """Raises ``ValueError`` listing each differing key with its old and new
   value when a checkpoint's identity is not the run's."""
-  diff = identity_diff(stored, current, keys)
+  diff = identity_diff(stored, current)
   if diff:
     shown = "\n  ".join(diff[:25]) + (
         f"\n  ... and {len(diff) - 25} more" if len(diff) > 25 else "")

@@ -6,20 +6,26 @@ runner can see for itself: the cljax version, the stream (name, kind, sizes
 and a content digest), the method (class and public attributes, i.e. its
 hyperparameters with their defaults), the model's initial state (a digest,
 so architecture, width and seed), the optimizer's initial state (a digest:
-the hyperparameters ``optax.inject_hyperparams`` keeps in it) and the run's
-settings. Anything else the caller knows (a config file, say) comes in
+the hyperparameters ``optax.inject_hyperparams`` keeps in it), the
+optimizer itself and the augmentation (``fingerprint``: code and closed-over
+values, so hyperparameters that optax keeps in closures count too) and the
+run's settings. Anything else the caller knows (a config file, say) comes in
 ``extra``.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import numbers
+import types
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
 import cljax
+from cljax._hashing import array_digest
 from cljax.train._checkpoint import tree_digest
 
 
@@ -40,6 +46,55 @@ def jsonable(value) -> Any:
   if callable(value) and hasattr(value, "__qualname__"):
     return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
   return repr(value)
+
+
+def fingerprint(obj, _depth: int = 0, _seen=None) -> str:
+  """A description of ``obj`` that changes whenever its behaviour can: for a
+  function, its qualified name, a digest of its code (bytecode and
+  constants) and, recursively, of the values it closes over and its
+  defaults; for ``functools.partial`` its function and arguments; for
+  containers (an optax ``GradientTransformation`` is a NamedTuple of
+  functions) each element; arrays by shape, dtype and a digest of their
+  values. So ``optax.adam(1e-2)`` and ``optax.adam(0.5)``, whose learning
+  rates live in closures, differ."""
+  seen = set() if _seen is None else _seen
+  if _depth > 12 or id(obj) in seen:
+    return "..."
+  rec = lambda o: fingerprint(o, _depth + 1, seen)
+  if obj is None or isinstance(obj, (bool, str, numbers.Number)):
+    return repr(obj)
+  if isinstance(obj, (np.ndarray, jax.Array, np.generic)):
+    return f"array:{array_digest([np.asarray(obj)])[:16]}"
+  seen.add(id(obj))
+  if isinstance(obj, functools.partial):
+    return (f"partial({rec(obj.func)}, {rec(obj.args)}, "
+            f"{rec(sorted(obj.keywords.items()))})")
+  if isinstance(obj, types.MethodType):
+    return f"method({rec(obj.__func__)}, {rec(obj.__self__)})"
+  if isinstance(obj, types.FunctionType):
+    code = obj.__code__
+    digest = hashlib.sha256(code.co_code + repr(
+        [c for c in code.co_consts if not isinstance(c, types.CodeType)]
+    ).encode()).hexdigest()[:16]
+    cells = [rec(c.cell_contents) if _filled(c) else "<empty>"
+             for c in obj.__closure__ or ()]
+    return (f"{obj.__module__}.{obj.__qualname__}:{digest}"
+            f"({', '.join(cells)}; defaults {rec(obj.__defaults__)})")
+  if isinstance(obj, (list, tuple)):
+    return f"{type(obj).__name__}({', '.join(rec(x) for x in obj)})"
+  if isinstance(obj, Mapping):
+    return "{" + ", ".join(f"{k!r}: {rec(v)}" for k, v in obj.items()) + "}"
+  if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__"):
+    return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+  return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _filled(cell) -> bool:
+  try:
+    cell.cell_contents
+  except ValueError:
+    return False
+  return True
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict:
@@ -72,7 +127,18 @@ def run_identity(stream, method, model, optimizer, settings: Mapping,
       "method.class": jsonable(type(method)),
       **flatten(hparams, "method."),
       "model.digest": tree_digest((model.params, model.batch_stats)),
-      "optimizer.structure": str(jax.tree.structure(opt_state)),
-      "optimizer.digest": tree_digest(opt_state),
-      **flatten(settings, "run."),
+      "optimizer.digest": _digest(optimizer),
+      "optimizer.state_digest": tree_digest(opt_state),
+      **flatten({**settings, "augment": _named_digest(settings.get(
+          "augment"))}, "run."),
   }
+
+
+def _digest(obj) -> str:
+  return hashlib.sha256(fingerprint(obj).encode()).hexdigest()
+
+
+def _named_digest(obj) -> str | None:
+  """``module.name@digest`` of a callable (readable in a mismatch message,
+  and different whenever its code or closed-over values are)."""
+  return None if obj is None else f"{jsonable(obj)}@{_digest(obj)[:16]}"

@@ -46,11 +46,16 @@ def directory_lock(directory: str):
 
   Raises:
     LockedError: another process holds it; the message names the holder.
+    ValueError: the directory cannot be written.
   """
-  os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, LOCK_FILE)
   while True:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      os.makedirs(directory, exist_ok=True)
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise ValueError(f"cannot take the lock of {directory}: "
+                       f"{e.strerror or e}") from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
