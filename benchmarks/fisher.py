@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _timing import interleaved_medians, repeat, write
+from _timing import add_output_args, interleaved_medians, repeat, write
 from cljax import models, regularizers
 from cljax.losses import masked_cross_entropy
 
@@ -55,6 +55,7 @@ def functions(model, xs, ys, chunk):
 
 def main():
   ap = argparse.ArgumentParser()
+  add_output_args(ap)
   ap.add_argument("--n", type=int, default=1024)
   ap.add_argument("--chunk", type=int, default=128)
   ap.add_argument("--blocks", type=int, default=15)
@@ -89,7 +90,7 @@ def main():
       print(f"{k:<14}{r['median_ms']:10.1f}{r['ratio_to_batched_grad']:11.2f}x"
             f"{r['temp_mib']:10.1f}")
   write("fisher", {"n": args.n, "chunk": args.chunk, "blocks": args.blocks,
-                   "reps": args.reps, "results": results})
+                   "reps": args.reps, "results": results}, args)
 
 
 if __name__ == "__main__":

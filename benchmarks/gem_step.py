@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from _timing import interleaved_medians, method_steps, repeat, write
+from _timing import add_output_args, interleaved_medians, method_steps, repeat, write
 from cljax import constraints, data, methods, models
 from cljax.constraints import nonneg_qp
 
@@ -46,6 +46,7 @@ def stream(rng):
 
 def main():
   ap = argparse.ArgumentParser()
+  add_output_args(ap)
   ap.add_argument("--blocks", type=int, default=15)
   ap.add_argument("--steps", type=int, default=20)
   args = ap.parse_args()
@@ -90,7 +91,7 @@ def main():
           f"{100 * r['qp_share_of_gem_step']:9.2f}%")
   write("gem_step", {"T": T, "memory_per_task": M, "batch": B,
                      "n_params": int(n_params), "blocks": args.blocks,
-                     "steps_per_block": args.steps, "results": rows})
+                     "steps_per_block": args.steps, "results": rows}, args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from _timing import interleaved_medians, method_steps, write
+from _timing import add_output_args, interleaved_medians, method_steps, write
 from cljax import data, methods, models
 
 BATCH = 128
@@ -38,6 +38,7 @@ def stream(rng):
 
 def main():
   ap = argparse.ArgumentParser()
+  add_output_args(ap)
   ap.add_argument("--blocks", type=int, default=40)
   ap.add_argument("--steps", type=int, default=20)
   args = ap.parse_args()
@@ -58,7 +59,7 @@ def main():
     r["ratio_to_finetune"] = r["median_ms"] / ref
     print(f"{k:<12}{r['median_ms']:10.3f}{r['ratio_to_finetune']:12.2f}x")
   write("method_overhead", {"batch": BATCH, "blocks": args.blocks,
-                            "steps_per_block": args.steps, "results": t})
+                            "steps_per_block": args.steps, "results": t}, args)
 
 
 if __name__ == "__main__":

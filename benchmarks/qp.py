@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import quadprog
 
-from _timing import interleaved_medians, repeat, write
+from _timing import add_output_args, interleaved_medians, repeat, write
 from cljax.constraints import gem_project, nonneg_qp
 
 
@@ -37,6 +37,7 @@ def quadprog_roundtrip(g, G, margin):
 
 def main():
   ap = argparse.ArgumentParser()
+  add_output_args(ap)
   ap.add_argument("--blocks", type=int, default=7)
   ap.add_argument("--reps", type=int, default=3)
   args = ap.parse_args()
@@ -70,7 +71,7 @@ def main():
             f"{r['speedup']:9.2f}x{100 * r['qp_share']:9.1f}%{diff:10.1e}")
   write("qp", {"blocks": args.blocks, "reps": args.reps, "margin": 0.5,
                "note": "quadprog with the reference code's 1e-3 ridge",
-               "results": rows})
+               "results": rows}, args)
 
 
 if __name__ == "__main__":

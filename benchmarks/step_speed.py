@@ -6,18 +6,17 @@ All three take one SGD step on the same kind of batch already in memory
 ``--steps`` consecutive steps ended by ``block_until_ready`` (JAX) or by the
 synchronous PyTorch call; blocks of the three are interleaved, after
 ``--warmup`` blocks, and the median over ``--blocks`` blocks is reported, with
-ratios measured in the same run. Results: a table on stdout and
-``benchmarks/results/step_speed.json``.
+ratios measured in the same run. Results: a table on stdout and a JSON file
+(a new one under ``benchmarks/results/runs/``; ``--update`` rewrites the
+committed ``benchmarks/results/step_speed.json``).
 
-    python benchmarks/step_speed.py [--blocks 60 --steps 20]
+    python benchmarks/step_speed.py [--blocks 60 --steps 20] [--update]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 
 import jax
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from _timing import train_steps
+from _timing import add_output_args, train_steps, write
 from cljax import methods, models, train
 
 SIZES = (784, 400, 400, 10)
@@ -98,11 +97,10 @@ def torch_step(x, y):
 
 def main():
   ap = argparse.ArgumentParser()
+  add_output_args(ap)
   ap.add_argument("--blocks", type=int, default=60)
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--warmup", type=int, default=5)
-  ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__),
-                                                "results", "step_speed.json"))
   args = ap.parse_args()
 
   rng = np.random.default_rng(0)
@@ -113,11 +111,14 @@ def main():
   runners = {"cljax": cljax_step(batch), "jax (hand-written)": jax_step(batch)}
   try:
     import torch
+  except ImportError as e:
+    torch_version, skipped = None, (f"pytorch: skipped ({e}; pip install -e "
+                                    "'.[bench]' adds it)")
+    print(skipped)
+  else:
     torch.set_num_threads(os.cpu_count() or 1)
     runners["pytorch"] = torch_step(x, y)
-    torch_version = torch.__version__
-  except ImportError:
-    torch_version = None
+    torch_version, skipped = torch.__version__, None
 
   times = {k: [] for k in runners}
   for b in range(args.warmup + args.blocks):
@@ -142,14 +143,9 @@ def main():
   for k, r in rows.items():
     print(f"{k:<22}{r['median_ms']:10.3f}{r['p10_ms']:8.3f}{r['p90_ms']:8.3f}"
           f"{r['ratio_to_jax']:8.2f}x")
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"model": SIZES, "batch": BATCH, "blocks": args.blocks,
-               "steps_per_block": args.steps, "results": rows,
-               "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
-               "jax": jax.__version__, "torch": torch_version,
-               "python": platform.python_version()}, f, indent=1)
-  print(f"written: {args.out}")
+  write("step_speed", {"model": SIZES, "batch": BATCH, "blocks": args.blocks,
+                       "steps_per_block": args.steps, "results": rows,
+                       "torch": torch_version, "skipped": skipped}, args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(fig, path: str, title: str = "") -> str:
@@ -103,6 +104,7 @@ def plot_over_tasks(matrices: dict, path: str, title: str = "") -> str:
   ax1.set_title("task 1")
   for ax in (ax0, ax1):
     ax.set_xlabel("tasks learned")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, 100)
   ax1.legend(fontsize=7, loc="lower left")
   return _save(fig, path, title)
