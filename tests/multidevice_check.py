@@ -2,11 +2,15 @@
 1 device, under shard_map over a 4-device mesh, and under pmap, and checks the
 parameters agree. (Not collected by pytest: no test_ prefix.)"""
 
-import jax
-import numpy as np
-import optax
+import chex
 
-from cljax import models, methods, train
+chex.set_n_cpu_devices(4)  # before JAX starts its backend
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from cljax import models, methods, train  # noqa: E402
 
 assert jax.device_count() == 4, jax.devices()
 # Models without BatchNorm: with it, each shard normalises with its own batch

@@ -212,12 +212,11 @@ def test_frozen_backbone_trains_only_the_head(digits):
 def test_one_vs_four_devices():
   """1 device, shard_map over 4 and pmap over 4 give the same parameters.
 
-  Runs in a subprocess: the simulated device count is fixed when JAX starts.
+  Runs in a subprocess (chex.set_n_cpu_devices): the simulated device count
+  is fixed when JAX starts.
   """
   script = os.path.join(os.path.dirname(__file__), "multidevice_check.py")
-  env = {**os.environ,
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "NPROC": "8", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, script], env=env, capture_output=True,
                        text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from cljax import _validate
-from cljax.models._heads import mask_logits
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -15,6 +15,8 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
   """Per-example softmax cross-entropy restricted to the active classes.
 
   ``l_i = -log softmax(z_i[mask_i])[y_i] = logsumexp_{c in mask_i} z_ic - z_iy``
+  (``optax.losses.softmax_cross_entropy_with_integer_labels`` with ``where``;
+  inactive logits get zero gradient).
 
   Args:
     logits: ``(B, C)``.
@@ -39,7 +41,7 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
         i = int(np.argmin(active))
         raise ValueError(f"labels[{i}] = {lab[i]} is not an active class of "
                          "its row of mask")
-    logits = mask_logits(logits, mask)
-  logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
-  return -jnp.take_along_axis(logp, jnp.asarray(labels, jnp.int32)[:, None],
-                              axis=-1)[:, 0]
+  logits = jnp.asarray(logits)
+  return optax.losses.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.asarray(labels, jnp.int32),
+      where=None if mask is None else jnp.broadcast_to(mask, logits.shape))

@@ -48,24 +48,14 @@ def _with_augmentation(loss_fn, augment):
 def set_learning_rate(opt_state, lr: float):
   """``opt_state`` with every ``optax.inject_hyperparams`` learning rate set
   to ``lr`` (a state value: nothing recompiles)."""
-  found = []
-
-  def put(node):
-    if isinstance(node, optax.InjectStatefulHyperparamsState) and (
-        "learning_rate" in node.hyperparams):
-      found.append(node)
-      hp = dict(node.hyperparams)
-      hp["learning_rate"] = jax.numpy.asarray(
-          lr, hp["learning_rate"].dtype)
-      return node._replace(hyperparams=hp)
-    return node
-
-  out = jax.tree.map(put, opt_state, is_leaf=lambda n: isinstance(
-      n, optax.InjectStatefulHyperparamsState))
+  found = optax.tree_utils.tree_get_all_with_path(opt_state, "learning_rate")
   if not found:
     raise ValueError("task_lrs needs an optimizer made with "
                      "optax.inject_hyperparams(...)(learning_rate=...)")
-  return out
+  # The state's own dtype (and a strong type): the step sees the same
+  # abstract value for every task, so nothing recompiles.
+  return optax.tree_utils.tree_set(opt_state, learning_rate=jax.numpy.asarray(
+      lr, found[0][1].dtype))
 
 
 def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
