@@ -8,6 +8,7 @@ import numpy as np
 import optax
 
 from cljax import _validate
+from cljax.models._heads import mask_logits
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -15,8 +16,9 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
   """Per-example softmax cross-entropy restricted to the active classes.
 
   ``l_i = -log softmax(z_i[mask_i])[y_i] = logsumexp_{c in mask_i} z_ic - z_iy``
-  (``optax.losses.softmax_cross_entropy_with_integer_labels`` with ``where``;
-  inactive logits get zero gradient).
+  (``optax.losses.softmax_cross_entropy_with_integer_labels`` on logits
+  masked by ``cljax.models.mask_logits``; inactive logits get zero
+  gradient).
 
   Args:
     logits: ``(B, C)``.
@@ -41,7 +43,11 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
         i = int(np.argmin(active))
         raise ValueError(f"labels[{i}] = {lab[i]} is not an active class of "
                          "its row of mask")
-  logits = jnp.asarray(logits)
+    # Masked logits, not optax's ``where``: with ``where`` a label outside
+    # the mask gets a finite loss as if it were possible, while here its
+    # probability is 0 (a loss of ~1e38). Estimators that read a model's
+    # distribution as exp(-loss) over all labels (the sampled and expected
+    # Fisher) rely on that.
+    logits = mask_logits(logits, mask)
   return optax.losses.softmax_cross_entropy_with_integer_labels(
-      logits, jnp.asarray(labels, jnp.int32),
-      where=None if mask is None else jnp.broadcast_to(mask, logits.shape))
+      jnp.asarray(logits), jnp.asarray(labels, jnp.int32))

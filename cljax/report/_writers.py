@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import uuid
 from typing import Mapping, Sequence
 
 
@@ -35,20 +36,26 @@ class TensorBoardWriter(MetricWriter):
   def __init__(self, logdir: str):
     from tensorboardX import SummaryWriter
     self._cls, self.logdir = SummaryWriter, logdir
-    self._writer = SummaryWriter(logdir)
+    self._writer, self._purge = None, None
 
   def write_scalars(self, step, scalars):
+    if self._writer is None:  # each file a name of its own: tensorboardX
+      self._writer = self._cls(  # names them by the second, two would clash
+          self.logdir, purge_step=self._purge,
+          filename_suffix=f".{uuid.uuid4().hex[:12]}")
     for tag, value in scalars.items():
       self._writer.add_scalar(tag, float(value), int(step))
 
   def truncate(self, step):
-    # TensorBoard's own mechanism: events at steps >= purge_step that an
-    # earlier writer left are hidden when the new file is read.
-    self._writer.close()
-    self._writer = self._cls(self.logdir, purge_step=int(step) + 1)
+    # TensorBoard's own mechanism: a new file with purge_step hides the
+    # events at steps >= purge_step that earlier files hold.
+    self.close()
+    self._purge = int(step) + 1
 
   def close(self):
-    self._writer.close()
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
 
 
 class CSVWriter(MetricWriter):
