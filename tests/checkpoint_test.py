@@ -121,11 +121,14 @@ def test_corrupt_latest_step_falls_back_to_the_previous(stream, full, tmp_path,
     path = _largest_file(os.path.join(latest, "state"))
     with open(path, "r+b") as f:
       f.truncate(os.path.getsize(path) // 2)
-  elif damage == "flip":
-    path = _largest_file(os.path.join(latest, "state"))
-    raw = bytearray(open(path, "rb").read())
-    raw[len(raw) // 2] ^= 0x10
-    open(path, "wb").write(bytes(raw))
+  elif damage == "flip":  # one bit in every data file of the state
+    for root, _, files in os.walk(os.path.join(latest, "state")):
+      for name in files:
+        if os.path.basename(root) == "d":
+          path = os.path.join(root, name)
+          raw = bytearray(open(path, "rb").read())
+          raw[len(raw) // 2] ^= 0x10
+          open(path, "wb").write(bytes(raw))
   elif damage == "record":
     path = os.path.join(latest, "record", "metadata")
     text = open(path).read().replace('"done": 2', '"done": 1')

@@ -18,6 +18,7 @@ reinterpretation.
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -151,11 +152,25 @@ class Checkpoints:
           raise ValueError("its arrays do not match their checksum")
         return items, record
       except Exception as e:  # noqa: BLE001 - any failure to read is corruption
+        _quiet_failed_reads()
         self._set_aside(step, e)
     return None
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _quiet_failed_reads() -> None:
+  """A failed orbax restore leaves the other reads' futures failed and
+  unretrieved; asyncio would print each, with its whole tensorstore spec,
+  when they are collected. The warning about the corrupt step says it once."""
+  log = logging.getLogger("asyncio")
+  level = log.level
+  log.setLevel(logging.CRITICAL)
+  try:
+    gc.collect()
+  finally:
+    log.setLevel(level)
 
 
 def check_identity(directory: str, stored: dict, current: dict) -> None:
