@@ -41,6 +41,11 @@ def backward_transfer(r) -> float:
 def forward_transfer(r, b) -> float:
   """FWT = 1/(T-1) sum_{j>=1} (R[j-1, j] - b[j])  (eq. 4).
 
+  ``b[j]`` must be measured as ``R[j-1, j]`` is (the same active logits).
+  In class-incremental streams task ``j``'s classes are inactive before it
+  is trained, so both are 0 and FWT is not applicable: the runner leaves it
+  out there.
+
   Args:
     r: ``(T, T)`` accuracy matrix.
     b: ``(T,)`` accuracies of the randomly initialised model on each task.

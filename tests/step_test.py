@@ -239,3 +239,21 @@ def test_float16_parameters_do_not_trip_the_finiteness_check():
   state, _ = step(state, batch, jax.random.key(0))
   train.check_finite(state, ["v"])
   assert int(state.nonfinite_step) == -1
+
+
+@pytest.mark.parametrize("incremental", ["class", "task"])
+def test_forward_transfer_compares_like_with_like(digits, incremental):
+  # In class-IL, FWT used to be -mean(b): R[j-1][j] was measured with task
+  # j's classes masked (always 0), b[j] with them active.
+  stream = data.class_splits(digits, 5, incremental=incremental)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  res = train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
+                         epochs=1, batch_size=32, progress=False)
+  r, b = np.asarray(res["accuracy_matrix"]), res["random_init_accuracy"]
+  if incremental == "class":
+    assert np.all(r[np.triu_indices(5, 1)] == 0)  # unseen classes masked
+    assert "forward_transfer" not in res["metrics"]  # not applicable
+  else:
+    want = np.mean([r[j - 1, j] - b[j] for j in range(1, 5)])
+    assert res["metrics"]["forward_transfer"] == pytest.approx(want)
+    assert np.all(r[np.triu_indices(5, 1)] > 0)  # measurable before training
