@@ -146,7 +146,7 @@ def build_stream(config) -> cl_data.Stream:
              val_fraction=s.val_fraction, seed=config.seed)
   if s.kind == "two_task":
     return cl_data.two_task(ds, s.classes_a, s.classes_b, **sub)
-  if s.kind in ("class_incremental", "task_incremental"):
+  if s.kind.endswith("_incremental"):
     return cl_data.class_splits(
         ds, s.num_tasks, incremental=s.kind.split("_")[0],
         class_order=tuple(s.class_order) or None,
@@ -352,7 +352,9 @@ def _run_locked(config, workdir) -> dict:
              "config": json.loads(config.to_json()), "versions": _versions(),
              "stream": {"name": stream.name, "kind": stream.kind,
                         "digest": stream.digest,
-                        "classes": [t.classes.tolist() for t in stream.tasks],
+                        "classes": [(t.classes if t.source_classes is None
+                                     else t.source_classes).tolist()
+                                    for t in stream.tasks],
                         "train_sizes": [len(t.train) for t in stream.tasks],
                         "test_sizes": [len(t.test) for t in stream.tasks]},
              "data_load_s": load_s, "runs": {}}

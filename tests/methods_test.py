@@ -241,8 +241,51 @@ def test_distillation_off_on_first_task_on_after(stream):
     np.testing.assert_allclose(terms[m.term], want, rtol=1e-5)
 
 
+def _soft_ce_loop(zs, zt, classes, temp):
+  """mean_i -sum_{c in classes} softmax(zt_i/T)_c log softmax(zs_i/T)_c,
+  the softmaxes over ``classes`` only, in float64."""
+  out = []
+  for s_i, t_i in zip(np.asarray(zs, np.float64), np.asarray(zt, np.float64)):
+    a, b = t_i[classes] / temp, s_i[classes] / temp
+    p = np.exp(a - a.max())
+    p /= p.sum()
+    logq = b - b.max() - np.log(np.exp(b - b.max()).sum())
+    out.append(-(p * logq).sum())
+  return np.mean(out)
+
+
+@pytest.mark.parametrize("incremental,heads,expect", [
+    ("task", "auto", "per_task"), ("class", "auto", "joint"),
+    ("domain", "auto", "joint"), ("class", "per_task", "per_task"),
+    ("task", "joint", "joint")])
+def test_lwf_heads_by_scenario(digits, incremental, heads, expect):
+  # In class-IL, distilling inside each old task's own softmax equalled
+  # fine-tuning for every lambda; LwF.MC distils all old classes jointly. In
+  # domain-IL every old task is all the classes: distil once, not per task.
+  stream = data.class_splits(digits, 5, incremental=incremental)
+  model = models.build_model("mlp", stream.input_shape, stream.num_classes,
+                             hidden=(8,))
+  m = methods.LwF(1.0, 2.0, heads=heads)
+  s = m.init_state(model, stream)
+  for k in range(3):  # three old tasks
+    s = m.on_task_end(_ctx(stream, model, model.params, s, k))
+  batch = {k: getattr(stream.tasks[3].train, k)[:8] for k in "xyt"}
+  moved = jax.tree.map(lambda p: p * 1.5, model.params)
+  terms = m.loss_fn(model)(moved, model.batch_stats, s, batch,
+                           jnp.asarray(stream.logit_masks(3)), None)[1][0]
+  (zs, _), _ = model.apply(moved, model.batch_stats, batch["x"])
+  (zt, _), _ = model.apply(model.params, model.batch_stats, batch["x"])
+  groups = [np.unique(stream.tasks[k].classes) for k in range(3)]
+  if expect == "joint":
+    want = _soft_ce_loop(zs, zt, np.unique(np.concatenate(groups)), 2.0)
+  else:
+    want = sum(_soft_ce_loop(zs, zt, g, 2.0) for g in groups)
+  np.testing.assert_allclose(terms["lwf"], want, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name,kw,match", [
     ("ewc", {"lam": -1.0}, "lam"), ("l2", {"lam": -0.1}, "lam"),
+    ("lwf", {"heads": "both"}, "heads"),
     ("si", {"xi": 0.0}, "xi"), ("si", {"c": -1.0}, "c"),
     ("mas", {"lam": -2.0}, "lam"), ("kd", {"temperature": 0.0}, "temperature"),
     ("lwf", {"temperature": -1.0}, "temperature"),

@@ -185,3 +185,32 @@ def test_random_crop_flip():
                 for w in [xp[i, dy:dy + 32, dx:dx + 32],
                           xp[i, dy:dy + 32, dx:dx + 32][:, ::-1]])
     assert found
+
+
+def test_split_domain_incremental(digits):
+  s = data.class_splits(digits, 5, incremental="domain",
+                        class_order=(3, 1, 4, 0, 5, 9, 2, 6, 8, 7))
+  assert s.kind == "domain" and s.num_classes == 2
+  assert s.logit_masks(3).all()  # one 2-way head, no task id needed
+  flat = data.class_splits(digits, 5, class_order=(3, 1, 4, 0, 5, 9, 2, 6, 8,
+                                                    7))
+  for k, (task, ref) in enumerate(zip(s.tasks, flat.tasks)):
+    np.testing.assert_array_equal(task.classes, [0, 1])
+    np.testing.assert_array_equal(task.source_classes, ref.classes)
+    for split, ref_split in ((task.train, ref.train), (task.test, ref.test)):
+      # the same examples, each class renamed by its position in the task
+      np.testing.assert_array_equal(split.x, ref_split.x)
+      np.testing.assert_array_equal(split.y,
+                                    (ref_split.y == ref.classes[1]).astype(int))
+  assert s.check() is s
+
+
+def test_domain_incremental_runs_from_the_config(tmp_path):
+  from cljax import experiment
+  from cljax.default_config import get_config
+  c = get_config("runlocal")
+  c.workdir, c.progress = str(tmp_path / "w"), False
+  c.scenario.kind = "domain_incremental"
+  res = experiment.run_experiment(c)
+  assert res["stream"]["classes"][0] == [0, 1]  # the dataset's labels
+  assert len(res["runs"]["joint"]["accuracy_matrix"]) == 5

@@ -31,6 +31,9 @@ SCENARIOS = {
                          "classes seen, no task id at test time",
     "task_incremental": "split classes into tasks; the task id selects its "
                         "classes' logits (multi-head)",
+    "domain_incremental": "split classes into tasks, relabelled 0..k-1 "
+                          "within each task: one k-way head, no task id "
+                          "(van de Ven & Tolias's split domain-IL)",
     "permuted": "every task permutes the pixels with its own fixed "
                 "permutation; all classes in every task (domain-IL)",
     "rotated": "every task rotates the images by its own angle "
@@ -46,12 +49,16 @@ class Task(NamedTuple):
     train: training examples (``t`` set to this task's index).
     val: validation examples carved from the training data (may be empty).
     test: this task's test examples.
-    classes: ``(K,)`` global labels this task contains.
+    classes: ``(K,)`` labels this task contains (in the stream's label
+      space).
+    source_classes: the dataset's labels of those classes where a scenario
+      relabels them (split domain-IL), else ``None``.
   """
   train: Split
   val: Split
   test: Split
   classes: np.ndarray
+  source_classes: np.ndarray | None = None
 
 
 class Stream(NamedTuple):
@@ -199,12 +206,16 @@ def class_splits(data: Dataset, num_tasks: int, *, incremental: str = "class",
                  train_per_task: int | None = None,
                  test_per_task: int | None = None,
                  val_fraction: float = 0.0, seed: int = 0) -> Stream:
-  """Splits a dataset's classes into tasks (class- or task-incremental).
+  """Splits a dataset's classes into tasks (class-, task- or domain-IL).
 
   Args:
     data: the dataset.
     num_tasks: number of tasks (equal sizes unless ``task_sizes`` is given).
-    incremental: ``"class"`` (single head) or ``"task"`` (task id given).
+    incremental: ``"class"`` (one head over every class seen), ``"task"``
+      (the task id selects its classes: multi-head) or ``"domain"`` (each
+      task's classes relabelled ``0..k-1`` in their order within the task,
+      one ``k``-way head shared by all tasks, no task id: van de Ven &
+      Tolias 2019's split domain-IL; ``k`` is the largest task's size).
     class_order: a permutation of the labels; task ``k`` takes the next
       ``task_sizes[k]`` classes in this order. Defaults to ``0..C-1``.
     task_sizes: classes per task, summing to ``data.num_classes``.
@@ -215,16 +226,28 @@ def class_splits(data: Dataset, num_tasks: int, *, incremental: str = "class",
       validation split.
     seed: seeds the validation carve-out.
   """
-  if incremental not in ("class", "task"):
-    raise ValueError(f"incremental must be 'class' or 'task', got {incremental!r}")
+  if incremental not in ("class", "task", "domain"):
+    raise ValueError("incremental must be 'class', 'task' or 'domain', got "
+                     f"{incremental!r}")
   data.check()
   order = _check_order(class_order, data.num_classes)
   sizes = _group_sizes(data.num_classes, num_tasks, task_sizes)
   groups = np.split(order, np.cumsum(sizes)[:-1])
   tasks = _class_tasks(data, groups, val_fraction, seed, train_per_task,
                        test_per_task)
-  return Stream(f"{incremental}_incremental/{data.name}", incremental, tasks,
-                data.num_classes)
+  name = f"{incremental}_incremental/{data.name}"
+  if incremental == "domain":
+    return Stream(name, "domain", tuple(map(_relabel, tasks)), max(sizes))
+  return Stream(name, incremental, tasks, data.num_classes)
+
+
+def _relabel(task: Task) -> Task:
+  """A task with its classes renamed ``0..k-1`` (in their order)."""
+  lookup = {int(c): i for i, c in enumerate(task.classes)}
+  new = lambda s: s.replace(y=np.asarray([lookup[int(y)] for y in s.y],
+                                         np.int32).reshape(-1))
+  return Task(new(task.train), new(task.val), new(task.test),
+              np.arange(len(task.classes)), task.classes)
 
 
 def two_task(data: Dataset, classes_a: Sequence[int], classes_b: Sequence[int],

@@ -76,10 +76,22 @@ class LwF(_FromPreviousModel):
 
   Learning without Forgetting (Li & Hoiem 2018, eq. 2 and Alg. 1):
   ``CE_new + lambda_o * sum_{old heads} CE(softmax(y_o/T), softmax(yhat_o/T))``
-  with ``T = 2``; each old task's classes are one head. The old model's
-  responses are computed on the fly from the frozen previous model, which is
-  the same as recording them before training (no augmentation, eval mode).
-  Weight decay ``lambda_r`` is the optimizer's (``train.weight_decay``).
+  with ``T = 2``. The old model's responses are computed on the fly from the
+  frozen previous model, which is the same as recording them before training
+  (no augmentation, eval mode). Weight decay ``lambda_r`` is the
+  optimizer's (``train.weight_decay``).
+
+  What an "old head" is depends on the scenario (``heads``):
+
+  * ``"per_task"``: each old task's classes are one head, one soft
+    cross-entropy each (the paper's multi-head setting: task-IL).
+  * ``"joint"``: one soft cross-entropy over all old classes together, so
+    they stay calibrated against each other: iCaRL's LwF.MC (Rebuffi et al.
+    2017, sec. 4) and van de Ven & Tolias's (2019) LwF for class-IL; in a
+    domain-IL stream (every task has all the classes) it distils once
+    against the previous model, however many tasks came before.
+  * ``"auto"`` (default): ``per_task`` in task-IL streams, ``joint`` in
+    class- and domain-IL streams.
 
   From the second task on, Alg. 1's warm-up comes first: ``warmup_epochs``
   of training the new head only (shared layers and old heads frozen: only
@@ -87,17 +99,29 @@ class LwF(_FromPreviousModel):
   on the new task's cross-entropy alone; then the joint optimisation.
 
   Args: ``lam`` (the paper's ``lambda_o``, 1 by default), ``temperature``,
-  ``warmup_epochs >= 0`` (0: no warm-up).
+  ``warmup_epochs >= 0`` (0: no warm-up), ``heads`` (above).
   """
 
   name, term = "lwf", "lwf"
+  HEADS = ("auto", "per_task", "joint")
 
   def __init__(self, lam: float = 1.0, temperature: float = 2.0,
-               warmup_epochs: int = 1):
+               warmup_epochs: int = 1, heads: str = "auto"):
     super().__init__(lam, temperature)
     if warmup_epochs < 0:
       raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
-    self.warmup_epochs = int(warmup_epochs)
+    if heads not in self.HEADS:
+      raise ValueError(f"heads must be one of {self.HEADS}, got {heads!r}")
+    self.warmup_epochs, self.heads = int(warmup_epochs), heads
+
+  def on_task_end(self, ctx):
+    state = super().on_task_end(ctx)
+    joint = self.heads == "joint" or (self.heads == "auto" and
+                                      ctx.stream.kind != "task")
+    if joint:  # one head: every old class in row 0
+      groups = state["groups"]
+      state["groups"] = jnp.zeros_like(groups).at[0].set(jnp.any(groups, 0))
+    return state
 
   def phases(self, index):
     if index == 0 or self.warmup_epochs == 0:
