@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "digits_class_incremental"
   c.seed = 0
+  c.seeds = 1               # run every entry under seeds seed, seed+1, ...
   c.workdir = ""            # default: runs/<name>
   c.progress = True
   c.checkpoint_every = 0    # > 0: also checkpoint every this many steps

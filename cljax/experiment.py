@@ -30,7 +30,7 @@ OPTIMIZERS = ("sgd", "adam")
 # Keys that cannot change a result: left out of a run's identity, so
 # changing them never invalidates a checkpoint.
 PRESENTATION_KEYS = ("name", "workdir", "progress", "select",
-                     "checkpoint_every", "data.verify", "log")
+                     "checkpoint_every", "data.verify", "log", "seeds")
 
 
 class NoResults(RuntimeError):
@@ -92,6 +92,7 @@ def validate(config) -> None:
     _int(f"train.{key}", t[key], 1)
   _int("train.eval_every", t.eval_every, 0)
   _int("seed", config.seed, 0)
+  _int("seeds", config.seeds, 1)
   _int("checkpoint_every", config.checkpoint_every, 0)
   _int("log.every", config.log.every, 0)
   for key in ("first_task_lr", "momentum", "weight_decay"):
@@ -272,12 +273,12 @@ def _writer(log, workdir, entry):
       warnings.warn("log.tensorboard: tensorboardX is not installed; no "
                     "event files (pip install tensorboardX)")
   if log.csv:
-    writers.append(report.CSVWriter(os.path.join(workdir, "metrics",
-                                                 f"{entry}.csv")))
+    writers.append(report.CSVWriter(os.path.join(
+        workdir, "metrics", f"{entry.replace(os.sep, '_')}.csv")))
   return report.MultiWriter(writers) if writers else None
 
 
-def _prepare_entries(config, stream, workdir) -> list[dict]:
+def _prepare_entries(config, stream, workdir, sub: str = "") -> list[dict]:
   """Builds every entry and checks it, before anything trains: argument
   errors (e.g. a memory larger than a task) and a checkpoint of a run with
   other settings stop the whole run here."""
@@ -297,9 +298,10 @@ def _prepare_entries(config, stream, workdir) -> list[dict]:
             stream.num_tasks - 1) if config.train.first_task_lr else None))
     train.check_run(stream, method, model, **settings)
     ident = entry_identity(config, kind, hp, lr, hidden)
-    ckdir = os.path.join(workdir, "checkpoints", entry)
-    for d in ("checkpoints", ckdir, "tensorboard",
-              os.path.join("tensorboard", entry), "metrics"):
+    ckdir = os.path.normpath(os.path.join(workdir, "checkpoints", entry, sub))
+    for d in ("checkpoints", os.path.join("checkpoints", entry),
+              os.path.join("checkpoints", entry, sub), "tensorboard",
+              os.path.join("tensorboard", entry, sub), "metrics"):
       _check_writable(os.path.join(workdir, d))
     if os.path.isdir(ckdir):
       checkpoints = Checkpoints(ckdir)
@@ -342,82 +344,133 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
     return _run_locked(config, workdir)
 
 
+def _with_seed(config, seed: int):
+  c = config.copy_and_resolve_references()
+  c.seed = seed
+  return c
+
+
 def _run_locked(config, workdir) -> dict:
-  t_load = time.perf_counter()
-  stream = build_stream(config)
-  load_s = time.perf_counter() - t_load
-  entries = _prepare_entries(config, stream, workdir)
-  results = {"units": "accuracies and metrics are fractions in [0, 1] "
-                      "(tables and plots show percent); times in seconds",
-             "config": json.loads(config.to_json()), "versions": _versions(),
-             "stream": {"name": stream.name, "kind": stream.kind,
-                        "digest": stream.digest,
-                        "classes": [(t.classes if t.source_classes is None
-                                     else t.source_classes).tolist()
-                                    for t in stream.tasks],
-                        "train_sizes": [len(t.train) for t in stream.tasks],
-                        "test_sizes": [len(t.test) for t in stream.tasks]},
-             "data_load_s": load_s, "runs": {}}
-  started = time.perf_counter()
-  for k, e in enumerate(entries):
-    entry = e["entry"]
-    if config.progress and len(entries) > 1:
-      print(_entry_progress(k, len(entries), entry,
-                            time.perf_counter() - started), file=sys.stderr)
-    try:
-      res = train.run_stream(
-          stream, e["method"], e["model"], e["opt"], **e["settings"],
-          checkpoint_dir=e["checkpoint_dir"],
-          checkpoint_every=config.checkpoint_every, identity=e["identity"],
-          progress=config.progress, writer=_writer(config.log, workdir, entry),
-          log_every=config.log.every)
-    except FloatingPointError as err:  # a diverged candidate; the rest go on
-      print(f"\n{entry}: diverged: {err}")
-      results["runs"][entry] = {"diverged": str(err), "lr": e["lr"],
-                                "hparams": e["hparams"]}
+  seeds = [config.seed + k for k in range(config.seeds)]
+  results, per_seed = None, {}
+  started, done_units = time.perf_counter(), 0
+  for s in seeds:  # one stream in memory at a time
+    cs = _with_seed(config, s)
+    t_load = time.perf_counter()
+    stream = build_stream(cs)
+    load_s = time.perf_counter() - t_load
+    entries = _prepare_entries(cs, stream, workdir,
+                               f"seed{s}" if len(seeds) > 1 else "")
+    if results is None:
+      results = _results_header(config, stream, load_s)
+    for e in entries:
+      entry = e["entry"]
+      if config.progress and len(entries) * len(seeds) > 1:
+        print(_entry_progress(done_units, len(entries) * len(seeds),
+                              entry + (f" (seed {s})" if len(seeds) > 1
+                                       else ""),
+                              time.perf_counter() - started), file=sys.stderr)
+      done_units += 1
+      res = _run_entry(e, stream, cs, workdir)
+      per_seed.setdefault(entry, []).append(res)
+      results["runs"][entry] = _combine(per_seed[entry], seeds)
       _write(results, workdir)
-      continue
-    res.pop("final_state")
-    # Training plus per-task evaluation, from the run's own timings (which
-    # checkpoints keep, so a resumed run reports its original cost).
-    res.update(lr=e["lr"], hparams=e["hparams"],
-               wall_s=sum(res["timings"]["train_s"]) +
-               sum(res["timings"]["eval_s"]))
-    results["runs"][entry] = res
-    _write(results, workdir)
-    print(report.accuracy_table(res["accuracy_matrix"],
-                                f"\n{entry} on {stream.name} (accuracy %)"))
-    _plot(report.plot_accuracy_matrix, res["accuracy_matrix"],
-          os.path.join(workdir, f"accuracy_{entry}.png"),
-          f"{entry}: accuracy (%)")
+      if "diverged" not in res:
+        print(report.accuracy_table(
+            res["accuracy_matrix"], f"\n{entry} on {stream.name}" +
+            (f", seed {s}" if len(seeds) > 1 else "") + " (accuracy %)"))
+    del stream
+  return _summarise(results, config, workdir)
+
+
+def _results_header(config, stream, load_s) -> dict:
+  return {"units": "accuracies and metrics are fractions in [0, 1] "
+                   "(tables and plots show percent); times in seconds",
+          "config": json.loads(config.to_json()), "versions": _versions(),
+          "stream": {"name": stream.name, "kind": stream.kind,
+                     "digest": stream.digest,
+                     "classes": [(t.classes if t.source_classes is None
+                                  else t.source_classes).tolist()
+                                 for t in stream.tasks],
+                     "train_sizes": [len(t.train) for t in stream.tasks],
+                     "test_sizes": [len(t.test) for t in stream.tasks]},
+          "data_load_s": load_s, "runs": {}}
+
+
+def _run_entry(e, stream, config, workdir) -> dict:
+  """One entry under one seed: its result, or a record of its divergence."""
+  sub = os.path.relpath(e["checkpoint_dir"], os.path.join(workdir,
+                                                          "checkpoints"))
+  try:
+    res = train.run_stream(
+        stream, e["method"], e["model"], e["opt"], **e["settings"],
+        checkpoint_dir=e["checkpoint_dir"],
+        checkpoint_every=config.checkpoint_every, identity=e["identity"],
+        progress=config.progress, writer=_writer(config.log, workdir, sub),
+        log_every=config.log.every)
+  except FloatingPointError as err:  # a diverged candidate; the rest go on
+    print(f"\n{e['entry']} (seed {config.seed}): diverged: {err}")
+    return {"diverged": str(err), "seed": config.seed, "lr": e["lr"],
+            "hparams": e["hparams"]}
+  res.pop("final_state")
+  # Training plus per-task evaluation, from the run's own timings (which
+  # checkpoints keep, so a resumed run reports its original cost).
+  res.update(lr=e["lr"], hparams=e["hparams"],
+             wall_s=sum(res["timings"]["train_s"]) +
+             sum(res["timings"]["eval_s"]))
+  return res
+
+
+def _combine(runs: list, seeds: list) -> dict:
+  """An entry's record: its one result, a divergence, or (several seeds,
+  partial while they run) ``report.aggregate_seeds``."""
+  bad = [r for r in runs if "diverged" in r]
+  if bad:
+    return bad[0]
+  if len(seeds) == 1:
+    return runs[0]
+  return report.aggregate_seeds(runs, seeds[:len(runs)])
+
+
+def _summarise(results, config, workdir) -> dict:
+  """Tables, selection and plots once every entry has run."""
+  stream_name = results["stream"]["name"]
   done = {e: r for e, r in results["runs"].items() if "diverged" not in r}
   if not done:
     path = _write(results, workdir)
     raise NoResults(f"every entry diverged ({', '.join(results['runs'])}); "
                     f"no results. The record of each is in {path}")
+  diverged = {e: r for e, r in results["runs"].items() if e not in done}
   sweep = any("__" in entry for entry in done)
   if sweep:
-    results["selection"] = report.select(done, config.select)
+    results["selection"] = report.select(done, config.select, diverged)
   path = _write(results, workdir)
   print("\n" + report.summary_table(done))
+  for entry, res in done.items():
+    _plot(report.plot_accuracy_matrix, res["accuracy_matrix"],
+          os.path.join(workdir, f"accuracy_{entry}.png"),
+          f"{entry}: accuracy (%)" + (
+              f", mean of {len(res['seeds'])} seeds" if "seeds" in res
+              else ""))
   shown = done
   if sweep:  # the selected entries only
     sel = results["selection"]
     shown = {e: done[e] for e in (v["entry"] for v in sel.values())}
     table = report.selection_table(done, sel, config.select)
-    diverged = sorted(set(results["runs"]) - set(done))
     if diverged:
-      table += f"\n\nDiverged (not candidates): {', '.join(diverged)}"
+      table += f"\n\nDiverged (not candidates): {', '.join(sorted(diverged))}"
     with open(os.path.join(workdir, "selection.md"), "w") as f:
       f.write(f"Chosen on validation ({config.select}); test numbers of the "
-              f"chosen entries only.\n\n{table}\n")
+              f"chosen entries only" + (
+                  f", mean ± std over {config.seeds} seeds" if
+                  config.seeds > 1 else "") + f".\n\n{table}\n")
     print("\n" + table)
   _plot(report.plot_curves, {e: r["curves"] for e, r in shown.items()},
         os.path.join(workdir, "curves_selected.png" if sweep else
-                     "curves.png"), stream.name)
+                     "curves.png"), stream_name)
   _plot(report.plot_over_tasks,
         {e: r["accuracy_matrix"] for e, r in shown.items()},
-        os.path.join(workdir, "over_tasks.png"), stream.name)
+        os.path.join(workdir, "over_tasks.png"), stream_name)
   print(f"\nresults: {path}\nplots:   {workdir}/accuracy_*.png, "
         f"{workdir}/over_tasks.png, {workdir}/curves*.png")
   return results

@@ -388,3 +388,56 @@ def test_tensorboard_and_csv_logs_read_back(tmp_path, monkeypatch):
   curve = [v for _, v in csv_["val_accuracy/task_1"]]
   np.testing.assert_allclose(curve, [p["acc"][0] for p in res["curves"]])
   assert res["curve_split"] == "val"
+
+
+def test_seeds_give_mean_and_std(tmp_path, capsys):
+  c = _config(tmp_path)
+  c.scenario.num_tasks = 2
+  c.methods = "ft__a,ft__b"
+  c.method.ft__a = {"kind": "finetune", "lr": 0.05}
+  c.method.ft__b = {"kind": "finetune", "lr": 0.01}
+  c.seeds = 3
+  res = experiment.run_experiment(c)
+  run = res["runs"]["ft__a"]
+  assert run["seeds"] == [0, 1, 2] and len(run["per_seed"]) == 3
+  mats = np.asarray([r["accuracy_matrix"] for r in run["per_seed"]])
+  assert not np.all(mats[0] == mats[1])  # the seeds differ
+  np.testing.assert_allclose(run["accuracy_matrix"], mats.mean(0))
+  np.testing.assert_allclose(run["accuracy_matrix_std"], mats.std(0))
+  accs = [r["metrics"]["average_accuracy"] for r in run["per_seed"]]
+  assert run["metrics"]["average_accuracy"] == pytest.approx(np.mean(accs))
+  assert run["metrics_std"]["average_accuracy"] == pytest.approx(np.std(accs))
+  out = capsys.readouterr().out
+  assert f"{100 * np.mean(accs):.1f} ± {100 * np.std(accs):.1f}" in out
+  for s in range(3):  # each seed checkpointed on its own
+    assert os.path.isdir(os.path.join(c.workdir, "checkpoints", "ft__a",
+                                      f"seed{s}"))
+  vals = {e: np.mean([np.mean(r["val_accuracy_matrix"][-1])
+                      for r in res["runs"][e]["per_seed"]])
+          for e in ("ft__a", "ft__b")}
+  assert res["selection"]["ft"]["entry"] == max(vals, key=vals.get)
+  md = open(os.path.join(c.workdir, "selection.md")).read()
+  assert "mean ± std over 3 seeds" in md and " ± " in md
+
+
+def _runs(values, key="lam"):
+  return {f"ewc__{key}{v:g}": {"hparams": {key: v, "form": "transform"},
+                                "lr": 0.1, "val_accuracy_matrix": [[acc]],
+                                "metrics": {}}
+          for v, acc in values}
+
+
+def test_edge_winners_are_flagged():
+  sel = report.select(_runs([(1.0, 0.5), (10.0, 0.7), (100.0, 0.6)]),
+                      "val_acc")
+  assert sel["ewc"]["entry"] == "ewc__lam10" and sel["ewc"]["edge"] is None
+  sel = report.select(_runs([(1.0, 0.5), (10.0, 0.6), (100.0, 0.7)]),
+                      "val_acc")
+  assert sel["ewc"]["edge"] == "edge: the highest lam (100) of the grid"
+  diverged = {"ewc__lam1000": {"diverged": "nan", "hparams": {
+      "lam": 1000.0, "form": "transform"}, "lr": 0.1}}
+  sel = report.select(_runs([(1.0, 0.5), (10.0, 0.6), (100.0, 0.7)]),
+                      "val_acc", diverged)
+  assert sel["ewc"]["edge"].endswith("the next value, 1000, diverged")
+  sel = report.select(_runs([(0.1, 0.9), (1.0, 0.6)], key="c"), "val_acc")
+  assert sel["ewc"]["edge"] == "edge: the lowest c (0.1) of the grid"

@@ -5,6 +5,7 @@ from cljax.report._plots import plot_curves
 from cljax.report._plots import plot_over_tasks
 from cljax.report._table import accuracy_table
 from cljax.report._table import summary_table
+from cljax.report._seeds import aggregate_seeds
 from cljax.report._selection import CRITERIA
 from cljax.report._selection import select
 from cljax.report._selection import selection_table

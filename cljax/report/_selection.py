@@ -21,7 +21,11 @@ def family(entry: str) -> str:
 def validation_value(run: dict, criterion: str) -> float:
   """``"val_acc"``: the final average validation accuracy over all tasks;
   ``"val_score"``: the seeds' two-task Score (``metrics.score``) on the
-  validation curves recorded while training the last task."""
+  validation curves recorded while training the last task. For a run under
+  several seeds (``per_seed``), the mean of the seeds' values."""
+  if "per_seed" in run:
+    return float(np.mean([validation_value(r, criterion)
+                          for r in run["per_seed"]]))
   if criterion == "val_acc":
     rows = run["val_accuracy_matrix"]
     if not rows:
@@ -37,42 +41,107 @@ def validation_value(run: dict, criterion: str) -> float:
   raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
 
 
-def select(runs: dict, criterion: str) -> dict:
-  """``{family: {"entry", "value", "candidates": {entry: value}}}``."""
+def _grid_key(records: dict) -> str | None:
+  """The one numeric setting (a hyperparameter or ``lr``) in which a
+  family's entries differ, or ``None``."""
+  settings = {e: {**r.get("hparams", {}), "lr": r.get("lr")}
+              for e, r in records.items()}
+  keys = set().union(*map(set, settings.values()))
+  varying = [k for k in keys if len({repr(v.get(k)) for v in
+                                     settings.values()}) > 1]
+  if len(varying) != 1 or not all(
+      isinstance(v.get(varying[0]), (int, float)) for v in settings.values()):
+    return None
+  return varying[0]
+
+
+def _edge(records: dict, best: str, diverged: dict) -> str | None:
+  """Whether ``best`` sits at an edge of its family's grid, in words, and
+  whether the next value beyond that edge diverged; ``None`` if interior
+  (or the family is no one-setting grid)."""
+  grid = {**records, **diverged}
+  key = _grid_key(grid)
+  if key is None or len(records) < 2:
+    return None
+  value = lambda e: grid[e].get("hparams", {}).get(key, grid[e].get("lr")) \
+      if key != "lr" else grid[e]["lr"]
+  ran = sorted(records, key=value)
+  if best not in (ran[0], ran[-1]):
+    return None
+  side = "lowest" if best == ran[0] else "highest"
+  text = f"edge: the {side} {key} ({value(best):g}) of the grid"
+  beyond = [e for e in diverged if (value(e) < value(best) if side == "lowest"
+                                    else value(e) > value(best))]
+  if beyond:
+    nxt = min(beyond, key=lambda e: abs(value(e) - value(best)))
+    text += f"; the next value, {value(nxt):g}, diverged"
+  return text
+
+
+def select(runs: dict, criterion: str, diverged: dict | None = None) -> dict:
+  """``{family: {"entry", "value", "candidates": {entry: value}, "edge"}}``.
+
+  ``edge`` is ``None`` when the chosen entry is interior to its family's
+  grid (the one setting its entries differ in), else says which edge and
+  whether the next value beyond it (among ``diverged``, entry -> record)
+  diverged: a selection at an edge is not a tuned result.
+  """
+  diverged = diverged or {}
   out = {}
   for entry, run in runs.items():
     fam = out.setdefault(family(entry), {"candidates": {}})
     fam["candidates"][entry] = validation_value(run, criterion)
-  for fam in out.values():
+  for name, fam in out.items():
     best = max(fam["candidates"], key=fam["candidates"].get)
-    fam.update(entry=best, value=fam["candidates"][best])
+    fam.update(entry=best, value=fam["candidates"][best], edge=_edge(
+        {e: runs[e] for e in fam["candidates"]}, best,
+        {e: r for e, r in diverged.items() if family(e) == name}))
   return out
+
+
+def _mean_score(run: dict) -> dict:
+  """The two-task Score and its parts on the last task's validation curve,
+  averaged over the seeds of a run under several."""
+  if "per_seed" in run:
+    parts = [_mean_score(r) for r in run["per_seed"]]
+    return {k: float(np.mean([p[k] for p in parts]))
+            for k in ("score", "score_a", "score_b")}
+  last = run["curves"][-1]["task"]
+  a, b = np.asarray([c["acc"] for c in run["curves"]
+                     if c["task"] == last]).T
+  return metrics.score(a, b)
+
+
+def _pm(run: dict, key: str) -> str:
+  """A test metric in percent, ``mean ± std`` for a run under seeds."""
+  m = 100 * run["metrics"][key]
+  if key in run.get("metrics_std", {}):
+    return f"{m:.1f} ± {100 * run['metrics_std'][key]:.1f}"
+  return f"{m:.1f}"
 
 
 def selection_table(runs: dict, selection: dict, criterion: str) -> str:
   """Markdown: per family, the chosen entry, its validation value and its
   test metrics (and, for two-task runs, the Score parts on validation)."""
   two_task = criterion == "val_score"
-  head = ["family", "chosen", criterion, "test ACC", "test BWT"]
+  head = ["family", "chosen", criterion, "test ACC", "test BWT", "grid"]
   if two_task:
     head = ["technique", "chosen", "Score", "Score_A", "Score_B",
-            "test A", "test B"]
+            "test A", "test B", "grid"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for fam, sel in selection.items():
     run = runs[sel["entry"]]
     m = run["metrics"]
     if two_task:
-      last = run["curves"][-1]["task"]
-      a, b = np.asarray([c["acc"] for c in run["curves"]
-                         if c["task"] == last]).T
-      s = metrics.score(a, b)
+      s = _mean_score(run)
       final = run["accuracy_matrix"][-1]
       cells = [fam, sel["entry"], f"{100 * s['score']:.1f}",
                f"{100 * s['score_a']:.1f}", f"{100 * s['score_b']:.1f}",
                f"{100 * final[0]:.1f}", f"{100 * final[1]:.1f}"]
     else:
       cells = [fam, sel["entry"], f"{100 * sel['value']:.1f}",
-               f"{100 * m['average_accuracy']:.1f}",
-               f"{100 * m['backward_transfer']:.1f}"]
+               _pm(run, "average_accuracy"), _pm(run, "backward_transfer")]
+    cells.append(sel.get("edge") or ("interior" if len(sel["candidates"]) > 1
+                                     else "-"))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

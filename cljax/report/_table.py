@@ -22,18 +22,30 @@ def accuracy_table(r, title: str = "") -> str:
 
 def summary_table(results: dict) -> str:
   """One row per method: ACC, BWT, forgetting, FWT, avg. incremental acc,
-  wall time. ``results`` maps method name -> ``run_stream`` result."""
+  train time. ``results`` maps method name -> ``run_stream`` result, or
+  ``report.aggregate_seeds``' result (then each cell is mean ± std over
+  the seeds, and the row says how many)."""
   cols = [("ACC", "average_accuracy"), ("BWT", "backward_transfer"),
           ("Forget", "forgetting"), ("FWT", "forward_transfer"),
           ("AvgInc", "average_incremental_accuracy")]
-  head = f"{'method':<16}" + "".join(f"{c:>9}" for c, _ in cols) + \
-      f"{'train s':>10}"
+  seeded = any("metrics_std" in r for r in results.values())
+  w = 13 if seeded else 9
+  head = f"{'method':<16}" + "".join(f"{c:>{w}}" for c, _ in cols) + \
+      f"{'train s':>10}" + ("  seeds" if seeded else "")
   lines = [head, "-" * len(head)]
   for name, res in results.items():
-    m = res["metrics"]
-    cells = "".join(f"{100 * m[k]:9.1f}" if k in m else f"{'-':>9}"
-                    for _, k in cols)
-    lines.append(f"{name:<16}{cells}{sum(res['timings']['train_s']):10.1f}")
-  lines.append("(percent; ACC = final average accuracy, BWT/FWT of "
-               "Lopez-Paz & Ranzato 2017, AvgInc of Rebuffi et al. 2017)")
+    m, sd = res["metrics"], res.get("metrics_std", {})
+    cells = "".join(
+        f"{'-':>{w}}" if k not in m else
+        f"{f'{100 * m[k]:.1f} ± {100 * sd[k]:.1f}':>{w}}" if k in sd else
+        f"{100 * m[k]:{w}.1f}" for _, k in cols)
+    seeds = f"{len(res['seeds']):>7}" if "seeds" in res else (
+        f"{1:>7}" if seeded else "")
+    lines.append(f"{name:<16}{cells}{sum(res['timings']['train_s']):10.1f}"
+                 f"{seeds}")
+  lines.append("(percent" + ("; mean ± standard deviation over seeds" if
+                             seeded else "") +
+               "; ACC = final average accuracy, BWT/FWT of Lopez-Paz & "
+               "Ranzato 2017, AvgInc of Rebuffi et al. 2017; FWT - where "
+               "not applicable, as in class-IL)")
   return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Results of one entry under several seeds: mean and standard deviation."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def aggregate_seeds(runs: Sequence[dict], seeds: Sequence[int]) -> dict:
+  """One entry's ``run_stream`` results under ``seeds``, combined.
+
+  Matrices and metrics become their mean over seeds, with the (population,
+  ``ddof=0``) standard deviation beside them as ``accuracy_matrix_std`` and
+  ``metrics_std``; ``per_seed`` keeps every seed's own result. Curves are the
+  first seed's; timings and steps are summed over seeds.
+  """
+  if len(runs) != len(seeds) or not runs:
+    raise ValueError(f"{len(runs)} results for seeds {list(seeds)}")
+  mean = lambda xs: np.mean(np.asarray(xs, float), axis=0)
+  std = lambda xs: np.std(np.asarray(xs, float), axis=0)
+  mats = [r["accuracy_matrix"] for r in runs]
+  vals = [r["val_accuracy_matrix"] for r in runs]
+  keys = [k for k in runs[0]["metrics"] if all(k in r["metrics"]
+                                                for r in runs)]
+  first = runs[0]
+  out = {k: v for k, v in first.items() if k not in ("per_seed",)}
+  out.update(
+      seeds=list(seeds), per_seed=list(runs),
+      accuracy_matrix=mean(mats).tolist(),
+      accuracy_matrix_std=std(mats).tolist(),
+      val_accuracy_matrix=mean(vals).tolist() if all(vals) else [],
+      metrics={k: float(mean([r["metrics"][k] for r in runs])) for k in keys},
+      metrics_std={k: float(std([r["metrics"][k] for r in runs]))
+                   for k in keys},
+      timings={k: np.sum([r["timings"][k] for r in runs], axis=0).tolist()
+               for k in first["timings"]},
+      steps=int(sum(r["steps"] for r in runs)))
+  if "wall_s" in first:
+    out["wall_s"] = float(sum(r["wall_s"] for r in runs))
+  return out
