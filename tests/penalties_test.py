@@ -181,3 +181,32 @@ def test_strengths_of_any_type_are_checked(value):
     reg.add_quadratic_penalty(value)
   with pytest.raises(ValueError, match="gamma"):
     reg.online_ewc_update({"w": jnp.ones(2)}, {"w": jnp.ones(2)}, value)
+
+
+@pytest.mark.parametrize("batch", [8, 32])
+def test_lambda_convention_against_minibatch_squared_gradients(digits,
+                                                               batch):
+  # Our per-example (empirical) Fisher against the PyTorch libraries'
+  # squared minibatch-mean gradient: E[g_bar^2] = E[g]^2 (1 - 1/B) +
+  # E[g^2] / B, so on a trained model the ratio is close to B, never above.
+  from cljax import data, methods, models, train
+  from cljax.losses import masked_cross_entropy
+  stream = data.class_splits(digits, 1)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(32,))
+  params = train.run_stream(stream, methods.FineTune(), model,
+                            optax.adam(1e-2), epochs=10, batch_size=32,
+                            progress=False)["final_state"].params
+  logits = lambda p, x: model.apply(p, model.batch_stats, x)[0][0]
+  task = stream.tasks[0].train
+  xs, ys = task.x[:512], task.y[:512]
+  ours = reg.fisher_diagonal(
+      lambda p, x, y: masked_cross_entropy(logits(p, x[None]), y[None])[0],
+      params, xs, ys)
+  mean_loss = lambda p, x, y: jnp.mean(masked_cross_entropy(logits(p, x), y))
+  grads = [jax.grad(mean_loss)(params, xs[i:i + batch], ys[i:i + batch])
+           for i in range(0, len(xs), batch)]
+  theirs = jax.tree.map(lambda *g: jnp.mean(jnp.stack([a ** 2 for a in g]),
+                                            axis=0), *grads)
+  total = lambda t: float(sum(jnp.sum(a) for a in jax.tree.leaves(t)))
+  ratio = total(ours) / total(theirs)
+  assert batch / 2 < ratio <= batch * 1.05, ratio

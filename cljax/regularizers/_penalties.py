@@ -26,6 +26,17 @@ def ewc_penalty(params, anchor, fisher) -> jax.Array:
   """Elastic weight consolidation (Kirkpatrick et al. 2017, eq. 3), without
   its strength: ``0.5 * sum_k F_k (theta_k - theta*_k)^2`` over all leaves.
 
+  The strength's scale depends on the Fisher estimator. cljax's
+  ``fisher_diagonal`` (and EWC's default) is the empirical Fisher of the
+  paper, the mean over examples of *per-example* squared gradients. The
+  PyTorch libraries (Avalanche, Mammoth, FACIL) square the *minibatch-mean*
+  gradient instead, which is smaller by up to the batch size ``B``: with
+  ``E[g_bar^2] = E[g]^2 (1 - 1/B) + E[g^2] / B``, their estimate is about
+  ``B`` times smaller where the mean gradient is small (at the end of a
+  task). So a lambda tuned there corresponds to about ``lambda / B`` here
+  (``B`` their Fisher batch size); ``tests/penalties_test.py`` checks the
+  ratio on a trained model.
+
   Args:
     params, anchor, fisher: pytrees of the same structure and shapes;
       ``fisher >= 0``.
