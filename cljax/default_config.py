@@ -14,16 +14,18 @@ from cljax.methods import method_class
 def method_entry(kind: str, **hparams) -> ml_collections.ConfigDict:
   """A ``config.method`` entry for method ``kind`` (a name or an import
   path): every hyperparameter with its default (read from the method's
-  constructor), ``hparams`` applied, and ``lr`` / ``hidden`` overriding
-  ``train.lr`` / ``model.hidden`` for this entry when set."""
+  constructor), ``hparams`` applied, and ``lr`` / ``hidden`` / ``epochs``
+  overriding ``train.lr`` / ``model.hidden`` / ``train.epochs`` for this
+  entry when set."""
   defaults = hyperparameters(method_class(kind))
-  unknown = sorted(set(hparams) - set(defaults) - {"lr", "hidden"})
+  unknown = sorted(set(hparams) - set(defaults) - {"lr", "hidden", "epochs"})
   if unknown:
     raise ValueError(f"method {kind!r} has no hyperparameter {unknown}; it "
                      f"has {sorted(defaults)}")
   entry = ml_collections.ConfigDict({
       "kind": kind, "lr": config_dict.placeholder(float),
-      "hidden": config_dict.placeholder(tuple), **defaults})
+      "hidden": config_dict.placeholder(tuple),
+      "epochs": config_dict.placeholder(int), **defaults})
   entry.update(hparams)
   return entry
 
@@ -57,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.scenario.task_sizes = ()    # () = equal
   c.scenario.classes_a = (0, 1, 2, 3, 4)  # two_task
   c.scenario.classes_b = (5, 6, 7, 8, 9)
+  c.scenario.two_task_head = "new"  # two_task: "new" head for B, or "shared"
   c.scenario.angles = ()        # rotated; () = uniform in [0, 180)
   c.scenario.identity_first = False  # permuted
   c.scenario.train_per_task = 0  # examples per task (a random subset); 0: all
@@ -73,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.optimizer = "sgd"     # sgd | adam
   c.train.lr = 0.05
   c.train.first_task_lr = 0.0   # > 0: the first task's lr (later tasks: lr)
+  c.train.first_task_epochs = 0  # > 0: the first task's epochs
   c.train.momentum = 0.9
   c.train.weight_decay = 0.0
   c.train.eval_every = 10       # steps between curve evaluations; 0 = off

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import warnings
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -52,10 +53,31 @@ def _int(key, value, low):
                         f"an integer >= {low}")
 
 
-def run_entries(config) -> list[tuple[str, str, dict, float, tuple]]:
-  """``(entry, method kind, hyperparameters, lr, hidden)`` for each run
-  entry; an entry's ``lr`` and ``hidden`` keys override ``train.lr`` and
-  ``model.hidden`` for it."""
+class Entry(NamedTuple):
+  """One run entry of ``config.methods``, resolved.
+
+  Attributes:
+    name: the entry's name (a method name or a key of ``config.method``).
+    kind: the method (a name or an import path).
+    hparams: the method's hyperparameters.
+    lr, hidden, epochs: ``train.lr``, ``model.hidden`` and ``train.epochs``,
+      or the entry's own values where it sets them.
+  """
+  name: str
+  kind: str
+  hparams: dict
+  lr: float
+  hidden: tuple
+  epochs: int
+
+
+# Keys of a config.method entry that override the run's settings for it.
+ENTRY_OVERRIDES = {"lr": ("train", "lr"), "hidden": ("model", "hidden"),
+                   "epochs": ("train", "epochs")}
+
+
+def run_entries(config) -> list[Entry]:
+  """The resolved entries of ``config.methods``."""
   out = []
   entries = [e.strip() for e in config.methods.split(",") if e.strip()]
   if not entries:
@@ -65,16 +87,18 @@ def run_entries(config) -> list[tuple[str, str, dict, float, tuple]]:
   for entry in entries:
     hp = dict(config.method.get(entry, {}))
     kind = hp.pop("kind", entry)
-    lr = hp.pop("lr", None)
-    lr = config.train.lr if lr is None else lr
-    hidden = hp.pop("hidden", None)
-    hidden = tuple(config.model.hidden if hidden is None else hidden)
+    own = {}
+    for key, (group, name) in ENTRY_OVERRIDES.items():
+      value = hp.pop(key, None)
+      own[key] = config[group][name] if value is None else value
     if kind not in METHODS and ":" not in kind:
       _fail("methods", f"unknown method {kind!r} (entry {entry!r}); known: "
             f"{sorted(METHODS)}, or an import path 'package.module:Class'")
-    _check(_validate.check_positive, f"method.{entry}.lr", lr)
-    _check_hidden(f"method.{entry}.hidden", hidden)
-    out.append((entry, kind, hp, float(lr), hidden))
+    _check(_validate.check_positive, f"method.{entry}.lr", own["lr"])
+    _check_hidden(f"method.{entry}.hidden", tuple(own["hidden"]))
+    _int(f"method.{entry}.epochs", own["epochs"], 1)
+    out.append(Entry(entry, kind, hp, float(own["lr"]), tuple(own["hidden"]),
+                     int(own["epochs"])))
   return out
 
 
@@ -95,6 +119,7 @@ def validate(config) -> None:
   _int("seeds", config.seeds, 1)
   _int("checkpoint_every", config.checkpoint_every, 0)
   _int("log.every", config.log.every, 0)
+  _int("train.first_task_epochs", t.first_task_epochs, 0)
   for key in ("first_task_lr", "momentum", "weight_decay"):
     _check(_validate.check_nonnegative, f"train.{key}", t[key])
   _check_hidden("model.hidden", tuple(config.model.hidden))
@@ -131,8 +156,8 @@ def validate(config) -> None:
     _fail("select", f"unknown {config.select!r}; one of {report.CRITERIA}")
   if config.model.name not in MODELS:
     _fail("model.name", f"unknown {config.model.name!r}; one of {sorted(MODELS)}")
-  for entry, kind, hp, _, _ in run_entries(config):
-    build_method(kind, **hp)  # raises ValueError on bad hyperparameters
+  for e in run_entries(config):
+    build_method(e.kind, **e.hparams)  # raises ValueError on bad hyperparameters
 
 
 def build_stream(config) -> cl_data.Stream:
@@ -146,7 +171,8 @@ def build_stream(config) -> cl_data.Stream:
              test_per_task=s.test_per_task or None,
              val_fraction=s.val_fraction, seed=config.seed)
   if s.kind == "two_task":
-    return cl_data.two_task(ds, s.classes_a, s.classes_b, **sub)
+    return cl_data.two_task(ds, s.classes_a, s.classes_b,
+                            head=s.two_task_head, **sub)
   if s.kind.endswith("_incremental"):
     return cl_data.class_splits(
         ds, s.num_tasks, incremental=s.kind.split("_")[0],
@@ -198,10 +224,11 @@ def _versions() -> dict:
           "devices": [str(d) for d in jax.devices()]}
 
 
-def entry_identity(config, kind, hp, lr, hidden) -> dict:
-  """The resolved config of one entry, flat, without presentation keys:
-  ``train.lr`` and ``model.hidden`` as the entry uses them, and the entry's
-  own method settings in place of ``methods`` and ``method``."""
+def entry_identity(config, e: Entry) -> dict:
+  """The resolved config of one entry, flat, without presentation keys: the
+  run settings as the entry uses them (its own ``lr``, ``hidden``,
+  ``epochs``) and the entry's method settings in place of ``methods`` and
+  ``method``."""
   c = json.loads(config.to_json())
   for key in PRESENTATION_KEYS + ("methods", "method"):
     *parents, leaf = key.split(".")
@@ -209,9 +236,9 @@ def entry_identity(config, kind, hp, lr, hidden) -> dict:
     for k in parents:
       node = node.get(k, {})
     node.pop(leaf, None)
-  c["train"]["lr"] = lr
-  c["model"]["hidden"] = list(hidden)
-  c["entry"] = {"kind": kind, "hparams": hp}
+  for key, (group, name) in ENTRY_OVERRIDES.items():
+    c[group][name] = list(e.hidden) if key == "hidden" else getattr(e, key)
+  c["entry"] = {"kind": e.kind, "hparams": e.hparams}
   return flatten(c, "config.")
 
 
@@ -284,20 +311,23 @@ def _prepare_entries(config, stream, workdir, sub: str = "") -> list[dict]:
   other settings stop the whole run here."""
   augment = cl_data.AUGMENTATIONS[config.train.augment]
   out = []
-  for entry, kind, hp, lr, hidden in run_entries(config):
-    method = build_method(kind, **hp)
+  for e in run_entries(config):
+    entry = e.name
+    method = build_method(e.kind, **e.hparams)
     model = build_model(config.model.name, stream.input_shape,
-                        stream.num_classes, seed=config.seed, hidden=hidden)
-    opt = build_optimizer(config.train, lr)
+                        stream.num_classes, seed=config.seed, hidden=e.hidden)
+    opt = build_optimizer(config.train, e.lr)
     settings = dict(
-        epochs=config.train.epochs, batch_size=config.train.batch_size,
+        epochs=e.epochs, batch_size=config.train.batch_size,
         seed=config.seed, eval_every=config.train.eval_every,
         eval_batch_size=config.train.eval_batch_size,
         reset_optimizer=config.train.reset_optimizer, augment=augment,
-        task_lrs=([config.train.first_task_lr] + [lr] * (
-            stream.num_tasks - 1) if config.train.first_task_lr else None))
+        task_lrs=([config.train.first_task_lr] + [e.lr] * (
+            stream.num_tasks - 1) if config.train.first_task_lr else None),
+        task_epochs=([config.train.first_task_epochs] + [e.epochs] * (
+            stream.num_tasks - 1) if config.train.first_task_epochs else None))
     train.check_run(stream, method, model, **settings)
-    ident = entry_identity(config, kind, hp, lr, hidden)
+    ident = entry_identity(config, e)
     ckdir = os.path.normpath(os.path.join(workdir, "checkpoints", entry, sub))
     for d in ("checkpoints", os.path.join("checkpoints", entry),
               os.path.join("checkpoints", entry, sub), "tensorboard",
@@ -314,7 +344,7 @@ def _prepare_entries(config, stream, workdir, sub: str = "") -> list[dict]:
             stream, method, model, opt, settings, ident))
     out.append(dict(entry=entry, method=method, model=model, opt=opt,
                     settings=settings, identity=ident, checkpoint_dir=ckdir,
-                    lr=lr, hparams=hp))
+                    lr=e.lr, hparams=e.hparams))
   return out
 
 

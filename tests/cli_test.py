@@ -59,9 +59,10 @@ def test_any_hyperparameter_from_the_command_line():
   config = cli.load_config(["--config.methods=ewc",
                             "--config.method.ewc.lam=10",
                             "--config.method.ewc.lr=0.01"])
-  (entry, kind, hp, lr, _), = experiment.run_entries(config)
-  assert (entry, kind, hp["lam"], lr) == ("ewc", "ewc", 10.0, 0.01)
-  assert hp["fisher_samples"] == 1024  # the default
+  e, = experiment.run_entries(config)
+  assert (e.name, e.kind, e.hparams["lam"], e.lr) == ("ewc", "ewc", 10.0, 0.01)
+  assert e.hparams["fisher_samples"] == 1024  # the default
+  assert e.epochs == config.train.epochs  # not overridden
 
 
 def test_custom_method_by_import_path(tmp_path):

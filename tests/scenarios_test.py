@@ -151,6 +151,14 @@ def test_two_task(digits):
   assert len(s.tasks[0].val) > 0
   with pytest.raises(ValueError, match="disjoint"):
     data.two_task(digits, (0, 1), (1, 2))
+  # The seed's own setup: one head extended to B, no task identity.
+  shared = data.two_task(digits, (0, 1, 2, 3, 4), (5, 6, 7, 8, 9),
+                         head="shared")
+  assert shared.kind == "class"
+  assert shared.logit_masks(0)[0].sum() == 5
+  assert shared.logit_masks(1).all()  # A's examples compete with B's classes
+  with pytest.raises(ValueError, match="head must be"):
+    data.two_task(digits, (0,), (1,), head="both")
   # Ids outside the dataset used to end in an IndexError 15 s in.
   with pytest.raises(ValueError, match=r"classes_b \[5, 12\] has ids "
                      "outside the dataset's classes 0..9"):

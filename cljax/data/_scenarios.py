@@ -38,7 +38,8 @@ SCENARIOS = {
                 "permutation; all classes in every task (domain-IL)",
     "rotated": "every task rotates the images by its own angle "
                "(domain-IL)",
-    "two_task": "task A then task B with a new head (classes_a, classes_b)",
+    "two_task": "task A then task B (classes_a, classes_b), with a new head "
+                "or the one head shared (scenario.two_task_head)",
 }
 
 
@@ -251,15 +252,20 @@ def _relabel(task: Task) -> Task:
 
 
 def two_task(data: Dataset, classes_a: Sequence[int], classes_b: Sequence[int],
-             *, train_per_task: int | None = None,
+             *, head: str = "new", train_per_task: int | None = None,
              test_per_task: int | None = None, val_fraction: float = 0.1,
              seed: int = 0) -> Stream:
-  """The seeds' setting: a model trained on task A, then a new head for task B.
+  """The seeds' setting: a model trained on task A, then task B.
 
-  Task A and task B each have their own head (logits masked to their classes),
-  so this is a two-task task-incremental stream. ``train_per_task`` and
-  ``test_per_task`` as in ``class_splits``.
+  ``head="new"``: task B gets a head of its own (logits masked to each
+  task's classes, the task id given): a two-task task-incremental stream.
+  ``head="shared"``: the one head is extended to task B's outputs and every
+  example is classified among all classes seen, without task identity (the
+  seed's own setup): a two-task class-incremental stream.
+  ``train_per_task`` and ``test_per_task`` as in ``class_splits``.
   """
+  if head not in ("new", "shared"):
+    raise ValueError(f"head must be 'new' or 'shared', got {head!r}")
   data.check()
   a, b = np.asarray(classes_a), np.asarray(classes_b)
   for name, c in (("classes_a", a), ("classes_b", b)):
@@ -273,7 +279,8 @@ def two_task(data: Dataset, classes_a: Sequence[int], classes_b: Sequence[int],
     raise ValueError("classes_a and classes_b must be disjoint")
   tasks = _class_tasks(data, [a, b], val_fraction, seed, train_per_task,
                        test_per_task)
-  return Stream(f"two_task/{data.name}", "task", tasks, data.num_classes)
+  return Stream(f"two_task_{head}_head/{data.name}",
+                "task" if head == "new" else "class", tasks, data.num_classes)
 
 
 def _domain_stream(name, data, num_tasks, transforms, train_per_task,

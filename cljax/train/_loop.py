@@ -62,6 +62,7 @@ def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
               epochs: int, batch_size: int, seed: int = 0,
               eval_every: int = 0, eval_batch_size: int = 1000,
               task_lrs: Sequence[float] | None = None,
+              task_epochs: Sequence[int] | None = None,
               checkpoint_every: int = 0, log_every: int = 0, **_) -> None:
   """Raises the ``ValueError`` that ``run_stream`` with these arguments
   would raise before training (bad data, settings, model or method
@@ -81,6 +82,13 @@ def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
       raise ValueError(f"task_lrs must have {stream.num_tasks} values, got "
                        f"{task_lrs}")
     _validate.check_positive("task_lrs", np.asarray(task_lrs, float))
+  if task_epochs is not None:
+    if len(task_epochs) != stream.num_tasks:
+      raise ValueError(f"task_epochs must have {stream.num_tasks} values, "
+                       f"got {task_epochs}")
+    _validate.check_value("task_epochs", np.asarray(task_epochs, float),
+                          lambda v: (v >= 1) & (v == np.round(v)),
+                          "integers >= 1")
   for k in range(stream.num_tasks):
     n = len(method.train_split(stream, k))
     if n < batch_size:
@@ -101,7 +109,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                checkpoint_dir: str | None = None, checkpoint_every: int = 0,
                identity: Mapping | None = None, progress: bool = True,
                writer=None, log_every: int = 0,
-               task_lrs: Sequence[float] | None = None) -> dict:
+               task_lrs: Sequence[float] | None = None,
+               task_epochs: Sequence[int] | None = None) -> dict:
   """Trains ``method`` on ``stream`` and returns the run's results.
 
   Args:
@@ -137,6 +146,7 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     task_lrs: optional learning rate per task (e.g. task A at the standard
       lr, later tasks lower); ``optimizer`` must come from
       ``optax.inject_hyperparams`` so the lr is part of its state.
+    task_epochs: optional epochs per task, in place of ``epochs``.
   Returns:
     A dict with ``accuracy_matrix`` (``R[i][j]``, test splits, fractions),
     ``val_accuracy_matrix`` (validation splits), ``random_init_accuracy``,
@@ -154,7 +164,9 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
   settings = dict(epochs=epochs, batch_size=batch_size, seed=seed,
                   eval_every=eval_every, eval_batch_size=eval_batch_size,
                   reset_optimizer=bool(reset_optimizer), augment=augment,
-                  task_lrs=None if task_lrs is None else list(task_lrs))
+                  task_lrs=None if task_lrs is None else list(task_lrs),
+                  task_epochs=None if task_epochs is None else [
+                      int(e) for e in task_epochs])
   check_run(stream, method, model, checkpoint_every=checkpoint_every,
             log_every=log_every, **settings)
   run = _Run(stream, method, model, optimizer, settings, mesh=mesh,
@@ -371,7 +383,8 @@ class _Run:
     split = method.train_split(stream, i)
     phases = method.phases(i)
     per_epoch = num_batches(len(split), s["batch_size"])
-    n_epochs = [p.epochs or s["epochs"] for p in phases]
+    epochs = s["epochs"] if s["task_epochs"] is None else s["task_epochs"][i]
+    n_epochs = [p.epochs or epochs for p in phases]
     done = (per_epoch * sum(n_epochs[:pos["phase"]]) +
             per_epoch * pos["epoch"] + pos["batch"])
     host_step = int(self.state.step)  # one sync per task, not per step
