@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 5
+  c.train.steps_per_task = 0    # > 0: this many steps per task, not epochs
   c.train.batch_size = 32
   c.train.optimizer = "sgd"     # sgd | adam
   c.train.lr = 0.05

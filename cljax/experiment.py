@@ -120,6 +120,7 @@ def validate(config) -> None:
   _int("checkpoint_every", config.checkpoint_every, 0)
   _int("log.every", config.log.every, 0)
   _int("train.first_task_epochs", t.first_task_epochs, 0)
+  _int("train.steps_per_task", t.steps_per_task, 0)
   for key in ("first_task_lr", "momentum", "weight_decay"):
     _check(_validate.check_nonnegative, f"train.{key}", t[key])
   _check_hidden("model.hidden", tuple(config.model.hidden))
@@ -325,7 +326,8 @@ def _prepare_entries(config, stream, workdir, sub: str = "") -> list[dict]:
         task_lrs=([config.train.first_task_lr] + [e.lr] * (
             stream.num_tasks - 1) if config.train.first_task_lr else None),
         task_epochs=([config.train.first_task_epochs] + [e.epochs] * (
-            stream.num_tasks - 1) if config.train.first_task_epochs else None))
+            stream.num_tasks - 1) if config.train.first_task_epochs else None),
+        task_steps=config.train.steps_per_task)
     train.check_run(stream, method, model, **settings)
     ident = entry_identity(config, e)
     ckdir = os.path.normpath(os.path.join(workdir, "checkpoints", entry, sub))

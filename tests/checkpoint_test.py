@@ -87,6 +87,14 @@ def test_resume_inside_a_task_is_bit_identical(stream, full, tmp_path,
   _same(_run(stream, ckpt=ckpt, checkpoint_every=7), full)
 
 
+def test_resume_with_a_steps_budget_is_bit_identical(stream, tmp_path,
+                                                     monkeypatch):
+  want = _run(stream, task_steps=40)
+  ckpt = _crashed(stream, tmp_path, monkeypatch, 6, checkpoint_every=7,
+                  task_steps=40)
+  _same(_run(stream, ckpt=ckpt, checkpoint_every=7, task_steps=40), want)
+
+
 def test_resume_inside_a_phase_with_its_own_optimizer(stream, tmp_path,
                                                       monkeypatch):
   # LwF's head-only warm-up has an optimizer state of its own; the main one

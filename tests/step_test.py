@@ -257,3 +257,18 @@ def test_forward_transfer_compares_like_with_like(digits, incremental):
     want = np.mean([r[j - 1, j] - b[j] for j in range(1, 5)])
     assert res["metrics"]["forward_transfer"] == pytest.approx(want)
     assert np.all(r[np.triu_indices(5, 1)] > 0)  # measurable before training
+
+
+def test_steps_per_task_instead_of_epochs(digits):
+  stream = data.class_splits(digits, 2)
+  per_epoch = [len(t.train) // 32 for t in stream.tasks]
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  res = train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
+                         epochs=1, batch_size=32, task_steps=50,
+                         progress=False)
+  assert res["steps"] == 100 and min(per_epoch) < 50  # epochs cut short
+  # LwF's warm-up keeps its own epochs; the main phase gets the budget.
+  res = train.run_stream(stream, methods.LwF(warmup_epochs=1), model,
+                         optax.sgd(0.1), epochs=1, batch_size=32,
+                         task_steps=50, progress=False)
+  assert res["steps"] == 100 + per_epoch[1]

@@ -17,13 +17,15 @@ def num_batches(n: int, batch_size: int) -> int:
 
 
 def train_batches(split: Split, batch_size: int,
-                  rng: np.random.Generator, start: int = 0) -> Iterator[dict]:
+                  rng: np.random.Generator, start: int = 0,
+                  stop: int | None = None) -> Iterator[dict]:
   """One epoch of shuffled, full-size batches ``{"x", "y", "t"}``.
 
   Every batch has exactly ``batch_size`` examples so the train step compiles
   once; the ``len(split) % batch_size`` examples left over in an epoch are a
   different random subset each epoch. ``start`` skips the epoch's first
-  batches (the same permutation is drawn: resuming inside an epoch).
+  batches (the same permutation is drawn: resuming inside an epoch);
+  ``stop`` ends the epoch early, after batch ``stop - 1``.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -31,7 +33,8 @@ def train_batches(split: Split, batch_size: int,
     raise ValueError(f"a task has {len(split)} training examples, fewer than "
                      f"batch_size={batch_size}")
   perm = rng.permutation(len(split))
-  for b in range(start, num_batches(len(split), batch_size)):
+  n = num_batches(len(split), batch_size)
+  for b in range(start, n if stop is None else min(n, stop)):
     idx = perm[b * batch_size:(b + 1) * batch_size]
     yield {"x": split.x[idx], "y": split.y[idx], "t": split.t[idx]}
 

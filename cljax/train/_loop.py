@@ -62,7 +62,7 @@ def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
               epochs: int, batch_size: int, seed: int = 0,
               eval_every: int = 0, eval_batch_size: int = 1000,
               task_lrs: Sequence[float] | None = None,
-              task_epochs: Sequence[int] | None = None,
+              task_epochs: Sequence[int] | None = None, task_steps: int = 0,
               checkpoint_every: int = 0, log_every: int = 0, **_) -> None:
   """Raises the ``ValueError`` that ``run_stream`` with these arguments
   would raise before training (bad data, settings, model or method
@@ -73,7 +73,8 @@ def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
                           ("eval_batch_size", eval_batch_size, 1),
                           ("eval_every", eval_every, 0), ("seed", seed, 0),
                           ("checkpoint_every", checkpoint_every, 0),
-                          ("log_every", log_every, 0)):
+                          ("log_every", log_every, 0),
+                          ("task_steps", task_steps, 0)):
     _validate.check_value(key, value,
                           lambda v, low=low: (v >= low) & (v == np.round(v)),
                           f"an integer >= {low}")
@@ -110,7 +111,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                identity: Mapping | None = None, progress: bool = True,
                writer=None, log_every: int = 0,
                task_lrs: Sequence[float] | None = None,
-               task_epochs: Sequence[int] | None = None) -> dict:
+               task_epochs: Sequence[int] | None = None,
+               task_steps: int = 0) -> dict:
   """Trains ``method`` on ``stream`` and returns the run's results.
 
   Args:
@@ -147,6 +149,9 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
       lr, later tasks lower); ``optimizer`` must come from
       ``optax.inject_hyperparams`` so the lr is part of its state.
     task_epochs: optional epochs per task, in place of ``epochs``.
+    task_steps: if > 0, train each task for exactly this many steps (epochs
+      of fresh permutations, the last cut short) in place of epochs; a
+      phase with epochs of its own (e.g. LwF's warm-up) keeps them.
   Returns:
     A dict with ``accuracy_matrix`` (``R[i][j]``, test splits, fractions),
     ``val_accuracy_matrix`` (validation splits), ``random_init_accuracy``,
@@ -166,7 +171,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                   reset_optimizer=bool(reset_optimizer), augment=augment,
                   task_lrs=None if task_lrs is None else list(task_lrs),
                   task_epochs=None if task_epochs is None else [
-                      int(e) for e in task_epochs])
+                      int(e) for e in task_epochs],
+                  task_steps=int(task_steps))
   check_run(stream, method, model, checkpoint_every=checkpoint_every,
             log_every=log_every, **settings)
   run = _Run(stream, method, model, optimizer, settings, mesh=mesh,
@@ -384,13 +390,16 @@ class _Run:
     phases = method.phases(i)
     per_epoch = num_batches(len(split), s["batch_size"])
     epochs = s["epochs"] if s["task_epochs"] is None else s["task_epochs"][i]
-    n_epochs = [p.epochs or epochs for p in phases]
-    done = (per_epoch * sum(n_epochs[:pos["phase"]]) +
-            per_epoch * pos["epoch"] + pos["batch"])
+    # Steps of each phase: its own epochs, else the task's steps budget
+    # (the last epoch cut short), else the task's epochs.
+    budget = [per_epoch * p.epochs if p.epochs else
+              s["task_steps"] or per_epoch * epochs for p in phases]
+    n_epochs = [-(-n // per_epoch) for n in budget]
+    done = sum(budget[:pos["phase"]]) + per_epoch * pos["epoch"] + pos["batch"]
     host_step = int(self.state.step)  # one sync per task, not per step
     t0 = time.perf_counter() - pos["elapsed"]
     c0 = self.compile_s[0] - pos.get("compile_s", 0.0)
-    bar = tqdm(total=per_epoch * sum(n_epochs), initial=done,
+    bar = tqdm(total=sum(budget), initial=done,
                desc=f"{method.name} task {i + 1}/{stream.num_tasks}",
                disable=not self.progress, leave=False)
     curve_split = lambda task: getattr(task, self.curve_split)
@@ -410,7 +419,8 @@ class _Run:
         extra = [] if phases[p].name == "train" else list(
             map(ord, phases[p].name))
         rng = np.random.default_rng([s["seed"], i, epoch, *extra])
-        batches = train_batches(split, s["batch_size"], rng, start=first)
+        batches = train_batches(split, s["batch_size"], rng, start=first,
+                                stop=budget[p] - per_epoch * epoch)
         for b, batch in enumerate(batches, first):
           self.state, terms = step(self.state, batch, self.key)
           bar.update()
