@@ -174,14 +174,16 @@ def build_stream(config) -> cl_data.Stream:
   if s.kind == "two_task":
     return cl_data.two_task(ds, s.classes_a, s.classes_b,
                             head=s.two_task_head, **sub)
-  if s.kind.endswith("_incremental"):
+  if s.kind in ("class_incremental", "task_incremental",
+                "domain_incremental"):
     return cl_data.class_splits(
         ds, s.num_tasks, incremental=s.kind.split("_")[0],
         class_order=tuple(s.class_order) or None,
         task_sizes=tuple(s.task_sizes) or None, **sub)
-  if s.kind == "permuted":
+  if s.kind.startswith("permuted"):
+    incremental = s.kind.split("_")[1] if "_" in s.kind else "domain"
     return cl_data.permuted(ds, s.num_tasks, identity_first=s.identity_first,
-                            **sub)
+                            incremental=incremental, **sub)
   return cl_data.rotated(ds, s.num_tasks, angles=tuple(s.angles) or None, **sub)
 
 

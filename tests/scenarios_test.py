@@ -222,3 +222,20 @@ def test_domain_incremental_runs_from_the_config(tmp_path):
   res = experiment.run_experiment(c)
   assert res["stream"]["classes"][0] == [0, 1]  # the dataset's labels
   assert len(res["runs"]["joint"]["accuracy_matrix"]) == 5
+
+
+@pytest.mark.parametrize("incremental", ["task", "class"])
+def test_permuted_with_distinct_classes_per_task(digits, incremental):
+  dom = data.permuted(digits, 3)
+  s = data.permuted(digits, 3, incremental=incremental)
+  assert s.kind == incremental and s.num_classes == 30
+  for k, (a, b) in enumerate(zip(s.tasks, dom.tasks)):
+    np.testing.assert_array_equal(a.train.x, b.train.x)  # same images
+    np.testing.assert_array_equal(a.train.y, b.train.y + 10 * k)
+    np.testing.assert_array_equal(a.classes, np.arange(10) + 10 * k)
+  m = s.logit_masks(1)
+  if incremental == "task":
+    assert m[0].sum() == 10 and m[0, :10].all() and not m[0, 10:].any()
+  else:
+    assert m.sum(axis=1).tolist() == [20, 20, 20]  # the classes seen
+  assert s.check() is s

@@ -36,6 +36,10 @@ SCENARIOS = {
                           "(van de Ven & Tolias's split domain-IL)",
     "permuted": "every task permutes the pixels with its own fixed "
                 "permutation; all classes in every task (domain-IL)",
+    "permuted_task_incremental": "permuted, each task's classes its own, a "
+                                 "head per task (task id given)",
+    "permuted_class_incremental": "permuted, each task's classes its own, "
+                                  "one head over all classes seen",
     "rotated": "every task rotates the images by its own angle "
                "(domain-IL)",
     "two_task": "task A then task B (classes_a, classes_b), with a new head "
@@ -284,20 +288,36 @@ def two_task(data: Dataset, classes_a: Sequence[int], classes_b: Sequence[int],
 
 
 def _domain_stream(name, data, num_tasks, transforms, train_per_task,
-                   test_per_task, val_fraction, seed) -> Stream:
+                   test_per_task, val_fraction, seed,
+                   incremental="domain") -> Stream:
+  """Tasks that transform the whole dataset. ``incremental="domain"``: one
+  head over the dataset's classes, shared by every task; ``"task"`` /
+  ``"class"``: task ``k``'s labels become ``k * C + y`` (``C`` classes
+  each, ``T * C`` in all), with a head per task (the task id given) or one
+  head over every class seen (van de Ven & Tolias 2019's permuted task- and
+  class-IL)."""
   if num_tasks < 1:
     raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+  if incremental not in ("domain", "task", "class"):
+    raise ValueError("incremental must be 'domain', 'task' or 'class', got "
+                     f"{incremental!r}")
   data.check()
   rng = np.random.default_rng(seed)
+  c = data.num_classes
+  shift = 0 if incremental == "domain" else c
   tasks = []
   for k, transform in enumerate(transforms):
     tr = _limit(data.train, train_per_task, rng)
     te = _limit(data.test, test_per_task, rng)
     tr, va = _carve(tr, val_fraction, rng)
-    apply = lambda s: _with_task(s.replace(x=transform(s.x)), k)
+    apply = lambda s: _with_task(s.replace(x=transform(s.x),
+                                           y=s.y + k * shift), k)
     tasks.append(Task(apply(tr), apply(va), apply(te),
-                      np.arange(data.num_classes)))
-  return Stream(f"{name}/{data.name}", "domain", tuple(tasks), data.num_classes)
+                      np.arange(c) + k * shift))
+  if incremental == "domain":
+    return Stream(f"{name}/{data.name}", "domain", tuple(tasks), c)
+  return Stream(f"{name}_{incremental}_incremental/{data.name}", incremental,
+                tuple(tasks), c * num_tasks)
 
 
 def permute_pixels(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
@@ -309,12 +329,14 @@ def permute_pixels(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
 def permuted(data: Dataset, num_tasks: int, *, identity_first: bool = False,
              train_per_task: int | None = None,
              test_per_task: int | None = None, val_fraction: float = 0.0,
-             seed: int = 0) -> Stream:
+             seed: int = 0, incremental: str = "domain") -> Stream:
   """Permuted stream (Goodfellow et al. 2013; GEM's MNIST-permutations).
 
   Task ``k`` applies its own random pixel permutation (drawn from ``seed``) to
   every image; ``identity_first`` keeps task 0 unpermuted. With
   ``train_per_task`` each task gets its own random subset (GEM uses 1,000).
+  ``incremental``: ``"domain"`` (one head shared by all tasks), ``"task"``
+  or ``"class"`` (each task's classes distinct; see ``_domain_stream``).
   """
   rng = np.random.default_rng([seed, 1])
   size = int(np.prod(data.train.x.shape[1:]))
@@ -322,9 +344,9 @@ def permuted(data: Dataset, num_tasks: int, *, identity_first: bool = False,
   if identity_first:
     perms[0] = np.arange(size)
   transforms = [lambda x, p=p: permute_pixels(x, p) for p in perms]
-  stream = _domain_stream("permuted", data, num_tasks, transforms,
-                          train_per_task, test_per_task, val_fraction, seed)
-  return stream
+  return _domain_stream("permuted", data, num_tasks, transforms,
+                        train_per_task, test_per_task, val_fraction, seed,
+                        incremental)
 
 
 def rotate_images(x: np.ndarray, degrees: float) -> np.ndarray:
