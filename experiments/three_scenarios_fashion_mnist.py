@@ -1,0 +1,119 @@
+"""van de Ven & Tolias (2019), "Three scenarios for continual learning", on
+Fashion-MNIST (MNIST cannot be downloaded here).
+
+The argument names the protocol and the scenario, ``split_task``,
+``split_domain``, ``split_class``, ``permuted_task``, ``permuted_domain`` or
+``permuted_class``, then the stage:
+
+* ``tune`` (default): every method's strength over a grid, on one seed,
+  chosen on the final mean *validation* accuracy (10% of each task's
+  training data held out);
+* ``final``: the winners of the ``tune`` run (read from its
+  ``results.json``, which must exist: ``--config.workdir`` of the tune run
+  defaults to ``experiments/results/three_scenarios_<protocol>_<scenario>_tune``)
+  on 3 seeds, mean ± std.
+
+Split: 5 tasks x 2 classes, MLP 784-400-400, Adam lr 1e-3, batch 128,
+2,000 iterations per task (the paper's). Permuted: 10 tasks (all
+permuted), MLP 784-1000-1000, Adam lr 1e-4, batch 128, 500 iterations per
+task: the paper's 5,000 do not fit 2 CPU cores (about 15 ms an iteration),
+so these runs are shorter than the paper's. Task-IL gives each task its own
+head (the task id is given); domain-IL shares one head of the task's size
+(split: each task's two classes relabelled 0/1); class-IL has one head over
+every class seen. Methods: none (fine-tuning), joint, EWC, online EWC
+(gamma = 1), SI, LwF (per-task distillation in task-IL, over all old classes
+otherwise: ``cljax.methods.LwF``).
+
+    cljax run --config experiments/three_scenarios_fashion_mnist.py:split_class,tune \
+        --config.workdir=experiments/results/three_scenarios_split_class_tune
+    cljax run --config experiments/three_scenarios_fashion_mnist.py:split_class,final \
+        --config.workdir=experiments/results/three_scenarios_split_class
+    cljax run --config experiments/three_scenarios_fashion_mnist.py:runlocal
+"""
+
+import json
+import os
+
+from cljax.default_config import get_config as base
+from cljax.default_config import method_entry
+
+GRIDS = {
+    "ewc": ("lam", (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)),
+    "online_ewc": ("lam", (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)),
+    "si": ("c", (0.01, 0.1, 1.0, 10.0, 100.0)),
+    "lwf": ("lam", (0.5, 1.0, 2.0, 4.0)),
+}
+KINDS = {("split", "task"): "task_incremental",
+         ("split", "domain"): "domain_incremental",
+         ("split", "class"): "class_incremental",
+         ("permuted", "task"): "permuted_task_incremental",
+         ("permuted", "domain"): "permuted",
+         ("permuted", "class"): "permuted_class_incremental"}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _entry(kind, key, value):
+  return f"{kind}__{key}{value:g}".replace(".", "p").replace("+", "")
+
+
+def get_config(arg="split_class"):
+  tokens = [a for a in (arg or "").split(",") if a]
+  quick = "runlocal" in tokens
+  stage = "final" if "final" in tokens else "tune"
+  names = [t for t in tokens if t not in ("runlocal", "tune", "final")]
+  name = (names or ["split_class"])[0]
+  protocol, _, scenario = name.partition("_")
+  if len(names) > 1 or (protocol, scenario) not in KINDS:
+    raise ValueError("config arg: one of "
+                     f"{sorted(f'{p}_{s}' for p, s in KINDS)}, optionally "
+                     f"',tune' or ',final' and ',runlocal', got {arg!r}")
+  c = base()
+  c.name = f"three_scenarios_{name}" + ("_tune" if stage == "tune" else "")
+  c.data.name = "fashion_mnist"
+  c.scenario.kind = KINDS[protocol, scenario]
+  c.scenario.val_fraction = 0.1
+  c.model.name = "mlp"
+  c.train.optimizer = "adam"
+  c.train.batch_size = 128
+  c.train.eval_every = 0
+  c.select = "val_acc"
+  if protocol == "split":
+    c.scenario.num_tasks = 5
+    c.model.hidden = (400, 400)
+    c.train.lr = 1e-3
+    c.train.steps_per_task = 2000
+  else:
+    c.scenario.num_tasks = 10
+    c.model.hidden = (1000, 1000)
+    c.train.lr = 1e-4
+    c.train.steps_per_task = 500
+  entries = ["finetune", "joint"]
+  for kind, (key, values) in GRIDS.items():
+    for v in values:
+      entry = _entry(kind, key, v)
+      c.method[entry] = method_entry(kind, **{key: v})
+      entries.append(entry)
+  if quick:
+    c.name += "_runlocal"
+    c.train.steps_per_task = 50
+    c.scenario.train_per_task = 1000
+    c.scenario.test_per_task = 300
+    entries = ["finetune", "joint"] + [_entry(kind, key, values[1]) for kind,
+                                       (key, values) in GRIDS.items()]
+  elif stage == "final":
+    c.seeds = 3
+    entries = ["finetune", "joint"] + _winners(name)
+  c.methods = ",".join(entries)
+  return c
+
+
+def _winners(name: str) -> list[str]:
+  """The entries the tune run chose, one per family."""
+  path = os.path.join(RESULTS, f"three_scenarios_{name}_tune", "results.json")
+  if not os.path.exists(path):
+    raise ValueError(f"no tune run for {name} at {path}; run the tune stage "
+                     "first")
+  with open(path) as f:
+    selection = json.load(f)["selection"]
+  return [sel["entry"] for fam, sel in selection.items()
+          if fam in GRIDS]
