@@ -123,6 +123,13 @@ def load_config(args: list[str]):
       valid ones), a value of the wrong type, or an unknown flag.
   """
   from absl import flags
+  for a in args:
+    m = re.match(r"--?config\.method\.([^=]*:[^=.]*)\.", a)
+    if m:  # a dotted import path cannot be a key path
+      raise UsageError(
+          f"{a.split('=')[0]}: a method named by import path takes its "
+          "hyperparameters from a config file entry, e.g. config.method.mine "
+          f"= method_entry({m.group(1)!r}, ...) and --config.methods=mine")
   try:  # overrides are applied when the flag is defined and when parsed
     values = _define(args)
     rest = values(["cljax"] + args)
@@ -165,8 +172,30 @@ def _run(args) -> int:
   sys.path.insert(0, os.getcwd())
   config = load_config(args)
   from cljax.experiment import run_experiment
+  if not config.workdir:
+    with config.unlocked():
+      config.workdir = default_workdir(config, args)
+  print(f"workdir: {config.workdir}", file=sys.stderr)
   run_experiment(config)
   return 0
+
+
+def default_workdir(config, args) -> str:
+  """``runs/<config name>``, plus a digest of the command-line overrides
+  that can change a result (a changed hyperparameter, dataset, method list
+  or seed count gets a workdir of its own; the same command resumes in the
+  same one)."""
+  import hashlib
+  from cljax.experiment import PRESENTATION_KEYS
+  overrides = sorted(
+      a for a in args if re.match(r"--?(no)?config\.", a) and not any(
+          re.match(rf"--?(no)?config\.{re.escape(k)}(\.|=|$)", a)
+          for k in PRESENTATION_KEYS if k != "seeds"))
+  base = os.path.join("runs", config.name)
+  if not overrides:
+    return base
+  return base + "-" + hashlib.sha256("\n".join(overrides).encode()
+                                     ).hexdigest()[:8]
 
 
 def _wrap(text: str, indent: int = 4) -> str:

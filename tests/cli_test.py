@@ -136,3 +136,24 @@ def test_broken_config_files_are_one_line(tmp_path, body, match):
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
   assert match in out.stderr
+
+
+def test_default_workdir_follows_the_settings():
+  # Runs with other settings shared runs/<name> and overwrote each other.
+  wd = lambda *a: cli.default_workdir(cli.load_config(list(a)), list(a))
+  assert wd() == os.path.join("runs", "digits_class_incremental")
+  a = wd("--config.methods=finetune,ewc", "--config.method.ewc.lam=10")
+  b = wd("--config.methods=finetune,ewc", "--config.method.ewc.lam=1000")
+  assert a != b and a.startswith(os.path.join("runs",
+                                              "digits_class_incremental-"))
+  assert wd("--config.method.ewc.lam=10", "--config.methods=finetune,ewc",
+            "--config.progress=False", "--config.log.every=5") == a
+  assert wd("--config.data.name=tfds:x") != wd()
+  assert wd("--config.seeds=3") != wd()
+
+
+def test_import_path_keys_on_the_command_line_say_what_to_do():
+  out = _cli("run", "--config.methods=mylab.m:X",
+             "--config.method.mylab.m:X.lam=2")
+  assert out.returncode == 2
+  assert "takes its hyperparameters from a config file entry" in out.stderr

@@ -98,7 +98,10 @@ def load_tfds(name: str, data_dir: str | None, *, train_split: str = "train",
     A ``Dataset`` with images scaled to [0, 1] and standardised per channel.
   """
   import tensorflow_datasets as tfds
-  if not data_dir or not os.path.isdir(data_dir):
+  if not data_dir:
+    raise ValueError(f"tfds:{name} needs data.data_dir: the directory where "
+                     "the dataset was prepared (--config.data.data_dir=DIR)")
+  if not os.path.isdir(data_dir):
     raise FileNotFoundError(f"tfds data_dir {data_dir!r} does not exist")
   # Read through the build's own metadata (a read-only builder), so the
   # dataset's builder code, which may import TensorFlow, is never loaded.
@@ -134,8 +137,9 @@ def _read_with_tensorflow(builder, split, image_key, label_key, version_dir,
   if importlib.util.find_spec("tensorflow") is None:
     raise ValueError(
         f"the tfds build in {version_dir} is in {fmt} format, which needs "
-        "TensorFlow to read; install tensorflow, or convert it once to "
-        "array_record (read without TensorFlow): tfds convert_format "
+        "TensorFlow to read: install it (pip install -e '.[tfds-build]'), or "
+        "convert the build once to array_record, which reads without it, "
+        "where TensorFlow is installed (any machine): tfds convert_format "
         f"--dataset_version_dir={version_dir} --out_file_format=array_record")
   import tensorflow_datasets as tfds
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,

@@ -7,8 +7,7 @@ from cljax.models._networks import CNN, MLP, reduced_resnet18, resnet32
 
 # name -> what it is (``cljax list models``).
 MODELS = {
-    "mlp": "fully connected ReLU network; widths from model.hidden "
-           "(default 400-400)",
+    "mlp": "fully connected ReLU network; widths from model.hidden",
     "cnn": "small conv net: two 3x3 conv + max-pool blocks, a dense layer",
     "resnet32": "ResNet-32 for 32x32 images (He et al. 2016; iCaRL's "
                 "CIFAR-100 net), 0.46M parameters, BatchNorm",

@@ -30,7 +30,8 @@ def summary_table(results: dict) -> str:
           ("AvgInc", "average_incremental_accuracy")]
   seeded = any("metrics_std" in r for r in results.values())
   w = 13 if seeded else 9
-  head = f"{'method':<16}" + "".join(f"{c:>{w}}" for c, _ in cols) + \
+  n = max([16] + [len(name) + 1 for name in results])
+  head = f"{'method':<{n}}" + "".join(f"{c:>{w}}" for c, _ in cols) + \
       f"{'train s':>10}" + ("  seeds" if seeded else "")
   lines = [head, "-" * len(head)]
   for name, res in results.items():
@@ -41,7 +42,7 @@ def summary_table(results: dict) -> str:
         f"{100 * m[k]:{w}.1f}" for _, k in cols)
     seeds = f"{len(res['seeds']):>7}" if "seeds" in res else (
         f"{1:>7}" if seeded else "")
-    lines.append(f"{name:<16}{cells}{sum(res['timings']['train_s']):10.1f}"
+    lines.append(f"{name:<{n}}{cells}{sum(res['timings']['train_s']):10.1f}"
                  f"{seeds}")
   lines.append("(percent" + ("; mean ± standard deviation over seeds" if
                              seeded else "") +
