@@ -107,7 +107,8 @@ def method_steps(method, model, stream, base, tasks_done: int, batch):
   step = jax.jit(train.make_train_step(
       method.loss_fn(model), opt,
       update_method_state=method.update_method_state,
-      extra_args=method.extra_args), donate_argnums=0)
+      extra_args=method.extra_args, batch_fn=method.batch_fn),
+      donate_argnums=0)
   ms = method.init_state(model, stream)
   for k in range(tasks_done):
     ms = method.on_task_end(TaskContext(k, stream, model, model.params,

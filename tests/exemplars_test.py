@@ -34,8 +34,8 @@ def test_herding_of_several_classes_at_once():
   counts = np.array([30, 12, 25])
   f = rng.normal(size=(3, 30, 8))
   f[1, 12:] = 1e3  # padding that must never be chosen
-  got = np.asarray(jax.jit(memory.herding_classes, static_argnums=2)(
-      jnp.asarray(f, jnp.float32), jnp.asarray(counts), 10))
+  got = np.asarray(jax.jit(memory.herding_classes, static_argnums=3)(
+      jnp.asarray(f, jnp.float32), jnp.asarray(counts), 10, 16))
   for g, n in enumerate(counts):
     k = min(10, n)
     assert got[g, :k].tolist() == _herding_loop(f[g, :n], k)

@@ -209,7 +209,7 @@ def test_si_accumulates_the_task_loss_gradient(stream):
   ce_g = jax.grad(lambda p: loss(p, model.batch_stats, s, batch, masks,
                                  None)[1][0]["ce"])(model.params)
   new_params = jax.tree.map(lambda p, g: p - 0.1 * g, model.params, total_g)
-  out = m.update_method_state(s, model.params, new_params, total_g)
+  out = m.update_method_state(s, model.params, new_params, total_g, None)
   want = jax.tree.map(lambda g, a, b: -g * (b - a), ce_g, model.params,
                       new_params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,

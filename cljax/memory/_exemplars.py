@@ -85,8 +85,9 @@ def _normalise(f):
   return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
 
 
-def _herd(features, m: int, valid):
-  """Herding over the valid rows of ``features``; ``m`` static."""
+def _herd(features, m, valid, size: int):
+  """Herding over the valid rows of ``features``: ``size`` (static) output
+  slots, the first ``m`` (may be traced) of them chosen, the rest 0."""
   f = _normalise(features.astype(jnp.float32))
   w = valid.astype(jnp.float32)
   mu = (w @ f) / jnp.maximum(w.sum(), 1.0)
@@ -95,16 +96,16 @@ def _herd(features, m: int, valid):
   mu_f = f @ mu
   sq = jnp.sum(f * f, axis=1)
 
-  def pick(carry, k):
-    s, taken = carry
+  def pick(j, carry):
+    s, taken, order = carry
+    k = (j + 1).astype(jnp.float32)
     d = -2.0 / k * mu_f + (2.0 * (f @ s) + sq) / (k * k)
-    d = jnp.where(valid & ~taken, d, jnp.inf)
-    i = jnp.argmin(d)
-    return (s + f[i], taken.at[i].set(True)), i
+    i = jnp.argmin(jnp.where(valid & ~taken, d, jnp.inf))
+    return s + f[i], taken.at[i].set(True), order.at[j].set(i)
 
-  init = (jnp.zeros(f.shape[1], jnp.float32), jnp.zeros(f.shape[0], bool))
-  _, order = jax.lax.scan(pick, init, jnp.arange(1, m + 1, dtype=jnp.float32))
-  return order
+  init = (jnp.zeros(f.shape[1], jnp.float32), jnp.zeros(f.shape[0], bool),
+          jnp.zeros((size,), jnp.int32))
+  return jax.lax.fori_loop(0, jnp.minimum(m, size), pick, init)[2]
 
 
 def herding_selection(features, m: int):
@@ -126,26 +127,29 @@ def herding_selection(features, m: int):
   n = np.shape(features)[0]
   if not 1 <= m <= n:
     raise ValueError(f"m must be in [1, {n}], got {m}")
-  return _herd(jnp.asarray(features), int(m), jnp.ones((n,), bool))
+  return _herd(jnp.asarray(features), int(m), jnp.ones((n,), bool), int(m))
 
 
-def herding_classes(features, counts, m: int):
-  """Herding for several classes at once, inside ``jit``.
+def herding_classes(features, counts, m, size: int):
+  """Herding for several classes at once, inside ``jit`` (``vmap`` over
+  classes, a loop over picks).
 
   Args:
     features: ``(G, N, D)``: class ``g``'s examples in rows ``0..counts[g]``
       (the rest padding).
     counts: ``(G,)`` examples per class.
-    m: exemplars per class (static).
+    m: exemplars per class (may be traced: one compilation serves every
+      budget).
+    size: the output's static length, ``>= m``.
   Returns:
-    ``(G, m)`` indices into each class's rows, in selection order; entries
-    at positions ``>= counts[g]`` are meaningless (no example is left).
+    ``(G, size)`` indices into each class's rows, in selection order; only
+    the first ``min(m, counts[g])`` of row ``g`` are meaningful.
   """
   _validate.check_shape("features", features, (None, None, None))
   valid = jnp.arange(np.shape(features)[1])[None, :] < jnp.asarray(
       counts)[:, None]
-  return jax.vmap(_herd, in_axes=(0, None, 0))(jnp.asarray(features), int(m),
-                                               valid)
+  return jax.vmap(_herd, in_axes=(0, None, 0, None))(
+      jnp.asarray(features), m, valid, int(size))
 
 
 def shrink(memory: ExemplarMemory, m) -> ExemplarMemory:

@@ -12,6 +12,7 @@ from cljax.methods._registry import method_class
 from cljax.methods._registry import METHODS
 from cljax.methods.distill import KD
 from cljax.methods.distill import LwF
+from cljax.methods.er import ER
 from cljax.methods.ewc import EWC
 from cljax.methods.ewc import L2
 from cljax.methods.ewc import OnlineEWC

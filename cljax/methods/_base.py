@@ -127,8 +127,12 @@ class Method:
     """The loss of phase ``name`` (default: ``loss_fn`` for every phase)."""
     return self.loss_fn(model)
 
-  update_method_state = None  # optional per-step state update (e.g. SI)
-  extra_args = None           # optional optimizer extra args (e.g. GEM)
+  # Optional per-step hooks (see cljax.train.make_train_step): a state
+  # update after each step (SI, a reservoir memory), optimizer extra args
+  # (GEM), a batch extension before the loss (replay).
+  update_method_state = None
+  extra_args = None
+  batch_fn = None
 
   def on_task_start(self, ctx: TaskContext) -> Any:
     return ctx.method_state

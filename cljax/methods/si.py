@@ -41,7 +41,8 @@ class SI(PenalisedFineTune):
     z = zeros_like_tree(model.params)
     return {"omega": z, "importance": z, "anchor": model.params}
 
-  def update_method_state(self, s, old_params, new_params, grads):
+  def update_method_state(self, s, old_params, new_params, grads, info):
+    del info
     task_grads = grads
     if self.form == "loss":
       task_grads = jax.tree.map(jax.numpy.subtract, grads,

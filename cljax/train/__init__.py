@@ -12,4 +12,5 @@ from cljax.train._step import evaluate
 from cljax.train._step import init_train_state
 from cljax.train._step import make_eval_step
 from cljax.train._step import make_train_step
+from cljax.train._step import StepInfo
 from cljax.train._step import TrainState

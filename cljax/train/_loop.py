@@ -232,7 +232,7 @@ class _Run:
                                    augment)
       o = head_only(self.opt, model.params) if phase.head_only else self.opt
       kwargs = dict(update_method_state=method.update_method_state,
-                    extra_args=method.extra_args)
+                    extra_args=method.extra_args, batch_fn=method.batch_fn)
       if self.mesh is None:
         step = jax.jit(make_train_step(loss_fn, o, **kwargs), donate_argnums=0)
       else:
@@ -241,9 +241,15 @@ class _Run:
       example = {k: getattr(self.stream.tasks[0].train, k)[
           :self.s["batch_size"]] for k in "xyt"}
       state = self.state
-      names = list(jax.eval_shape(loss_fn, model.params, model.batch_stats,
+
+      def terms(params, batch_stats, ms, batch, masks, key):
+        if method.batch_fn is not None:  # as the step does
+          batch = method.batch_fn(ms, batch, key, (0, 1))
+        return loss_fn(params, batch_stats, ms, batch, masks, key)[1][0]
+
+      names = list(jax.eval_shape(terms, model.params, model.batch_stats,
                                   state.method_state, example, state.masks,
-                                  self.key)[1][0])
+                                  self.key))
       self.compiled[cache_key] = (step, o, names)
     return self.compiled[cache_key]
 

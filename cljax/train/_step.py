@@ -67,31 +67,59 @@ def init_train_state(params, batch_stats, optimizer, method_state,
 
 
 # loss_fn(params, batch_stats, method_state, batch, masks, rng)
-#   -> (loss, (terms: dict[str, scalar], new_batch_stats))
+#   -> (loss, (terms: dict[str, scalar], new_batch_stats[, outputs: dict]))
 LossFn = Callable[..., tuple]
+
+
+class StepInfo(NamedTuple):
+  """What ``update_method_state`` sees of a step besides the parameters.
+
+  Attributes:
+    batch: this shard's batch as the loss saw it (after ``batch_fn``).
+    outputs: the loss's optional third aux element (e.g. logits), or ``{}``.
+    rng: a key shared by every shard (it decides the same on all).
+    gather: ``x -> x`` of every shard concatenated along axis 0, in shard
+      order (the global batch's order); the identity on one device. Method
+      state must stay identical on every shard, so anything it stores from
+      the batch goes through this.
+    shard: ``(index, count)`` of this shard (``(0, 1)`` on one device).
+  """
+  batch: dict
+  outputs: dict
+  rng: jax.Array
+  gather: Callable
+  shard: tuple
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     *, axis_name: str | None = None,
                     update_method_state: Callable | None = None,
-                    extra_args: Callable | None = None) -> Callable:
+                    extra_args: Callable | None = None,
+                    batch_fn: Callable | None = None) -> Callable:
   """Builds the pure per-shard train step ``(state, batch, rng) -> (state,
   metrics)``; wrap it with ``jax.jit``, ``data_parallel`` or ``jax.pmap``.
 
   Args:
     loss_fn: ``(params, batch_stats, method_state, batch, masks, rng) ->
-      (loss, (terms, new_batch_stats))``; ``terms`` is a dict of scalar loss
-      terms. Every step checks the terms, the gradient and the update for
-      NaN/inf (``TrainState.nonfinite_step``).
+      (loss, (terms, new_batch_stats[, outputs]))``; ``terms`` is a dict of
+      scalar loss terms, ``outputs`` an optional dict handed to
+      ``update_method_state``. Every step checks the terms, the gradient and
+      the update for NaN/inf (``TrainState.nonfinite_step``).
     optimizer: any optax transformation (``GradientTransformationExtraArgs``
       receive ``extra_args``' keyword arguments in ``update``).
     axis_name: the data-parallel axis, or ``None`` on one device.
     update_method_state: optional ``(method_state, old_params, new_params,
-      grads) -> method_state`` run after the update (e.g. SI's path integral).
+      grads, info: StepInfo) -> method_state`` run after the update (e.g.
+      SI's path integral, a reservoir memory's insertion).
     extra_args: optional ``(params, batch_stats, method_state, batch, masks,
       rng) -> dict`` of keyword arguments for ``optimizer.update``. Its
       ``rng`` is the same on every shard (the optimizer's inputs must agree
       across shards, e.g. A-GEM's reference sample).
+    batch_fn: optional ``(method_state, batch, rng, shard) -> batch`` run
+      before the loss (e.g. a replay batch appended from a memory), with a
+      key shared by every shard and ``shard = (index, count)``: drawing the
+      global sample with the shared key and keeping this shard's part makes
+      any number of devices draw what one device would.
   Returns:
     The step. ``rng`` may be the same key every call: the step folds in
     ``state.step``.
@@ -99,13 +127,20 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   mean = ((lambda x: jax.lax.pmean(x, axis_name)) if axis_name
           else (lambda x: x))
+  gather = ((lambda x: jax.lax.all_gather(x, axis_name, tiled=True))
+            if axis_name else (lambda x: x))
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
     rng = shared_rng = jax.random.fold_in(rng, state.step)
+    shard = (0, 1)
     if axis_name:
-      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+      shard = (jax.lax.axis_index(axis_name), jax.lax.axis_size(axis_name))
+      rng = jax.random.fold_in(rng, shard[0])
+    if batch_fn is not None:
+      batch = batch_fn(state.method_state, batch,
+                       jax.random.fold_in(shared_rng, 1), shard)
     args = (state.batch_stats, state.method_state, batch, state.masks, rng)
-    (_, (terms, batch_stats)), grads = grad_fn(state.params, *args)
+    (_, (terms, batch_stats, *outputs)), grads = grad_fn(state.params, *args)
     grads, terms, batch_stats = mean((grads, terms, batch_stats))
     kwargs = (extra_args(state.params, *args[:-1], shared_rng) if extra_args
               else {})
@@ -114,8 +149,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     params = optax.apply_updates(state.params, updates)
     method_state = state.method_state
     if update_method_state is not None:
-      method_state = update_method_state(method_state, state.params, params,
-                                         grads)
+      method_state = update_method_state(
+          method_state, state.params, params, grads,
+          StepInfo(batch, outputs[0] if outputs else {},
+                   jax.random.fold_in(shared_rng, 2), gather, shard))
     # One reduction per step, over the new parameters (finite before, so
     # finite after iff the update is); the gradient is looked at only when
     # that fails, to say which it was. (The check costs ~7% of a fine-tuning

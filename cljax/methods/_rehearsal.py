@@ -1,0 +1,205 @@
+"""What the rehearsal methods share: a memory of past examples, a replay
+batch appended to every step, and the memory's update.
+
+Two memories (``cljax.memory``): a class-balanced exemplar memory filled at
+the end of each task by herding or at random (iCaRL's and End-to-End IL's,
+and ER's in class-IL), or a class-agnostic reservoir filled online, every
+step, from the incoming batch (Chaudhry et al. 2019's ER, Buzzega et al.
+2020's DER). The replay sample is drawn with a key every device shares and
+split among the devices, so any number of devices trains on what one would.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cljax import memory as mem
+from cljax.data._batching import eval_batches
+from cljax.losses._cross_entropy import masked_cross_entropy
+from cljax.methods._base import Method
+from cljax.models._heads import example_masks
+
+MEMORIES = ("herding", "random", "reservoir")
+
+
+def weighted_cross_entropy(logits, batch, masks):
+  """``sum_i w_i CE_i / sum_i w_i`` over the batch (``batch["w"]``: 0 for a
+  replay slot with nothing in the memory yet), each example over its own
+  task's active logits."""
+  ce = masked_cross_entropy(logits, batch["y"], example_masks(masks,
+                                                               batch["t"]))
+  w = batch["w"]
+  return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+class Rehearsal(Method):
+  """Fine-tuning on the current batch plus a replay batch from a memory.
+
+  Args:
+    memory_size: ``K``, the memory's slots for the whole stream.
+    selection: ``"herding"`` or ``"random"`` (class-balanced exemplars
+      chosen at each task's end) or ``"reservoir"`` (online).
+    budget: ``"total"`` (``K // classes seen`` exemplars per class) or
+      ``"per_class"`` (``per_class`` each); exemplar memories only.
+    per_class: exemplars per class for ``budget="per_class"``.
+    replay_size: replay examples per step (all devices together); 0: as many
+      as the current batch.
+  """
+
+  num_logits = 0  # outputs stored with each exemplar (DER's logits)
+
+  def __init__(self, memory_size: int = 2000, selection: str = "herding",
+               budget: str = "total", per_class: int = 0,
+               replay_size: int = 0):
+    if memory_size < 1:
+      raise ValueError(f"memory_size must be >= 1, got {memory_size}")
+    if selection not in MEMORIES:
+      raise ValueError(f"selection must be one of {MEMORIES}, got "
+                       f"{selection!r}")
+    if budget not in mem.BUDGETS:
+      raise ValueError(f"budget must be one of {mem.BUDGETS}, got {budget!r}")
+    if budget == "per_class" and per_class < 1:
+      raise ValueError(f"per_class must be >= 1 with budget='per_class', "
+                       f"got {per_class}")
+    if replay_size < 0:
+      raise ValueError(f"replay_size must be >= 0, got {replay_size}")
+    self.memory_size, self.selection = int(memory_size), selection
+    self.budget, self.per_class = budget, int(per_class)
+    self.replay_size = int(replay_size)
+
+  # -- the memory ------------------------------------------------------------
+
+  def check(self, stream):
+    if self.selection != "reservoir" and self.budget == "per_class":
+      mem.per_class_budget(self.memory_size, stream.num_classes, "per_class",
+                           self.per_class)
+
+  def init_state(self, model, stream):
+    self._model = model
+    shape, c = stream.input_shape, self.num_logits and stream.num_classes
+    if self.selection == "reservoir":
+      return {"memory": mem.reservoir_buffer(self.memory_size, shape,
+                                             num_logits=c)}
+    # Padding sizes fixed for the stream, so selection compiles once.
+    self._groups = max(len(t.classes) for t in stream.tasks)
+    self._rows = max(int(np.max(np.bincount(t.train.y))) for t in
+                     stream.tasks)
+    self._m_max = mem.per_class_budget(
+        self.memory_size, min(len(t.classes) for t in stream.tasks),
+        self.budget, self.per_class)
+    self._select = jax.jit(self._select_fn, static_argnums=0)
+    return {"memory": mem.exemplar_memory(self.memory_size, shape,
+                                          num_logits=c)}
+
+  def _slots(self, memory):
+    """``(x, y, t, valid, logits)`` of every slot."""
+    if isinstance(memory, mem.ReservoirBuffer):
+      valid = jnp.arange(memory.y.shape[0]) < memory.seen
+      return memory.x, memory.y, memory.t, valid, memory.logits
+    return memory.x, memory.y, memory.t, memory.valid, memory.logits
+
+  def replay(self, memory, rng, n_global: int, shard):
+    """This shard's part of ``n_global`` slots drawn uniformly (with
+    replacement) from the filled ones, as a batch with weights ``w`` (0 if
+    the memory is still empty) and the stored ``logits``."""
+    x, y, t, valid, logits = self._slots(memory)
+    p = valid.astype(jnp.float32)
+    any_ = p.sum() > 0
+    idx = jax.random.choice(rng, y.shape[0], (n_global,),
+                            p=jnp.where(any_, p, 1.0) / jnp.where(
+                                any_, p.sum(), y.shape[0]))
+    index, count = shard
+    n = n_global // count
+    idx = jax.lax.dynamic_slice_in_dim(idx, index * n, n)
+    return {"x": x[idx], "y": y[idx], "t": t[idx],
+            "w": jnp.full((n,), any_, jnp.float32), "logits": logits[idx]}
+
+  def batch_fn(self, s, batch, rng, shard):
+    """The current batch followed by a replay batch; ``replay`` marks which
+    is which."""
+    b = batch["y"].shape[0]
+    n_global = (self.replay_size or b * shard[1])
+    r = self.replay(s["memory"], rng, n_global, shard)
+    cat = lambda a, c: jnp.concatenate([jnp.asarray(a), c.astype(
+        jnp.asarray(a).dtype)])
+    out = {k: cat(batch[k], r[k]) for k in ("x", "y", "t")}
+    out["w"] = jnp.concatenate([jnp.ones((b,), jnp.float32), r["w"]])
+    out["replay"] = jnp.arange(b + r["y"].shape[0]) >= b
+    out["memory_logits"] = r["logits"]
+    return out
+
+  def update_method_state(self, s, old_params, new_params, grads, info):
+    """A reservoir memory streams in the current (not replayed) examples of
+    the global batch, in order, every step."""
+    if self.selection != "reservoir":
+      return s
+    b = info.batch
+    logits = info.outputs.get("logits") if self.num_logits else None
+    add = lambda a: info.gather(a)
+    return {**s, "memory": mem.reservoir_add(
+        s["memory"], add(b["x"]), add(b["y"]), add(b["t"]), info.rng,
+        valid=add(~b["replay"]),
+        logits=None if logits is None else add(logits))}
+
+  # -- exemplars at the end of a task -----------------------------------------
+
+  def _features(self, params, batch_stats, x):
+    """Penultimate features, eval mode, in chunks of 512."""
+    n = x.shape[0]
+    chunks = x.reshape(n // 512, 512, *x.shape[1:])
+    f = jax.lax.map(lambda c: self._model.apply(params, batch_stats, c)[0][1],
+                    chunks)
+    return f.reshape(n, -1)
+
+  def _select_fn(self, herding, params, batch_stats, memory, x, counts, y, t,
+                 m, key):
+    """Shrinks old classes to ``m`` and stores ``m`` exemplars of each new
+    class (rows of ``x``: ``(G, N, ...)``, the first ``counts[g]`` real)."""
+    g, n = x.shape[:2]
+    if herding:
+      feats = self._features(params, batch_stats,
+                             x.reshape(g * n, *x.shape[2:]))
+      order = mem.herding_classes(feats.reshape(g, n, -1), counts, m,
+                                  self._m_max)
+    else:  # a random permutation of each class's rows, real rows first
+      keys = jax.random.split(key, g)
+      noise = jax.vmap(lambda k: jax.random.uniform(k, (n,)))(keys)
+      noise = jnp.where(jnp.arange(n)[None] < counts[:, None], noise, 2.0)
+      order = jnp.argsort(noise, axis=1)[:, :self._m_max]
+    chosen = jnp.take_along_axis(
+        x, order.reshape(g, -1, *([1] * (x.ndim - 2))), axis=1)
+    logits = None
+    if self.num_logits:
+      flat = chosen.reshape(-1, *x.shape[2:])
+      logits = self._model.apply(params, batch_stats, flat)[0][0].reshape(
+          g, self._m_max, -1)
+    memory = mem.shrink(memory, m)
+    return mem.add_exemplars(memory, chosen, y, t, jnp.minimum(counts, m),
+                             logits)
+
+  def on_task_end(self, ctx):
+    if self.selection == "reservoir":
+      return ctx.method_state
+    task = ctx.stream.tasks[ctx.index]
+    seen = sum(len(t.classes) for t in ctx.stream.tasks[:ctx.index + 1])
+    m = mem.per_class_budget(self.memory_size, seen, self.budget,
+                             self.per_class)
+    rows = np.zeros((self._groups, _round_up(self._rows, 512)), np.int64)
+    counts = np.zeros(self._groups, np.int64)
+    y = np.zeros(self._groups, np.int64)
+    for g, c in enumerate(task.classes):
+      idx = np.flatnonzero(task.train.y == c)
+      rows[g, :len(idx)], counts[g], y[g] = idx, len(idx), c
+    x = task.train.x[rows]
+    state = ctx.method_state
+    memory = self._select(self.selection == "herding", ctx.params,
+                          ctx.batch_stats, state["memory"], x, counts, y,
+                          np.full(self._groups, ctx.index), m,
+                          jax.random.key(ctx.index))
+    return {**state, "memory": memory}
+
+
+def _round_up(n: int, k: int) -> int:
+  return -(-n // k) * k
