@@ -12,7 +12,9 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.OnlineEWC(10.0, gamma=0.9, fisher_samples=64),
        methods.SI(0.1), methods.MAS(0.01, samples=64), methods.KD(1.0),
        methods.LwF(1.0), methods.GEM(32, 0.5), methods.AGEM(32, 16),
-       methods.AGEM(32, 16, memory="reservoir"), methods.Independent()]
+       methods.AGEM(32, 16, memory="reservoir"), methods.Independent(),
+       methods.ER(60), methods.ER(60, selection="random"),
+       methods.ER(60, selection="reservoir")]
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +22,8 @@ def stream(digits):
   return data.class_splits(digits, 3, task_sizes=(4, 3, 3), incremental="task")
 
 
-@pytest.mark.parametrize("method", ALL, ids=lambda m: m.name + getattr(
-    m, "memory", ""))
+@pytest.mark.parametrize("method", ALL, ids=lambda m: m.name + str(getattr(
+    m, "memory", "")) + getattr(m, "selection", ""))
 def test_every_method_runs_and_compiles_once(stream, method):
   traces = [0]
   inner = method.loss_fn
@@ -40,7 +42,7 @@ def test_every_method_runs_and_compiles_once(stream, method):
   res = train.run_stream(stream, m, model, optax.sgd(0.05, momentum=0.9),
                          epochs=2, batch_size=32, progress=False)
   assert traces[0] == 2  # eval_shape + the one compilation of the step
-  for fn in ("_fisher", "_omega", "_add"):  # end-of-task helpers: also once
+  for fn in ("_fisher", "_omega", "_add", "_select"):  # end-of-task: once
     if hasattr(m, fn):
       assert getattr(m, fn)._cache_size() == 1
   assert res["metrics"]["average_accuracy"] > 0.5  # task-IL digits

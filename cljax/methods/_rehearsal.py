@@ -117,8 +117,8 @@ class Rehearsal(Method):
             "w": jnp.full((n,), any_, jnp.float32), "logits": logits[idx]}
 
   def batch_fn(self, s, batch, rng, shard):
-    """The current batch followed by a replay batch; ``replay`` marks which
-    is which."""
+    """The current batch followed by a replay batch (as long as
+    ``memory_logits``, their stored outputs)."""
     b = batch["y"].shape[0]
     n_global = (self.replay_size or b * shard[1])
     r = self.replay(s["memory"], rng, n_global, shard)
@@ -126,8 +126,7 @@ class Rehearsal(Method):
         jnp.asarray(a).dtype)])
     out = {k: cat(batch[k], r[k]) for k in ("x", "y", "t")}
     out["w"] = jnp.concatenate([jnp.ones((b,), jnp.float32), r["w"]])
-    out["replay"] = jnp.arange(b + r["y"].shape[0]) >= b
-    out["memory_logits"] = r["logits"]
+    out["memory_logits"] = r["logits"]  # the replayed examples' stored ones
     return out
 
   def update_method_state(self, s, old_params, new_params, grads, info):
@@ -136,12 +135,12 @@ class Rehearsal(Method):
     if self.selection != "reservoir":
       return s
     b = info.batch
+    n = b["y"].shape[0] - b["memory_logits"].shape[0]  # current examples
     logits = info.outputs.get("logits") if self.num_logits else None
-    add = lambda a: info.gather(a)
+    current = lambda a: info.gather(a[:n])  # the global batch, in order
     return {**s, "memory": mem.reservoir_add(
-        s["memory"], add(b["x"]), add(b["y"]), add(b["t"]), info.rng,
-        valid=add(~b["replay"]),
-        logits=None if logits is None else add(logits))}
+        s["memory"], current(b["x"]), current(b["y"]), current(b["t"]),
+        info.rng, logits=None if logits is None else current(logits))}
 
   # -- exemplars at the end of a task -----------------------------------------
 

@@ -1,0 +1,89 @@
+"""The rehearsal methods' memories and losses, against independent
+computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax import data, memory, methods, models, train
+
+
+@pytest.fixture(scope="module")
+def stream(digits):
+  return data.class_splits(digits, 5, val_fraction=0.1)
+
+
+def _trained(stream, method, epochs=1):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(32,))
+  res = train.run_stream(stream, method, model, optax.sgd(0.05, momentum=0.9),
+                         epochs=epochs, batch_size=32, progress=False)
+  return model, res
+
+
+@pytest.mark.parametrize("budget,per_class", [("total", 0), ("per_class", 9)])
+def test_exemplar_memory_is_class_balanced_herding(stream, budget, per_class):
+  model, res = _trained(stream, methods.ER(100, budget=budget,
+                                           per_class=per_class))
+  mem = res["final_state"].method_state["memory"]
+  valid = np.asarray(mem.valid)
+  counts = np.bincount(np.asarray(mem.y)[valid], minlength=10)
+  want = 100 // 10 if budget == "total" else per_class
+  assert counts.tolist() == [want] * 10
+  # The last task's exemplars are its classes' herding selection under the
+  # final parameters, in order.
+  state = res["final_state"]
+  task = stream.tasks[-1]
+  for c in task.classes:
+    x = task.train.x[task.train.y == c]
+    (_, feats), _ = model.apply(state.params, state.batch_stats, x)
+    want_idx = np.asarray(memory.herding_selection(feats, want))
+    rows = np.flatnonzero(valid & (np.asarray(mem.y) == c))
+    rows = rows[np.argsort(np.asarray(mem.rank)[rows])]
+    np.testing.assert_array_equal(np.asarray(mem.x)[rows], x[want_idx])
+
+
+def test_replay_loss_against_a_direct_computation(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  er = methods.ER(50)
+  s = er.init_state(model, stream)
+  ctx = methods.TaskContext(0, stream, model, model.params,
+                            model.batch_stats, s, stream.logit_masks(0))
+  s = er.on_task_end(ctx)
+  task = stream.tasks[1].train
+  batch = {k: getattr(task, k)[:8] for k in "xyt"}
+  key = jax.random.key(3)
+  full = er.batch_fn(s, batch, key, (0, 1))
+  assert full["x"].shape[0] == 16 and full["memory_logits"].shape[0] == 8
+  np.testing.assert_array_equal(full["x"][:8], batch["x"])
+  # Replayed examples are stored exemplars (of task 1's classes so far).
+  assert set(np.asarray(full["y"][8:]).tolist()) <= set(
+      stream.tasks[0].classes.tolist())
+  masks = jnp.asarray(stream.logit_masks(1))
+  ce = er.loss_fn(model)(model.params, model.batch_stats, s, full, masks,
+                         key)[1][0]["ce"]
+  (z, _), _ = model.apply(model.params, model.batch_stats, full["x"])
+  z = np.asarray(z, np.float64)
+  active = np.asarray(masks[1])
+  want = []
+  for zi, yi in zip(z, np.asarray(full["y"])):
+    a = zi[active]
+    want.append(np.log(np.exp(a - a.max()).sum()) + a.max() - zi[yi])
+  np.testing.assert_allclose(ce, np.mean(want), rtol=1e-5)
+
+
+def test_reservoir_memory_streams_the_current_examples(stream):
+  model, res = _trained(stream, methods.ER(64, selection="reservoir"))
+  buf = res["final_state"].method_state["memory"]
+  n = sum(len(t.train) // 32 * 32 for t in stream.tasks)
+  assert int(buf.seen) == n  # every current example once, no replayed one
+  classes = np.bincount(np.asarray(buf.y), minlength=10)
+  assert (classes > 0).sum() >= 8  # a uniform sample of the whole stream
+
+
+def test_er_beats_finetuning_in_class_il(stream):
+  _, er = _trained(stream, methods.ER(200), epochs=3)
+  _, ft = _trained(stream, methods.FineTune(), epochs=3)
+  assert ft["metrics"]["average_accuracy"] < 0.3
+  assert er["metrics"]["average_accuracy"] > 0.7
