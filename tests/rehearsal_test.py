@@ -87,3 +87,59 @@ def test_er_beats_finetuning_in_class_il(stream):
   _, ft = _trained(stream, methods.FineTune(), epochs=3)
   assert ft["metrics"]["average_accuracy"] < 0.3
   assert er["metrics"]["average_accuracy"] > 0.7
+
+
+def test_logit_matching_against_a_loop():
+  rng = np.random.default_rng(0)
+  z, h = rng.normal(size=(2, 6, 5))
+  w = np.array([1, 1, 0, 1, 0, 1], np.float32)
+  want = sum(w[i] * np.mean((z[i] - h[i]) ** 2) for i in range(6)) / w.sum()
+  np.testing.assert_allclose(
+      methods.der.logit_matching(jnp.asarray(z), jnp.asarray(h),
+                                 jnp.asarray(w)), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [methods.DER, methods.DERpp])
+def test_der_loss_and_stored_logits(stream, cls):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  m = cls(memory_size=40)
+  opt = optax.sgd(0.1)
+  step = jax.jit(train.make_train_step(
+      m.loss_fn(model), opt, update_method_state=m.update_method_state,
+      batch_fn=m.batch_fn))
+  state = train.init_train_state(model.params, model.batch_stats, opt,
+                                 m.init_state(model, stream),
+                                 stream.logit_masks(0))
+  task = stream.tasks[0].train
+  b0 = {k: getattr(task, k)[:8] for k in "xyt"}
+  before = state.params
+  state, terms = step(state, b0, jax.random.key(0))
+  buf = state.method_state["memory"]
+  # The reservoir took the 8 current examples with the logits the model
+  # gave them in the step (before its update).
+  (z0, _), _ = model.apply(before, model.batch_stats, b0["x"])
+  np.testing.assert_allclose(buf.logits[:8], z0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(buf.y[:8], b0["y"])
+  assert float(terms["der"]) == 0.0  # nothing stored before this step
+  # Next step: the terms against a direct computation of the batch.
+  b1 = {k: getattr(task, k)[8:16] for k in "xyt"}
+  full = m.batch_fn(state.method_state, b1, jax.random.key(5), (0, 1))
+  _, (got, _, _) = m.loss_fn(model)(state.params, state.batch_stats,
+                                    state.method_state, full, state.masks,
+                                    None)
+  (z, _), _ = model.apply(state.params, state.batch_stats, full["x"])
+  z = np.asarray(z, np.float64)
+  active = np.asarray(stream.logit_masks(0)[0])
+  ce = lambda zi, yi: (np.log(np.exp(zi[active] - zi[active].max()).sum()) +
+                       zi[active].max() - zi[yi])
+  y = np.asarray(full["y"])
+  n = 8
+  np.testing.assert_allclose(got["ce"], np.mean([ce(z[i], y[i])
+                                                 for i in range(8)]),
+                             rtol=1e-5)
+  stored = np.asarray(full["memory_logits"])
+  np.testing.assert_allclose(got["der"], np.mean((z[8:8 + n] - stored[:n]) ** 2),
+                             rtol=1e-5)
+  if cls is methods.DERpp:
+    np.testing.assert_allclose(got["der_ce"], np.mean(
+        [ce(z[i], y[i]) for i in range(16, 24)]), rtol=1e-5)

@@ -12,6 +12,8 @@ from cljax.methods._registry import method_class
 from cljax.methods._registry import METHODS
 from cljax.methods.distill import KD
 from cljax.methods.distill import LwF
+from cljax.methods.der import DER
+from cljax.methods.der import DERpp
 from cljax.methods.er import ER
 from cljax.methods.ewc import EWC
 from cljax.methods.ewc import L2

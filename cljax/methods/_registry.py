@@ -8,6 +8,7 @@ import inspect
 
 from cljax.methods._base import Method
 from cljax.methods.distill import KD, LwF
+from cljax.methods.der import DER, DERpp
 from cljax.methods.er import ER
 from cljax.methods.ewc import EWC, L2, OnlineEWC
 from cljax.methods.finetune import FineTune
@@ -19,7 +20,7 @@ from cljax.methods.si import SI
 
 METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      MAS, KD, LwF, GEM, AGEM, Independent,
-                                     ER)}
+                                     ER, DER, DERpp)}
 
 
 def hyperparameters(cls: type) -> dict:

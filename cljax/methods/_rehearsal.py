@@ -48,7 +48,8 @@ class Rehearsal(Method):
       as the current batch.
   """
 
-  num_logits = 0  # outputs stored with each exemplar (DER's logits)
+  num_logits = 0      # outputs stored with each exemplar (DER's logits)
+  replay_batches = 1  # independent replay batches a step (DER++: 2)
 
   def __init__(self, memory_size: int = 2000, selection: str = "herding",
                budget: str = "total", per_class: int = 0,
@@ -117,16 +118,18 @@ class Rehearsal(Method):
             "w": jnp.full((n,), any_, jnp.float32), "logits": logits[idx]}
 
   def batch_fn(self, s, batch, rng, shard):
-    """The current batch followed by a replay batch (as long as
-    ``memory_logits``, their stored outputs)."""
+    """The current batch followed by ``replay_batches`` replay batches, each
+    drawn for the global batch and split among the shards (as long, in all,
+    as ``memory_logits``, their stored outputs)."""
     b = batch["y"].shape[0]
-    n_global = (self.replay_size or b * shard[1])
-    r = self.replay(s["memory"], rng, n_global, shard)
-    cat = lambda a, c: jnp.concatenate([jnp.asarray(a), c.astype(
-        jnp.asarray(a).dtype)])
-    out = {k: cat(batch[k], r[k]) for k in ("x", "y", "t")}
-    out["w"] = jnp.concatenate([jnp.ones((b,), jnp.float32), r["w"]])
-    out["memory_logits"] = r["logits"]  # the replayed examples' stored ones
+    n_global = self.replay_size or b * shard[1]
+    parts = [self.replay(s["memory"], jax.random.fold_in(rng, k), n_global,
+                         shard) for k in range(self.replay_batches)]
+    cat = lambda k, a: jnp.concatenate([jnp.asarray(a)] + [
+        r[k].astype(jnp.asarray(a).dtype) for r in parts])
+    out = {k: cat(k, batch[k]) for k in ("x", "y", "t")}
+    out["w"] = cat("w", jnp.ones((b,), jnp.float32))
+    out["memory_logits"] = jnp.concatenate([r["logits"] for r in parts])
     return out
 
   def update_method_state(self, s, old_params, new_params, grads, info):
