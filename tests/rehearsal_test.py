@@ -143,3 +143,43 @@ def test_der_loss_and_stored_logits(stream, cls):
   if cls is methods.DERpp:
     np.testing.assert_allclose(got["der_ce"], np.mean(
         [ce(z[i], y[i]) for i in range(16, 24)]), rtol=1e-5)
+
+
+def test_icarl_loss_against_a_loop():
+  rng = np.random.default_rng(2)
+  b, c = 6, 7
+  z, zt = rng.normal(size=(2, b, c)) * 3
+  y = rng.integers(0, 5, b)
+  active = np.zeros((b, c), bool)
+  active[:, :5] = True
+  old = np.array([True, True, True, False, False, False, False])
+  w = np.array([1, 1, 1, 1, 0, 1], np.float32)
+  sig = lambda a: 1 / (1 + np.exp(-a))
+  want = []
+  for i in range(b):
+    total = 0.0
+    for k in range(5):
+      t = sig(zt[i, k]) if old[k] else float(y[i] == k)
+      p = sig(z[i, k])
+      total += -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    want.append(total)
+  want = np.dot(w, want) / w.sum()
+  got = methods.icarl.icarl_loss(jnp.asarray(z), jnp.asarray(y),
+                                 jnp.asarray(zt), jnp.asarray(active),
+                                 jnp.asarray(old), jnp.asarray(w))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_icarl_reports_nearest_mean_and_argmax(stream):
+  model, res = _trained(stream, methods.ICaRL(100), epochs=2)
+  assert len(res["accuracy_matrix_nme"]) == 5
+  assert res["metrics_nme"]["average_accuracy"] > 0.6
+  # The NME row equals a direct computation from the stored exemplars.
+  state = res["final_state"]
+  m = state.method_state["memory"]
+  feats = lambda x: model.apply(state.params, state.batch_stats, x)[0][1]
+  means, present = memory.class_means(feats(m.x), m.y, m.valid, 10)
+  test = stream.tasks[2].test
+  pred = memory.nme_predict(feats(test.x), means, present)
+  acc = float(np.mean(np.asarray(pred) == test.y))
+  assert res["accuracy_matrix_nme"][-1][2] == pytest.approx(acc)

@@ -21,6 +21,7 @@ from cljax.methods.ewc import OnlineEWC
 from cljax.methods.finetune import FineTune
 from cljax.methods.gem import AGEM
 from cljax.methods.gem import GEM
+from cljax.methods.icarl import ICaRL
 from cljax.methods.independent import Independent
 from cljax.methods.joint import Joint
 from cljax.methods.mas import MAS

@@ -150,3 +150,11 @@ class Method:
 
   def on_task_end(self, ctx: TaskContext) -> Any:
     return ctx.method_state
+
+  def predictors(self, model: FunctionalModel) -> dict:
+    """Classifiers besides the network's argmax, evaluated too (each gets an
+    accuracy matrix of its own): ``{name: (prepare, predict)}`` with
+    ``prepare(method_state, params, batch_stats) -> aux`` run once per
+    evaluation and ``predict(params, batch_stats, aux, x, masks (B, C)) ->
+    (B,)`` predictions (e.g. iCaRL's nearest mean of exemplars)."""
+    return {}

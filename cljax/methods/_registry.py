@@ -13,6 +13,7 @@ from cljax.methods.er import ER
 from cljax.methods.ewc import EWC, L2, OnlineEWC
 from cljax.methods.finetune import FineTune
 from cljax.methods.gem import AGEM, GEM
+from cljax.methods.icarl import ICaRL
 from cljax.methods.independent import Independent
 from cljax.methods.joint import Joint
 from cljax.methods.mas import MAS
@@ -20,7 +21,7 @@ from cljax.methods.si import SI
 
 METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      MAS, KD, LwF, GEM, AGEM, Independent,
-                                     ER, DER, DERpp)}
+                                     ER, DER, DERpp, ICaRL)}
 
 
 def hyperparameters(cls: type) -> dict:

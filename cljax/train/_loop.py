@@ -215,6 +215,10 @@ class _Run:
         "test")
     self.opt = method.optimizer(optimizer, model.params)
     self.eval_step = make_eval_step(model.apply)
+    # The method's other classifiers: name -> (jitted prepare, eval step).
+    self.predictors = {
+        name: (jax.jit(prepare), make_eval_step(model.apply, predict))
+        for name, (prepare, predict) in method.predictors(model).items()}
     self.key = jax.random.PRNGKey(settings["seed"])
     self.compiled = {}  # one train step per distinct phase, compiled once
     # Hooks may return arrays that alias the params (e.g. an anchor); the
@@ -253,14 +257,21 @@ class _Run:
       self.compiled[cache_key] = (step, o, names)
     return self.compiled[cache_key]
 
-  def accuracies(self, split_of, masks, current) -> list:
+  def accuracies(self, split_of, masks, current, predictor=None) -> list:
+    """Accuracy on every task's ``split_of(task)``, by the network's argmax
+    or by the method's ``predictor`` (a name of ``Method.predictors``)."""
+    step, aux = self.eval_step, ()
+    if predictor is not None:
+      prepare, step = self.predictors[predictor]
+      aux = prepare(self.state.method_state, self.state.params,
+                    self.state.batch_stats)
     out = []
     for j, task in enumerate(self.stream.tasks):
       params, stats = self.method.eval_params(
           self.state.method_state, self.state.params, self.state.batch_stats,
           j, current)
-      out.append(evaluate(self.eval_step, params, stats, masks, split_of(task),
-                          self.s["eval_batch_size"]))
+      out.append(evaluate(step, params, stats, masks, split_of(task),
+                          self.s["eval_batch_size"], aux))
     return out
 
   def _templates(self, record):
@@ -339,6 +350,13 @@ class _Run:
 
     r = np.asarray(prog["rows"])
     sizes = [len(task.test) for task in stream.tasks]
+    b = None if stream.kind == "class" else prog["random_init"]
+    # The method's other classifiers (e.g. iCaRL's nearest mean): their own
+    # accuracy matrices and metrics, beside the network's argmax.
+    extra = {}
+    for name, rows in prog.get("predictor_rows", {}).items():
+      extra[f"accuracy_matrix_{name}"] = rows
+      extra[f"metrics_{name}"] = metrics.summary(np.asarray(rows), None, sizes)
     return {
         "method": method.name,
         "stream": stream.name,
@@ -350,8 +368,8 @@ class _Run:
         # FWT compares R[j-1][j] with b[j] under the same masks; in
         # class-IL task j's classes are masked until it is trained, so both
         # are 0 by construction and FWT is not applicable (left out).
-        "metrics": metrics.summary(
-            r, None if stream.kind == "class" else prog["random_init"], sizes),
+        "metrics": metrics.summary(r, b, sizes),
+        **extra,
         "curves": prog["curves"],
         "curve_split": self.curve_split,
         "timings": {k: prog[k] for k in ("train_s", "eval_s", "compile_s")},
@@ -457,6 +475,11 @@ class _Run:
     t1, c1 = time.perf_counter(), self.compile_s[0]
     prog["rows"].append(self.accuracies(lambda task: task.test, masks, i))
     self._log(host_step, "test_accuracy", prog["rows"][-1], i)
+    for name in self.predictors:
+      prog.setdefault("predictor_rows", {}).setdefault(name, []).append(
+          self.accuracies(lambda task: task.test, masks, i, name))
+      self._log(host_step, f"test_accuracy_{name}",
+                prog["predictor_rows"][name][-1], i)
     if all(len(task.val) for task in stream.tasks):
       prog["val_rows"].append(self.accuracies(lambda task: task.val, masks, i))
     prog["train_s"].append(t1 - t0 - (c1 - c0))
