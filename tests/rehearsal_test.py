@@ -183,3 +183,60 @@ def test_icarl_reports_nearest_mean_and_argmax(stream):
   pred = memory.nme_predict(feats(test.x), means, present)
   acc = float(np.mean(np.asarray(pred) == test.y))
   assert res["accuracy_matrix_nme"][-1][2] == pytest.approx(acc)
+
+
+def _soft_ce(zs, zt, classes, temp):
+  out = []
+  for a, b in zip(np.asarray(zt, np.float64), np.asarray(zs, np.float64)):
+    p = np.exp(a[classes] / temp - (a[classes] / temp).max())
+    p /= p.sum()
+    q = b[classes] / temp
+    logq = q - q.max() - np.log(np.exp(q - q.max()).sum())
+    out.append(-(p * logq).sum())
+  return np.mean(out)
+
+
+def test_e2eil_cross_distilled_and_balanced_losses(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  m = methods.E2EIL(60, balanced_passes=3)
+  s = m.init_state(model, stream)
+  ctx = lambda k, s: methods.TaskContext(k, stream, model, model.params,
+                                         model.batch_stats, s,
+                                         stream.logit_masks(k))
+  for k in range(2):  # as the runner calls the hooks
+    for phase in m.phases(k):
+      s = m.on_phase_start(ctx(k, s), phase)
+    s = m.on_task_end(ctx(k, s))
+  moved = jax.tree.map(lambda p: p * 1.3, model.params)
+  task = stream.tasks[2].train
+  batch = m.batch_fn(s, {k: getattr(task, k)[:8] for k in "xyt"},
+                     jax.random.key(1), (0, 1))
+  masks = jnp.asarray(stream.logit_masks(2))
+  terms = m.phase_loss_fn(model, "train")(moved, model.batch_stats, s, batch,
+                                          masks, None)[1][0]
+  (zs, _), _ = model.apply(moved, model.batch_stats, batch["x"])
+  (zt, _), _ = model.apply(model.params, model.batch_stats, batch["x"])
+  want = sum(_soft_ce(zs, zt, stream.tasks[k].classes, 2.0) for k in range(2))
+  np.testing.assert_allclose(terms["distill"], want, rtol=1e-4)
+  # The balanced phase: memory samples only, the new classes distilled from
+  # the model at its start (here: the task's classes of task 2).
+  phase = m.phases(2)[1]
+  assert phase.name == "balanced" and phase.lr_scale == 0.1
+  sb = m.on_phase_start(ctx(2, s), phase)
+  counts = np.bincount(np.asarray(sb["memory"].y)[np.asarray(
+      sb["memory"].valid)], minlength=10)
+  assert counts[:6].tolist() == [10] * 6  # 60 // 6 classes: balanced
+  fb = m.phase_loss_fn(model, "balanced")
+  other = {**batch, "x": batch["x"].at[:8].set(0.0)}  # the current examples
+  a = fb(moved, model.batch_stats, sb, batch, masks, None)[0]
+  b = fb(moved, model.batch_stats, sb, other, masks, None)[0]
+  assert float(a) == float(b)  # ... do not count
+
+
+def test_e2eil_runs_and_fine_tunes_at_a_lower_rate(stream):
+  _, res = _trained(stream, methods.E2EIL(100, balanced_passes=2), epochs=2)
+  n = [len(t.train) // 32 for t in stream.tasks]
+  extra = sum(max(1, round(2 * 100 / len(t.train))) * k
+              for t, k in zip(stream.tasks[1:], n[1:]))
+  assert res["steps"] == 2 * sum(n) + extra
+  assert res["metrics"]["average_accuracy"] > 0.6

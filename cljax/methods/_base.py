@@ -61,10 +61,14 @@ class Phase(NamedTuple):
     epochs: passes over the task's data (``None``: the run's ``epochs``).
     head_only: train only ``params["head"]`` (the rest frozen), with an
       optimizer state of its own for the phase.
+    lr_scale: multiplies the optimizer's updates (its learning rate, for SGD
+      and Adam) in this phase, with an optimizer state of its own (e.g.
+      End-to-End IL's balanced fine-tuning at a tenth of the rate).
   """
   name: str = "train"
   epochs: int | None = None
   head_only: bool = False
+  lr_scale: float = 1.0
 
 
 def head_labels(params) -> dict:
@@ -149,6 +153,11 @@ class Method:
     return params, batch_stats
 
   def on_task_end(self, ctx: TaskContext) -> Any:
+    return ctx.method_state
+
+  def on_phase_start(self, ctx: TaskContext, phase: Phase) -> Any:
+    """The method state at the start of ``phase`` of task ``ctx.index``
+    (after ``on_task_start`` for the first phase)."""
     return ctx.method_state
 
   def predictors(self, model: FunctionalModel) -> dict:

@@ -9,6 +9,7 @@ import inspect
 from cljax.methods._base import Method
 from cljax.methods.distill import KD, LwF
 from cljax.methods.der import DER, DERpp
+from cljax.methods.e2eil import E2EIL
 from cljax.methods.er import ER
 from cljax.methods.ewc import EWC, L2, OnlineEWC
 from cljax.methods.finetune import FineTune
@@ -21,7 +22,7 @@ from cljax.methods.si import SI
 
 METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      MAS, KD, LwF, GEM, AGEM, Independent,
-                                     ER, DER, DERpp, ICaRL)}
+                                     ER, DER, DERpp, ICaRL, E2EIL)}
 
 
 def hyperparameters(cls: type) -> dict:

@@ -229,12 +229,14 @@ class _Run:
 
   def phase_step(self, phase: Phase):
     """``(step, optimizer, term names)`` of ``phase``."""
-    cache_key = (phase.name, phase.head_only)
+    cache_key = (phase.name, phase.head_only, phase.lr_scale)
     if cache_key not in self.compiled:
       model, method, augment = self.model, self.method, self.s["augment"]
       loss_fn = _with_augmentation(method.phase_loss_fn(model, phase.name),
                                    augment)
       o = head_only(self.opt, model.params) if phase.head_only else self.opt
+      if phase.lr_scale != 1.0:
+        o = optax.chain(o, optax.scale(phase.lr_scale))
       kwargs = dict(update_method_state=method.update_method_state,
                     extra_args=method.extra_args, batch_fn=method.batch_fn)
       if self.mesh is None:
@@ -431,6 +433,9 @@ class _Run:
       step, phase_opt, term_names = self.phase_step(phases[p])
       own_opt = phase_opt is not self.opt
       resuming = p == pos["phase"] and done > 0
+      if not resuming:
+        self.state = self.state._replace(method_state=_own(
+            method.on_phase_start(self._ctx(i, masks), phases[p])))
       if own_opt:  # a phase's own optimizer state; the main one is stashed
         if resuming:
           main_opt_state = stash
