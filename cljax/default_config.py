@@ -79,6 +79,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.first_task_lr = 0.0   # > 0: the first task's lr (later tasks: lr)
   c.train.first_task_epochs = 0  # > 0: the first task's epochs
   c.train.momentum = 0.9
+  c.train.schedule = "constant"  # constant | multistep | cosine (per task)
+  c.train.milestones = (0.5, 0.75)  # multistep: fractions of a task's steps
+  c.train.decay = 0.1           # multistep: lr factor at each milestone
+  c.train.warmup = 0.0          # cosine: linear warm-up, fraction of steps
   c.train.weight_decay = 0.0
   c.train.eval_every = 10       # steps between curve evaluations; 0 = off
   c.train.eval_batch_size = 1000

@@ -124,6 +124,16 @@ def validate(config) -> None:
   for key in ("first_task_lr", "momentum", "weight_decay"):
     _check(_validate.check_nonnegative, f"train.{key}", t[key])
   _check_hidden("model.hidden", tuple(config.model.hidden))
+  if t.schedule not in SCHEDULES:
+    _fail("train.schedule", f"unknown {t.schedule!r}; one of {SCHEDULES}")
+  if t.schedule != "constant" and t.first_task_lr:
+    _fail("train.first_task_lr", "cannot be combined with a schedule "
+          f"(train.schedule={t.schedule!r})")
+  _check(_validate.check_value, "train.milestones",
+         np.asarray(t.milestones, float), lambda v: (v > 0) & (v < 1),
+         "fractions of a task's steps in (0, 1)")
+  _check(_validate.check_positive, "train.decay", t.decay)
+  _check(_validate.check_unit_interval, "train.warmup", t.warmup)
   if t.optimizer not in OPTIMIZERS:
     _fail("train.optimizer", f"unknown {t.optimizer!r}; one of {OPTIMIZERS}")
   if t.augment not in cl_data.AUGMENTATIONS:
@@ -187,15 +197,39 @@ def build_stream(config) -> cl_data.Stream:
   return cl_data.rotated(ds, s.num_tasks, angles=tuple(s.angles) or None, **sub)
 
 
-def build_optimizer(train_cfg, lr: float) -> optax.GradientTransformation:
-  """The configured optimizer; its learning rate is injected state, so the
-  runner can change it per task (``train.first_task_lr``) without
-  recompiling."""
+SCHEDULES = ("constant", "multistep", "cosine")
+
+
+def lr_schedule(train_cfg, lr: float, steps_per_task: int):
+  """The learning rate of ``train.schedule`` over one task's steps (the
+  optimizer's step count restarts with each task, with
+  ``train.reset_optimizer``): ``constant``; ``multistep`` (times
+  ``train.decay`` at each of ``train.milestones``, fractions of the task's
+  steps: the usual ResNet recipe); ``cosine`` (a linear warm-up over the
+  fraction ``train.warmup`` of the steps, then cosine decay to 0)."""
+  if train_cfg.schedule == "constant":
+    return lr
+  if train_cfg.schedule == "multistep":
+    return optax.piecewise_constant_schedule(lr, {
+        int(round(f * steps_per_task)): train_cfg.decay
+        for f in train_cfg.milestones})
+  warmup = int(round(train_cfg.warmup * steps_per_task))
+  return optax.warmup_cosine_decay_schedule(
+      0.0, lr, max(warmup, 1), max(steps_per_task, warmup + 1))
+
+
+def build_optimizer(train_cfg, lr: float, steps_per_task: int = 0
+                    ) -> optax.GradientTransformation:
+  """The configured optimizer, with its learning rate (or schedule, see
+  ``lr_schedule``) as injected state, so the runner can change a constant
+  one per task (``train.first_task_lr``) without recompiling, and decoupled
+  weight decay ``train.weight_decay`` (added to the gradient)."""
+  rate = lr_schedule(train_cfg, lr, steps_per_task)
   if train_cfg.optimizer == "adam":
-    opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=rate)
   else:
     opt = optax.inject_hyperparams(optax.sgd)(
-        learning_rate=lr, momentum=train_cfg.momentum or None)
+        learning_rate=rate, momentum=train_cfg.momentum or None)
   if train_cfg.weight_decay:
     opt = optax.chain(optax.add_decayed_weights(train_cfg.weight_decay), opt)
   return opt
@@ -319,7 +353,9 @@ def _prepare_entries(config, stream, workdir, sub: str = "") -> list[dict]:
     method = build_method(e.kind, **e.hparams)
     model = build_model(config.model.name, stream.input_shape,
                         stream.num_classes, seed=config.seed, hidden=e.hidden)
-    opt = build_optimizer(config.train, e.lr)
+    first = stream.tasks[0].train
+    opt = build_optimizer(config.train, e.lr, config.train.steps_per_task or (
+        e.epochs * (len(first) // config.train.batch_size)))
     settings = dict(
         epochs=e.epochs, batch_size=config.train.batch_size,
         seed=config.seed, eval_every=config.train.eval_every,

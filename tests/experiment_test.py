@@ -441,3 +441,36 @@ def test_edge_winners_are_flagged():
   assert sel["ewc"]["edge"].endswith("the next value, 1000, diverged")
   sel = report.select(_runs([(0.1, 0.9), (1.0, 0.6)], key="c"), "val_acc")
   assert sel["ewc"]["edge"] == "edge: the lowest c (0.1) of the grid"
+
+
+def _lrs(train_cfg, steps):
+  import jax.numpy as jnp
+  opt = experiment.build_optimizer(train_cfg, 0.1, steps)
+  params = {"w": jnp.ones(2)}
+  state, out = opt.init(params), []
+  for _ in range(steps):
+    out.append(float(state.hyperparams["learning_rate"]))
+    _, state = opt.update(params, state, params)
+  return np.asarray(out)
+
+
+def test_learning_rate_schedules(tmp_path):
+  c = get_config()
+  c.train.schedule = "multistep"
+  lrs = _lrs(c.train, 100)  # milestones at 50% and 75% of a task's steps
+  np.testing.assert_allclose(lrs[[0, 49, 50, 74, 75, 99]],
+                             [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+  c.train.schedule, c.train.warmup = "cosine", 0.1
+  lrs = _lrs(c.train, 100)
+  assert lrs[0] == 0.0 and lrs[10] == pytest.approx(0.1)
+  assert np.all(np.diff(lrs[:11]) > 0) and np.all(np.diff(lrs[10:]) < 0)
+  # A scheduled run compiles its step once and restarts the schedule per
+  # task (the optimizer is reset).
+  c = _config(tmp_path)
+  c.train.schedule = "multistep"
+  c.methods = "finetune"
+  res = experiment.run_experiment(c)
+  assert len(res["runs"]["finetune"]["accuracy_matrix"]) == 5
+  c.train.first_task_lr = 0.1
+  with pytest.raises(ValueError, match="cannot be combined with a schedule"):
+    experiment.run_experiment(c)
