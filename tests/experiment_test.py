@@ -448,9 +448,9 @@ def _lrs(train_cfg, steps):
   opt = experiment.build_optimizer(train_cfg, 0.1, steps)
   params = {"w": jnp.ones(2)}
   state, out = opt.init(params), []
-  for _ in range(steps):
-    out.append(float(state.hyperparams["learning_rate"]))
+  for _ in range(steps):  # the rate each update used (recorded in it)
     _, state = opt.update(params, state, params)
+    out.append(float(state.hyperparams["learning_rate"]))
   return np.asarray(out)
 
 
