@@ -38,8 +38,9 @@ class ExemplarMemory(NamedTuple):
     t: ``(K,)`` int32 task ids.
     rank: ``(K,)`` int32, the exemplar's position in its class's selection
       order (0 first).
-    logits: ``(K, L)`` float32, the model's outputs when stored (``L = 0``
-      if the method stores none).
+    logits: ``(K, L)`` float32, the model's outputs when stored (``L = 1``,
+      unused, if the method stores none: checkpoints cannot hold empty
+      arrays).
     valid: ``(K,)`` bool, the slots in use.
   """
   x: jax.Array
@@ -61,7 +62,7 @@ def exemplar_memory(capacity: int, example_shape, num_logits: int = 0,
       jnp.zeros((capacity, *example_shape), dtype),
       jnp.zeros((capacity,), jnp.int32), jnp.zeros((capacity,), jnp.int32),
       jnp.zeros((capacity,), jnp.int32),
-      jnp.zeros((capacity, num_logits), jnp.float32),
+      jnp.zeros((capacity, max(num_logits, 1)), jnp.float32),
       jnp.zeros((capacity,), bool))
 
 

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 
 class ReservoirBuffer(NamedTuple):
   """``x`` ``(K, ...)``, ``y``/``t`` ``(K,)``, ``logits`` ``(K, L)`` (the
-  model's outputs when stored; ``L = 0`` if unused); ``seen``: examples
-  streamed so far (scalar int). Slots ``>= min(seen, K)`` are empty."""
+  model's outputs when stored; ``L = 1``, unused, if none are: checkpoints
+  cannot hold empty arrays); ``seen``: examples streamed so far (scalar
+  int). Slots ``>= min(seen, K)`` are empty."""
   x: jnp.ndarray
   y: jnp.ndarray
   t: jnp.ndarray
@@ -35,7 +36,8 @@ def reservoir_buffer(capacity: int, example_shape, dtype=jnp.float32,
                          jnp.zeros((capacity,), jnp.int32),
                          jnp.zeros((capacity,), jnp.int32),
                          jnp.zeros((), jnp.int32),
-                         jnp.zeros((capacity, num_logits), jnp.float32))
+                         jnp.zeros((capacity, max(num_logits, 1)),
+                                   jnp.float32))
 
 
 def reservoir_add(buffer: ReservoirBuffer, x, y, t, key: jax.Array,

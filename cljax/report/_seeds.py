@@ -38,4 +38,16 @@ def aggregate_seeds(runs: Sequence[dict], seeds: Sequence[int]) -> dict:
       steps=int(sum(r["steps"] for r in runs)))
   if "wall_s" in first:
     out["wall_s"] = float(sum(r["wall_s"] for r in runs))
+  # A method's other classifiers (e.g. iCaRL's nearest mean): the same.
+  for key in first:
+    name = key[len("accuracy_matrix_"):]
+    if key.startswith("accuracy_matrix_") and not key.endswith("_std"):
+      mats = [r[key] for r in runs]
+      out[key] = mean(mats).tolist()
+      out[f"{key}_std"] = std(mats).tolist()
+      per = [r[f"metrics_{name}"] for r in runs]
+      out[f"metrics_{name}"] = {k: float(mean([p[k] for p in per]))
+                                for k in per[0]}
+      out[f"metrics_{name}_std"] = {k: float(std([p[k] for p in per]))
+                                    for k in per[0]}
   return out

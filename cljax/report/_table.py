@@ -28,6 +28,19 @@ def summary_table(results: dict) -> str:
   cols = [("ACC", "average_accuracy"), ("BWT", "backward_transfer"),
           ("Forget", "forgetting"), ("FWT", "forward_transfer"),
           ("AvgInc", "average_incremental_accuracy")]
+  # A method's other classifiers (iCaRL's nearest mean) get rows of their
+  # own: "icarl [nme]".
+  rows = {}
+  for name, res in results.items():
+    rows[name] = res
+    for key in res:
+      if key.startswith("metrics_") and not key.endswith("_std"):
+        extra = {**res, "metrics": res[key]}
+        extra.pop("metrics_std", None)
+        if f"{key}_std" in res:
+          extra["metrics_std"] = res[f"{key}_std"]
+        rows[f"{name} [{key[len('metrics_'):]}]"] = extra
+  results = rows
   seeded = any("metrics_std" in r for r in results.values())
   w = 13 if seeded else 9
   n = max([16] + [len(name) + 1 for name in results])

@@ -1,0 +1,76 @@
+"""Rehearsal in class-incremental learning: split Fashion-MNIST, 5 tasks x 2
+classes, one head, no task identity at test time.
+
+MLP 784-400-400, SGD with momentum 0.9, lr 0.01, batch 128, 5 epochs per
+task (the recipe of ``split_fashion_mnist.py``), 10% of each task's
+training data held out for validation. The argument sets the memory:
+
+* ``k2000`` (default): K = 2,000 exemplars in all, on 3 seeds: fine-tuning,
+  joint training, ER, DER, DER++, iCaRL (its nearest-mean classifier and the
+  network's argmax both reported), End-to-End IL, LwF (over all old classes
+  jointly: iCaRL's LwF.MC), A-GEM and GEM (K / 5 = 400 memories per task);
+* ``k200``, ``k500``: ER and iCaRL with 200 and 500 exemplars, one seed;
+* ``cnn``: the small CNN with random crops and flips (the image recipe) for
+  ER, iCaRL and End-to-End IL at K = 2,000, one seed.
+
+Methods use their papers' defaults (DER alpha 0.3; DER++ alpha 0.1, beta
+0.5; E2EIL T = 2, 30 balanced passes at a tenth of the lr); every
+rehearsal method replays an equally sized batch of exemplars each step.
+
+    cljax run --config experiments/class_il_fashion_mnist.py \
+        --config.workdir=experiments/results/class_il_k2000
+    cljax run --config experiments/class_il_fashion_mnist.py:runlocal
+"""
+
+from cljax.default_config import get_config as base
+from cljax.default_config import method_entry
+
+REHEARSAL = ("er", "der", "derpp", "icarl", "e2eil")
+
+
+def get_config(arg="k2000"):
+  tokens = [a for a in (arg or "").split(",") if a]
+  quick = "runlocal" in tokens
+  variants = [t for t in tokens if t != "runlocal"] or ["k2000"]
+  variant = variants[0]
+  if len(variants) > 1 or variant not in ("k2000", "k200", "k500", "cnn"):
+    raise ValueError("config arg: k2000, k200, k500 or cnn, optionally "
+                     f"with ',runlocal', got {arg!r}")
+  k = {"k200": 200, "k500": 500}.get(variant, 2000)
+  c = base()
+  c.name = f"class_il_fashion_mnist_{variant}" + ("_runlocal" if quick
+                                                   else "")
+  c.data.name = "fashion_mnist"
+  c.scenario.kind = "class_incremental"
+  c.scenario.num_tasks = 5
+  c.scenario.val_fraction = 0.1
+  c.model.name = "mlp"
+  c.model.hidden = (400, 400)
+  c.train.epochs = 5
+  c.train.batch_size = 128
+  c.train.lr = 0.01
+  c.train.momentum = 0.9
+  c.train.eval_every = 0
+  if variant == "k2000":
+    c.seeds = 3
+    entries = ["finetune", "joint", *REHEARSAL, "lwf", "agem", "gem"]
+  elif variant == "cnn":
+    c.model.name = "cnn"
+    c.train.augment = "crop_flip"
+    entries = ["er", "icarl", "e2eil"]
+  else:
+    entries = ["er", "icarl"]
+  for name in REHEARSAL:
+    c.method[name].memory_size = k
+  c.method.gem.memory_size = c.method.agem.memory_size = k // 5
+  if quick:
+    c.seeds = 1
+    c.train.epochs = 1
+    c.scenario.train_per_task = 1000
+    c.scenario.test_per_task = 300
+    for name in REHEARSAL:
+      c.method[name].memory_size = 200
+    c.method.gem.memory_size = c.method.agem.memory_size = 40
+    c.method.agem.ref_size = 40
+  c.methods = ",".join(entries)
+  return c
