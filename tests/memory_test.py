@@ -87,3 +87,31 @@ def test_reservoir_fills_then_samples_uniformly():
   # binomial sd ~ 8.7, so +-40 is > 4.5 sd (a wrong sampler, e.g. keeping
   # the last examples, fails by far).
   assert np.all(np.abs(counts - runs * cap / n) < 40), counts
+
+
+def test_reservoir_insertion_equals_algorithm_r_one_by_one():
+  # The vectorised write against Algorithm R example by example, with the
+  # same random draws; slots drawn twice in a batch keep the later example.
+  cap, n = 6, 9
+  rng = np.random.default_rng(0)
+  buf = memory.reservoir_buffer(cap, (2,), num_logits=3)
+  ref_x, ref_y, seen = np.zeros((cap, 2)), np.zeros(cap, int), 0
+  for call in range(5):
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    y = rng.integers(0, 100, n)
+    valid = rng.uniform(size=n) < 0.8
+    key = jax.random.key(call)
+    keys = jax.random.split(key, n)
+    for i in range(n):
+      if not valid[i]:
+        continue
+      j = seen if seen < cap else int(jax.random.randint(keys[i], (), 0,
+                                                          seen + 1))
+      if j < cap:
+        ref_x[j], ref_y[j] = x[i], y[i]
+      seen += 1
+    buf = jax.jit(memory.reservoir_add)(buf, x, y, np.zeros(n, np.int32), key,
+                                        valid, np.ones((n, 3), np.float32))
+    np.testing.assert_array_equal(np.asarray(buf.y), ref_y)
+    np.testing.assert_array_equal(np.asarray(buf.x), ref_x.astype(np.float32))
+    assert int(buf.seen) == seen

@@ -43,27 +43,30 @@ def reservoir_buffer(capacity: int, example_shape, dtype=jnp.float32,
 def reservoir_add(buffer: ReservoirBuffer, x, y, t, key: jax.Array,
                   valid=None, logits=None) -> ReservoirBuffer:
   """Streams the examples ``x (N, ...)``, ``y (N,)``, ``t (N,)`` (and their
-  ``logits (N, L)``) through the buffer in order (a ``lax.scan``;
-  jittable). ``valid`` ``(N,)`` bool marks examples to skip (padding, so
-  fixed-size chunks compile once; replayed examples)."""
+  ``logits (N, L)``) through the buffer in order, as Algorithm R does one
+  by one, but in one vectorised write (jittable). ``valid`` ``(N,)`` bool
+  marks examples to skip (padding, so fixed-size chunks compile once)."""
   capacity = buffer.y.shape[0]
-  valid = jnp.ones(len(y), bool) if valid is None else jnp.asarray(valid)
+  n = len(y)
+  valid = jnp.ones(n, bool) if valid is None else jnp.asarray(valid)
   if logits is None:
-    logits = jnp.zeros((len(y), buffer.logits.shape[1]), jnp.float32)
-
-  def one(buf, ex):
-    xi, yi, ti, li, k, ok = ex
-    j = jnp.where(buf.seen < capacity, buf.seen,
-                  jax.random.randint(k, (), 0, buf.seen + 1))
-    keep = ok & (j < capacity)
-    slot = jnp.where(keep, j, 0)
-    put = lambda a, v: a.at[slot].set(jnp.where(keep, v, a[slot]))
-    return ReservoirBuffer(put(buf.x, xi), put(buf.y, yi), put(buf.t, ti),
-                           buf.seen + ok.astype(jnp.int32),
-                           put(buf.logits, li)), None
-
-  keys = jax.random.split(key, len(y))
-  out, _ = jax.lax.scan(one, buffer, (jnp.asarray(x), jnp.asarray(y),
-                                      jnp.asarray(t), jnp.asarray(logits),
-                                      keys, valid))
-  return out
+    logits = jnp.zeros((n, buffer.logits.shape[1]), jnp.float32)
+  # Example i is the (seen + rank_i)-th of the stream, rank_i counting the
+  # valid ones before it; Algorithm R gives it slot j_i = that count while
+  # the buffer fills, else a slot drawn from 0..count (kept if < K).
+  count = buffer.seen + jnp.cumsum(valid) - valid
+  keys = jax.random.split(key, n)
+  draw = jax.vmap(lambda k, c: jax.random.randint(k, (), 0, c + 1))(keys,
+                                                                     count)
+  j = jnp.where(count < capacity, count, draw)
+  keep = valid & (j < capacity)
+  # Sequentially a later example overwrites an earlier one at the same
+  # slot: only the last writer of each slot is written (all at once).
+  later = jnp.triu(jnp.ones((n, n), bool), k=1)
+  overwritten = jnp.any(later & keep[None, :] & (j[None, :] == j[:, None]),
+                        axis=1)
+  slot = jnp.where(keep & ~overwritten, j, capacity)  # out of range: dropped
+  put = lambda a, v: a.at[slot].set(jnp.asarray(v, a.dtype), mode="drop")
+  return ReservoirBuffer(put(buffer.x, x), put(buffer.y, y), put(buffer.t, t),
+                         buffer.seen + jnp.sum(valid).astype(jnp.int32),
+                         put(buffer.logits, logits))
