@@ -57,6 +57,7 @@ def get_config(arg="k2000"):
   elif variant == "cnn":
     c.model.name = "cnn"
     c.train.augment = "crop_flip"
+    c.method.icarl.nme_flip = True  # class means over the flips too
     entries = ["er", "icarl", "e2eil"]
   else:
     entries = ["er", "icarl"]

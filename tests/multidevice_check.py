@@ -67,7 +67,8 @@ model = models.build_model("mlp", (8, 8, 1), 10, hidden=(32,))
 # shards; the reservoir takes the global batch (all-gathered) in order.
 for method in (methods.GEM(16, 0.5), methods.AGEM(16, 8), methods.ER(24),
                methods.ER(24, selection="reservoir"),
-               methods.DERpp(memory_size=24)):
+               methods.DERpp(memory_size=24),
+               methods.ER(24, replay_size=8)):
   opt = method.optimizer(optax.sgd(0.05), model.params)
   s0 = method.init_state(model, stream)
   for k in range(2):

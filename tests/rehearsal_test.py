@@ -9,6 +9,8 @@ import pytest
 
 from cljax import data, memory, methods, models, train
 
+from exemplars_test import _herding_loop
+
 
 @pytest.fixture(scope="module")
 def stream(digits):
@@ -38,7 +40,7 @@ def test_exemplar_memory_is_class_balanced_herding(stream, budget, per_class):
   for c in task.classes:
     x = task.train.x[task.train.y == c]
     (_, feats), _ = model.apply(state.params, state.batch_stats, x)
-    want_idx = np.asarray(memory.herding_selection(feats, want))
+    want_idx = _herding_loop(np.asarray(feats, np.float64), want)
     rows = np.flatnonzero(valid & (np.asarray(mem.y) == c))
     rows = rows[np.argsort(np.asarray(mem.rank)[rows])]
     np.testing.assert_array_equal(np.asarray(mem.x)[rows], x[want_idx])
@@ -196,6 +198,12 @@ def _soft_ce(zs, zt, classes, temp):
   return np.mean(out)
 
 
+def _ce(z, y, classes):
+  z = np.asarray(z, np.float64)
+  return np.mean([np.log(np.exp(zi[classes] - zi[classes].max()).sum()) +
+                  zi[classes].max() - zi[yi] for zi, yi in zip(z, y)])
+
+
 def test_e2eil_cross_distilled_and_balanced_losses(stream):
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
   m = methods.E2EIL(60, balanced_passes=3)
@@ -218,6 +226,9 @@ def test_e2eil_cross_distilled_and_balanced_losses(stream):
   (zt, _), _ = model.apply(model.params, model.batch_stats, batch["x"])
   want = sum(_soft_ce(zs, zt, stream.tasks[k].classes, 2.0) for k in range(2))
   np.testing.assert_allclose(terms["distill"], want, rtol=1e-4)
+  seen = np.concatenate([stream.tasks[k].classes for k in range(3)])
+  np.testing.assert_allclose(terms["ce"], _ce(zs, batch["y"], seen),
+                             rtol=1e-4)
   # The balanced phase: memory samples only, the new classes distilled from
   # the model at its start (here: the task's classes of task 2).
   phase = m.phases(2)[1]
@@ -228,15 +239,139 @@ def test_e2eil_cross_distilled_and_balanced_losses(stream):
   assert counts[:6].tolist() == [10] * 6  # 60 // 6 classes: balanced
   fb = m.phase_loss_fn(model, "balanced")
   other = {**batch, "x": batch["x"].at[:8].set(0.0)}  # the current examples
-  a = fb(moved, model.batch_stats, sb, batch, masks, None)[0]
+  a, (tb, _) = fb(moved, model.batch_stats, sb, batch, masks, None)
   b = fb(moved, model.batch_stats, sb, other, masks, None)[0]
   assert float(a) == float(b)  # ... do not count
+  (zs, _), _ = model.apply(moved, model.batch_stats, batch["x"][8:])
+  (zt, _), _ = model.apply(model.params, model.batch_stats, batch["x"][8:])
+  np.testing.assert_allclose(tb["distill"], _soft_ce(
+      zs, zt, stream.tasks[2].classes, 2.0), rtol=1e-4)
+  np.testing.assert_allclose(tb["ce"], _ce(zs, batch["y"][8:], seen),
+                             rtol=1e-4)
 
 
 def test_e2eil_runs_and_fine_tunes_at_a_lower_rate(stream):
   _, res = _trained(stream, methods.E2EIL(100, balanced_passes=2), epochs=2)
   n = [len(t.train) // 32 for t in stream.tasks]
-  extra = sum(max(1, round(2 * 100 / len(t.train))) * k
-              for t, k in zip(stream.tasks[1:], n[1:]))
-  assert res["steps"] == 2 * sum(n) + extra
+  balanced = -(-2 * 100 // 32)  # two passes over a memory of 100
+  assert res["steps"] == 2 * sum(n) + 4 * balanced
   assert res["metrics"]["average_accuracy"] > 0.6
+
+
+def test_first_task_with_an_empty_memory_equals_finetuning(digits):
+  # The replay half used to be zeros: BatchNorm normalised the current batch
+  # with them. Now it is a weightless copy of the current batch.
+  stream = data.class_splits(digits, 5)
+  model = models.build_model("resnet32", stream.input_shape, 10)
+  task = stream.tasks[0].train
+  batch = {k: getattr(task, k)[:16] for k in "xyt"}
+  out = {}
+  for m in (methods.FineTune(), methods.ER(50)):
+    opt = optax.sgd(0.1)
+    step = jax.jit(train.make_train_step(m.loss_fn(model), opt,
+                                         batch_fn=m.batch_fn))
+    state = train.init_train_state(model.params, model.batch_stats, opt,
+                                   m.init_state(model, stream),
+                                   stream.logit_masks(0))
+    state, _ = step(state, batch, jax.random.key(0))
+    out[m.name] = jax.device_get((state.params, state.batch_stats))
+  # Equal up to float rounding through 32 BatchNorm layers (it was 0.07 in
+  # the parameters and 0.5 in the statistics with a zero replay half).
+  close = lambda tol: lambda a, b: np.testing.assert_allclose(a, b, atol=tol)
+  jax.tree.map(close(1e-3), out["finetune"][0], out["er"][0])
+  jax.tree.map(close(1e-5), out["finetune"][1], out["er"][1])
+
+
+def test_replay_draws_without_replacement_from_the_filled_slots(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  er = methods.ER(40)
+  s = er.init_state(model, stream)
+  valid = np.zeros(40, bool)
+  valid[[1, 5, 6, 9, 12, 20, 21, 22, 30, 33, 38, 39]] = True  # 12 filled
+  s["memory"] = s["memory"]._replace(valid=jnp.asarray(valid),
+                                     y=jnp.arange(40, dtype=jnp.int32))
+  batch = {k: getattr(stream.tasks[1].train, k)[:8] for k in "xyt"}
+  seen = np.zeros(40)
+  for i in range(300):
+    r = er.batch_fn(s, batch, jax.random.key(i), (0, 1))
+    picked = np.asarray(r["y"][8:])
+    assert len(set(picked.tolist())) == 8  # no slot twice
+    assert valid[picked].all() and float(r["w"][8:].min()) == 1.0
+    seen[picked] += 1
+  # Uniform over the 12 filled slots: each drawn 8/12 of the time.
+  np.testing.assert_allclose(seen[valid] / 300, 8 / 12, atol=0.1)
+  with pytest.raises(ValueError, match="replay_size=10 does not divide by "
+                     "the 4 devices"):
+    methods.ER(40, replay_size=10).batch_fn(s, batch, jax.random.key(0),
+                                            (0, 4))
+
+
+def test_memory_budgets_are_checked_and_random_selection_follows_the_seed(
+    stream):
+  with pytest.raises(ValueError, match="smaller than the stream's 10 "
+                     "classes"):
+    methods.ER(8).check(stream)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  mems = []
+  for seed in (0, 0, 1):
+    m = methods.ER(100, selection="random")
+    s = m.init_state(model, stream)
+    ctx = methods.TaskContext(0, stream, model, model.params,
+                              model.batch_stats, s, stream.logit_masks(0),
+                              seed)
+    mems.append(np.asarray(m.on_task_end(ctx)["memory"].x))
+  assert np.array_equal(mems[0], mems[1]) and not np.array_equal(mems[0],
+                                                                 mems[2])
+  # A budget larger than a class (more exemplars than rows): no crash.
+  der = methods.DER(memory_size=2000, selection="random")
+  s = der.init_state(model, stream)
+  ctx = methods.TaskContext(0, stream, model, model.params, model.batch_stats,
+                            s, stream.logit_masks(0))
+  got = der.on_task_end(ctx)["memory"]
+  assert int(got.valid.sum()) == len(stream.tasks[0].train)
+
+
+def test_e2eil_compiles_each_phase_once_in_class_il(stream):
+  traces = {}
+
+  class Counted(methods.E2EIL):
+    def phase_loss_fn(self, model, name):
+      f = super().phase_loss_fn(model, name)
+
+      def loss(*a):
+        traces[name] = traces.get(name, 0) + 1
+        return f(*a)
+      return loss
+
+  _trained(stream, Counted(60, balanced_passes=1))
+  assert traces == {"train": 2, "balanced": 2}  # eval_shape + compile
+
+
+def test_e2eil_resumes_inside_the_balanced_phase(stream, tmp_path,
+                                                 monkeypatch):
+  from cljax.train import _checkpoint
+  run = lambda ckpt: train.run_stream(
+      stream, methods.E2EIL(60, balanced_passes=4),
+      models.build_model("mlp", stream.input_shape, 10, hidden=(16,)),
+      optax.sgd(0.05, momentum=0.9), epochs=1, batch_size=32,
+      progress=False, checkpoint_dir=ckpt, checkpoint_every=3)
+  want = run(None)
+  real, calls = _checkpoint.Checkpoints.save, []
+
+  def save(self, items, record):
+    calls.append(real(self, items, record))
+    pos = record["position"]
+    if pos and pos["task"] == 2 and pos["phase"] == 1:
+      raise KeyboardInterrupt
+    return calls[-1]
+
+  ckpt = str(tmp_path / "ck")
+  monkeypatch.setattr(_checkpoint.Checkpoints, "save", save)
+  with pytest.raises(KeyboardInterrupt):
+    run(ckpt)
+  monkeypatch.undo()
+  got = run(ckpt)
+  assert got["accuracy_matrix"] == want["accuracy_matrix"]
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(want["final_state"].params),
+               jax.device_get(got["final_state"].params))

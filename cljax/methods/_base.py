@@ -31,6 +31,8 @@ class TaskContext(NamedTuple):
     params, batch_stats: the current model state.
     method_state: the method's current state.
     masks: ``(T, C)`` active-logit table for this task.
+    seed: the run's seed (for a hook's own randomness, e.g. a random
+      selection of exemplars).
   """
   index: int
   stream: Stream
@@ -39,6 +41,7 @@ class TaskContext(NamedTuple):
   batch_stats: Any
   method_state: Any
   masks: Any
+  seed: int = 0
 
 
 def task_cross_entropy(model: FunctionalModel, params, batch_stats, batch,
@@ -64,11 +67,15 @@ class Phase(NamedTuple):
     lr_scale: multiplies the optimizer's updates (its learning rate, for SGD
       and Adam) in this phase, with an optimizer state of its own (e.g.
       End-to-End IL's balanced fine-tuning at a tenth of the rate).
+    examples: if set, the phase lasts ``ceil(examples / batch size)``
+      steps instead of ``epochs`` (e.g. passes over a memory rather than
+      over the task's data).
   """
   name: str = "train"
   epochs: int | None = None
   head_only: bool = False
   lr_scale: float = 1.0
+  examples: int | None = None
 
 
 def head_labels(params) -> dict:

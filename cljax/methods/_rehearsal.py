@@ -73,9 +73,15 @@ class Rehearsal(Method):
   # -- the memory ------------------------------------------------------------
 
   def check(self, stream):
-    if self.selection != "reservoir" and self.budget == "per_class":
+    if self.selection == "reservoir":
+      return
+    if self.budget == "per_class":
       mem.per_class_budget(self.memory_size, stream.num_classes, "per_class",
                            self.per_class)
+    elif self.memory_size < stream.num_classes:
+      raise ValueError(f"memory_size={self.memory_size} is smaller than the "
+                       f"stream's {stream.num_classes} classes: the total "
+                       "budget would keep no exemplar of some")
 
   def init_state(self, model, stream):
     self._model = model
@@ -101,21 +107,37 @@ class Rehearsal(Method):
       return memory.x, memory.y, memory.t, valid, memory.logits
     return memory.x, memory.y, memory.t, memory.valid, memory.logits
 
-  def replay(self, memory, rng, n_global: int, shard):
-    """This shard's part of ``n_global`` slots drawn uniformly (with
-    replacement) from the filled ones, as a batch with weights ``w`` (0 if
-    the memory is still empty) and the stored ``logits``."""
+  def replay(self, memory, rng, n_global: int, shard, batch):
+    """This shard's part of ``n_global`` slots drawn uniformly without
+    replacement from the filled ones (Gumbel top-k over the valid slots),
+    as a batch with the stored ``logits`` and weights ``w``: 0 for a slot
+    left over when the memory holds fewer examples.
+
+    While the memory is empty, the replay batch is a copy of the current
+    one (weight 0): a BatchNorm layer then sees the current batch's own
+    statistics, so training equals training without replay (when the
+    replay batch is as large as the current one; else it is the current
+    batch repeated to its size).
+    """
     x, y, t, valid, logits = self._slots(memory)
-    p = valid.astype(jnp.float32)
-    any_ = p.sum() > 0
-    idx = jax.random.choice(rng, y.shape[0], (n_global,),
-                            p=jnp.where(any_, p, 1.0) / jnp.where(
-                                any_, p.sum(), y.shape[0]))
     index, count = shard
+    if n_global % count:
+      raise ValueError(f"replay_size={n_global} does not divide by the "
+                       f"{count} devices")
+    scores = jax.random.gumbel(rng, valid.shape) + jnp.where(valid, 0.0,
+                                                             -jnp.inf)
+    # A memory smaller than the replay batch: some slots drawn twice.
+    k = min(n_global, valid.shape[0])
+    idx = jnp.resize(jax.lax.top_k(scores, k)[1], (n_global,))
     n = n_global // count
     idx = jax.lax.dynamic_slice_in_dim(idx, index * n, n)
-    return {"x": x[idx], "y": y[idx], "t": t[idx],
-            "w": jnp.full((n,), any_, jnp.float32), "logits": logits[idx]}
+    any_ = jnp.any(valid)
+    own = lambda a: jnp.resize(jnp.asarray(a), (n, *np.shape(a)[1:]))
+    pick = lambda a, cur: jnp.where(
+        any_, a[idx], own(cur).astype(a.dtype))
+    return {"x": pick(x, batch["x"]), "y": pick(y, batch["y"]),
+            "t": pick(t, batch["t"]), "w": valid[idx].astype(jnp.float32),
+            "logits": logits[idx]}
 
   def batch_fn(self, s, batch, rng, shard):
     """The current batch followed by ``replay_batches`` replay batches, each
@@ -124,7 +146,7 @@ class Rehearsal(Method):
     b = batch["y"].shape[0]
     n_global = self.replay_size or b * shard[1]
     parts = [self.replay(s["memory"], jax.random.fold_in(rng, k), n_global,
-                         shard) for k in range(self.replay_batches)]
+                         shard, batch) for k in range(self.replay_batches)]
     cat = lambda k, a: jnp.concatenate([jnp.asarray(a)] + [
         r[k].astype(jnp.asarray(a).dtype) for r in parts])
     out = {k: cat(k, batch[k]) for k in ("x", "y", "t")}
@@ -170,6 +192,7 @@ class Rehearsal(Method):
       noise = jax.vmap(lambda k: jax.random.uniform(k, (n,)))(keys)
       noise = jnp.where(jnp.arange(n)[None] < counts[:, None], noise, 2.0)
       order = jnp.argsort(noise, axis=1)[:, :self._m_max]
+      order = jnp.pad(order, ((0, 0), (0, self._m_max - order.shape[1])))
     chosen = jnp.take_along_axis(
         x, order.reshape(g, -1, *([1] * (x.ndim - 2))), axis=1)
     logits = None
@@ -199,7 +222,7 @@ class Rehearsal(Method):
     memory = self._select(self.selection == "herding", ctx.params,
                           ctx.batch_stats, state["memory"], x, counts, y,
                           np.full(self._groups, ctx.index), m,
-                          jax.random.key(ctx.index))
+                          jax.random.key(ctx.seed * 1000 + ctx.index))
     return {**state, "memory": memory}
 
 

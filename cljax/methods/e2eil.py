@@ -57,8 +57,6 @@ class E2EIL(Rehearsal):
     self.balanced_lr_scale = float(balanced_lr_scale)
 
   def init_state(self, model, stream):
-    self._train_sizes = [len(self.train_split(stream, k))
-                         for k in range(stream.num_tasks)]
     t, c = stream.num_tasks, stream.num_classes
     return {**super().init_state(model, stream), "teacher": model.params,
             "teacher_stats": model.batch_stats,
@@ -68,12 +66,9 @@ class E2EIL(Rehearsal):
   def phases(self, index):
     if index == 0 or self.balanced_passes == 0:
       return (Phase(),)
-    # As many steps as balanced_passes over the memory, counted in passes
-    # over the task's training data (what a phase's epochs are).
-    epochs = max(1, round(self.balanced_passes * self.memory_size /
-                          self._train_sizes[index]))
-    return (Phase(), Phase("balanced", epochs,
-                           lr_scale=self.balanced_lr_scale))
+    # balanced_passes over the memory's worth of examples.
+    return (Phase(), Phase("balanced", lr_scale=self.balanced_lr_scale,
+                           examples=self.balanced_passes * self.memory_size))
 
   def loss_fn(self, model):
     return self._loss(model, balanced=False)

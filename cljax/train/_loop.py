@@ -400,7 +400,7 @@ class _Run:
   def _ctx(self, i, masks):
     st = self.state
     return TaskContext(i, self.stream, self.model, st.params, st.batch_stats,
-                       st.method_state, masks)
+                       st.method_state, masks, self.s["seed"])
 
   def _train_task(self, i, prog, stash, save, checkpoint_every):
     """Trains task ``i``, from the start or from ``prog["position"]`` (a
@@ -416,9 +416,10 @@ class _Run:
     phases = method.phases(i)
     per_epoch = num_batches(len(split), s["batch_size"])
     epochs = s["epochs"] if s["task_epochs"] is None else s["task_epochs"][i]
-    # Steps of each phase: its own epochs, else the task's steps budget
-    # (the last epoch cut short), else the task's epochs.
-    budget = [per_epoch * p.epochs if p.epochs else
+    # Steps of each phase: its own examples or epochs, else the task's steps
+    # budget (the last epoch cut short), else the task's epochs.
+    budget = [-(-p.examples // s["batch_size"]) if p.examples else
+              per_epoch * p.epochs if p.epochs else
               s["task_steps"] or per_epoch * epochs for p in phases]
     n_epochs = [-(-n // per_epoch) for n in budget]
     done = sum(budget[:pos["phase"]]) + per_epoch * pos["epoch"] + pos["batch"]
