@@ -171,7 +171,8 @@ def _run(args) -> int:
   # As `python -m` does: methods given by import path may live here.
   sys.path.insert(0, os.getcwd())
   config = load_config(args)
-  from cljax.experiment import run_experiment
+  from cljax.experiment import run_experiment, validate
+  validate(config)  # a bad value is the only line on stderr
   if not config.workdir:
     with config.unlocked():
       config.workdir = default_workdir(config, args)
