@@ -67,11 +67,12 @@ def get_config(arg="k2000"):
   if quick:
     c.seeds = 1
     c.train.epochs = 1
-    c.scenario.train_per_task = 1000
-    c.scenario.test_per_task = 300
+    c.scenario.train_per_task = 600
+    c.scenario.test_per_task = 200
     for name in REHEARSAL:
-      c.method[name].memory_size = 200
-    c.method.gem.memory_size = c.method.agem.memory_size = 40
-    c.method.agem.ref_size = 40
+      c.method[name].memory_size = 100
+    c.method.e2eil.balanced_passes = 5
+    c.method.gem.memory_size = c.method.agem.memory_size = 20
+    c.method.agem.ref_size = 20
   c.methods = ",".join(entries)
   return c
