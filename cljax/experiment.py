@@ -31,7 +31,8 @@ OPTIMIZERS = ("sgd", "adam")
 # Keys that cannot change a result: left out of a run's identity, so
 # changing them never invalidates a checkpoint.
 PRESENTATION_KEYS = ("name", "workdir", "progress", "select",
-                     "checkpoint_every", "data.verify", "log", "seeds")
+                     "checkpoint_every", "data.verify", "log", "seeds",
+                     "train.loop", "train.scan_chunk", "train.device_data_mb")
 
 
 class NoResults(RuntimeError):
@@ -134,6 +135,10 @@ def validate(config) -> None:
          "fractions of a task's steps in (0, 1)")
   _check(_validate.check_positive, "train.decay", t.decay)
   _check(_validate.check_unit_interval, "train.warmup", t.warmup)
+  if t.loop not in train.LOOPS:
+    _fail("train.loop", f"unknown {t.loop!r}; one of {train.LOOPS}")
+  _int("train.scan_chunk", t.scan_chunk, 1)
+  _check(_validate.check_positive, "train.device_data_mb", t.device_data_mb)
   if t.optimizer not in OPTIMIZERS:
     _fail("train.optimizer", f"unknown {t.optimizer!r}; one of {OPTIMIZERS}")
   if t.augment not in cl_data.AUGMENTATIONS:
@@ -477,7 +482,9 @@ def _run_entry(e, stream, config, workdir) -> dict:
         checkpoint_dir=e["checkpoint_dir"],
         checkpoint_every=config.checkpoint_every, identity=e["identity"],
         progress=config.progress, writer=_writer(config.log, workdir, sub),
-        log_every=config.log.every)
+        log_every=config.log.every,
+        loop=config.train.loop, scan_chunk=config.train.scan_chunk,
+        device_data_mb=config.train.device_data_mb)
   except FloatingPointError as err:  # a diverged candidate; the rest go on
     print(f"\n{e['entry']} (seed {config.seed}): diverged: {err}")
     return {"diverged": str(err), "seed": config.seed, "lr": e["lr"],

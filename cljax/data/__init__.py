@@ -1,6 +1,7 @@
 """Datasets (offline), continual-learning scenarios and batching."""
 
 from cljax.data._batching import AUGMENTATIONS
+from cljax.data._batching import batch_indices
 from cljax.data._batching import eval_batches
 from cljax.data._batching import num_batches
 from cljax.data._batching import random_crop_flip

@@ -16,6 +16,23 @@ def num_batches(n: int, batch_size: int) -> int:
   return n // batch_size
 
 
+def batch_indices(n: int, batch_size: int, rng: np.random.Generator,
+                  start: int = 0, stop: int | None = None) -> np.ndarray:
+  """One epoch's shuffled batches as rows of example indices: ``(k,
+  batch_size)`` int32, batches ``start..stop-1`` of a permutation of
+  ``0..n-1`` drawn from ``rng`` (the remainder ``n % batch_size`` left
+  out, a different random subset each epoch)."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if n < batch_size:
+    raise ValueError(f"a task has {n} training examples, fewer than "
+                     f"batch_size={batch_size}")
+  perm = rng.permutation(n).astype(np.int32)
+  total = num_batches(n, batch_size)
+  stop = total if stop is None else min(total, stop)
+  return perm[:total * batch_size].reshape(total, batch_size)[start:stop]
+
+
 def train_batches(split: Split, batch_size: int,
                   rng: np.random.Generator, start: int = 0,
                   stop: int | None = None) -> Iterator[dict]:
@@ -27,15 +44,7 @@ def train_batches(split: Split, batch_size: int,
   batches (the same permutation is drawn: resuming inside an epoch);
   ``stop`` ends the epoch early, after batch ``stop - 1``.
   """
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if len(split) < batch_size:
-    raise ValueError(f"a task has {len(split)} training examples, fewer than "
-                     f"batch_size={batch_size}")
-  perm = rng.permutation(len(split))
-  n = num_batches(len(split), batch_size)
-  for b in range(start, n if stop is None else min(n, stop)):
-    idx = perm[b * batch_size:(b + 1) * batch_size]
+  for idx in batch_indices(len(split), batch_size, rng, start, stop):
     yield {"x": split.x[idx], "y": split.y[idx], "t": split.t[idx]}
 
 

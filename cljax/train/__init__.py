@@ -5,6 +5,7 @@ from cljax.train._identity import run_identity
 from cljax.train._lock import directory_lock
 from cljax.train._lock import LockedError
 from cljax.train._loop import check_run
+from cljax.train._loop import LOOPS
 from cljax.train._loop import run_stream
 from cljax.train._step import check_finite
 from cljax.train._step import data_parallel

@@ -20,12 +20,13 @@ import optax
 from tqdm.auto import tqdm
 
 from cljax import metrics
-from cljax.data._batching import num_batches, train_batches
+from cljax.data._batching import batch_indices, num_batches
 from cljax.data._scenarios import Stream
 from cljax.methods._base import Method, Phase, TaskContext, head_only
 from cljax.models._functional import FunctionalModel
 from cljax import _validate
 from cljax.train._checkpoint import Checkpoints, check_identity
+from cljax.train._epochs import HostEngine, ScanEngine, fits
 from cljax.train._identity import run_identity
 from cljax.train._lock import directory_lock
 from cljax.train._step import (check_finite, data_parallel, evaluate,
@@ -56,6 +57,9 @@ def set_learning_rate(opt_state, lr: float):
   # abstract value for every task, so nothing recompiles.
   return optax.tree_utils.tree_set(opt_state, learning_rate=jax.numpy.asarray(
       lr, found[0][1].dtype))
+
+
+LOOPS = ("auto", "scan", "host")
 
 
 def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
@@ -112,7 +116,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                writer=None, log_every: int = 0,
                task_lrs: Sequence[float] | None = None,
                task_epochs: Sequence[int] | None = None,
-               task_steps: int = 0) -> dict:
+               task_steps: int = 0, loop: str = "auto",
+               scan_chunk: int = 100, device_data_mb: float = 1024) -> dict:
   """Trains ``method`` on ``stream`` and returns the run's results.
 
   Args:
@@ -152,6 +157,12 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     task_steps: if > 0, train each task for exactly this many steps (epochs
       of fresh permutations, the last cut short) in place of epochs; a
       phase with epochs of its own (e.g. LwF's warm-up) keeps them.
+    loop: ``"scan"`` (the task's data on the device, the steps as jitted
+      ``lax.scan``s of up to ``scan_chunk`` steps, cut where an evaluation,
+      a log line or a checkpoint is due), ``"host"`` (batches fed from the
+      host, the next one prefetched) or ``"auto"`` (scan when every task's
+      training data fits ``device_data_mb`` and there is no ``mesh``). Both
+      give the same results.
   Returns:
     A dict with ``accuracy_matrix`` (``R[i][j]``, test splits, fractions),
     ``val_accuracy_matrix`` (validation splits), ``random_init_accuracy``,
@@ -175,8 +186,26 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                   task_steps=int(task_steps))
   check_run(stream, method, model, checkpoint_every=checkpoint_every,
             log_every=log_every, **settings)
+  if loop not in LOOPS:
+    raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+  if loop == "scan" and mesh is not None:
+    raise ValueError("loop='scan' runs on one device; with a mesh use "
+                     "loop='host' or 'auto'")
+  _validate.check_value("scan_chunk", scan_chunk,
+                        lambda v: (v >= 1) & (v == np.round(v)),
+                        "an integer >= 1")
+  _validate.check_positive("device_data_mb", device_data_mb)
+  splits = [method.train_split(stream, k) for k in range(stream.num_tasks)]
+  scan = loop == "scan" or (loop == "auto" and mesh is None and
+                            fits(splits, device_data_mb))
+  # One scan length for the run: the chunk, or the shortest period at which
+  # something is due (so segments are mostly full).
+  chunk = min([int(scan_chunk)] + [e for e in (
+      eval_every, checkpoint_every if checkpoint_dir else 0,
+      log_every if writer is not None else 0) if e])
   run = _Run(stream, method, model, optimizer, settings, mesh=mesh,
-             progress=progress, writer=writer, log_every=log_every)
+             progress=progress, writer=writer, log_every=log_every,
+             scan=(max(len(sp) for sp in splits), chunk) if scan else None)
   if not checkpoint_dir:
     return run.run(None, None, 0)
   ident = run_identity(stream, method, model, optimizer, settings, identity)
@@ -206,9 +235,10 @@ class _Run:
   """One ``run_stream`` call: the compiled steps and the task loop."""
 
   def __init__(self, stream, method, model, optimizer, settings, *, mesh,
-               progress, writer, log_every):
+               progress, writer, log_every, scan):
     self.stream, self.method, self.model = stream, method, model
     self.s, self.mesh, self.progress = settings, mesh, progress
+    self.scan = scan  # (data size, chunk) for the scan engine, or None
     self.writer, self.log_every = writer, log_every
     self.compile_s = [0.0]  # running total, see _compile_timer
     self.curve_split = "val" if all(len(t.val) for t in stream.tasks) else (
@@ -228,7 +258,8 @@ class _Run:
         _own(method.init_state(model, stream)), stream.logit_masks(0))
 
   def phase_step(self, phase: Phase):
-    """``(step, optimizer, term names)`` of ``phase``."""
+    """``(engine, optimizer, term names)`` of ``phase``; the engine runs
+    its train step over rows of batch indices (``_epochs``)."""
     cache_key = (phase.name, phase.head_only, phase.lr_scale)
     if cache_key not in self.compiled:
       model, method, augment = self.model, self.method, self.s["augment"]
@@ -239,11 +270,6 @@ class _Run:
         o = optax.chain(o, optax.scale(phase.lr_scale))
       kwargs = dict(update_method_state=method.update_method_state,
                     extra_args=method.extra_args, batch_fn=method.batch_fn)
-      if self.mesh is None:
-        step = jax.jit(make_train_step(loss_fn, o, **kwargs), donate_argnums=0)
-      else:
-        step = data_parallel(make_train_step(loss_fn, o, axis_name="data",
-                                             **kwargs), self.mesh)
       example = {k: getattr(self.stream.tasks[0].train, k)[
           :self.s["batch_size"]] for k in "xyt"}
       state = self.state
@@ -253,9 +279,20 @@ class _Run:
           batch = method.batch_fn(ms, batch, key, (0, 1))
         return loss_fn(params, batch_stats, ms, batch, masks, key)[1][0]
 
-      names = list(jax.eval_shape(terms, model.params, model.batch_stats,
-                                  state.method_state, example, state.masks,
-                                  self.key))
+      shape = jax.eval_shape(terms, model.params, model.batch_stats,
+                             state.method_state, example, state.masks,
+                             self.key)
+      names = list(shape)
+      if self.mesh is not None:
+        step = HostEngine(data_parallel(make_train_step(
+            loss_fn, o, axis_name="data", **kwargs), self.mesh),
+                          prefetch=False)
+      elif self.scan is not None:
+        step = ScanEngine(make_train_step(loss_fn, o, **kwargs), shape,
+                          *self.scan)
+      else:
+        step = HostEngine(jax.jit(make_train_step(loss_fn, o, **kwargs),
+                                  donate_argnums=0))
       self.compiled[cache_key] = (step, o, names)
     return self.compiled[cache_key]
 
@@ -449,12 +486,16 @@ class _Run:
         extra = [] if phases[p].name == "train" else list(
             map(ord, phases[p].name))
         rng = np.random.default_rng([s["seed"], i, epoch, *extra])
-        batches = train_batches(split, s["batch_size"], rng, start=first,
-                                stop=budget[p] - per_epoch * epoch)
-        for b, batch in enumerate(batches, first):
-          self.state, terms = step(self.state, batch, self.key)
-          bar.update()
-          host_step += 1
+        rows = batch_indices(len(split), s["batch_size"], rng, start=first,
+                             stop=budget[p] - per_epoch * epoch)
+        b = 0
+        while b < len(rows):  # segments end where something is due
+          n = min(len(rows) - b, self._until_due(host_step, checkpoint_every
+                                                 if save else 0))
+          self.state, terms = step.run(self.state, split, rows[b:b + n],
+                                       self.key)
+          b, host_step = b + n, host_step + n
+          bar.update(n)
           if self.writer and self.log_every and (
               host_step % self.log_every == 0):
             self.writer.write_scalars(host_step, {
@@ -468,7 +509,7 @@ class _Run:
             check_finite(self.state, term_names)
             save({"state": self.state,
                   **({"stash": main_opt_state} if own_opt else {})},
-                 {"task": i, "phase": p, "epoch": epoch, "batch": b + 1,
+                 {"task": i, "phase": p, "epoch": epoch, "batch": first + b,
                   "elapsed": time.perf_counter() - t0, "stash": own_opt,
                   "compile_s": self.compile_s[0] - c0})
         check_finite(self.state, term_names)
@@ -494,6 +535,16 @@ class _Run:
     prog["done"] = i + 1
     prog["position"] = None
 
+
+  def _until_due(self, step: int, checkpoint_every: int) -> int:
+    """Steps from global step ``step`` to the next one where a log line, an
+    evaluation or a checkpoint is due (at most the scan's chunk)."""
+    limit = self.scan[1] if self.scan else 2 ** 31
+    for every in (self.log_every if self.writer else 0,
+                  self.s["eval_every"], checkpoint_every):
+      if every:
+        limit = min(limit, every - step % every)
+    return limit
 
   def _log(self, step, name, accuracies, seen=None):
     """Accuracy on each task (and, after task ``seen``, the mean over the
