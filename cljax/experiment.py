@@ -284,6 +284,14 @@ def entry_identity(config, e: Entry) -> dict:
   return flatten(c, "config.")
 
 
+def _config_defaults() -> dict:
+  """The default config's values, nested like ``entry_identity``'s
+  ``config`` part: a key added since a checkpoint was written matches it
+  while the key keeps its default."""
+  from cljax.default_config import get_config
+  return {"config": json.loads(get_config().to_json())}
+
+
 def _prepare_workdir(workdir: str) -> None:
   """Fails before any data is loaded unless ``workdir`` is (or can be made)
   a writable directory."""
@@ -386,7 +394,8 @@ def _prepare_entries(config, stream, workdir, sub: str = "") -> list[dict]:
         checkpoints.close()
       if record is not None:
         check_identity(ckdir, record["identity"], train.run_identity(
-            stream, method, model, opt, settings, ident))
+            stream, method, model, opt, settings, ident),
+                       train.identity_defaults(method, _config_defaults()))
     out.append(dict(entry=entry, method=method, model=model, opt=opt,
                     settings=settings, identity=ident, checkpoint_dir=ckdir,
                     lr=e.lr, hparams=e.hparams))
@@ -481,6 +490,7 @@ def _run_entry(e, stream, config, workdir) -> dict:
         stream, e["method"], e["model"], e["opt"], **e["settings"],
         checkpoint_dir=e["checkpoint_dir"],
         checkpoint_every=config.checkpoint_every, identity=e["identity"],
+        identity_defaults=_config_defaults(),
         progress=config.progress, writer=_writer(config.log, workdir, sub),
         log_every=config.log.every,
         loop=config.train.loop, scan_chunk=config.train.scan_chunk,

@@ -248,3 +248,19 @@ def test_augmentation_of_another_run_is_refused(stream, tmp_path):
   _run(stream, augment=lambda key, x: x, **kw)
   with pytest.raises(ValueError, match="run.augment"):
     _run(stream, augment=lambda key, x: x * 2.0, **kw)
+
+
+def test_a_setting_added_since_matches_at_its_default():
+  # Adding a config key (or a method hyperparameter) used to make every
+  # earlier checkpoint unusable.
+  old = {"config.train.lr": 0.1}
+  new = {"config.train.lr": 0.1, "config.train.schedule": "constant"}
+  defaults = {"config.train.schedule": "constant"}
+  assert _checkpoint.identity_diff(old, new, defaults) == []
+  changed = {**new, "config.train.schedule": "cosine"}
+  assert _checkpoint.identity_diff(old, changed, defaults) == [
+      'config.train.schedule: "<absent>" -> "cosine"']
+  assert _checkpoint.identity_diff(old, new) != []  # no default known
+  assert _checkpoint.identity_diff(new, old, defaults) == []  # removed
+  method_defaults = train.identity_defaults(methods.LwF())
+  assert method_defaults["method.heads"] == "auto"

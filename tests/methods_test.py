@@ -259,9 +259,10 @@ def _soft_ce_loop(zs, zt, classes, temp):
 
 
 @pytest.mark.parametrize("incremental,heads,expect", [
-    ("task", "auto", "per_task"), ("class", "auto", "joint"),
+    ("task", "auto", "per_task"), ("class", "auto", "sigmoid"),
     ("domain", "auto", "joint"), ("class", "per_task", "per_task"),
-    ("task", "joint", "joint")])
+    ("class", "joint", "joint"), ("task", "joint", "joint"),
+    ("task", "sigmoid", "sigmoid")])
 def test_lwf_heads_by_scenario(digits, incremental, heads, expect):
   # In class-IL, distilling inside each old task's own softmax equalled
   # fine-tuning for every lambda; LwF.MC distils all old classes jointly. In
@@ -280,8 +281,15 @@ def test_lwf_heads_by_scenario(digits, incremental, heads, expect):
   (zs, _), _ = model.apply(moved, model.batch_stats, batch["x"])
   (zt, _), _ = model.apply(model.params, model.batch_stats, batch["x"])
   groups = [np.unique(stream.tasks[k].classes) for k in range(3)]
+  old = np.unique(np.concatenate(groups))
   if expect == "joint":
-    want = _soft_ce_loop(zs, zt, np.unique(np.concatenate(groups)), 2.0)
+    want = _soft_ce_loop(zs, zt, old, 2.0)
+  elif expect == "sigmoid":  # LwF.MC: BCE against the old sigmoid outputs
+    sig = lambda a: 1 / (1 + np.exp(-np.asarray(a, np.float64)))
+    active = np.asarray(stream.logit_masks(3))[np.asarray(batch["t"])]
+    want = np.mean([sum(-(sig(zt[i, c]) * np.log(sig(zs[i, c])) +
+                          (1 - sig(zt[i, c])) * np.log(1 - sig(zs[i, c])))
+                        for c in old if active[i, c]) for i in range(8)])
   else:
     want = sum(_soft_ce_loop(zs, zt, g, 2.0) for g in groups)
   np.testing.assert_allclose(terms["lwf"], want, rtol=1e-4)

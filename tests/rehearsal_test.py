@@ -166,7 +166,8 @@ def test_icarl_loss_against_a_loop():
       total += -(t * np.log(p) + (1 - t) * np.log(1 - p))
     want.append(total)
   want = np.dot(w, want) / w.sum()
-  got = methods.icarl.icarl_loss(jnp.asarray(z), jnp.asarray(y),
+  from cljax import losses
+  got = losses.icarl_loss(jnp.asarray(z), jnp.asarray(y),
                                  jnp.asarray(zt), jnp.asarray(active),
                                  jnp.asarray(old), jnp.asarray(w))
   np.testing.assert_allclose(got, want, rtol=1e-5)

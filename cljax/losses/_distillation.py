@@ -128,3 +128,56 @@ def lwf_loss(student_logits: jax.Array, recorded_logits: jax.Array,
 
   per_group = jax.vmap(one)(group_masks)
   return jnp.sum(jnp.where(active, per_group, 0.0))
+
+
+def sigmoid_distillation(student_logits, teacher_logits, mask, weights=None):
+  """iCaRL's distillation term (Rebuffi et al. 2017, Alg. 3; LwF.MC, sec.
+  4): binary cross-entropy of the student's sigmoid outputs against the
+  teacher's, over the old classes: ``sum_i w_i sum_{y in old}
+  BCE(sigmoid(z_iy), sigmoid(z*_iy)) / sum_i w_i``.
+
+  Args:
+    student_logits, teacher_logits: ``(B, C)``.
+    mask: ``(C,)`` or ``(B, C)`` bool, the (old) classes to distil.
+    weights: ``(B,)`` (default ones).
+  """
+  _check(student_logits, teacher_logits, 1.0, mask)
+  targets = jax.nn.sigmoid(jax.lax.stop_gradient(teacher_logits))
+  return _weighted_sum_bce(student_logits, targets, mask, weights)
+
+
+def sigmoid_classification(logits, labels, active, weights=None):
+  """iCaRL's classification term: binary cross-entropy with one-hot
+  targets over the ``active`` classes (``(B, C)`` bool): ``sum_i w_i
+  sum_{y active} BCE(sigmoid(z_iy), [y == y_i]) / sum_i w_i``."""
+  _validate.check_shape("logits", logits, (None, None))
+  onehot = jax.nn.one_hot(labels, np.shape(logits)[-1])
+  return _weighted_sum_bce(logits, onehot, active, weights)
+
+
+def icarl_loss(logits, labels, teacher_logits, active, old, weights=None):
+  """iCaRL's representation loss (Rebuffi et al. 2017, Alg. 3): sigmoid
+  binary cross-entropy over the active classes with targets one-hot for the
+  new classes and the previous model's sigmoid outputs for the old ones:
+  ``sigmoid_classification`` over the active classes that are not old plus
+  ``sigmoid_distillation`` over the old ones.
+
+  Args:
+    logits, teacher_logits: ``(B, C)``.
+    labels: ``(B,)``.
+    active: ``(B, C)`` bool, the classes seen.
+    old: ``(C,)`` bool, the classes of earlier tasks.
+    weights: ``(B,)`` (default ones).
+  """
+  active, old = jnp.asarray(active), jnp.asarray(old)
+  return (sigmoid_classification(logits, labels, active & ~old, weights) +
+          sigmoid_distillation(logits, teacher_logits, active & old, weights))
+
+
+def _weighted_sum_bce(logits, targets, mask, weights):
+  import optax
+  bce = optax.sigmoid_binary_cross_entropy(logits, targets)
+  per_example = jnp.sum(jnp.where(mask, bce, 0.0), axis=-1)
+  if weights is None:
+    return jnp.mean(per_example)
+  return jnp.sum(weights * per_example) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -3,39 +3,13 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from cljax import memory as mem
+from cljax.losses import icarl_loss
 from cljax.methods._rehearsal import Rehearsal
 from cljax.models._heads import example_masks
-
-
-def icarl_loss(logits, labels, teacher_logits, active, old, weights):
-  """iCaRL's representation loss (Rebuffi et al. 2017, Alg. 3): sigmoid
-  binary cross-entropy over the active classes, with targets one-hot for
-  the new classes and the previous model's sigmoid outputs for the old ones
-  (distillation):
-
-  ``l_i = sum_{y active} BCE(sigmoid(z_iy), t_iy)``, ``t_iy = sigmoid(z*_iy)``
-  for ``y`` old, ``[y == y_i]`` otherwise; the loss is
-  ``sum_i w_i l_i / sum_i w_i``.
-
-  Args:
-    logits, teacher_logits: ``(B, C)``.
-    labels: ``(B,)``.
-    active: ``(B, C)`` bool, the classes seen (the loss's classes).
-    old: ``(C,)`` bool, the classes of earlier tasks.
-    weights: ``(B,)``.
-  """
-  onehot = jax.nn.one_hot(labels, logits.shape[-1])
-  targets = jnp.where(old, jax.nn.sigmoid(
-      jax.lax.stop_gradient(teacher_logits)), onehot)
-  bce = optax.sigmoid_binary_cross_entropy(logits, targets)
-  per_example = jnp.sum(jnp.where(active, bce, 0.0), axis=-1)
-  return jnp.sum(weights * per_example) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 class ICaRL(Rehearsal):

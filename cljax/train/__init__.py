@@ -1,6 +1,7 @@
 """Train steps (jit, data-parallel), the task-stream runner, checkpoints."""
 
 from cljax.train._checkpoint import Checkpoints
+from cljax.train._identity import identity_defaults
 from cljax.train._identity import run_identity
 from cljax.train._lock import directory_lock
 from cljax.train._lock import LockedError

@@ -44,14 +44,22 @@ def _json_digest(record: dict) -> str:
                         ).hexdigest()
 
 
-def identity_diff(stored: dict, current: dict) -> list[str]:
+def identity_diff(stored: dict, current: dict,
+                  defaults: dict | None = None) -> list[str]:
   """``"key: old -> new"`` for each key whose value differs between two
-  flat identity dicts."""
+  flat identity dicts. A key that only one side has (a setting added or
+  removed since) counts as equal when its value there is its default in
+  ``defaults``: a new setting left at its default changes nothing."""
   keys = sorted(set(stored) | set(current))
-  absent = "<absent>"
-  return [f"{k}: {json.dumps(stored.get(k, absent))} -> "
-          f"{json.dumps(current.get(k, absent))}"
-          for k in keys if stored.get(k, absent) != current.get(k, absent)]
+  absent, defaults = "<absent>", defaults or {}
+  out = []
+  for k in keys:
+    old, new = stored.get(k, absent), current.get(k, absent)
+    if old == new or (absent in (old, new) and k in defaults and
+                      (new if old == absent else old) == defaults[k]):
+      continue
+    out.append(f"{k}: {json.dumps(old)} -> {json.dumps(new)}")
+  return out
 
 
 class Checkpoints:
@@ -173,10 +181,12 @@ def _quiet_failed_reads() -> None:
     log.setLevel(level)
 
 
-def check_identity(directory: str, stored: dict, current: dict) -> None:
+def check_identity(directory: str, stored: dict, current: dict,
+                   defaults: dict | None = None) -> None:
   """Raises ``ValueError`` listing each differing key with its old and new
-  value when a checkpoint's identity is not the run's."""
-  diff = identity_diff(stored, current)
+  value when a checkpoint's identity is not the run's (see
+  ``identity_diff``)."""
+  diff = identity_diff(stored, current, defaults)
   if diff:
     shown = "\n  ".join(diff[:25]) + (
         f"\n  ... and {len(diff) - 25} more" if len(diff) > 25 else "")

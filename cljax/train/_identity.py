@@ -109,6 +109,15 @@ def flatten(tree: Mapping, prefix: str = "") -> dict:
   return out
 
 
+def identity_defaults(method, extra_defaults: Mapping | None = None) -> dict:
+  """The defaults of the identity's settings that have one: the method's
+  hyperparameters (from its constructor) and the caller's
+  ``extra_defaults`` (e.g. the default config), flat like the identity."""
+  from cljax.methods import hyperparameters
+  return {**flatten(extra_defaults or {}),
+          **flatten(hyperparameters(type(method)), "method.")}
+
+
 def run_identity(stream, method, model, optimizer, settings: Mapping,
                  extra: Mapping | None = None) -> dict:
   """The flat identity of ``run_stream(stream, method, model, optimizer,

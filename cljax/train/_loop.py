@@ -27,6 +27,7 @@ from cljax.models._functional import FunctionalModel
 from cljax import _validate
 from cljax.train._checkpoint import Checkpoints, check_identity
 from cljax.train._epochs import HostEngine, ScanEngine, fits
+from cljax.train import _identity
 from cljax.train._identity import run_identity
 from cljax.train._lock import directory_lock
 from cljax.train._step import (check_finite, data_parallel, evaluate,
@@ -112,7 +113,9 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                eval_batch_size: int = 1000, reset_optimizer: bool = True,
                augment: Callable | None = None, mesh=None,
                checkpoint_dir: str | None = None, checkpoint_every: int = 0,
-               identity: Mapping | None = None, progress: bool = True,
+               identity: Mapping | None = None,
+               identity_defaults: Mapping | None = None,
+               progress: bool = True,
                writer=None, log_every: int = 0,
                task_lrs: Sequence[float] | None = None,
                task_epochs: Sequence[int] | None = None,
@@ -144,6 +147,10 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
       task; a resumed run continues from there bit-identically.
     identity: more of the run's identity (e.g. the resolved config), JSON
       values, recorded in and checked against the checkpoints.
+    identity_defaults: the defaults of ``identity``'s keys (nested like
+      it): a checkpoint that lacks a key (a setting added since) still
+      matches while the key has its default (the method's hyperparameters'
+      defaults are known without it).
     progress: show a progress bar and say when a run resumes.
     writer: optional metric writer (``write_scalars(step, scalars)`` and
       ``truncate(step)``, e.g. ``cljax.report.TensorBoardWriter``): gets the
@@ -209,10 +216,11 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
   if not checkpoint_dir:
     return run.run(None, None, 0)
   ident = run_identity(stream, method, model, optimizer, settings, identity)
+  defaults = _identity.identity_defaults(method, identity_defaults)
   with directory_lock(checkpoint_dir):
     checkpoints = Checkpoints(checkpoint_dir)
     try:
-      return run.run(checkpoints, ident, checkpoint_every)
+      return run.run(checkpoints, ident, checkpoint_every, defaults)
     finally:
       checkpoints.close()
 
@@ -330,26 +338,29 @@ class _Run:
     if self.progress:
       print(msg, file=sys.stderr)
 
-  def run(self, checkpoints: Checkpoints | None, ident, checkpoint_every):
+  def run(self, checkpoints: Checkpoints | None, ident, checkpoint_every,
+          defaults=None):
     with _compile_timer(self.compile_s):
       try:
-        return self._run(checkpoints, ident, checkpoint_every)
+        return self._run(checkpoints, ident, checkpoint_every, defaults)
       finally:
         if self.writer is not None:
           self.writer.close()
 
-  def _run(self, checkpoints, ident, checkpoint_every):
+  def _run(self, checkpoints, ident, checkpoint_every, defaults):
     stream, method = self.stream, self.method
     t_count = stream.num_tasks
     prog, stash = None, None
     if checkpoints is not None:
       record = checkpoints.latest_record()
       if record is not None:  # before restoring: a run of another shape
-        check_identity(checkpoints.directory, record["identity"], ident)
+        check_identity(checkpoints.directory, record["identity"], ident,
+                       defaults)
       restored = checkpoints.restore(self._templates)
       if restored is not None:
         items, prog = restored
-        check_identity(checkpoints.directory, prog["identity"], ident)
+        check_identity(checkpoints.directory, prog["identity"], ident,
+                       defaults)
         self.state, stash = items["state"], items.get("stash")
         pos = prog["position"]
         self._say(f"{method.name}: resuming "
