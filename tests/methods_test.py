@@ -329,8 +329,10 @@ def test_scan_and_host_loops_are_bit_identical(stream, method):
                                 methods.hyperparameters(type(method))}),
         model, optax.sgd(0.05, momentum=0.9), epochs=1, batch_size=32,
         eval_every=5, progress=False, loop=loop, scan_chunk=4)
-  a, b = out["host"], out["scan"]
-  assert a["accuracy_matrix"] == b["accuracy_matrix"]
+  a, b = out["host"], out["scan"]  # (evaluated split by split / on device)
+  for key in a:
+    if key.startswith("accuracy_matrix"):  # iCaRL's nearest mean too
+      assert a[key] == b[key], key
   assert a["curves"] == b["curves"] and a["steps"] == b["steps"]
   jax.tree.map(np.testing.assert_array_equal,
                jax.device_get(a["final_state"].params),

@@ -10,9 +10,10 @@ from cljax.train._loop import LOOPS
 from cljax.train._loop import run_stream
 from cljax.train._step import check_finite
 from cljax.train._step import data_parallel
-from cljax.train._step import evaluate
+from cljax.train._evaluate import DeviceEvaluator
+from cljax.train._evaluate import evaluate
+from cljax.train._evaluate import make_eval_step
 from cljax.train._step import init_train_state
-from cljax.train._step import make_eval_step
 from cljax.train._step import make_train_step
 from cljax.train._step import StepInfo
 from cljax.train._step import TrainState

@@ -30,8 +30,10 @@ from cljax.train._epochs import HostEngine, ScanEngine, fits
 from cljax.train import _identity
 from cljax.train._identity import run_identity
 from cljax.train._lock import directory_lock
-from cljax.train._step import (check_finite, data_parallel, evaluate,
-                               init_train_state, make_eval_step,
+from cljax.train._evaluate import (DeviceEvaluator, evaluate,
+                                   make_eval_step)
+from cljax.train._step import (check_finite, data_parallel,
+                               init_train_state,
                                make_train_step)
 
 
@@ -212,7 +214,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
       log_every if writer is not None else 0) if e])
   run = _Run(stream, method, model, optimizer, settings, mesh=mesh,
              progress=progress, writer=writer, log_every=log_every,
-             scan=(max(len(sp) for sp in splits), chunk) if scan else None)
+             scan=(max(len(sp) for sp in splits), chunk) if scan else None,
+             device_eval_mb=None if loop == "host" else device_data_mb)
   if not checkpoint_dir:
     return run.run(None, None, 0)
   ident = run_identity(stream, method, model, optimizer, settings, identity)
@@ -243,10 +246,12 @@ class _Run:
   """One ``run_stream`` call: the compiled steps and the task loop."""
 
   def __init__(self, stream, method, model, optimizer, settings, *, mesh,
-               progress, writer, log_every, scan):
+               progress, writer, log_every, scan, device_eval_mb):
     self.stream, self.method, self.model = stream, method, model
     self.s, self.mesh, self.progress = settings, mesh, progress
     self.scan = scan  # (data size, chunk) for the scan engine, or None
+    # Evaluation on the device (None: split by split), and its evaluators.
+    self.device_eval_mb, self.evaluators = device_eval_mb, {}
     self.writer, self.log_every = writer, log_every
     self.compile_s = [0.0]  # running total, see _compile_timer
     self.curve_split = "val" if all(len(t.val) for t in stream.tasks) else (
@@ -304,22 +309,42 @@ class _Run:
       self.compiled[cache_key] = (step, o, names)
     return self.compiled[cache_key]
 
-  def accuracies(self, split_of, masks, current, predictor=None) -> list:
-    """Accuracy on every task's ``split_of(task)``, by the network's argmax
-    or by the method's ``predictor`` (a name of ``Method.predictors``)."""
+  def accuracies(self, kind: str, masks, current, predictor=None) -> list:
+    """Accuracy on every task's ``kind`` split (``"test"`` or ``"val"``),
+    by the network's argmax or by the method's ``predictor`` (a name of
+    ``Method.predictors``): on the device in one call where the splits fit
+    (``DeviceEvaluator``), else split by split."""
     step, aux = self.eval_step, ()
     if predictor is not None:
       prepare, step = self.predictors[predictor]
       aux = prepare(self.state.method_state, self.state.params,
                     self.state.batch_stats)
+    splits = [getattr(task, kind) for task in self.stream.tasks]
+    if self._on_device(splits):
+      key = (kind, predictor)
+      if key not in self.evaluators:
+        predict = (None if predictor is None else
+                   self.method.predictors(self.model)[predictor][1])
+        self.evaluators[key] = DeviceEvaluator(
+            splits, self.s["eval_batch_size"], self.model.apply, predict)
+      return self.evaluators[key](self.state.params, self.state.batch_stats,
+                                  masks, aux)
     out = []
-    for j, task in enumerate(self.stream.tasks):
+    for j, split in enumerate(splits):
       params, stats = self.method.eval_params(
           self.state.method_state, self.state.params, self.state.batch_stats,
           j, current)
-      out.append(evaluate(step, params, stats, masks, split_of(task),
+      out.append(evaluate(step, params, stats, masks, split,
                           self.s["eval_batch_size"], aux))
     return out
+
+  def _on_device(self, splits) -> bool:
+    """Whether evaluation runs as one device computation: one device, the
+    method predicts every task with the one model, and the splits fit."""
+    from cljax.methods._base import Method
+    return (self.mesh is None and self.device_eval_mb is not None and
+            type(self.method).eval_params is Method.eval_params and
+            DeviceEvaluator.nbytes(splits) <= self.device_eval_mb * 2 ** 20)
 
   def _templates(self, record):
     """What a checkpoint's pytrees restore into: the train state (with the
@@ -477,7 +502,6 @@ class _Run:
     bar = tqdm(total=sum(budget), initial=done,
                desc=f"{method.name} task {i + 1}/{stream.num_tasks}",
                disable=not self.progress, leave=False)
-    curve_split = lambda task: getattr(task, self.curve_split)
     for p in range(pos["phase"], len(phases)):
       step, phase_opt, term_names = self.phase_step(phases[p])
       own_opt = phase_opt is not self.opt
@@ -513,7 +537,7 @@ class _Run:
                 f"train/{k}": v for k, v in jax.device_get(terms).items()})
           if s["eval_every"] and host_step % s["eval_every"] == 0:
             check_finite(self.state, term_names)
-            acc = self.accuracies(curve_split, masks, i)
+            acc = self.accuracies(self.curve_split, masks, i)
             prog["curves"].append({"step": host_step, "task": i, "acc": acc})
             self._log(host_step, f"{self.curve_split}_accuracy", acc)
           if save and checkpoint_every and host_step % checkpoint_every == 0:
@@ -531,15 +555,15 @@ class _Run:
         method_state=_own(method.on_task_end(self._ctx(i, masks))))
     jax.block_until_ready(self.state)
     t1, c1 = time.perf_counter(), self.compile_s[0]
-    prog["rows"].append(self.accuracies(lambda task: task.test, masks, i))
+    prog["rows"].append(self.accuracies("test", masks, i))
     self._log(host_step, "test_accuracy", prog["rows"][-1], i)
     for name in self.predictors:
       prog.setdefault("predictor_rows", {}).setdefault(name, []).append(
-          self.accuracies(lambda task: task.test, masks, i, name))
+          self.accuracies("test", masks, i, name))
       self._log(host_step, f"test_accuracy_{name}",
                 prog["predictor_rows"][name][-1], i)
     if all(len(task.val) for task in stream.tasks):
-      prog["val_rows"].append(self.accuracies(lambda task: task.val, masks, i))
+      prog["val_rows"].append(self.accuracies("val", masks, i))
     prog["train_s"].append(t1 - t0 - (c1 - c0))
     prog["eval_s"].append(time.perf_counter() - t1 - (self.compile_s[0] - c1))
     prog["compile_s"].append(self.compile_s[0] - c0)

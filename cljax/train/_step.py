@@ -21,8 +21,6 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cljax.data._batching import eval_batches
-from cljax.models._heads import example_masks, mask_logits
 
 
 class TrainState(NamedTuple):
@@ -208,42 +206,6 @@ def data_parallel(step: Callable, mesh: jax.sharding.Mesh,
                   jax.device_put(rng, replicated))
 
   return run
-
-
-def make_eval_step(apply: Callable, predict: Callable | None = None
-                   ) -> Callable:
-  """Jitted ``(params, batch_stats, masks, batch, aux=()) -> (correct,
-  count)``.
-
-  ``batch`` has ``x``, ``y``, ``t`` and weights ``w`` (0 for padding). The
-  prediction is the argmax over the logits active for the example's task,
-  or ``predict(params, batch_stats, aux, x, masks (B, C)) -> (B,)`` (e.g.
-  iCaRL's nearest mean of exemplars, ``aux`` its class means).
-  """
-
-  @jax.jit
-  def eval_step(params, batch_stats, masks, batch, aux=()):
-    active = example_masks(masks, batch["t"])
-    if predict is None:
-      (logits, _), _ = apply(params, batch_stats, batch["x"], train=False)
-      pred = jnp.argmax(mask_logits(logits, active), -1)
-    else:
-      pred = predict(params, batch_stats, aux, batch["x"], active)
-    hit = (pred == batch["y"]).astype(jnp.float32)
-    return jnp.sum(hit * batch["w"]), jnp.sum(batch["w"])
-
-  return eval_step
-
-
-def evaluate(eval_step, params, batch_stats, masks, split, batch_size,
-             aux=()) -> float:
-  """Accuracy on a whole split, in fixed-size (padded) batches."""
-  correct = total = 0.0
-  parts = [eval_step(params, batch_stats, masks, b, aux)
-           for b in eval_batches(split, batch_size)]
-  for c, n in jax.device_get(parts):
-    correct, total = correct + float(c), total + float(n)
-  return correct / max(total, 1.0)
 
 
 def check_finite(state: TrainState, term_names) -> None:
