@@ -38,11 +38,13 @@ from cljax.default_config import get_config as base
 from cljax.default_config import method_entry
 
 # Grids wide enough that the winners are interior (the first tune runs, on
-# the narrower grids, chose the edges 1e5 and 4 in split domain-IL, so they
-# were extended; the runs that were interior were not rerun).
+# narrower grids, chose the edges 1e5 and 4 in split domain-IL, then 1e7 for
+# EWC in task-IL and online EWC in domain-IL, so they were extended; entries
+# already run were kept, not rerun).
 GRIDS = {
-    "ewc": ("lam", (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)),
-    "online_ewc": ("lam", (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)),
+    "ewc": ("lam", (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9)),
+    "online_ewc": ("lam", (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8,
+                           1e9)),
     "si": ("c", (0.01, 0.1, 1.0, 10.0, 100.0, 1e3)),
     "lwf": ("lam", (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)),
 }
