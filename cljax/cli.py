@@ -6,6 +6,7 @@ that produced no results, or a workdir in use, exits 1."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import glob
@@ -16,6 +17,7 @@ import textwrap
 
 USAGE = """usage: cljax run [--config path/to/config.py[:arg]] [--config.key=value ...]
        cljax list [methods|models|datasets|scenarios|configs]
+       cljax bench [--methods=a,b] [--models=mlp,cnn,resnet32] [--batch_sizes=128] [--compare]
        cljax --help | --version
 
   cljax run    trains the configured methods on the configured stream and
@@ -26,6 +28,10 @@ USAGE = """usage: cljax run [--config path/to/config.py[:arg]] [--config.key=val
   cljax list   what there is to choose from: methods (with their
                hyperparameters and defaults), models, datasets, scenarios
                and the experiment configs.
+  cljax bench  times every method's train step per model and batch size
+               against a hand-written JAX step and the fine-tuning step
+               (--compare: and a plain PyTorch step); prints a table, writes
+               JSON to benchmarks/results/. `cljax bench --help` for options.
 """
 LISTS = ("methods", "models", "datasets", "scenarios", "configs")
 
@@ -277,6 +283,49 @@ def _list(args) -> int:
   return 0
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+  def error(self, message):
+    raise UsageError(f"{self.prog}: {message}")
+
+
+def _csv(text: str) -> list[str]:
+  return [v for v in text.split(",") if v]
+
+
+def _bench(args) -> int:
+  from cljax.bench import run_bench
+  from cljax.bench._suite import default_models
+  ap = _ArgumentParser(
+      prog="cljax bench", description="Times every method's train step "
+      "(median over blocks after warm-up) per model and batch size, against "
+      "a hand-written JAX step and cljax's fine-tuning step of the same "
+      "model, on synthetic data; prints a table per model and batch size and "
+      "writes JSON to OUT_DIR/bench-<backend>-<date-time>.json.")
+  ap.add_argument("--methods", type=_csv, default=None,
+                  help="comma-separated method names (default: all)")
+  ap.add_argument("--models", type=_csv, default=None,
+                  help="comma-separated: mlp, cnn, resnet32 (default: "
+                  f"{','.join(default_models())} on this backend)")
+  ap.add_argument("--batch_sizes", type=lambda t: [int(v) for v in _csv(t)],
+                  default=[128], help="comma-separated (default: 128)")
+  ap.add_argument("--blocks", type=int, default=10,
+                  help="timed blocks per step (default: 10)")
+  ap.add_argument("--steps", type=int, default=10,
+                  help="steps per block (default: 10)")
+  ap.add_argument("--warmup", type=int, default=3,
+                  help="untimed blocks first (default: 3)")
+  ap.add_argument("--compare", action="store_true",
+                  help="also a plain PyTorch step (needs torch)")
+  ap.add_argument("--out_dir", default=os.path.join("benchmarks", "results"),
+                  help="where the JSON goes (default: benchmarks/results; "
+                  "'' writes none)")
+  a = ap.parse_args(args)
+  run_bench(a.methods, a.models, a.batch_sizes, blocks=a.blocks,
+            steps=a.steps, warmup=a.warmup, compare=a.compare,
+            out_dir=a.out_dir or None)
+  return 0
+
+
 def _leaf_values(config) -> list:
   out = []
   for v in config.values():
@@ -295,10 +344,10 @@ def _main(argv: list[str]) -> int:
     import cljax
     print(f"cljax {cljax.__version__}")
     return 0
-  if argv[0] == "list":
+  if argv[0] in ("list", "bench"):
     try:
-      return _list(argv[1:])
-    except UsageError as e:
+      return (_list if argv[0] == "list" else _bench)(argv[1:])
+    except (UsageError, ValueError) as e:
       print(f"cljax: error: {e}", file=sys.stderr)
       return 2
   if argv[0] != "run":

@@ -312,6 +312,12 @@ def test_memory_budgets_are_checked_and_random_selection_follows_the_seed(
   with pytest.raises(ValueError, match="smaller than the stream's 10 "
                      "classes"):
     methods.ER(8).check(stream)
+  total = sum(len(t.train) for t in stream.tasks)
+  for selection in ("herding", "reservoir"):
+    methods.ER(total, selection=selection).check(stream)
+    with pytest.raises(ValueError, match=f"memory_size={total + 1} exceeds "
+                       f"the {total} training examples"):
+      methods.ER(total + 1, selection=selection).check(stream)
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
   mems = []
   for seed in (0, 0, 1):

@@ -113,7 +113,7 @@ class PenalisedFineTune(Method):
   ``cljax.regularizers.add_quadratic_penalty`` chained before the optimizer,
   which gives the same trajectory as the loss form; the penalty's value is
   not computed per step (that reduction over every parameter cost more than
-  the rest of the penalty in ``benchmarks/method_overhead.py``).
+  the rest of the penalty in ``cljax bench``).
   ``form="loss"``: the penalty is added to the loss and logged per step as
   ``self.term``.
   """

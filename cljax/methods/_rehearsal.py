@@ -73,6 +73,11 @@ class Rehearsal(Method):
   # -- the memory ------------------------------------------------------------
 
   def check(self, stream):
+    total = sum(len(t.train) for t in stream.tasks)
+    if self.memory_size > total:
+      raise ValueError(f"memory_size={self.memory_size} exceeds the "
+                       f"{total} training examples of the whole stream: "
+                       "most slots could never fill")
     if self.selection == "reservoir":
       return
     if self.budget == "per_class":

@@ -155,7 +155,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     # finite after iff the update is); the gradient is looked at only when
     # that fails, to say which it was. (The check costs ~7% of a fine-tuning
     # step of the MLP 784-400-400-10 at batch 128 on 2 CPU cores:
-    # benchmarks/step_speed.py.)
+    # cljax bench.)
     # A sum (in at least float32, so float16 parameters cannot overflow it)
     # is NaN/inf iff some element is, or the parameters are beyond 1e38.
     all_finite = lambda tree: jnp.isfinite(sum(
