@@ -95,10 +95,13 @@ class GEM(_Episodic):
     grad = jax.grad(lambda p, x, y, t: memory_loss(self._model, p, batch_stats,
                                                    x, y, t, masks))
     t_count = mem.y.shape[0]
-    sizes = memory_buckets(t_count)
+    sizes = [0] + memory_buckets(t_count)
 
     def grads_of_first(b):
       def branch(_):
+        if b == 0:
+          return jax.tree.map(
+              lambda p: jnp.zeros((t_count, *p.shape), p.dtype), params)
         g = jax.vmap(grad, in_axes=(None, 0, 0, 0))(params, mem.x[:b],
                                                     mem.y[:b], mem.t[:b])
         return jax.tree.map(
@@ -107,8 +110,9 @@ class GEM(_Episodic):
       return branch
 
     # Tasks fill slots 0, 1, ... in order; only the smallest bucket holding
-    # the filled slots is computed (every branch is compiled with the step,
-    # so nothing recompiles as tasks arrive).
+    # the filled slots is computed, none while the memory is empty (every
+    # branch is compiled with the step, so nothing recompiles as tasks
+    # arrive).
     filled = jnp.sum(mem.filled)
     which = jnp.searchsorted(jnp.asarray(sizes), filled)
     g = jax.lax.switch(which, [grads_of_first(b) for b in sizes], None)
@@ -184,7 +188,10 @@ class AGEM(_Episodic):
     on = jnp.any(weight > 0)
     p = jnp.where(on, weight, 1.0)  # nothing stored yet: any index, unused
     idx = jax.random.choice(rng, len(weight), (self.ref_size,), p=p / p.sum())
-    ref = jax.grad(memory_loss, argnums=1)(
-        self._model, params, batch_stats, flat(mem.x)[idx], flat(mem.y)[idx],
-        flat(mem.t)[idx], masks)
-    return {"ref_grad": jax.tree.map(lambda r: jnp.where(on, r, 0.0), ref)}
+    # No memory pass while nothing is stored (the first task).
+    ref = jax.lax.cond(
+        on, lambda: jax.grad(memory_loss, argnums=1)(
+            self._model, params, batch_stats, flat(mem.x)[idx],
+            flat(mem.y)[idx], flat(mem.t)[idx], masks),
+        lambda: jax.tree.map(jnp.zeros_like, params))
+    return {"ref_grad": ref}
