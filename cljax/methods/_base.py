@@ -8,6 +8,7 @@ The base class is plain fine-tuning.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, NamedTuple
 
 import jax
@@ -95,10 +96,31 @@ class Method:
   """Fine-tuning: cross-entropy on the current task's active classes.
 
   Subclasses override what their paper changes. Hyperparameters are
-  constructor arguments, validated there (``ValueError`` naming the argument).
+  constructor arguments, validated there (``ValueError`` naming the argument)
+  and kept as attributes of the same names. Those in ``data_hparams`` are
+  read as data: the step and the hooks use them only arithmetically, so
+  ``with_hparams`` may set them to traced arrays and one ``jax.vmap``ped step
+  trains a whole sweep (``cljax.train.vmap_step``).
   """
 
   name = "finetune"
+  data_hparams: tuple[str, ...] = ()
+
+  def hparams(self) -> dict:
+    """``{name: value}`` of the float hyperparameters read as data."""
+    return {k: getattr(self, k) for k in self.data_hparams}
+
+  def with_hparams(self, **values) -> "Method":
+    """A shallow copy with the hyperparameters ``values`` (names from
+    ``data_hparams``; concrete numbers or traced arrays, not re-validated).
+    The copy shares everything else, compiled helpers included."""
+    unknown = sorted(set(values) - set(self.data_hparams))
+    if unknown:
+      raise ValueError(f"{self.name}: {unknown} not among the hyperparameters "
+                       f"read as data {list(self.data_hparams)}")
+    new = copy.copy(self)
+    new.__dict__.update(values)
+    return new
 
   def check(self, stream: Stream) -> None:
     """Raises ``ValueError`` (naming the hyperparameter) if this method

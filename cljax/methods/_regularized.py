@@ -105,8 +105,9 @@ class PenalisedFineTune(Method):
   ``L = CE + strength * (0.5 sum_i importance_i (theta_i - anchor_i)^2 + const)``
 
   with ``anchor``, ``importance`` (and optionally a scalar ``const``) in the
-  method state; subclasses set ``self.strength`` and fill the state in their
-  task hooks.
+  method state; subclasses define ``strength`` (a property of their
+  hyperparameters, so that it follows ``with_hparams``) and fill the state in
+  their task hooks.
 
   ``form="transform"`` (default): the penalty's gradient
   ``strength * importance * (theta - anchor)`` is added to the gradient by

@@ -36,6 +36,7 @@ class DER(Rehearsal):
   """
 
   name = "der"
+  data_hparams = ("alpha",)
   num_logits = 1
 
   def __init__(self, alpha: float = 0.3, memory_size: int = 2000,
@@ -82,6 +83,7 @@ class DERpp(DER):
   """
 
   name = "derpp"
+  data_hparams = ("alpha", "beta")
   replay_batches = 2
 
   def __init__(self, alpha: float = 0.1, beta: float = 0.5,

@@ -20,6 +20,7 @@ class _FromPreviousModel(Method):
   teacher is the model at the end of the previous task (frozen, eval mode)."""
 
   term = "distill"
+  data_hparams = ("lam", "temperature")
 
   def __init__(self, lam: float = 1.0, temperature: float = 2.0):
     check_strength("lam", lam)

@@ -39,6 +39,7 @@ class E2EIL(Rehearsal):
   """
 
   name = "e2eil"
+  data_hparams = ("temperature",)
 
   def __init__(self, memory_size: int = 2000, temperature: float = 2.0,
                balanced_passes: int = 30, balanced_lr_scale: float = 0.1,

@@ -24,11 +24,13 @@ class L2(PenalisedFineTune):
   """
 
   name, term = "l2", "l2"
+  data_hparams = ("lam",)
+  strength = property(lambda self: self.lam)
 
   def __init__(self, lam: float = 1.0, form: str = "transform"):
     super().__init__(form)
     check_strength("lam", lam)
-    self.lam = self.strength = float(lam)
+    self.lam = float(lam)
 
   def init_state(self, model, stream):
     return {"anchor": model.params,
@@ -67,6 +69,8 @@ class EWC(PenalisedFineTune):
   """
 
   name, term = "ewc", "ewc"
+  data_hparams = ("lam",)
+  strength = property(lambda self: self.lam)
 
   def __init__(self, lam: float = 100.0, fisher_samples: int | None = 1024,
                estimator: str = "empirical", chunk_size: int = 128,
@@ -78,7 +82,7 @@ class EWC(PenalisedFineTune):
     if chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     check_importance_options(path, estimator)
-    self.lam = self.strength = float(lam)
+    self.lam = float(lam)
     self.fisher_samples, self.estimator = fisher_samples, estimator
     self.chunk_size, self.path = int(chunk_size), path
 
@@ -115,6 +119,7 @@ class OnlineEWC(EWC):
   """
 
   name, term = "online_ewc", "ewc"
+  data_hparams = ("lam", "gamma")
 
   def __init__(self, lam: float = 100.0, gamma: float = 1.0, **kwargs):
     super().__init__(lam, **kwargs)

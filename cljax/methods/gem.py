@@ -80,6 +80,7 @@ class GEM(_Episodic):
   """
 
   name = "gem"
+  data_hparams = ("margin",)
 
   def __init__(self, memory_size: int = 256, margin: float = 0.5,
                selection: str = "last"):

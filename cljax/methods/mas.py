@@ -31,6 +31,9 @@ class MAS(PenalisedFineTune):
   """
 
   name, term = "mas", "mas"
+  data_hparams = ("lam",)
+  # lam sum Omega d^2 = 2 lam (0.5 sum Omega d^2)
+  strength = property(lambda self: 2.0 * self.lam)
 
   def __init__(self, lam: float = 1.0, samples: int | None = 1024,
                chunk_size: int = 128, path: str = "layerwise",
@@ -44,7 +47,6 @@ class MAS(PenalisedFineTune):
     check_importance_options(path)
     self.lam, self.samples, self.chunk_size = float(lam), samples, chunk_size
     self.path = path
-    self.strength = 2.0 * self.lam  # lam sum Omega d^2 = 2 lam (0.5 sum ...)
 
   def init_state(self, model, stream):
     self._omega = importance_function(model, "mas", chunk_size=self.chunk_size,

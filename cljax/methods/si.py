@@ -27,6 +27,9 @@ class SI(PenalisedFineTune):
   """
 
   name, term = "si", "si"
+  data_hparams = ("c", "xi")
+  # c * sum Omega d^2 = 2c * (0.5 sum Omega d^2)
+  strength = property(lambda self: 2.0 * self.c)
 
   def __init__(self, c: float = 0.1, xi: float = 1e-3,
                form: str = "transform"):
@@ -35,7 +38,6 @@ class SI(PenalisedFineTune):
     if not xi > 0:
       raise ValueError(f"xi must be > 0, got {xi}")
     self.c, self.xi = float(c), float(xi)
-    self.strength = 2.0 * self.c  # c * sum Omega d^2 = 2c * (0.5 sum Omega d^2)
 
   def init_state(self, model, stream):
     z = zeros_like_tree(model.params)

@@ -17,3 +17,9 @@ from cljax.train._step import init_train_state
 from cljax.train._step import make_train_step
 from cljax.train._step import StepInfo
 from cljax.train._step import TrainState
+from cljax.train._sweep import diverged
+from cljax.train._sweep import member
+from cljax.train._sweep import stack
+from cljax.train._sweep import stack_hparams
+from cljax.train._sweep import vmap_step
+from cljax.train._sweep import vmap_task_end

@@ -1,0 +1,111 @@
+"""Sweeps as one program: K members of one method that differ only in the
+hyperparameters it reads as data (``Method.data_hparams``), or in their
+seeds, train as one ``jax.vmap``ped step over states stacked on a leading
+member axis.
+
+A hyperparameter sweep feeds every member the same batches and step key (as
+K runs with one seed would get); a seed sweep gives each member its own
+batches and key (``batch_axis=0``, ``rng_axis=0``). Each member keeps its own
+``TrainState.nonfinite_step``, so a member that goes NaN stops updating and
+the others go on. Learning rates are data too: with an optimizer from
+``optax.inject_hyperparams`` the rate lives in each member's optimizer state
+(``set_learning_rate`` per member before stacking).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cljax.methods._base import Method, TaskContext
+from cljax.models._functional import FunctionalModel
+from cljax.train._step import TrainState, make_train_step
+
+
+def stack(trees: Sequence):
+  """Pytrees of equal structure and shapes stacked on a new leading axis."""
+  return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]),
+                      *trees)
+
+
+def member(tree, k: int):
+  """Member ``k`` of a stacked pytree."""
+  return jax.tree.map(lambda x: x[k], tree)
+
+
+def stack_hparams(method: Method, members: Sequence[Mapping]) -> dict:
+  """``{name: (K,) float32}`` for ``members`` (each a dict of some of
+  ``method.data_hparams``; a name a member leaves out takes ``method``'s
+  value)."""
+  if not members:
+    raise ValueError("a sweep needs at least one member")
+  base = method.hparams()
+  for hp in members:
+    unknown = sorted(set(hp) - set(base))
+    if unknown:
+      raise ValueError(f"{method.name}: {unknown} not among the "
+                       f"hyperparameters read as data {sorted(base)}")
+  return {k: jnp.asarray([float(hp.get(k, v)) for hp in members],
+                         jnp.float32) for k, v in base.items()}
+
+
+def vmap_step(method: Method, model: FunctionalModel,
+              optimizer: optax.GradientTransformation, *,
+              batch_axis: int | None = None, rng_axis: int | None = None,
+              loss_wrapper: Callable | None = None) -> Callable:
+  """``step(hparams, states, batch, rng) -> (states, terms)`` for K members,
+  jitted, the states donated.
+
+  Member k runs ``method.with_hparams(**hparams[k])``'s step (the one
+  ``run_stream`` builds: its optimizer around ``optimizer``, its loss and
+  per-step hooks) on ``states[k]``.
+
+  Args:
+    method: the method, built with any valid hyperparameters.
+    model: the functional model.
+    optimizer: the base optax optimizer.
+    batch_axis: ``None``: one batch for all members; 0: a batch per member
+      (leading axis K).
+    rng_axis: likewise for the key.
+    loss_wrapper: optional ``loss_fn -> loss_fn`` (e.g. augmentation).
+  """
+  def one(hp, state: TrainState, batch, rng):
+    m = method.with_hparams(**hp)
+    loss_fn = m.loss_fn(model)
+    if loss_wrapper is not None:
+      loss_fn = loss_wrapper(loss_fn)
+    step = make_train_step(loss_fn, m.optimizer(optimizer, model.params),
+                           update_method_state=m.update_method_state,
+                           extra_args=m.extra_args, batch_fn=m.batch_fn)
+    return step(state, batch, rng)
+
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, batch_axis, rng_axis)),
+                 donate_argnums=1)
+
+
+def vmap_task_end(method: Method, ctx: TaskContext, hparams: dict,
+                  states: TrainState):
+  """Every member's ``on_task_end`` as one vmapped call: the stacked method
+  state after task ``ctx.index`` (``ctx`` gives the index, stream, model,
+  masks and seed; parameters and method state come from ``states``). For
+  hooks that are traceable in their arrays (the regularisers'
+  importances, the distillers' teachers); host-side selection (herding)
+  runs member by member (``with_hparams`` and ``member``)."""
+  def one(hp, params, batch_stats, method_state):
+    return method.with_hparams(**hp).on_task_end(ctx._replace(
+        params=params, batch_stats=batch_stats, method_state=method_state))
+
+  out = jax.vmap(one)(hparams, states.params, states.batch_stats,
+                      states.method_state)
+  # Buffers of its own: a hook may return the parameters themselves (an
+  # anchor), and the step donates its state.
+  return jax.tree.map(jnp.copy, out)
+
+
+def diverged(states: TrainState) -> np.ndarray:
+  """``(K,)`` bool: the members whose training stopped at a NaN/inf."""
+  return np.asarray(jax.device_get(states.nonfinite_step)) >= 0

@@ -1,0 +1,163 @@
+"""Hyperparameters as data: a vmapped sweep equals its members run one by
+one, for every method that reads hyperparameters as data."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax import data, methods, models, train
+from cljax.methods._base import TaskContext
+
+# name -> (structural settings, three members' data hyperparameters)
+SWEEPS = {
+    "l2": ({}, [dict(lam=0.1), dict(lam=1.0), dict(lam=10.0)]),
+    "ewc": (dict(fisher_samples=40), [dict(lam=1.0), dict(lam=10.0),
+                                       dict(lam=100.0)]),
+    "online_ewc": (dict(fisher_samples=40), [dict(lam=1.0, gamma=0.5),
+                                              dict(lam=10.0, gamma=1.0),
+                                              dict(lam=100.0, gamma=0.9)]),
+    "si": ({}, [dict(c=0.01, xi=1e-3), dict(c=0.1, xi=1e-2),
+                dict(c=1.0, xi=0.1)]),
+    "mas": (dict(samples=40), [dict(lam=0.1), dict(lam=1.0),
+                                dict(lam=10.0)]),
+    "kd": ({}, [dict(lam=0.5, temperature=1.0), dict(lam=1.0,
+                                                     temperature=2.0),
+                dict(lam=4.0, temperature=4.0)]),
+    "lwf": ({}, [dict(lam=0.5, temperature=1.0), dict(lam=1.0,
+                                                      temperature=2.0),
+                 dict(lam=4.0, temperature=4.0)]),
+    "der": (dict(memory_size=30), [dict(alpha=0.1), dict(alpha=0.3),
+                                   dict(alpha=1.0)]),
+    "derpp": (dict(memory_size=30), [dict(alpha=0.1, beta=0.5),
+                                     dict(alpha=0.3, beta=1.0),
+                                     dict(alpha=1.0, beta=0.1)]),
+    "gem": (dict(memory_size=16), [dict(margin=0.0), dict(margin=0.5),
+                                   dict(margin=2.0)]),
+    "e2eil": (dict(memory_size=30), [dict(temperature=1.0),
+                                     dict(temperature=2.0),
+                                     dict(temperature=4.0)]),
+}
+TRACEABLE_TASK_END = ("l2", "ewc", "online_ewc", "si", "mas", "kd", "lwf")
+STEPS, BATCH = 3, 16
+
+
+@pytest.fixture(scope="module")
+def stream(digits):
+  return data.class_splits(digits, 3, task_sizes=(4, 3, 3))
+
+
+def _batches(stream, task):
+  split = stream.tasks[task].train
+  return [{k: jnp.asarray(getattr(split, k)[i * BATCH:(i + 1) * BATCH])
+           for k in "xyt"} for i in range(STEPS)]
+
+
+def _ctx(stream, model, state, task, seed=0):
+  return TaskContext(task, stream, model, state.params, state.batch_stats,
+                     state.method_state, stream.logit_masks(task), seed)
+
+
+def test_every_method_declares_its_data_hyperparameters():
+  for name in SWEEPS:
+    cls = methods.METHODS[name]
+    hparams = methods.hyperparameters(cls)
+    assert set(cls.data_hparams) <= set(hparams)
+    assert all(isinstance(hparams[k], float) for k in cls.data_hparams)
+  assert set(SWEEPS) == {n for n, c in methods.METHODS.items()
+                         if c.data_hparams}
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_vmapped_sweep_equals_the_members_one_by_one(stream, name):
+  structural, members = SWEEPS[name]
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  opt = optax.sgd(0.05, momentum=0.5)
+  key = jax.random.key(3)
+
+  def run_alone(hp):  # a method built from its constructor, jitted alone
+    m = methods.build_method(name, **structural, **hp)
+    o = m.optimizer(opt, model.params)
+    state = train.init_train_state(model.params, model.batch_stats, o,
+                                   m.init_state(model, stream),
+                                   stream.logit_masks(0))
+    step = jax.jit(train.make_train_step(  # after init_state, as run_stream
+        m.loss_fn(model), o, update_method_state=m.update_method_state,
+        extra_args=m.extra_args, batch_fn=m.batch_fn))
+    for task in (0, 1):
+      for b in _batches(stream, task):
+        state, _ = step(state, b, key)
+      if task == 0:
+        state = state._replace(
+            method_state=m.on_task_end(_ctx(stream, model, state, 0)),
+            masks=jnp.asarray(stream.logit_masks(1)))
+    return state
+
+  method = methods.build_method(name, **structural)
+  hps = train.stack_hparams(method, members)
+  o = method.optimizer(opt, model.params)
+  one = train.init_train_state(model.params, model.batch_stats, o,
+                               method.init_state(model, stream),
+                               stream.logit_masks(0))
+  states = train.stack([one] * len(members))
+  step = train.vmap_step(method, model, opt)
+  for task in (0, 1):
+    for b in _batches(stream, task):
+      states, terms = step(hps, states, b, key)
+    if task == 0:
+      if name in TRACEABLE_TASK_END:
+        ms = train.vmap_task_end(method, _ctx(stream, model, one, 0), hps,
+                                 states)
+      else:  # host-side selection (herding): member by member
+        ms = train.stack([
+            method.with_hparams(**train.member(hps, k)).on_task_end(
+                _ctx(stream, model, train.member(states, k), 0))
+            for k in range(len(members))])
+      states = states._replace(method_state=ms, masks=jnp.asarray(
+          np.stack([stream.logit_masks(1)] * len(members))))
+  assert all(np.shape(v) == (len(members),) for v in terms.values())
+  outs = [run_alone(hp) for hp in members]
+  for k, alone in enumerate(outs):
+    got = train.member(states, k)
+    assert int(got.step) == int(alone.step) == 2 * STEPS
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=2e-5, atol=2e-6), (got.params, got.method_state),
+                 (alone.params, alone.method_state))
+  # The members differ (the hyperparameters reached the step).
+  p = [jax.tree.leaves(train.member(states.params, k)) for k in range(3)]
+  assert not all(np.allclose(a, b) for a, b in zip(p[0], p[2]))
+
+
+def test_a_diverging_member_stops_and_the_others_go_on(stream):
+  """Learning rates as data (``inject_hyperparams``): the member at lr 1e30
+  goes inf and freezes; its neighbours train as they would alone."""
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+  method = methods.EWC(10.0, fisher_samples=40)
+  one = train.init_train_state(model.params, model.batch_stats,
+                               method.optimizer(opt, model.params),
+                               method.init_state(model, stream),
+                               stream.logit_masks(0))
+  lrs = (0.1, 1e30, 0.05)
+  states = train.stack([one._replace(opt_state=train._loop.set_learning_rate(
+      one.opt_state, lr)) for lr in lrs])
+  step = train.vmap_step(method, model, opt)
+  hps = train.stack_hparams(method, [{}] * 3)
+  for b in _batches(stream, 0):
+    states, _ = step(hps, states, b, jax.random.key(0))
+  assert train.diverged(states).tolist() == [False, True, False]
+  bad = train.member(states, 1)
+  assert int(bad.nonfinite_step) == 1  # step 0 made it huge, step 1 inf
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(bad.params))
+  for k in (0, 2):
+    assert int(train.member(states, k).nonfinite_step) == -1
+
+
+def test_bad_sweeps_are_refused():
+  with pytest.raises(ValueError, match="at least one member"):
+    train.stack_hparams(methods.EWC(), [])
+  with pytest.raises(ValueError, match=r"\['gamma'\] not among"):
+    train.stack_hparams(methods.EWC(), [dict(gamma=0.5)])
+  with pytest.raises(ValueError, match=r"\['memory_size'\] not among"):
+    methods.ER().with_hparams(memory_size=3)
