@@ -19,6 +19,7 @@ the batched gradient.
 from __future__ import annotations
 
 import argparse
+import time
 
 import jax
 import jax.numpy as jnp
@@ -60,17 +61,22 @@ def main():
   ap.add_argument("--chunk", type=int, default=128)
   ap.add_argument("--blocks", type=int, default=15)
   ap.add_argument("--reps", type=int, default=3)
+  ap.add_argument("--models", default="mlp,cnn")
   args = ap.parse_args()
   rng = np.random.default_rng(0)
   xs = jnp.asarray(rng.normal(size=(args.n, 28, 28, 1)).astype(np.float32))
   ys = jnp.asarray(rng.integers(0, 10, args.n).astype(np.int32))
   results = {}
-  for name in ("mlp", "cnn"):
+  for name in args.models.split(","):
     model = models.build_model(name, (28, 28, 1), 10)
     fns = {k: jax.jit(f) for k, f in functions(model, xs, ys,
                                                args.chunk).items()}
-    mem = {k: f.lower(model.params).compile().memory_analysis()
-           for k, f in fns.items()}
+    mem, compile_s = {}, {}
+    for k, f in fns.items():
+      lowered = f.lower(model.params)
+      t0 = time.perf_counter()
+      mem[k] = lowered.compile().memory_analysis()
+      compile_s[k] = time.perf_counter() - t0
     want = fns["vmap"](model.params)
     got = fns["layerwise"](model.params)
     err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
@@ -81,14 +87,16 @@ def main():
     for k in t:
       t[k]["ratio_to_batched_grad"] = t[k]["median_ms"] / ref
       t[k]["temp_mib"] = mem[k].temp_size_in_bytes / 2**20
+      t[k]["compile_s"] = compile_s[k]
     results[name] = {"timings": t, "max_rel_diff_layerwise_vs_vmap": err}
     print(f"\n{name}: N={args.n}, chunk {args.chunk}; median of "
           f"{args.blocks} blocks x {args.reps}; layerwise vs vmap max "
           f"relative difference {err:.1e}")
-    print(f"{'path':<14}{'median ms':>10}{'vs batched':>12}{'temp MiB':>10}")
+    print(f"{'path':<14}{'median ms':>10}{'vs batched':>12}{'temp MiB':>10}"
+          f"{'compile s':>10}")
     for k, r in t.items():
       print(f"{k:<14}{r['median_ms']:10.1f}{r['ratio_to_batched_grad']:11.2f}x"
-            f"{r['temp_mib']:10.1f}")
+            f"{r['temp_mib']:10.1f}{r['compile_s']:10.2f}")
   write("fisher", {"n": args.n, "chunk": args.chunk, "blocks": args.blocks,
                    "reps": args.reps, "results": results}, args)
 
