@@ -7,8 +7,6 @@ as extra arguments of ``update`` (``optax.GradientTransformationExtraArgs``).
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import optax
 
 from cljax import _validate
@@ -29,13 +27,7 @@ def gem(margin: float = 0.0) -> optax.GradientTransformationExtraArgs:
     del params, extra
     if memory_grads is None:
       raise ValueError("gem: update needs memory_grads")
-    if memory_mask is None:
-      return gem_project(updates, memory_grads, margin), state
-    # No QP while the memory is empty (the first task).
-    return jax.lax.cond(
-        jnp.any(memory_mask),
-        lambda: gem_project(updates, memory_grads, margin, memory_mask),
-        lambda: updates), state
+    return gem_project(updates, memory_grads, margin, memory_mask), state
 
   return optax.GradientTransformationExtraArgs(init, update)
 
