@@ -9,6 +9,12 @@ compilation (``run_stream``'s own timings), on
 * split Fashion-MNIST (5 tasks, batch 128, one epoch, MLP 784-400-400-10):
   target >= 0.95x (no slower).
 
+Then the whole-stream cost per iteration on split Fashion-MNIST (plain SGD,
+one epoch; training time over steps, end-of-task hooks included,
+compilation excluded) against a bare ``lax.scan`` of the same method's
+jitted step over device-resident batches (its state after the first task),
+timed in the same run: target <= 1.10x for finetune, EWC, LwF and A-GEM.
+
 Both loops give bit-identical results (tests/methods_test.py); alternating
 repetitions, the median reported.
 
@@ -18,12 +24,16 @@ repetitions, the median reported.
 from __future__ import annotations
 
 import argparse
+import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from _timing import add_output_args, write
 from cljax import data, methods, models, train
+from cljax.bench import method_state
 
 STREAMS = {
     "gem_protocol": dict(kind="permuted", tasks=20, batch=10, hidden=(100, 100),
@@ -45,13 +55,68 @@ def wall(res) -> float:
   return sum(t["train_s"]) + sum(t["eval_s"])
 
 
+def bare_scan_ms(st, name, hidden, batch, lr, reps):
+  """Median ms per step of ``lax.scan`` over one epoch of task 1's batches
+  already on the device, of the method's step after task 0."""
+  method = methods.build_method(name)
+  model = models.build_model("mlp", st.input_shape, st.num_classes,
+                             hidden=hidden)
+  step, state = method_state(method, model, st, optax.sgd(lr), 1)
+  split = st.tasks[1].train
+  n = len(split) // batch
+  xs = {k: jnp.asarray(getattr(split, k)[:n * batch]).reshape(
+      n, batch, *getattr(split, k).shape[1:]) for k in "xyt"}
+  key = jax.random.key(0)
+  scan = jax.jit(lambda s, b: jax.lax.scan(lambda c, x: step(c, x, key), s,
+                                           b), donate_argnums=0)
+  state, _ = scan(state, xs)  # compile
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    state, _ = scan(state, xs)
+    jax.block_until_ready(state)
+    times.append((time.perf_counter() - t0) / n)
+  return 1e3 * float(np.median(times))
+
+
+def stream_vs_scan(ds, reps):
+  spec = STREAMS["split"]
+  st = stream(ds, spec)
+  out = {}
+  for name in ("finetune", "ewc", "lwf", "agem", "gem"):
+    per_step = []
+    for _ in range(reps):
+      model = models.build_model("mlp", st.input_shape, st.num_classes,
+                                 hidden=spec["hidden"])
+      res = train.run_stream(st, methods.build_method(name), model,
+                             optax.sgd(spec["lr"]), epochs=1,
+                             batch_size=spec["batch"], progress=False,
+                             loop="scan")
+      per_step.append(1e3 * sum(res["timings"]["train_s"]) / res["steps"])
+    stream_ms = float(np.median(per_step))
+    bare = bare_scan_ms(st, name, spec["hidden"], spec["batch"], spec["lr"],
+                        max(reps, 5))
+    out[name] = {"stream_ms_per_step": stream_ms, "bare_scan_ms": bare,
+                 "ratio": stream_ms / bare}
+    print(f"split stream {name:<9} {stream_ms:7.3f} ms/step over the stream,"
+          f" bare scan {bare:7.3f} ms: {stream_ms / bare:5.2f}x")
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser()
   add_output_args(ap)
   ap.add_argument("--reps", type=int, default=3)
+  ap.add_argument("--only", choices=("loops", "stream_vs_scan"))
   args = ap.parse_args()
   ds = data.load_fashion_mnist()
   results = {}
+  if args.only != "loops":
+    results["stream_vs_scan"] = stream_vs_scan(ds, args.reps)
+  if args.only == "stream_vs_scan":
+    write("loops", {"reps": args.reps, "results": results}, args)
+    return
   for name, spec in STREAMS.items():
     st = stream(ds, spec)
     for method, hp in (("finetune", {}), ("ewc", {"lam": 1.0})):
