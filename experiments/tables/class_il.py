@@ -1,0 +1,77 @@
+"""The class-IL rehearsal table: split Fashion-MNIST, 5 tasks x 2 classes,
+one head (``experiments/class_il_fashion_mnist.py``), final average test
+accuracy and backward transfer (%), mean ± std over seeds where there are
+several. Writes ``experiments/results/class_il.md``.
+
+    python experiments/tables/class_il.py
+"""
+
+import json
+import os
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "results")
+NAMES = {"finetune": "fine-tuning", "joint": "joint (upper bound)",
+         "lwf": "LwF.MC (no memory)", "er": "ER", "der": "DER", "derpp":
+         "DER++", "icarl": "iCaRL", "e2eil": "End-to-End IL", "agem": "A-GEM",
+         "gem": "GEM"}
+VARIANTS = (("k2000", "MLP 2x400, K = 2,000 exemplars (A-GEM, GEM: 400 per "
+             "task), 3 seeds"),
+            ("k500", "MLP 2x400, K = 500, 1 seed"),
+            ("k200", "MLP 2x400, K = 200, 1 seed"),
+            ("cnn", "CNN with random crops and flips, K = 2,000, 1 seed"))
+
+
+def _cell(metrics, std, key):
+  v = 100 * metrics[key]
+  return f"{v:.1f} ± {100 * std[key]:.1f}" if std else f"{v:.1f}"
+
+
+def rows(run: dict, name: str) -> list[str]:
+  """One table row per classifier of ``run`` (iCaRL: network and NME)."""
+  out = []
+  for suffix, label in (("", ""), ("_nme", " (nearest mean)")):
+    m = run.get(f"metrics{suffix}")
+    if m is None:
+      continue
+    sd = run.get(f"metrics{suffix}_std", {})
+    out.append(f"| {name}{label} | {_cell(m, sd, 'average_accuracy')} | "
+               f"{_cell(m, sd, 'backward_transfer')} |")
+  return out
+
+
+def table(variant: str) -> str | None:
+  path = os.path.join(RESULTS, f"class_il_{variant}", "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    runs = json.load(f)["runs"]
+  lines = ["| method | ACC | BWT |", "|---|---|---|"]
+  for entry, run in runs.items():
+    if "diverged" in run:
+      lines.append(f"| {NAMES.get(entry, entry)} | diverged | |")
+    else:
+      lines += rows(run, NAMES.get(entry, entry))
+  return "\n".join(lines)
+
+
+def main():
+  text = ["# Rehearsal in class-incremental learning, split Fashion-MNIST",
+          "",
+          "5 tasks x 2 classes, one head over the 10 classes, no task id at "
+          "test time; SGD with momentum 0.9, lr 0.01, batch 128, 5 epochs a "
+          "task; every method at its paper's defaults (no tuning on these "
+          "numbers). ACC: final average test accuracy; BWT: backward "
+          "transfer (%).", ""]
+  for variant, what in VARIANTS:
+    t = table(variant)
+    text += [f"## {what}", "", t if t else "(not run)", ""]
+  path = os.path.join(RESULTS, "class_il.md")
+  with open(path, "w") as f:
+    f.write("\n".join(text))
+  print("\n".join(text))
+  print(f"written: {path}")
+
+
+if __name__ == "__main__":
+  main()
