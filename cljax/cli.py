@@ -292,6 +292,11 @@ def _csv(text: str) -> list[str]:
   return [v for v in text.split(",") if v]
 
 
+def integers(text: str) -> list[int]:
+  """Comma-separated integers."""
+  return [int(v) for v in _csv(text)]
+
+
 def _bench(args) -> int:
   from cljax.bench import run_bench
   from cljax.bench._suite import default_models
@@ -306,7 +311,7 @@ def _bench(args) -> int:
   ap.add_argument("--models", type=_csv, default=None,
                   help="comma-separated: mlp, cnn, resnet32 (default: "
                   f"{','.join(default_models())} on this backend)")
-  ap.add_argument("--batch_sizes", type=lambda t: [int(v) for v in _csv(t)],
+  ap.add_argument("--batch_sizes", type=integers,
                   default=[128], help="comma-separated (default: 128)")
   ap.add_argument("--blocks", type=int, default=10,
                   help="timed blocks per step (default: 10)")

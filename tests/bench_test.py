@@ -11,8 +11,8 @@ import pytest
 
 from cljax import models
 from cljax.bench import run_bench
-from cljax.bench._models import SHAPES, jax_step, torch_model
-from cljax.bench._suite import synthetic_stream
+from cljax.bench._models import SHAPES, jax_step, torch_model, torch_runner
+from cljax.bench._suite import peak_flops, synthetic_stream
 
 
 def test_bench_reports_every_method_against_both_references(tmp_path):
@@ -29,7 +29,12 @@ def test_bench_reports_every_method_against_both_references(tmp_path):
     assert 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
     assert np.isclose(r["steps_per_s"] * r["median_ms"], 1e3)
     assert np.isclose(r["examples_per_s"], 8 * r["steps_per_s"])
-    assert r["compile_s"] > 0 and r["step_memory_mb"] > 0
+    assert r["compile_s"] > 0 and r["step_memory_mib"] > 0
+  # XLA's FLOP count is exact only without branches: the hand-written step.
+  assert rows["jax (hand-written)"]["flops_exact"]
+  assert rows["jax (hand-written)"]["tflops_per_s"] > 0
+  assert not rows["finetune"]["flops_exact"]
+  assert rows["finetune"]["tflops_per_s"] is None
   # ER trains on the batch plus as many replayed examples: more FLOPs.
   assert rows["er"]["flops"] > 1.5 * rows["finetune"]["flops"]
 
@@ -56,7 +61,8 @@ class HugeMemoryER(ER):
     (["--models=vgg"], "unknown model 'vgg'"),
     (["--methods=nope"], "unknown method 'nope'"),
     (["--blocks=0"], "blocks must be a positive integer"),
-    (["--batch_sizes=x"], "--batch_sizes"),
+    (["--batch_sizes=x"], "invalid integers value"),
+    (["--batch_sizes="], "at least one"),
 ])
 def test_bad_options_are_one_line_errors(args, message):
   out = subprocess.run([sys.executable, "-m", "cljax.cli", "bench", *args],
@@ -80,6 +86,24 @@ def test_hand_written_step_is_plain_sgd_on_the_same_model():
   want = jax.tree.map(lambda p, g: p - 0.1 * g, model.params, grads)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                params, want)
+
+
+def test_pytorch_runs_on_the_backend_jax_runs_on():
+  pytest.importorskip("torch")
+  x = np.zeros((2, 28, 28, 1), np.float32)
+  y = np.zeros(2, np.int32)
+  _, info = torch_runner("mlp", (28, 28, 1), 10, (8,), x, y, 0.1, "cpu")
+  assert info["device"] == "cpu" and info["version"]
+  with pytest.raises(RuntimeError, match="no tpu device"):
+    torch_runner("mlp", (28, 28, 1), 10, (8,), x, y, 0.1, "tpu")
+
+
+def test_peak_flops_match_whole_card_names():
+  assert peak_flops("NVIDIA H100 80GB HBM3") == 494.7e12
+  assert peak_flops("NVIDIA H100 PCIe") == 378e12
+  assert peak_flops("NVIDIA L40S") == 183e12
+  assert peak_flops("NVIDIA L4") == 60e12
+  assert peak_flops("cpu") is None
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

@@ -154,7 +154,61 @@ def test_a_diverging_member_stops_and_the_others_go_on(stream):
     assert int(train.member(states, k).nonfinite_step) == -1
 
 
+def test_a_phase_of_its_own_sweeps_too(stream):
+  """LwF's head-only warm-up: the vmapped phase step equals each member's
+  phase step as run_stream builds it (``phase_parts``)."""
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  opt = optax.sgd(0.05)
+  phase = methods.LwF().phases(1)[0]
+  assert phase.head_only
+  members = [dict(lam=0.5, temperature=1.0), dict(lam=2.0, temperature=4.0)]
+  key, batches = jax.random.key(1), _batches(stream, 1)
+
+  def start(m):
+    ms = m.init_state(model, stream)
+    one = train.init_train_state(model.params, model.batch_stats,
+                                 m.optimizer(opt, model.params), ms,
+                                 stream.logit_masks(0))
+    ms = m.on_task_end(_ctx(stream, model, one, 0))
+    _, o = train._loop.phase_parts(m, model, m.optimizer(opt, model.params),
+                                   phase)
+    return train.init_train_state(model.params, model.batch_stats, o, ms,
+                                  stream.logit_masks(1)), o
+
+  alone = []
+  for hp in members:
+    m = methods.LwF(**hp)
+    state, _ = start(m)
+    loss_fn, o = train._loop.phase_parts(m, model, m.optimizer(
+        opt, model.params), phase)
+    step = jax.jit(train.make_train_step(loss_fn, o))
+    for b in batches:
+      state, _ = step(state, b, key)
+    alone.append(state)
+  method = methods.LwF()
+  one, _ = start(method)
+  states = train.stack([one] * 2)
+  step = train.vmap_step(method, model, opt, phase=phase)
+  hps = train.stack_hparams(method, members)
+  for b in batches:
+    states, _ = step(hps, states, b, key)
+  for k, a in enumerate(alone):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5,
+                                                         atol=2e-6),
+                 train.member(states, k).params, a.params)
+  # Head only: the backbone did not move.
+  np.testing.assert_array_equal(
+      train.member(states, 0).params["layers"][0]["kernel"],
+      model.params["layers"][0]["kernel"])
+
+
 def test_bad_sweeps_are_refused():
+  with pytest.raises(ValueError, match="gamma must be in"):
+    train.stack_hparams(methods.OnlineEWC(), [dict(lam=1.0, gamma=3.0)])
+  with pytest.raises(ValueError, match="lam"):
+    train.stack_hparams(methods.EWC(), [dict(lam=1.0), dict(lam=-5.0)])
+  with pytest.raises(ValueError, match="temperature must be > 0"):
+    train.stack_hparams(methods.LwF(), [dict(temperature=0.0)])
   with pytest.raises(ValueError, match="at least one member"):
     train.stack_hparams(methods.EWC(), [])
   with pytest.raises(ValueError, match=r"\['gamma'\] not among"):

@@ -89,11 +89,19 @@ def torch_model(name: str, input_shape, num_classes: int, hidden):
 
 
 def torch_runner(name: str, input_shape, num_classes: int, hidden, x, y,
-                 lr: float):
-  """A runner ``run(n)`` of ``n`` plain PyTorch SGD steps on ``x`` (NHWC,
-  moved to NCHW) and ``y``, on the GPU when torch sees one."""
+                 lr: float, backend: str):
+  """``(run, info)``: a runner ``run(n)`` of ``n`` plain PyTorch SGD steps on
+  ``x`` (NHWC, moved to NCHW) and ``y`` on the same kind of device as JAX's
+  ``backend`` (``RuntimeError`` if torch has none: never a CPU step against
+  a GPU one), with float32 matmuls in TF32 on a GPU as JAX's default
+  precision does; ``info``: torch's version, device and that precision."""
   import torch
-  device = "cuda" if torch.cuda.is_available() else "cpu"
+  device = {"cpu": "cpu", "gpu": "cuda"}.get(backend)
+  if device is None or (device == "cuda" and not torch.cuda.is_available()):
+    raise RuntimeError(f"torch {torch.__version__} has no {backend} device "
+                       "here (install a build for it)")
+  if device == "cuda":
+    torch.set_float32_matmul_precision("high")  # TF32, as JAX's default
   torch.manual_seed(0)
   model = torch_model(name, input_shape, num_classes, hidden).to(device)
   opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -109,4 +117,6 @@ def torch_runner(name: str, input_shape, num_classes: int, hidden, x, y,
     if device == "cuda":
       torch.cuda.synchronize()
 
-  return run
+  return run, {"version": torch.__version__, "device": device,
+               "float32_matmul_precision":
+                   torch.get_float32_matmul_precision()}

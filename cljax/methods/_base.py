@@ -118,6 +118,11 @@ class Method:
     if unknown:
       raise ValueError(f"{self.name}: {unknown} not among the hyperparameters "
                        f"read as data {list(self.data_hparams)}")
+    props = [k for k in values if isinstance(getattr(type(self), k, None),
+                                             property)]
+    if props:
+      raise ValueError(f"{self.name}: {props} are properties; data_hparams "
+                       "must name plain attributes")
     new = copy.copy(self)
     new.__dict__.update(values)
     return new

@@ -73,11 +73,12 @@ class Rehearsal(Method):
   # -- the memory ------------------------------------------------------------
 
   def check(self, stream):
-    total = sum(len(t.train) for t in stream.tasks)
+    total = sum(len(self.train_split(stream, k))
+                for k in range(stream.num_tasks))
     if self.memory_size > total:
       raise ValueError(f"memory_size={self.memory_size} exceeds the "
                        f"{total} training examples of the whole stream: "
-                       "most slots could never fill")
+                       "more slots than examples to hold")
     if self.selection == "reservoir":
       return
     if self.budget == "per_class":

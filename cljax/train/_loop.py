@@ -49,6 +49,20 @@ def _with_augmentation(loss_fn, augment):
   return loss
 
 
+def phase_parts(method: Method, model: FunctionalModel,
+                optimizer: optax.GradientTransformation, phase: Phase,
+                augment: Callable | None = None):
+  """``(loss_fn, optimizer)`` of ``phase``'s train step: the phase's loss
+  (with on-device augmentation) and ``optimizer`` (the method's own, around
+  the base one) restricted to the head and scaled as the phase says."""
+  loss_fn = _with_augmentation(method.phase_loss_fn(model, phase.name),
+                               augment)
+  o = head_only(optimizer, model.params) if phase.head_only else optimizer
+  if phase.lr_scale != 1.0:
+    o = optax.chain(o, optax.scale(phase.lr_scale))
+  return loss_fn, o
+
+
 def set_learning_rate(opt_state, lr: float):
   """``opt_state`` with every ``optax.inject_hyperparams`` learning rate set
   to ``lr`` (a state value: nothing recompiles)."""
@@ -275,12 +289,9 @@ class _Run:
     its train step over rows of batch indices (``_epochs``)."""
     cache_key = (phase.name, phase.head_only, phase.lr_scale)
     if cache_key not in self.compiled:
-      model, method, augment = self.model, self.method, self.s["augment"]
-      loss_fn = _with_augmentation(method.phase_loss_fn(model, phase.name),
-                                   augment)
-      o = head_only(self.opt, model.params) if phase.head_only else self.opt
-      if phase.lr_scale != 1.0:
-        o = optax.chain(o, optax.scale(phase.lr_scale))
+      model, method = self.model, self.method
+      loss_fn, o = phase_parts(method, model, self.opt, phase,
+                               self.s["augment"])
       kwargs = dict(update_method_state=method.update_method_state,
                     extra_args=method.extra_args, batch_fn=method.batch_fn)
       example = {k: getattr(self.stream.tasks[0].train, k)[

@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax.methods._base import Method, TaskContext
+from cljax.methods._base import Method, Phase, TaskContext
+from cljax.methods._registry import hyperparameters
 from cljax.models._functional import FunctionalModel
+from cljax.train._loop import phase_parts
 from cljax.train._step import TrainState, make_train_step
 
 
@@ -40,45 +42,56 @@ def member(tree, k: int):
 def stack_hparams(method: Method, members: Sequence[Mapping]) -> dict:
   """``{name: (K,) float32}`` for ``members`` (each a dict of some of
   ``method.data_hparams``; a name a member leaves out takes ``method``'s
-  value)."""
+  value). Each member is validated as its constructor would (``ValueError``
+  naming the hyperparameter): once traced, values are no longer checked."""
   if not members:
     raise ValueError("a sweep needs at least one member")
   base = method.hparams()
+  settings = {k: getattr(method, k) for k in hyperparameters(type(method))
+              if hasattr(method, k)}
   for hp in members:
     unknown = sorted(set(hp) - set(base))
     if unknown:
       raise ValueError(f"{method.name}: {unknown} not among the "
                        f"hyperparameters read as data {sorted(base)}")
+    type(method)(**{**settings, **hp})  # the constructor's checks
   return {k: jnp.asarray([float(hp.get(k, v)) for hp in members],
                          jnp.float32) for k, v in base.items()}
 
 
 def vmap_step(method: Method, model: FunctionalModel,
               optimizer: optax.GradientTransformation, *,
-              batch_axis: int | None = None, rng_axis: int | None = None,
-              loss_wrapper: Callable | None = None) -> Callable:
+              phase: Phase = Phase(), batch_axis: int | None = None,
+              rng_axis: int | None = None,
+              augment: Callable | None = None) -> Callable:
   """``step(hparams, states, batch, rng) -> (states, terms)`` for K members,
   jitted, the states donated.
 
-  Member k runs ``method.with_hparams(**hparams[k])``'s step (the one
-  ``run_stream`` builds: its optimizer around ``optimizer``, its loss and
-  per-step hooks) on ``states[k]``.
+  Member k runs ``method.with_hparams(**hparams[k])``'s step of ``phase``
+  (the one ``run_stream`` builds: the phase's loss, the method's optimizer
+  around ``optimizer`` as the phase restricts and scales it, the per-step
+  hooks) on ``states[k]``. A phase with an optimizer of its own (head-only,
+  ``lr_scale``) needs states whose ``opt_state`` that optimizer made
+  (``phase_parts``). Under ``vmap`` a method's ``lax.cond``/``switch`` on
+  its state (GEM's memory buckets, A-GEM's empty-memory skip) computes every
+  branch, so those savings are lost in a sweep.
 
   Args:
     method: the method, built with any valid hyperparameters.
     model: the functional model.
     optimizer: the base optax optimizer.
+    phase: the training phase (default: the main one).
     batch_axis: ``None``: one batch for all members; 0: a batch per member
       (leading axis K).
     rng_axis: likewise for the key.
-    loss_wrapper: optional ``loss_fn -> loss_fn`` (e.g. augmentation).
+    augment: optional ``(rng, x) -> x`` on training inputs, as in
+      ``run_stream``.
   """
   def one(hp, state: TrainState, batch, rng):
     m = method.with_hparams(**hp)
-    loss_fn = m.loss_fn(model)
-    if loss_wrapper is not None:
-      loss_fn = loss_wrapper(loss_fn)
-    step = make_train_step(loss_fn, m.optimizer(optimizer, model.params),
+    loss_fn, o = phase_parts(m, model, m.optimizer(optimizer, model.params),
+                             phase, augment)
+    step = make_train_step(loss_fn, o,
                            update_method_state=m.update_method_state,
                            extra_args=m.extra_args, batch_fn=m.batch_fn)
     return step(state, batch, rng)
