@@ -9,8 +9,7 @@ several. Writes ``experiments/results/class_il.md``.
 import json
 import os
 
-RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), "results")
+from _markdown import RESULTS, write
 NAMES = {"finetune": "fine-tuning", "joint": "joint (upper bound)",
          "lwf": "LwF.MC (no memory)", "er": "ER", "der": "DER", "derpp":
          "DER++", "icarl": "iCaRL", "e2eil": "End-to-End IL", "agem": "A-GEM",
@@ -66,11 +65,7 @@ def main():
   for variant, what in VARIANTS:
     t = table(variant)
     text += [f"## {what}", "", t if t else "(not run)", ""]
-  path = os.path.join(RESULTS, "class_il.md")
-  with open(path, "w") as f:
-    f.write("\n".join(text))
-  print("\n".join(text))
-  print(f"written: {path}")
+  write("class_il.md", text)
 
 
 if __name__ == "__main__":

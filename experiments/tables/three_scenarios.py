@@ -9,8 +9,7 @@ hold). Writes ``experiments/results/three_scenarios.md``.
 import json
 import os
 
-RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), "results")
+from _markdown import RESULTS, write
 SCENARIOS = ("task", "domain", "class")
 # van de Ven & Tolias 2019 (split MNIST; permuted MNIST), final average
 # accuracy in percent, task / domain / class.
@@ -82,11 +81,7 @@ def main():
                           "1e-4, 500 iterations a task: a tenth of the "
                           "paper's 5,000, which do not fit 2 CPU cores)")):
     text += [f"## {what}", "", table(protocol), ""]
-  path = os.path.join(RESULTS, "three_scenarios.md")
-  with open(path, "w") as f:
-    f.write("\n".join(text))
-  print("\n".join(text))
-  print(f"written: {path}")
+  write("three_scenarios.md", text)
 
 
 if __name__ == "__main__":
