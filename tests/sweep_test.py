@@ -11,32 +11,22 @@ from cljax import data, methods, models, train
 from cljax.methods._base import TaskContext
 
 # name -> (structural settings, three members' data hyperparameters)
-SWEEPS = {
-    "l2": ({}, [dict(lam=0.1), dict(lam=1.0), dict(lam=10.0)]),
-    "ewc": (dict(fisher_samples=40), [dict(lam=1.0), dict(lam=10.0),
-                                       dict(lam=100.0)]),
+SWEEPS = {  # two members each, far apart
+    "l2": ({}, [dict(lam=0.1), dict(lam=10.0)]),
+    "ewc": (dict(fisher_samples=40), [dict(lam=1.0), dict(lam=100.0)]),
     "online_ewc": (dict(fisher_samples=40), [dict(lam=1.0, gamma=0.5),
-                                              dict(lam=10.0, gamma=1.0),
                                               dict(lam=100.0, gamma=0.9)]),
-    "si": ({}, [dict(c=0.01, xi=1e-3), dict(c=0.1, xi=1e-2),
-                dict(c=1.0, xi=0.1)]),
-    "mas": (dict(samples=40), [dict(lam=0.1), dict(lam=1.0),
-                                dict(lam=10.0)]),
-    "kd": ({}, [dict(lam=0.5, temperature=1.0), dict(lam=1.0,
-                                                     temperature=2.0),
+    "si": ({}, [dict(c=0.01, xi=1e-3), dict(c=1.0, xi=0.1)]),
+    "mas": (dict(samples=40), [dict(lam=0.1), dict(lam=10.0)]),
+    "kd": ({}, [dict(lam=0.5, temperature=1.0),
                 dict(lam=4.0, temperature=4.0)]),
-    "lwf": ({}, [dict(lam=0.5, temperature=1.0), dict(lam=1.0,
-                                                      temperature=2.0),
+    "lwf": ({}, [dict(lam=0.5, temperature=1.0),
                  dict(lam=4.0, temperature=4.0)]),
-    "der": (dict(memory_size=30), [dict(alpha=0.1), dict(alpha=0.3),
-                                   dict(alpha=1.0)]),
+    "der": (dict(memory_size=30), [dict(alpha=0.1), dict(alpha=1.0)]),
     "derpp": (dict(memory_size=30), [dict(alpha=0.1, beta=0.5),
-                                     dict(alpha=0.3, beta=1.0),
                                      dict(alpha=1.0, beta=0.1)]),
-    "gem": (dict(memory_size=16), [dict(margin=0.0), dict(margin=0.5),
-                                   dict(margin=2.0)]),
+    "gem": (dict(memory_size=16), [dict(margin=0.0), dict(margin=2.0)]),
     "e2eil": (dict(memory_size=30), [dict(temperature=1.0),
-                                     dict(temperature=2.0),
                                      dict(temperature=4.0)]),
 }
 TRACEABLE_TASK_END = ("l2", "ewc", "online_ewc", "si", "mas", "kd", "lwf")
@@ -125,8 +115,8 @@ def test_vmapped_sweep_equals_the_members_one_by_one(stream, name):
         a, b, rtol=2e-5, atol=2e-6), (got.params, got.method_state),
                  (alone.params, alone.method_state))
   # The members differ (the hyperparameters reached the step).
-  p = [jax.tree.leaves(train.member(states.params, k)) for k in range(3)]
-  assert not all(np.allclose(a, b) for a, b in zip(p[0], p[2]))
+  p = [jax.tree.leaves(train.member(states.params, k)) for k in range(2)]
+  assert not all(np.allclose(a, b) for a, b in zip(p[0], p[1]))
 
 
 def test_a_diverging_member_stops_and_the_others_go_on(stream):
