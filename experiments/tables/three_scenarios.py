@@ -27,25 +27,33 @@ NAMES = {"finetune": "none (fine-tune)", "joint": "joint", "ewc": "EWC",
          "online_ewc": "online EWC", "si": "SI", "lwf": "LwF"}
 
 
-def _ours(protocol, scenario):
-  """``{family: (cell, chosen entry)}`` of a final run; without one, of the
-  tune run's chosen entries (one seed, marked with a dagger); ``None`` if
-  neither exists."""
-  name = f"three_scenarios_{protocol}_{scenario}"
-  path = os.path.join(RESULTS, name, "results.json")
-  tune = not os.path.exists(path)
-  if tune:
-    path = os.path.join(RESULTS, f"{name}_tune", "results.json")
-    if not os.path.exists(path):
-      return None
+def _runs(name: str, tune: bool) -> dict:
+  """A final run's entries, or the entries a tune run chose; ``{}`` if
+  there is none (yet)."""
+  path = os.path.join(RESULTS, name + ("_tune" if tune else ""),
+                      "results.json")
+  if not os.path.exists(path):
+    return {}
   with open(path) as f:
     result = json.load(f)
-  runs = result["runs"]
-  if tune:
-    if "selection" not in result:
-      return None
-    runs = {sel["entry"]: runs[sel["entry"]]
-            for sel in result["selection"].values()}
+  if not tune:
+    return result["runs"]
+  return {sel["entry"]: result["runs"][sel["entry"]]
+          for sel in result.get("selection", {}).values()}
+
+
+def _ours(protocol, scenario):
+  """``{family: (cell, chosen entry)}`` of the final run (3 seeds); a family
+  it does not have (yet) from the tune run's chosen entry (one seed, marked
+  with a dagger); ``None`` if neither exists."""
+  name = f"three_scenarios_{protocol}_{scenario}"
+  final, chosen = _runs(name, False), _runs(name, True)
+  fam = lambda entry: entry.split("__")[0]
+  have = {fam(e) for e in final}
+  runs = {**final, **{e: {**r, "tune": True} for e, r in chosen.items()
+                      if fam(e) not in have}}
+  if not runs:
+    return None
   out = {}
   for entry, run in runs.items():
     fam = entry.split("__")[0]
@@ -55,7 +63,7 @@ def _ours(protocol, scenario):
     m, sd = run["metrics"], run.get("metrics_std", {})
     acc = 100 * m["average_accuracy"]
     cell = f"{acc:.1f} ± {100 * sd['average_accuracy']:.1f}" if sd else (
-        f"{acc:.1f}" + (" †" if tune else ""))
+        f"{acc:.1f}" + (" †" if run.get("tune") else ""))
     out[fam] = (cell, entry)
   return out
 
@@ -85,8 +93,8 @@ def main():
           "",
           "Final average test accuracy (%), mean ± std over 3 seeds of the "
           "entries chosen on one seed's validation accuracy (the `tune` "
-          "runs' `selection.md`); † marks a scenario whose 3-seed final run "
-          "is still to do: the tune run's chosen entries, one seed. The "
+          "runs' `selection.md`); † marks an entry whose 3-seed final run "
+          "is still to do: the tune run's chosen entry, one seed. The "
           "paper's numbers are on MNIST.", ""]
   for protocol, what in (("split", "Split (5 tasks x 2 classes, MLP 2x400, "
                           "Adam 1e-3, 2,000 iterations a task)"),
