@@ -2,7 +2,8 @@
 
 Every runner is a callable ``run(n)`` that does ``n`` repetitions and returns
 only when they are finished (``block_until_ready`` for JAX). Blocks of all
-runners are interleaved so that the machine's drift hits them alike; the
+runners are interleaved, in an order that rotates from block to block, so
+that the machine's drift hits them alike; the
 first ``warmup`` blocks (compilation, caches) are dropped and the median over
 the remaining ``blocks`` is reported, with ratios taken in the same run.
 """
@@ -24,8 +25,12 @@ def interleaved_medians(runners: dict, *, blocks: int, reps: int,
                         warmup: int = 3) -> dict:
   """``{name: {"median_ms", "p10_ms", "p90_ms"}}`` per repetition."""
   times = {k: [] for k in runners}
+  names = list(runners)
   for b in range(warmup + blocks):
-    for name, run in runners.items():
+    # The order rotates, so what one runner leaves behind (caches, another
+    # library's spinning threads) does not always hit the same next one.
+    for name in names[b % len(names):] + names[:b % len(names)]:
+      run = runners[name]
       t0 = time.perf_counter()
       run(reps)
       if b >= warmup:
