@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax import memory as mem
-from cljax.data._batching import eval_batches
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._base import Method
 from cljax.models._heads import example_masks
