@@ -52,13 +52,14 @@ GRIDS = {
 # Permuted runs cost about 140 s each here (MLP 2x1000, 5,000 steps), so
 # their grids are coarse: first three values around the split domain-IL
 # winners (EWC 1e5, online EWC 1e9, SI 10, LwF 8), where every family chose
-# its lowest value, then extended downwards; an edge winner is flagged in
+# its lowest value, then extended downwards twice (EWC, online EWC and LwF
+# chose their lowest values again); an edge winner is flagged in
 # selection.md.
 PERMUTED_GRIDS = {
-    "ewc": ("lam", (10.0, 100.0, 1e3, 1e5, 1e7)),
-    "online_ewc": ("lam", (1e3, 1e5, 1e7, 1e9, 1e11)),
+    "ewc": ("lam", (0.1, 1.0, 10.0, 100.0, 1e3, 1e5, 1e7)),
+    "online_ewc": ("lam", (10.0, 100.0, 1e3, 1e5, 1e7, 1e9, 1e11)),
     "si": ("c", (0.1, 1.0, 10.0, 100.0)),
-    "lwf": ("lam", (0.5, 2.0, 8.0, 16.0)),
+    "lwf": ("lam", (0.1, 0.25, 0.5, 2.0, 8.0, 16.0)),
 }
 KINDS = {("split", "task"): "task_incremental",
          ("split", "domain"): "domain_incremental",
