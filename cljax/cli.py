@@ -234,8 +234,10 @@ def list_text(what: str) -> str:
               _wrap(f"hyperparameters: {hp or 'none'}")]
     return "\n".join(out)
   if what == "models":
-    from cljax.models import MODELS
-    return _entries("models (--config.model.name):", MODELS)
+    from cljax.models import HEADS, MODELS
+    return "\n".join([_entries("models (--config.model.name):", MODELS),
+                      _entries("heads (--config.model.head; default: the "
+                               "method's own):", HEADS)])
   if what == "scenarios":
     from cljax.data import SCENARIOS
     return _entries("scenarios (--config.scenario.kind):", SCENARIOS)

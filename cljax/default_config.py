@@ -69,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"          # mlp | cnn | resnet32 | reduced_resnet18
   c.model.hidden = (100, 100)
+  c.model.head = ""             # "" = the method's own (e.g. cosine for ucir); linear | cosine
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 5

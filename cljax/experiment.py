@@ -23,7 +23,7 @@ from cljax import data as cl_data
 from cljax import report
 from cljax import train
 from cljax.methods import build_method, METHODS
-from cljax.models import build_model, MODELS
+from cljax.models import build_model, HEADS, MODELS
 from cljax.train._checkpoint import Checkpoints, check_identity
 from cljax.train._identity import flatten
 
@@ -172,6 +172,9 @@ def validate(config) -> None:
     _fail("select", f"unknown {config.select!r}; one of {report.CRITERIA}")
   if config.model.name not in MODELS:
     _fail("model.name", f"unknown {config.model.name!r}; one of {sorted(MODELS)}")
+  if config.model.head and config.model.head not in HEADS:
+    _fail("model.head", f"unknown {config.model.head!r}; one of "
+          f"{sorted(HEADS)} or '' (the method's own)")
   for e in run_entries(config):
     build_method(e.kind, **e.hparams)  # raises ValueError on bad hyperparameters
 
@@ -365,7 +368,8 @@ def _prepare_entries(config, stream, workdir, sub: str = "") -> list[dict]:
     entry = e.name
     method = build_method(e.kind, **e.hparams)
     model = build_model(config.model.name, stream.input_shape,
-                        stream.num_classes, seed=config.seed, hidden=e.hidden)
+                        stream.num_classes, seed=config.seed, hidden=e.hidden,
+                        head=config.model.head or method.head)
     first = stream.tasks[0].train
     opt = build_optimizer(config.train, e.lr, config.train.steps_per_task or (
         e.epochs * (len(first) // config.train.batch_size)))

@@ -10,6 +10,7 @@ from cljax.methods._registry import description
 from cljax.methods._registry import hyperparameters
 from cljax.methods._registry import method_class
 from cljax.methods._registry import METHODS
+from cljax.methods.bic import BiC
 from cljax.methods.distill import KD
 from cljax.methods.distill import LwF
 from cljax.methods.der import DER
@@ -23,7 +24,10 @@ from cljax.methods.finetune import FineTune
 from cljax.methods.gem import AGEM
 from cljax.methods.gem import GEM
 from cljax.methods.icarl import ICaRL
+from cljax.methods.il2m import IL2M
 from cljax.methods.independent import Independent
 from cljax.methods.joint import Joint
 from cljax.methods.mas import MAS
 from cljax.methods.si import SI
+from cljax.methods.ucir import UCIR
+from cljax.methods.wa import WA

@@ -105,6 +105,7 @@ class Method:
 
   name = "finetune"
   data_hparams: tuple[str, ...] = ()
+  head = "linear"  # the classifier head it needs (cljax.models.HEADS)
 
   def hparams(self) -> dict:
     """``{name: value}`` of the float hyperparameters read as data."""
@@ -178,6 +179,12 @@ class Method:
   def start_params(self, ctx: TaskContext):
     """``(params, batch_stats)`` to start task ``ctx.index`` from (after
     ``on_task_start``), or ``None`` to go on from the current ones."""
+    return None
+
+  def end_params(self, ctx: TaskContext):
+    """``(params, batch_stats)`` the task ends with, set after its training
+    and before ``on_task_end`` and the evaluation (e.g. WA's aligned head),
+    or ``None`` to keep the trained ones."""
     return None
 
   def eval_params(self, method_state, params, batch_stats, task: int,

@@ -7,6 +7,7 @@ import importlib
 import inspect
 
 from cljax.methods._base import Method
+from cljax.methods.bic import BiC
 from cljax.methods.distill import KD, LwF
 from cljax.methods.der import DER, DERpp
 from cljax.methods.e2eil import E2EIL
@@ -15,14 +16,18 @@ from cljax.methods.ewc import EWC, L2, OnlineEWC
 from cljax.methods.finetune import FineTune
 from cljax.methods.gem import AGEM, GEM
 from cljax.methods.icarl import ICaRL
+from cljax.methods.il2m import IL2M
 from cljax.methods.independent import Independent
 from cljax.methods.joint import Joint
 from cljax.methods.mas import MAS
 from cljax.methods.si import SI
+from cljax.methods.ucir import UCIR
+from cljax.methods.wa import WA
 
 METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      MAS, KD, LwF, GEM, AGEM, Independent,
-                                     ER, DER, DERpp, ICaRL, E2EIL)}
+                                     ER, DER, DERpp, ICaRL, E2EIL, UCIR,
+                                     BiC, IL2M, WA)}
 
 
 def hyperparameters(cls: type) -> dict:

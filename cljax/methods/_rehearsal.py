@@ -21,6 +21,7 @@ from cljax.methods._base import Method
 from cljax.models._heads import example_masks
 
 MEMORIES = ("herding", "random", "reservoir")
+REPLAYS = ("equal", "union")
 
 
 def weighted_cross_entropy(logits, batch, masks):
@@ -29,8 +30,39 @@ def weighted_cross_entropy(logits, batch, masks):
   task's active logits."""
   ce = masked_cross_entropy(logits, batch["y"], example_masks(masks,
                                                                batch["t"]))
-  w = batch["w"]
-  return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
+  return weighted_mean(ce, batch["w"])
+
+
+def weighted_mean(values, w):
+  """``sum_i w_i v_i / max(sum_i w_i, 1)``: a batch mean in which replay
+  slots with nothing in the memory yet (``w = 0``) do not count."""
+  return jnp.sum(w * values) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def nme_predictors(model, flip: bool = False) -> dict:
+  """``{"nme": (prepare, predict)}``: classification by the nearest mean of
+  the memory's exemplars (iCaRL, Alg. 1; ``cljax.memory.class_means``),
+  with the means also over horizontal flips when ``flip``; for
+  ``Method.predictors`` of a method whose state holds ``"memory"``."""
+
+  num_classes = np.shape(model.params["head"]["kernel"])[-1]
+
+  def features(params, batch_stats, x):
+    return model.apply(params, batch_stats, x)[0][1]
+
+  def prepare(s, params, batch_stats):
+    m = s["memory"]
+    flipped = (features(params, batch_stats, m.x[:, :, ::-1]) if flip
+               else None)
+    return mem.class_means(features(params, batch_stats, m.x), m.y,
+                           m.valid, num_classes, flipped)
+
+  def predict(params, batch_stats, aux, x, active):
+    means, present = aux
+    return mem.nme_predict(features(params, batch_stats, x), means,
+                           active & present)
+
+  return {"nme": (prepare, predict)}
 
 
 class Rehearsal(Method):
@@ -43,8 +75,15 @@ class Rehearsal(Method):
     budget: ``"total"`` (``K // classes seen`` exemplars per class) or
       ``"per_class"`` (``per_class`` each); exemplar memories only.
     per_class: exemplars per class for ``budget="per_class"``.
-    replay_size: replay examples per step (all devices together); 0: as many
-      as the current batch.
+    replay_size: replay examples per step (all devices together); 0: as
+      ``replay`` says.
+    replay: with ``replay_size=0``, ``"equal"``: as many replay examples as
+      current ones (ER's balanced batch), or ``"union"``: in the proportion
+      of the memory to a task's data, ``round(B K / N)`` for a batch of
+      ``B`` (``N`` the mean training examples of a task), so each batch is
+      in expectation a sample of the union of new data and exemplars the
+      papers of iCaRL, BiC, WA, UCIR and IL2M train on (imbalanced: the
+      bias toward new classes those methods correct).
   """
 
   num_logits = 0      # outputs stored with each exemplar (DER's logits)
@@ -52,7 +91,7 @@ class Rehearsal(Method):
 
   def __init__(self, memory_size: int = 2000, selection: str = "herding",
                budget: str = "total", per_class: int = 0,
-               replay_size: int = 0):
+               replay_size: int = 0, replay: str = "equal"):
     if memory_size < 1:
       raise ValueError(f"memory_size must be >= 1, got {memory_size}")
     if selection not in MEMORIES:
@@ -67,7 +106,9 @@ class Rehearsal(Method):
       raise ValueError(f"replay_size must be >= 0, got {replay_size}")
     self.memory_size, self.selection = int(memory_size), selection
     self.budget, self.per_class = budget, int(per_class)
-    self.replay_size = int(replay_size)
+    if replay not in REPLAYS:
+      raise ValueError(f"replay must be one of {REPLAYS}, got {replay!r}")
+    self.replay_size, self.replay = int(replay_size), replay
 
   # -- the memory ------------------------------------------------------------
 
@@ -90,14 +131,16 @@ class Rehearsal(Method):
 
   def init_state(self, model, stream):
     self._model = model
+    self._union = self.memory_size / np.mean(
+        [len(self.train_split(stream, k)) for k in range(stream.num_tasks)])
     shape, c = stream.input_shape, self.num_logits and stream.num_classes
     if self.selection == "reservoir":
       return {"memory": mem.reservoir_buffer(self.memory_size, shape,
                                              num_logits=c)}
     # Padding sizes fixed for the stream, so selection compiles once.
     self._groups = max(len(t.classes) for t in stream.tasks)
-    self._rows = max(int(np.max(np.bincount(t.train.y))) for t in
-                     stream.tasks)
+    self._rows = max(int(np.max(np.bincount(self.train_split(stream, k).y)))
+                     for k in range(stream.num_tasks))
     self._m_max = mem.per_class_budget(
         self.memory_size, min(len(t.classes) for t in stream.tasks),
         self.budget, self.per_class)
@@ -112,7 +155,7 @@ class Rehearsal(Method):
       return memory.x, memory.y, memory.t, valid, memory.logits
     return memory.x, memory.y, memory.t, memory.valid, memory.logits
 
-  def replay(self, memory, rng, n_global: int, shard, batch):
+  def draw(self, memory, rng, n_global: int, shard, batch):
     """This shard's part of ``n_global`` slots drawn uniformly without
     replacement from the filled ones (Gumbel top-k over the valid slots),
     as a batch with the stored ``logits`` and weights ``w``: 0 for a slot
@@ -149,8 +192,9 @@ class Rehearsal(Method):
     drawn for the global batch and split among the shards (as long, in all,
     as ``memory_logits``, their stored outputs)."""
     b = batch["y"].shape[0]
-    n_global = self.replay_size or b * shard[1]
-    parts = [self.replay(s["memory"], jax.random.fold_in(rng, k), n_global,
+    n_global = self.replay_size or shard[1] * (
+        b if self.replay == "equal" else max(1, round(b * self._union)))
+    parts = [self.draw(s["memory"], jax.random.fold_in(rng, k), n_global,
                          shard, batch) for k in range(self.replay_batches)]
     cat = lambda k, a: jnp.concatenate([jnp.asarray(a)] + [
         r[k].astype(jnp.asarray(a).dtype) for r in parts])
@@ -174,13 +218,32 @@ class Rehearsal(Method):
 
   # -- exemplars at the end of a task -----------------------------------------
 
-  def _features(self, params, batch_stats, x):
-    """Penultimate features, eval mode, in chunks of 512."""
+  def _outputs(self, params, batch_stats, x):
+    """``(logits (N, C), features (N, D))`` in eval mode, in chunks of 512
+    (``N`` a multiple of 512)."""
     n = x.shape[0]
     chunks = x.reshape(n // 512, 512, *x.shape[1:])
-    f = jax.lax.map(lambda c: self._model.apply(params, batch_stats, c)[0][1],
-                    chunks)
-    return f.reshape(n, -1)
+    logits, f = jax.lax.map(
+        lambda c: self._model.apply(params, batch_stats, c)[0], chunks)
+    return logits.reshape(n, -1), f.reshape(n, -1)
+
+  def _features(self, params, batch_stats, x):
+    return self._outputs(params, batch_stats, x)[1]
+
+  def grouped(self, stream, index: int):
+    """Task ``index``'s training examples (``train_split``) by class, padded
+    to shapes fixed for the stream: ``(x (G, N, ...), counts (G,), y (G,),
+    rows (G, N))``, the first ``counts[g]`` rows of group ``g`` real (so
+    what runs on them compiles once)."""
+    split = self.train_split(stream, index)
+    classes = stream.tasks[index].classes
+    rows = np.zeros((self._groups, _round_up(self._rows, 512)), np.int64)
+    counts = np.zeros(self._groups, np.int64)
+    y = np.zeros(self._groups, np.int64)
+    for g, c in enumerate(classes):
+      idx = np.flatnonzero(split.y == c)
+      rows[g, :len(idx)], counts[g], y[g] = idx, len(idx), c
+    return split.x[rows], counts, y, rows
 
   def _select_fn(self, herding, params, batch_stats, memory, x, counts, y, t,
                  m, key):
@@ -212,17 +275,10 @@ class Rehearsal(Method):
   def on_task_end(self, ctx):
     if self.selection == "reservoir":
       return ctx.method_state
-    task = ctx.stream.tasks[ctx.index]
     seen = sum(len(t.classes) for t in ctx.stream.tasks[:ctx.index + 1])
     m = mem.per_class_budget(self.memory_size, seen, self.budget,
                              self.per_class)
-    rows = np.zeros((self._groups, _round_up(self._rows, 512)), np.int64)
-    counts = np.zeros(self._groups, np.int64)
-    y = np.zeros(self._groups, np.int64)
-    for g, c in enumerate(task.classes):
-      idx = np.flatnonzero(task.train.y == c)
-      rows[g, :len(idx)], counts[g], y[g] = idx, len(idx), c
-    x = task.train.x[rows]
+    x, counts, y, _ = self.grouped(ctx.stream, ctx.index)
     state = ctx.method_state
     memory = self._select(self.selection == "herding", ctx.params,
                           ctx.batch_stats, state["memory"], x, counts, y,

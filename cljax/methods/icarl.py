@@ -6,9 +6,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from cljax import memory as mem
 from cljax.losses import icarl_loss
-from cljax.methods._rehearsal import Rehearsal
+from cljax.methods._rehearsal import nme_predictors, Rehearsal
 from cljax.models._heads import example_masks
 
 
@@ -63,20 +62,4 @@ class ICaRL(Rehearsal):
             "old": jnp.asarray(old)}
 
   def predictors(self, model):
-
-    def features(params, batch_stats, x):
-      return model.apply(params, batch_stats, x)[0][1]
-
-    def prepare(s, params, batch_stats):
-      m = s["memory"]
-      flipped = (features(params, batch_stats, m.x[:, :, ::-1])
-                 if self.nme_flip else None)
-      return mem.class_means(features(params, batch_stats, m.x), m.y,
-                             m.valid, s["old"].shape[0], flipped)
-
-    def predict(params, batch_stats, aux, x, active):
-      means, present = aux
-      return mem.nme_predict(features(params, batch_stats, x), means,
-                             active & present)
-
-    return {"nme": (prepare, predict)}
+    return nme_predictors(model, self.nme_flip)

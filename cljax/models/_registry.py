@@ -2,6 +2,7 @@
 
 from flax import nnx
 
+from cljax.models._cosine import CosineLinear
 from cljax.models._functional import functional
 from cljax.models._networks import CNN, MLP, reduced_resnet18, resnet32
 
@@ -16,9 +17,20 @@ MODELS = {
 }
 
 
+# head -> what it is (``model.head``; a method may ask for one: ``Method.head``).
+HEADS = {
+    "linear": "a linear layer at the stream's total class count",
+    "cosine": "cosine-normalised classifier with a learnable scale (UCIR)",
+}
+
+
 def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0,
-                hidden=(400, 400)):
-  """Builds model ``name`` for ``(H, W, C)`` inputs and returns it functional."""
+                hidden=(400, 400), head: str = "linear"):
+  """Builds model ``name`` with classifier ``head`` (``HEADS``) for
+  ``(H, W, C)`` inputs and returns it functional."""
+  if head not in HEADS:
+    raise ValueError(f"model.head: unknown head {head!r}; expected one of "
+                     f"{sorted(HEADS)}")
   rngs = nnx.Rngs(seed)
   h, w, c = input_shape
   if name == "mlp":
@@ -32,4 +44,7 @@ def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0,
   else:
     raise ValueError(f"model.name: unknown model {name!r}; expected one of "
                      f"{sorted(MODELS)}")
+  if head == "cosine":
+    module.head = CosineLinear(module.head.in_features, num_classes,
+                               rngs=rngs)
   return functional(module)

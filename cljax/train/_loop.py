@@ -562,6 +562,10 @@ class _Run:
       if own_opt:
         self.state = self.state._replace(opt_state=main_opt_state)
     bar.close()
+    end = method.end_params(self._ctx(i, masks))
+    if end is not None:  # e.g. a corrected head
+      self.state = self.state._replace(params=_own(end[0]),
+                                       batch_stats=_own(end[1]))
     self.state = self.state._replace(
         method_state=_own(method.on_task_end(self._ctx(i, masks))))
     jax.block_until_ready(self.state)
