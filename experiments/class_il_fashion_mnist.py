@@ -11,7 +11,13 @@ training data held out for validation. The argument sets the memory:
   jointly: iCaRL's LwF.MC), A-GEM and GEM (K / 5 = 400 memories per task);
 * ``k200``, ``k500``: ER and iCaRL with 200 and 500 exemplars, one seed;
 * ``cnn``: the small CNN with random crops and flips (the image recipe) for
-  ER, iCaRL and End-to-End IL at K = 2,000, one seed.
+  ER, iCaRL and End-to-End IL at K = 2,000, one seed;
+* ``bias``: the bias-correction methods at K = 2,000 on 3 seeds, beside ER
+  run again in the same run: UCIR (cosine head; CNN and nearest-mean
+  accuracy), BiC (corrected and uncorrected), IL2M (rectified and plain)
+  and WA. They replay in the proportion of the union of new data and
+  exemplars (``replay="union"``, as their papers train); ER replays an
+  equal batch.
 
 Methods use their papers' defaults (DER alpha 0.3; DER++ alpha 0.1, beta
 0.5; E2EIL T = 2, 30 balanced passes at a tenth of the lr); every
@@ -26,6 +32,8 @@ from cljax.default_config import get_config as base
 from cljax.default_config import method_entry
 
 REHEARSAL = ("er", "der", "derpp", "icarl", "e2eil")
+BIAS = ("ucir", "bic", "il2m", "wa")
+VARIANTS = ("k2000", "k200", "k500", "cnn", "bias")
 
 
 def get_config(arg="k2000"):
@@ -33,8 +41,8 @@ def get_config(arg="k2000"):
   quick = "runlocal" in tokens
   variants = [t for t in tokens if t != "runlocal"] or ["k2000"]
   variant = variants[0]
-  if len(variants) > 1 or variant not in ("k2000", "k200", "k500", "cnn"):
-    raise ValueError("config arg: k2000, k200, k500 or cnn, optionally "
+  if len(variants) > 1 or variant not in VARIANTS:
+    raise ValueError(f"config arg: one of {VARIANTS}, optionally "
                      f"with ',runlocal', got {arg!r}")
   k = {"k200": 200, "k500": 500}.get(variant, 2000)
   c = base()
@@ -59,9 +67,12 @@ def get_config(arg="k2000"):
     c.train.augment = "crop_flip"
     c.method.icarl.nme_flip = True  # class means over the flips too
     entries = ["er", "icarl", "e2eil"]
+  elif variant == "bias":
+    c.seeds = 3
+    entries = ["er", *BIAS]
   else:
     entries = ["er", "icarl"]
-  for name in REHEARSAL:
+  for name in REHEARSAL + BIAS:
     c.method[name].memory_size = k
   c.method.gem.memory_size = c.method.agem.memory_size = k // 5
   if quick:
@@ -69,7 +80,7 @@ def get_config(arg="k2000"):
     c.train.epochs = 1
     c.scenario.train_per_task = 600
     c.scenario.test_per_task = 200
-    for name in REHEARSAL:
+    for name in REHEARSAL + BIAS:
       c.method[name].memory_size = 100
     c.method.e2eil.balanced_passes = 5
     c.method.gem.memory_size = c.method.agem.memory_size = 20
