@@ -151,7 +151,9 @@ def bench_group(model_name: str, batch_size: int, method_names, *,
       skipped[name] = str(e)
       say(f"  {model_name} batch {batch_size}: {name} skipped")
       continue
-    run, *info[name] = _method_runner(method, model, stream, batch)
+    own = model if method.head == "linear" else models.build_model(
+        model_name, shape, classes, hidden=hidden, head=method.head)
+    run, *info[name] = _method_runner(method, own, stream, batch)
     runners[name] = run
     say(f"  {model_name} batch {batch_size}: {name} compiled")
   t = interleaved_medians(runners, blocks=blocks, reps=steps, warmup=warmup)

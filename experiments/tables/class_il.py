@@ -13,12 +13,19 @@ from _markdown import RESULTS, write
 NAMES = {"finetune": "fine-tuning", "joint": "joint (upper bound)",
          "lwf": "LwF.MC (no memory)", "er": "ER", "der": "DER", "derpp":
          "DER++", "icarl": "iCaRL", "e2eil": "End-to-End IL", "agem": "A-GEM",
-         "gem": "GEM"}
+         "gem": "GEM", "ucir": "UCIR", "bic": "BiC", "il2m": "IL2M",
+         "wa": "WA"}
+# A method's own classifiers besides the network's argmax.
+PREDICTORS = (("_nme", " (nearest mean)"), ("_bic", " (bias-corrected)"),
+              ("_il2m", " (rectified)"))
 VARIANTS = (("k2000", "MLP 2x400, K = 2,000 exemplars (A-GEM, GEM: 400 per "
              "task), 3 seeds"),
             ("k500", "MLP 2x400, K = 500, 1 seed"),
             ("k200", "MLP 2x400, K = 200, 1 seed"),
-            ("cnn", "CNN with random crops and flips, K = 2,000, 1 seed"))
+            ("cnn", "CNN with random crops and flips, K = 2,000, 1 seed"),
+            ("bias", "Bias correction: MLP 2x400, K = 2,000, 3 seeds (ER "
+             "again in the same run; BiC and IL2M also without their "
+             "correction, UCIR also by nearest mean)"))
 
 
 def _cell(metrics, std, key):
@@ -29,7 +36,7 @@ def _cell(metrics, std, key):
 def rows(run: dict, name: str) -> list[str]:
   """One table row per classifier of ``run`` (iCaRL: network and NME)."""
   out = []
-  for suffix, label in (("", ""), ("_nme", " (nearest mean)")):
+  for suffix, label in (("", ""), *PREDICTORS):
     m = run.get(f"metrics{suffix}")
     if m is None:
       continue
