@@ -219,13 +219,16 @@ class Rehearsal(Method):
   # -- exemplars at the end of a task -----------------------------------------
 
   def _outputs(self, params, batch_stats, x):
-    """``(logits (N, C), features (N, D))`` in eval mode, in chunks of 512
-    (``N`` a multiple of 512)."""
+    """``(logits (N, C), features (N, D))`` in eval mode, in chunks of up
+    to 512 examples (the last padded)."""
     n = x.shape[0]
-    chunks = x.reshape(n // 512, 512, *x.shape[1:])
+    size = min(n, 512)
+    x = jnp.concatenate([x, jnp.zeros((-n % size, *x.shape[1:]), x.dtype)])
+    chunks = x.reshape(-1, size, *x.shape[1:])
     logits, f = jax.lax.map(
         lambda c: self._model.apply(params, batch_stats, c)[0], chunks)
-    return logits.reshape(n, -1), f.reshape(n, -1)
+    return logits.reshape(-1, logits.shape[-1])[:n], f.reshape(
+        -1, f.shape[-1])[:n]
 
   def _features(self, params, batch_stats, x):
     return self._outputs(params, batch_stats, x)[1]
@@ -237,7 +240,7 @@ class Rehearsal(Method):
     what runs on them compiles once)."""
     split = self.train_split(stream, index)
     classes = stream.tasks[index].classes
-    rows = np.zeros((self._groups, _round_up(self._rows, 512)), np.int64)
+    rows = np.zeros((self._groups, _round_up(self._rows, 8)), np.int64)
     counts = np.zeros(self._groups, np.int64)
     y = np.zeros(self._groups, np.int64)
     for g, c in enumerate(classes):

@@ -154,10 +154,8 @@ class BiC(DistilledRehearsal):
     """The validation memory shrunk to ``v`` per class plus the new
     classes' rows, and (when ``fit``) the new classes' layer fit on it."""
     val = mem.add_exemplars(mem.shrink(val, v), x, y, t, keep)
-    n = val.x.shape[0]
-    logits, _ = self._outputs(params, batch_stats, jnp.concatenate(
-        [val.x, jnp.zeros((-n % 512, *val.x.shape[1:]), val.x.dtype)]))
-    a, b = fit_bias_layer(logits[:n], val.y, val.valid, active, new, alpha,
+    logits, _ = self._outputs(params, batch_stats, val.x)
+    a, b = fit_bias_layer(logits, val.y, val.valid, active, new, alpha,
                           beta, self.bias_reg)
     alpha = jnp.where(new & fit, a, alpha)
     beta = jnp.where(new & fit, b, beta)

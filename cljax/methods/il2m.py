@@ -73,11 +73,8 @@ class IL2M(ER):
     class_mean = jnp.sum(jnp.where(real, own, 0), 1) / jnp.maximum(counts, 1)
     top_sum = jnp.sum(jnp.where(real, jnp.max(jnp.where(
         active, scores, -jnp.inf), axis=-1), 0))
-    m = memory.x.shape[0]
-    mem_logits, _ = self._outputs(params, batch_stats, jnp.concatenate(
-        [memory.x, jnp.zeros((-m % 512, *memory.x.shape[1:]),
-                             memory.x.dtype)]))
-    mem_scores = self._score(mem_logits[:m], active)
+    mem_logits, _ = self._outputs(params, batch_stats, memory.x)
+    mem_scores = self._score(mem_logits, active)
     mem_own = jnp.take_along_axis(mem_scores, memory.y[:, None], 1)[:, 0]
     onehot = jax.nn.one_hot(memory.y, active.shape[0]) * memory.valid[:, None]
     exemplar_mean = (onehot.T @ mem_own) / jnp.maximum(onehot.sum(0), 1)

@@ -26,7 +26,7 @@ from cljax.methods._base import Method, Phase, TaskContext, head_only
 from cljax.models._functional import FunctionalModel
 from cljax import _validate
 from cljax.train._checkpoint import Checkpoints, check_identity
-from cljax.train._epochs import HostEngine, ScanEngine, fits
+from cljax.train._epochs import HostEngine, ScanEngine, fits, loops_are_slow
 from cljax.train import _identity
 from cljax.train._identity import run_identity
 from cljax.train._lock import directory_lock
@@ -184,8 +184,9 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
       ``lax.scan``s of up to ``scan_chunk`` steps, cut where an evaluation,
       a log line or a checkpoint is due), ``"host"`` (batches fed from the
       host, the next one prefetched) or ``"auto"`` (scan when every task's
-      training data fits ``device_data_mb`` and there is no ``mesh``). Both
-      give the same results.
+      training data fits ``device_data_mb``, there is no ``mesh`` and the
+      model does not convolve on a CPU: ``loops_are_slow``). Both give the
+      same results.
   Returns:
     A dict with ``accuracy_matrix`` (``R[i][j]``, test splits, fractions),
     ``val_accuracy_matrix`` (validation splits), ``random_init_accuracy``,
@@ -219,7 +220,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                         "an integer >= 1")
   _validate.check_positive("device_data_mb", device_data_mb)
   splits = [method.train_split(stream, k) for k in range(stream.num_tasks)]
-  scan = loop == "scan" or (loop == "auto" and mesh is None and
+  slow = loop == "auto" and loops_are_slow(model, splits[0].x[:1])
+  scan = loop == "scan" or (loop == "auto" and mesh is None and not slow and
                             fits(splits, device_data_mb))
   # One scan length for the run: the chunk, or the shortest period at which
   # something is due (so segments are mostly full).
@@ -229,7 +231,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
   run = _Run(stream, method, model, optimizer, settings, mesh=mesh,
              progress=progress, writer=writer, log_every=log_every,
              scan=(max(len(sp) for sp in splits), chunk) if scan else None,
-             device_eval_mb=None if loop == "host" else device_data_mb)
+             device_eval_mb=None if loop == "host" or slow else
+             device_data_mb)
   if not checkpoint_dir:
     return run.run(None, None, 0)
   ident = run_identity(stream, method, model, optimizer, settings, identity)

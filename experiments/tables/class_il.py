@@ -14,7 +14,7 @@ NAMES = {"finetune": "fine-tuning", "joint": "joint (upper bound)",
          "lwf": "LwF.MC (no memory)", "er": "ER", "der": "DER", "derpp":
          "DER++", "icarl": "iCaRL", "e2eil": "End-to-End IL", "agem": "A-GEM",
          "gem": "GEM", "ucir": "UCIR", "bic": "BiC", "il2m": "IL2M",
-         "wa": "WA"}
+         "wa": "WA", "er__union": "ER, union replay"}
 # A method's own classifiers besides the network's argmax.
 PREDICTORS = (("_nme", " (nearest mean)"), ("_bic", " (bias-corrected)"),
               ("_il2m", " (rectified)"))
