@@ -266,3 +266,37 @@ def test_union_replay_is_in_the_memory_to_task_proportion(stream):
   assert sizes == [64, 32 + round(32 * 100 / n)]
   with pytest.raises(ValueError, match="replay must be"):
     methods.ER(100, replay="balanced")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: methods.UCIR(100), lambda: methods.BiC(100, val_size=20),
+    lambda: methods.IL2M(100), lambda: methods.WA(100)],
+    ids=["ucir", "bic", "il2m", "wa"])
+def test_scan_and_host_loops_are_bit_identical(stream, make):
+  out = {}
+  for loop in ("host", "scan"):
+    method = make()
+    out[loop] = train.run_stream(
+        stream, method, _model(stream, method), optax.sgd(0.05, momentum=0.9),
+        epochs=1, batch_size=32, progress=False, loop=loop, scan_chunk=4)
+  a, b = out["host"], out["scan"]
+  keys = [k for k in a if k.startswith("accuracy_matrix")]
+  # The network's and the method's own classifier (WA: the network only).
+  assert len(keys) == (1 if isinstance(method, methods.WA) else 2)
+  for key in keys:
+    assert a[key] == b[key], key
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(a["final_state"].params),
+               jax.device_get(b["final_state"].params))
+
+
+def test_bic_memory_size_is_both_parts(stream):
+  bic = methods.BiC(100, val_size=20)
+  assert bic.memory_size == 100 and bic.capacity == 80
+  again = type(bic)(**{k: v for k, v in vars(bic).items()
+                       if k in methods.hyperparameters(methods.BiC)})
+  assert again.capacity == 80
+  with pytest.raises(ValueError, match="val_size=100 leaves no exemplar"):
+    methods.BiC(100, val_size=100)
+  with pytest.raises(ValueError, match="smaller than the stream's 10"):
+    methods.BiC(100, val_size=5).check(stream)

@@ -112,6 +112,12 @@ class Rehearsal(Method):
 
   # -- the memory ------------------------------------------------------------
 
+  @property
+  def capacity(self) -> int:
+    """The training exemplars' slots (``memory_size``, unless a method keeps
+    part of it for something else: BiC's validation set)."""
+    return self.memory_size
+
   def check(self, stream):
     total = sum(len(self.train_split(stream, k))
                 for k in range(stream.num_tasks))
@@ -122,30 +128,31 @@ class Rehearsal(Method):
     if self.selection == "reservoir":
       return
     if self.budget == "per_class":
-      mem.per_class_budget(self.memory_size, stream.num_classes, "per_class",
+      mem.per_class_budget(self.capacity, stream.num_classes, "per_class",
                            self.per_class)
-    elif self.memory_size < stream.num_classes:
-      raise ValueError(f"memory_size={self.memory_size} is smaller than the "
+    elif self.capacity < stream.num_classes:
+      raise ValueError(f"memory_size={self.memory_size} leaves "
+                       f"{self.capacity} exemplar slots, fewer than the "
                        f"stream's {stream.num_classes} classes: the total "
                        "budget would keep no exemplar of some")
 
   def init_state(self, model, stream):
     self._model = model
-    self._union = self.memory_size / np.mean(
+    self._union = self.capacity / np.mean(
         [len(self.train_split(stream, k)) for k in range(stream.num_tasks)])
     shape, c = stream.input_shape, self.num_logits and stream.num_classes
     if self.selection == "reservoir":
-      return {"memory": mem.reservoir_buffer(self.memory_size, shape,
+      return {"memory": mem.reservoir_buffer(self.capacity, shape,
                                              num_logits=c)}
     # Padding sizes fixed for the stream, so selection compiles once.
     self._groups = max(len(t.classes) for t in stream.tasks)
     self._rows = max(int(np.max(np.bincount(self.train_split(stream, k).y)))
                      for k in range(stream.num_tasks))
     self._m_max = mem.per_class_budget(
-        self.memory_size, min(len(t.classes) for t in stream.tasks),
+        self.capacity, min(len(t.classes) for t in stream.tasks),
         self.budget, self.per_class)
     self._select = jax.jit(self._select_fn, static_argnums=0)
-    return {"memory": mem.exemplar_memory(self.memory_size, shape,
+    return {"memory": mem.exemplar_memory(self.capacity, shape,
                                           num_logits=c)}
 
   def _slots(self, memory):
@@ -279,7 +286,7 @@ class Rehearsal(Method):
     if self.selection == "reservoir":
       return ctx.method_state
     seen = sum(len(t.classes) for t in ctx.stream.tasks[:ctx.index + 1])
-    m = mem.per_class_budget(self.memory_size, seen, self.budget,
+    m = mem.per_class_budget(self.capacity, seen, self.budget,
                              self.per_class)
     x, counts, y, _ = self.grouped(ctx.stream, ctx.index)
     state = ctx.method_state

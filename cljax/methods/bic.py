@@ -103,9 +103,12 @@ class BiC(DistilledRehearsal):
     if self.val_size >= memory_size:
       raise ValueError(f"val_size={self.val_size} leaves no exemplar of "
                        f"memory_size={memory_size}")
-    super().__init__(memory_size - self.val_size, temperature, selection,
-                     replay_size, replay)
-    self.total_size = int(memory_size)
+    super().__init__(memory_size, temperature, selection, replay_size,
+                     replay)
+
+  @property
+  def capacity(self):
+    return self.memory_size - self.val_size
 
   def check(self, stream):
     super().check(stream)
