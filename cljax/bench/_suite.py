@@ -128,7 +128,10 @@ def bench_group(model_name: str, batch_size: int, method_names, *,
   any other error is raised."""
   shape, classes, _ = SHAPES[model_name]
   model = models.build_model(model_name, shape, classes, hidden=hidden)
-  stream = synthetic_stream(model_name, max(1000, batch_size))
+  # Tasks as large as the rehearsal methods' default memory (2,000): their
+  # "union" replay (memory / task data) then draws as many examples as
+  # ER's equal batch, so their steps compare on the same batch.
+  stream = synthetic_stream(model_name, max(2000, batch_size))
   task = stream.tasks[1].train
   batch = {k: jnp.asarray(getattr(task, k)[:batch_size]) for k in "xyt"}
   runners, info, skipped, torch_info = {}, {}, {}, None
