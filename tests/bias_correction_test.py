@@ -2,7 +2,6 @@
 computation, compile-once per stream, and the union replay."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -27,6 +26,13 @@ def _trained(stream, method, epochs=1):
   res = train.run_stream(stream, method, model, optax.sgd(0.05, momentum=0.9),
                          epochs=epochs, batch_size=32, progress=False)
   return model, res
+
+
+def _perturbed(params, seed, scale):
+  """A teacher near ``params``."""
+  key = jax.random.key(seed)
+  return jax.tree.map(lambda p: p + scale * jax.random.normal(key, p.shape),
+                      params)
 
 
 def _ctx(stream, model, method, s, k, params=None):
@@ -109,8 +115,7 @@ def test_distillation_stage_against_a_direct_computation(stream):
   model = _model(stream, wa)
   s = wa.init_state(model, stream)
   rng = jax.random.key(0)
-  teacher = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(rng, p.shape),
-                         model.params)
+  teacher = _perturbed(model.params, 0, 0.1)
   s = wa.on_task_end(_ctx(stream, model, wa, s, 0, teacher))
   s = wa.on_task_start(_ctx(stream, model, wa, s, 1))
   task = stream.tasks[1].train
@@ -191,8 +196,7 @@ def test_ucir_loss_terms_and_imprinting(stream):
   model = _model(stream, ucir)
   s = ucir.init_state(model, stream)
   rng = jax.random.key(1)
-  teacher = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(rng, p.shape),
-                         model.params)
+  teacher = _perturbed(model.params, 1, 0.05)
   s = ucir.on_task_end(_ctx(stream, model, ucir, s, 0, teacher))
   ctx = _ctx(stream, model, ucir, s, 1)
   s = ucir.on_task_start(ctx)
@@ -300,3 +304,10 @@ def test_bic_memory_size_is_both_parts(stream):
     methods.BiC(100, val_size=100)
   with pytest.raises(ValueError, match="smaller than the stream's 10"):
     methods.BiC(100, val_size=5).check(stream)
+
+
+@pytest.mark.parametrize("cls", [methods.UCIR, methods.BiC, methods.IL2M,
+                                 methods.WA, methods.E2EIL])
+def test_exemplar_methods_refuse_a_reservoir(cls):
+  with pytest.raises(ValueError, match="'herding' or 'random'"):
+    cls(selection="reservoir")

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.losses import soft_cross_entropy
-from cljax.methods._rehearsal import (Rehearsal, weighted_cross_entropy,
-                                      weighted_mean)
+from cljax.methods._rehearsal import (Rehearsal, teacher_state,
+                                      weighted_cross_entropy, weighted_mean,
+                                      with_teacher)
 
 
 class DistilledRehearsal(Rehearsal):
@@ -28,13 +29,11 @@ class DistilledRehearsal(Rehearsal):
   """
 
   data_hparams = ("temperature",)
+  exemplars_only = True
 
   def __init__(self, memory_size: int = 2000, temperature: float = 2.0,
                selection: str = "herding", replay_size: int = 0,
                replay: str = "union"):
-    if selection == "reservoir":
-      raise ValueError("selection must be 'herding' or 'random' (class-"
-                       "balanced exemplars)")
     super().__init__(memory_size, selection, replay_size=replay_size,
                      replay=replay)
     if not temperature > 0:
@@ -42,10 +41,8 @@ class DistilledRehearsal(Rehearsal):
     self.temperature = float(temperature)
 
   def init_state(self, model, stream):
-    return {**super().init_state(model, stream), "teacher": model.params,
-            "teacher_stats": model.batch_stats,
-            "old": jnp.zeros((stream.num_classes,), bool),
-            "lam": jnp.zeros(())}
+    return {**super().init_state(model, stream),
+            **teacher_state(model, stream.num_classes), "lam": jnp.zeros(())}
 
   def outputs(self, model, params, batch_stats, s, x, train: bool):
     """``((logits, features), new_batch_stats)`` as the losses see them
@@ -77,7 +74,4 @@ class DistilledRehearsal(Rehearsal):
 
   def on_task_end(self, ctx):
     s = super().on_task_end(ctx)
-    old = np.asarray(s["old"]).copy()
-    old[ctx.stream.tasks[ctx.index].classes] = True
-    return {**s, "teacher": ctx.params, "teacher_stats": ctx.batch_stats,
-            "old": jnp.asarray(old)}
+    return with_teacher(s, ctx)

@@ -65,6 +65,22 @@ def nme_predictors(model, flip: bool = False) -> dict:
   return {"nme": (prepare, predict)}
 
 
+def teacher_state(model, num_classes: int) -> dict:
+  """The state of a method that distils from the previous model: that model
+  (the initial one until a task ends) and the classes it has learned."""
+  return {"teacher": model.params, "teacher_stats": model.batch_stats,
+          "old": jnp.zeros((num_classes,), bool)}
+
+
+def with_teacher(s: dict, ctx) -> dict:
+  """``s`` with the model that finished task ``ctx.index`` as the teacher
+  and that task's classes among the old ones."""
+  old = np.asarray(s["old"]).copy()
+  old[ctx.stream.tasks[ctx.index].classes] = True
+  return {**s, "teacher": ctx.params, "teacher_stats": ctx.batch_stats,
+          "old": jnp.asarray(old)}
+
+
 class Rehearsal(Method):
   """Fine-tuning on the current batch plus a replay batch from a memory.
 
@@ -87,6 +103,7 @@ class Rehearsal(Method):
   """
 
   num_logits = 0      # outputs stored with each exemplar (DER's logits)
+  exemplars_only = False  # needs the class-balanced exemplar memory
   replay_batches = 1  # independent replay batches a step (DER++: 2)
 
   def __init__(self, memory_size: int = 2000, selection: str = "herding",
@@ -97,6 +114,9 @@ class Rehearsal(Method):
     if selection not in MEMORIES:
       raise ValueError(f"selection must be one of {MEMORIES}, got "
                        f"{selection!r}")
+    if self.exemplars_only and selection == "reservoir":
+      raise ValueError(f"{self.name}: selection must be 'herding' or "
+                       "'random' (it keeps class-balanced exemplars)")
     if budget not in mem.BUDGETS:
       raise ValueError(f"budget must be one of {mem.BUDGETS}, got {budget!r}")
     if budget == "per_class" and per_class < 1:

@@ -38,14 +38,12 @@ class E2EIL(Rehearsal):
   """
 
   name = "e2eil"
+  exemplars_only = True
   data_hparams = ("temperature",)
 
   def __init__(self, memory_size: int = 2000, temperature: float = 2.0,
                balanced_passes: int = 30, balanced_lr_scale: float = 0.1,
                selection: str = "herding", replay_size: int = 0):
-    if selection == "reservoir":
-      raise ValueError("selection must be 'herding' or 'random' (the "
-                       "balanced set is the class-balanced memory)")
     super().__init__(memory_size, selection, replay_size=replay_size)
     if not temperature > 0:
       raise ValueError(f"temperature must be > 0, got {temperature}")

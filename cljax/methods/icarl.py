@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-import numpy as np
-
 from cljax.losses import icarl_loss
-from cljax.methods._rehearsal import nme_predictors, Rehearsal
+from cljax.methods._rehearsal import (nme_predictors, Rehearsal,
+                                      teacher_state, with_teacher)
 from cljax.models._heads import example_masks
 
 
@@ -37,9 +35,8 @@ class ICaRL(Rehearsal):
     self.nme_flip = bool(nme_flip)
 
   def init_state(self, model, stream):
-    return {**super().init_state(model, stream), "teacher": model.params,
-            "teacher_stats": model.batch_stats,
-            "old": jnp.zeros((stream.num_classes,), bool)}
+    return {**super().init_state(model, stream),
+            **teacher_state(model, stream.num_classes)}
 
   def loss_fn(self, model):
 
@@ -56,10 +53,7 @@ class ICaRL(Rehearsal):
 
   def on_task_end(self, ctx):
     s = super().on_task_end(ctx)  # the exemplars, with the new model
-    old = np.asarray(s["old"]).copy()
-    old[ctx.stream.tasks[ctx.index].classes] = True
-    return {**s, "teacher": ctx.params, "teacher_stats": ctx.batch_stats,
-            "old": jnp.asarray(old)}
+    return with_teacher(s, ctx)
 
   def predictors(self, model):
     return nme_predictors(model, self.nme_flip)

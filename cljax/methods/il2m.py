@@ -34,14 +34,12 @@ class IL2M(ER):
   """
 
   name = "il2m"
+  exemplars_only = True
 
   def __init__(self, memory_size: int = 2000, selection: str = "herding",
                budget: str = "total", per_class: int = 0,
                replay_size: int = 0, replay: str = "union",
                scores: str = "softmax"):
-    if selection == "reservoir":
-      raise ValueError("selection must be 'herding' or 'random' (IL2M's "
-                       "statistics are per class)")
     super().__init__(memory_size, selection, budget, per_class, replay_size,
                      replay)
     if scores not in SCORES:

@@ -9,7 +9,8 @@ import numpy as np
 
 from cljax.losses import less_forget_loss, margin_ranking_loss
 from cljax.methods._rehearsal import (nme_predictors, Rehearsal,
-                                      weighted_cross_entropy)
+                                      teacher_state, weighted_cross_entropy,
+                                      with_teacher)
 from cljax.regularizers import check_strength
 
 
@@ -38,15 +39,13 @@ class UCIR(Rehearsal):
 
   name = "ucir"
   head = "cosine"
+  exemplars_only = True
   data_hparams = ("lambda_base", "margin")
 
   def __init__(self, memory_size: int = 2000, lambda_base: float = 5.0,
                k: int = 2, margin: float = 0.5, imprint: bool = True,
                selection: str = "herding", replay_size: int = 0,
                replay: str = "union"):
-    if selection == "reservoir":
-      raise ValueError("selection must be 'herding' or 'random' (class-"
-                       "balanced exemplars)")
     super().__init__(memory_size, selection, replay_size=replay_size,
                      replay=replay)
     check_strength("lambda_base", lambda_base)
@@ -70,9 +69,8 @@ class UCIR(Rehearsal):
                        "the default for ucir)")
     c = stream.num_classes
     self._imprinted = jax.jit(self._imprint_fn)
-    return {**super().init_state(model, stream), "teacher": model.params,
-            "teacher_stats": model.batch_stats,
-            "old": jnp.zeros((c,), bool), "new": jnp.zeros((c,), bool),
+    return {**super().init_state(model, stream), **teacher_state(model, c),
+            "new": jnp.zeros((c,), bool),
             "ratio": jnp.zeros(())}  # sqrt(|C_old| / |C_new|)
 
   def loss_fn(self, model):
@@ -127,10 +125,7 @@ class UCIR(Rehearsal):
 
   def on_task_end(self, ctx):
     s = super().on_task_end(ctx)
-    old = np.asarray(s["old"]).copy()
-    old[ctx.stream.tasks[ctx.index].classes] = True
-    return {**s, "teacher": ctx.params, "teacher_stats": ctx.batch_stats,
-            "old": jnp.asarray(old)}
+    return with_teacher(s, ctx)
 
   def predictors(self, model):
     return nme_predictors(model)
