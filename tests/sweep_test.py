@@ -28,6 +28,12 @@ SWEEPS = {  # two members each, far apart
     "gem": (dict(memory_size=16), [dict(margin=0.0), dict(margin=2.0)]),
     "e2eil": (dict(memory_size=30), [dict(temperature=1.0),
                                      dict(temperature=4.0)]),
+    "ucir": (dict(memory_size=30), [dict(lambda_base=1.0, margin=0.1),
+                                    dict(lambda_base=10.0, margin=1.0)]),
+    "wa": (dict(memory_size=30), [dict(temperature=1.0),
+                                  dict(temperature=4.0)]),
+    "bic": (dict(memory_size=40, val_size=10), [dict(temperature=1.0),
+                                                dict(temperature=4.0)]),
 }
 TRACEABLE_TASK_END = ("l2", "ewc", "online_ewc", "si", "mas", "kd", "lwf")
 STEPS, BATCH = 3, 16
@@ -62,7 +68,8 @@ def test_every_method_declares_its_data_hyperparameters():
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_vmapped_sweep_equals_the_members_one_by_one(stream, name):
   structural, members = SWEEPS[name]
-  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,),
+                             head=methods.METHODS[name].head)
   opt = optax.sgd(0.05, momentum=0.5)
   key = jax.random.key(3)
 
@@ -82,6 +89,8 @@ def test_vmapped_sweep_equals_the_members_one_by_one(stream, name):
         state = state._replace(
             method_state=m.on_task_end(_ctx(stream, model, state, 0)),
             masks=jnp.asarray(stream.logit_masks(1)))
+        state = state._replace(  # e.g. the share of old classes
+            method_state=m.on_task_start(_ctx(stream, model, state, 1)))
     return state
 
   method = methods.build_method(name, **structural)
@@ -106,6 +115,10 @@ def test_vmapped_sweep_equals_the_members_one_by_one(stream, name):
             for k in range(len(members))])
       states = states._replace(method_state=ms, masks=jnp.asarray(
           np.stack([stream.logit_masks(1)] * len(members))))
+      states = states._replace(method_state=train.stack([
+          method.with_hparams(**train.member(hps, k)).on_task_start(
+              _ctx(stream, model, train.member(states, k), 1))
+          for k in range(len(members))]))
   assert all(np.shape(v) == (len(members),) for v in terms.values())
   outs = [run_alone(hp) for hp in members]
   for k, alone in enumerate(outs):
