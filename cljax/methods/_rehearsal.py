@@ -151,10 +151,11 @@ class Rehearsal(Method):
       mem.per_class_budget(self.capacity, stream.num_classes, "per_class",
                            self.per_class)
     elif self.capacity < stream.num_classes:
-      raise ValueError(f"memory_size={self.memory_size} leaves "
-                       f"{self.capacity} exemplar slots, fewer than the "
-                       f"stream's {stream.num_classes} classes: the total "
-                       "budget would keep no exemplar of some")
+      part = ("" if self.capacity == self.memory_size else
+              f" ({self.capacity} for exemplars)")
+      raise ValueError(f"memory_size={self.memory_size}{part} is smaller "
+                       f"than the stream's {stream.num_classes} classes: "
+                       "the total budget would keep no exemplar of some")
 
   def init_state(self, model, stream):
     self._model = model
