@@ -19,7 +19,7 @@ def _weights(weights, b):
 
 def less_forget_loss(features: jax.Array, old_features: jax.Array,
                      weights: jax.Array | None = None) -> jax.Array:
-  """The less-forget constraint (Hou et al. 2019, eq. 6): ``L_dis^G(x) = 1 -
+  """The less-forget constraint (Hou et al. 2019): ``L_dis^G(x) = 1 -
   <f*(x) / |f*(x)|, f(x) / |f(x)|>``, averaged over the batch.
 
   Args:
@@ -43,7 +43,7 @@ def margin_ranking_loss(cosines: jax.Array, labels: jax.Array,
                         old: jax.Array, new: jax.Array, margin: float = 0.5,
                         k: int = 2, weights: jax.Array | None = None
                         ) -> jax.Array:
-  """Inter-class separation (Hou et al. 2019, eq. 8): for each example of an
+  """Inter-class separation (Hou et al. 2019): for each example of an
   old class (an exemplar), its ground-truth cosine must exceed each of the
   ``k`` highest new-class cosines by ``margin``:
   ``L_mr(x) = sum_{k} max(m - <theta(y), f(x)> + <theta^k, f(x)>, 0)``,

@@ -1,7 +1,7 @@
-"""The first stage the bias-correction methods share (BiC, Wu et al. 2019,
-sec. 4.1; WA, Zhao et al. 2020, sec. 3.2): cross-entropy over every class
-seen plus distillation of the old classes from the previous model, on new
-data and exemplars, weighted by the share of old classes."""
+"""The first stage the bias-correction methods share (BiC, Wu et al. 2019;
+WA, Zhao et al. 2020): cross-entropy over every class seen plus
+distillation of the old classes from the previous model, on new data and
+exemplars, weighted by the share of old classes."""
 
 from __future__ import annotations
 

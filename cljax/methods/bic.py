@@ -17,7 +17,7 @@ from cljax.regularizers import check_strength
 
 def fit_bias_layer(logits, labels, valid, active, new, alpha, beta,
                    reg: float = 0.1, steps: int = 30):
-  """BiC's stage 2 (Wu et al. 2019, eq. 5): the ``(a, b)`` minimising the
+  """BiC's stage 2 (Wu et al. 2019): the ``(a, b)`` minimising the
   mean cross-entropy over the active classes of the corrected logits
   ``bias_correct(logits, alpha', beta')`` on a validation set, where
   ``alpha'``, ``beta'`` are ``a``, ``b`` on the new classes and ``alpha``,
@@ -71,16 +71,15 @@ class BiC(DistilledRehearsal):
   """BiC: exemplars and distillation, then a two-parameter bias-correction
   layer for each step's new classes, fit on a small balanced validation set.
 
-  The memory of ``memory_size`` slots is split (sec. 4.2): ``val_size``
+  The memory of ``memory_size`` slots is split: ``val_size``
   slots hold a class-balanced validation set (``val_size // classes seen``
   examples of each class: held out of the new classes' training data, never
   trained on), the rest the training exemplars (herding, a fixed total).
-  Stage 1 (sec. 4.1): ``(1 - lambda) L_CE + lambda L_KD``, ``lambda = n /
+  Stage 1: ``(1 - lambda) L_CE + lambda L_KD``, ``lambda = n /
   (n + m)``, ``T = 2`` (``DistilledRehearsal``), on outputs with the earlier
-  steps' bias layers applied (the teacher's too). Stage 2 (sec. 4.2, eq.
-  4-5), after each task but the first, everything else frozen: the new
-  classes' ``(alpha, beta)`` fit on the validation set by
-  ``fit_bias_layer``. Reported as the ``bic`` predictor
+  steps' bias layers applied (the teacher's too). Stage 2, after each task
+  but the first, everything else frozen: the new classes' ``(alpha,
+  beta)`` fit on the validation set by ``fit_bias_layer``. Reported as the ``bic`` predictor
   (``accuracy_matrix_bic``: the corrected outputs' argmax) beside the
   network's uncorrected argmax.
 

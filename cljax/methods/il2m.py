@@ -24,7 +24,7 @@ class IL2M(ER):
   training images; ``mu^N(c)``, each old class's mean score on its
   exemplars. At inference, when the top-1 active class is new, old
   classes' scores are multiplied by ``(mu^P(c) / mu^N(c)) (M(N) / M(P(c)))``
-  (eq. 1; ``cljax.models.il2m_rectify``). Reported as the ``il2m``
+  (``cljax.models.il2m_rectify``). Reported as the ``il2m``
   predictor (``accuracy_matrix_il2m``) beside the network's argmax.
 
   Args: as ``Rehearsal`` (``replay="union"``: the union of new data and

@@ -19,12 +19,11 @@ class UCIR(Rehearsal):
   the less-forget constraint and inter-class separation, on new data and a
   herding exemplar memory.
 
-  ``L = L_CE + lambda L_dis^G + L_mr`` (eq. 9): cross-entropy over the
-  classes seen on the scaled cosines; ``L_dis^G`` (eq. 6,
-  ``less_forget_loss``) between the previous and the current model's
-  features on every example, with the adaptive weight ``lambda =
-  lambda_base sqrt(|C_old| / |C_new|)`` (eq. 7); ``L_mr`` (eq. 8,
-  ``margin_ranking_loss``) on the exemplars in the batch: the ground-truth
+  ``L = L_CE + lambda L_dis^G + L_mr``: cross-entropy over the classes seen
+  on the scaled cosines; ``L_dis^G`` (``less_forget_loss``) between the
+  previous and the current model's features on every example, with the
+  adaptive weight ``lambda = lambda_base sqrt(|C_old| / |C_new|)``; ``L_mr``
+  (``margin_ranking_loss``) on the exemplars in the batch: the ground-truth
   cosine above the ``K`` hardest new-class cosines by ``m``. At the start
   of each task after the first, the new classes' weight vectors are
   imprinted: the normalised mean of their examples' normalised features

@@ -13,9 +13,9 @@ class WA(DistilledRehearsal):
   """WA: exemplars and knowledge distillation, then the new classes' head
   weights rescaled to the old classes' mean norm.
 
-  Stage 1 (sec. 3.2, eq. 3): ``(1 - lambda) L_CE + lambda L_KD`` with
+  Stage 1: ``(1 - lambda) L_CE + lambda L_KD`` with
   ``lambda = n / (n + m)`` and ``T = 2`` (``DistilledRehearsal``). Stage 2
-  (sec. 3.3, eq. 7-8), after each task but the first:
+  after each task but the first:
   ``cljax.models.align_weights`` on the head's kernel, so the model that is
   evaluated, distilled from and trained on next is the aligned one. Needs
   the linear head.

@@ -14,7 +14,7 @@ from cljax.models._heads import mask_logits
 
 def align_weights(kernel: jax.Array, old: jax.Array,
                   new: jax.Array) -> jax.Array:
-  """Weight aligning (Zhao et al. 2020, eq. 7-8): the new classes' weight
+  """Weight aligning (Zhao et al. 2020): the new classes' weight
   vectors rescaled so their mean norm equals the old classes'.
 
   ``gamma = mean_{c old} |w_c| / mean_{c new} |w_c|``, ``w_c <- gamma w_c``
@@ -39,7 +39,7 @@ def align_weights(kernel: jax.Array, old: jax.Array,
 
 def bias_correct(logits: jax.Array, alpha: jax.Array,
                  beta: jax.Array) -> jax.Array:
-  """BiC's bias-correction layer (Wu et al. 2019, eq. 4): ``q_c = alpha_c
+  """BiC's bias-correction layer (Wu et al. 2019): ``q_c = alpha_c
   o_c + beta_c``, one ``(alpha, beta)`` pair per incremental step shared by
   that step's classes (``alpha = 1, beta = 0`` leaves a class alone).
 
@@ -59,7 +59,7 @@ def bias_correct(logits: jax.Array, alpha: jax.Array,
 def il2m_ratio(init_means, current_means, confidence, class_state,
                state: int, old) -> jax.Array:
   """IL2M's rectification factor of each old class (Belouadah & Popescu
-  2019, eq. 1): ``(mu^P(c) / mu^N(c)) * (M(N) / M(P(c)))``.
+  2019): ``(mu^P(c) / mu^N(c)) * (M(N) / M(P(c)))``.
 
   Args:
     init_means: ``(C,)`` each class's mean score on its training images in
@@ -81,7 +81,7 @@ def il2m_ratio(init_means, current_means, confidence, class_state,
 
 def il2m_rectify(scores: jax.Array, ratio: jax.Array, new: jax.Array,
                  mask: jax.Array) -> jax.Array:
-  """IL2M's rectified scores (Belouadah & Popescu 2019, eq. 1): when the
+  """IL2M's rectified scores (Belouadah & Popescu 2019): when the
   network's top-1 class among the active ones is new, every class's score
   is multiplied by ``ratio`` (``il2m_ratio``: 1 for the new classes);
   otherwise the scores are unchanged.

@@ -1,4 +1,4 @@
-"""The cosine-normalised classifier of UCIR (Hou et al. 2019, sec. 3.2)."""
+"""The cosine-normalised classifier of UCIR (Hou et al. 2019)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def cosine_logits(features: jax.Array, kernel: jax.Array,
                   sigma: jax.Array) -> jax.Array:
   """``sigma * <f / |f|, w_c / |w_c|>`` for every class ``c``.
 
-  Hou et al. 2019, eq. 4: ``p_i(x) = exp(eta <theta_i, f(x)>) / sum_j
+  Hou et al. 2019: ``p_i(x) = exp(eta <theta_i, f(x)>) / sum_j
   exp(eta <theta_j, f(x)>)`` with both vectors L2-normalised and a learnable
   scale ``eta`` (``sigma`` here, as in the authors' code).
 
