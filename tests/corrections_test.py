@@ -52,8 +52,9 @@ def test_bias_correct_against_numpy():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_il2m_rectification_against_a_hand_computation(seed):
-  """The rectification of Belouadah & Popescu (2019) as the authors' script applies it:
-  example by example, old scores scaled only when the top class is new."""
+  """Belouadah & Popescu (2019)'s rectification as the authors' script
+  applies it: example by example, old scores scaled only when the top class
+  is new."""
   rng = np.random.default_rng(seed)
   c, b, states = 9, 40, 3
   class_state = np.repeat(np.arange(states), 3)  # 3 classes a state

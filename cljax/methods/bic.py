@@ -79,9 +79,9 @@ class BiC(DistilledRehearsal):
   (n + m)``, ``T = 2`` (``DistilledRehearsal``), on outputs with the earlier
   steps' bias layers applied (the teacher's too). Stage 2, after each task
   but the first, everything else frozen: the new classes' ``(alpha,
-  beta)`` fit on the validation set by ``fit_bias_layer``. Reported as the ``bic`` predictor
-  (``accuracy_matrix_bic``: the corrected outputs' argmax) beside the
-  network's uncorrected argmax.
+  beta)`` fit on the validation set by ``fit_bias_layer``. Reported as
+  the ``bic`` predictor (``accuracy_matrix_bic``: the corrected outputs'
+  argmax) beside the network's uncorrected argmax.
 
   Args: ``val_size`` (``round(0.1 memory_size)``: the paper's 9:1 split
   when 0); ``bias_reg`` (0.1, ``fit_bias_layer``'s ridge); as

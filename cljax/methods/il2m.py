@@ -28,8 +28,8 @@ class IL2M(ER):
   predictor (``accuracy_matrix_il2m``) beside the network's argmax.
 
   Args: as ``Rehearsal`` (``replay="union"``: the union of new data and
-  exemplars, as the paper trains); ``scores``: ``"softmax"`` (probabilities over the
-  active classes, positive so the multiplicative rescaling keeps its
+  exemplars, as the paper trains); ``scores``: ``"softmax"``
+  (probabilities over the active classes, positive so the multiplicative rescaling keeps its
   meaning) or ``"logits"`` (raw outputs, as FACIL's implementation).
   """
 

@@ -17,7 +17,8 @@ MODELS = {
 }
 
 
-# head -> what it is (``model.head``; a method may ask for one: ``Method.head``).
+# head -> what it is (``model.head``; a method asks for its own:
+# ``Method.head``).
 HEADS = {
     "linear": "a linear layer at the stream's total class count",
     "cosine": "cosine-normalised classifier with a learnable scale (UCIR)",
