@@ -29,8 +29,9 @@ class IL2M(ER):
 
   Args: as ``Rehearsal`` (``replay="union"``: the union of new data and
   exemplars, as the paper trains); ``scores``: ``"softmax"``
-  (probabilities over the active classes, positive so the multiplicative rescaling keeps its
-  meaning) or ``"logits"`` (raw outputs, as FACIL's implementation).
+  (probabilities over the active classes, positive so the multiplicative
+  rescaling keeps its meaning) or ``"logits"`` (raw outputs, as FACIL's
+  implementation).
   """
 
   name = "il2m"
