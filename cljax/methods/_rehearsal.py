@@ -263,18 +263,15 @@ class Rehearsal(Method):
 
   def grouped(self, stream, index: int):
     """Task ``index``'s training examples (``train_split``) by class, padded
-    to shapes fixed for the stream: ``(x (G, N, ...), counts (G,), y (G,),
-    rows (G, N))``, the first ``counts[g]`` rows of group ``g`` real (so
-    what runs on them compiles once)."""
+    to shapes fixed for the stream: ``(x (G, N, ...), counts (G,), y
+    (G,))``, the first ``counts[g]`` rows of group ``g`` real (so what runs
+    on them compiles once)."""
     split = self.train_split(stream, index)
-    classes = stream.tasks[index].classes
-    rows = np.zeros((self._groups, _round_up(self._rows, 8)), np.int64)
-    counts = np.zeros(self._groups, np.int64)
-    y = np.zeros(self._groups, np.int64)
-    for g, c in enumerate(classes):
-      idx = np.flatnonzero(split.y == c)
-      rows[g, :len(idx)], counts[g], y[g] = idx, len(idx), c
-    return split.x[rows], counts, y, rows
+    by_class = {c: np.flatnonzero(split.y == c)
+                for c in stream.tasks[index].classes}
+    rows, counts, y = group_rows(by_class, self._groups,
+                                 _round_up(self._rows, 8))
+    return split.x[rows], counts, y
 
   def _select_fn(self, herding, params, batch_stats, memory, x, counts, y, t,
                  m, key):
@@ -309,13 +306,25 @@ class Rehearsal(Method):
     seen = sum(len(t.classes) for t in ctx.stream.tasks[:ctx.index + 1])
     m = mem.per_class_budget(self.capacity, seen, self.budget,
                              self.per_class)
-    x, counts, y, _ = self.grouped(ctx.stream, ctx.index)
+    x, counts, y = self.grouped(ctx.stream, ctx.index)
     state = ctx.method_state
     memory = self._select(self.selection == "herding", ctx.params,
                           ctx.batch_stats, state["memory"], x, counts, y,
                           np.full(self._groups, ctx.index), m,
                           jax.random.key(ctx.seed * 1000 + ctx.index))
     return {**state, "memory": memory}
+
+
+def group_rows(by_class: dict, groups: int, width: int):
+  """``{class: row indices}`` as fixed-shape ``(rows (groups, width),
+  counts (groups,), y (groups,))``: group ``g``'s first ``counts[g]`` rows
+  real, the rest (and unused groups) padding."""
+  rows = np.zeros((groups, width), np.int64)
+  counts = np.zeros(groups, np.int64)
+  y = np.zeros(groups, np.int64)
+  for g, (c, idx) in enumerate(by_class.items()):
+    rows[g, :len(idx)], counts[g], y[g] = idx, len(idx), c
+  return rows, counts, y
 
 
 def _round_up(n: int, k: int) -> int:

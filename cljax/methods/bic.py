@@ -11,6 +11,7 @@ from cljax import memory as mem
 from cljax.data._datasets import Split
 from cljax.losses import masked_cross_entropy
 from cljax.methods._distilled_rehearsal import DistilledRehearsal
+from cljax.methods._rehearsal import group_rows
 from cljax.models import bias_correct, mask_logits
 from cljax.regularizers import check_strength
 
@@ -168,10 +169,7 @@ class BiC(DistilledRehearsal):
     held = self._held_out(ctx.stream, k)
     split = ctx.stream.tasks[k].train
     g = self._groups
-    rows = np.zeros((g, self._vmax), np.int64)
-    keep, y = np.zeros(g, np.int64), np.zeros(g, np.int64)
-    for i, (c, idx) in enumerate(held.items()):
-      rows[i, :len(idx)], keep[i], y[i] = idx, len(idx), c
+    rows, keep, y = group_rows(held, g, self._vmax)
     new = np.zeros(ctx.stream.num_classes, bool)
     new[list(held)] = True
     v = next(iter(held.values())).shape[0]

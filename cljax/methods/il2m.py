@@ -82,7 +82,7 @@ class IL2M(ER):
   def on_task_end(self, ctx):
     s, k = ctx.method_state, ctx.index
     classes = np.asarray(ctx.stream.tasks[k].classes)
-    x, counts, y, _ = self.grouped(ctx.stream, k)
+    x, counts, y = self.grouped(ctx.stream, k)
     active = jnp.asarray(ctx.masks[k])
     class_mean, top_sum, exemplar_mean = self._stats(
         ctx.params, ctx.batch_stats, s["memory"], x, counts, y, active)

@@ -118,7 +118,7 @@ class UCIR(Rehearsal):
   def start_params(self, ctx):
     if ctx.index == 0 or not self.imprint:
       return None
-    x, counts, y, _ = self.grouped(ctx.stream, ctx.index)
+    x, counts, y = self.grouped(ctx.stream, ctx.index)
     return self._imprinted(ctx.params, ctx.batch_stats, x, counts,
                            y), ctx.batch_stats
 
