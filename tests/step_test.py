@@ -272,3 +272,15 @@ def test_steps_per_task_instead_of_epochs(digits):
                          optax.sgd(0.1), epochs=1, batch_size=32,
                          task_steps=50, progress=False)
   assert res["steps"] == 100 + per_epoch[1]
+
+
+def test_auto_loop_feeds_convolutional_models_from_the_host_on_cpu():
+  # XLA:CPU runs a convolution inside lax.scan ~20x slower than outside it,
+  # so loop="auto" must not pick the scan engine for a CNN there.
+  from cljax.train._epochs import loops_are_slow
+  x = np.zeros((1, 28, 28, 1), np.float32)
+  cnn = models.build_model("cnn", (28, 28, 1), 10)
+  mlp = models.build_model("mlp", (28, 28, 1), 10, hidden=(8,))
+  on_cpu = jax.default_backend() == "cpu"
+  assert loops_are_slow(cnn, x) == on_cpu
+  assert not loops_are_slow(mlp, x)
