@@ -143,7 +143,7 @@ def test_a_diverging_member_stops_and_the_others_go_on(stream):
                                method.init_state(model, stream),
                                stream.logit_masks(0))
   lrs = (0.1, 1e30, 0.05)
-  states = train.stack([one._replace(opt_state=train._loop.set_learning_rate(
+  states = train.stack([one._replace(opt_state=train._phases.set_learning_rate(
       one.opt_state, lr)) for lr in lrs])
   step = train.vmap_step(method, model, opt)
   hps = train.stack_hparams(method, [{}] * 3)
@@ -173,7 +173,7 @@ def test_a_phase_of_its_own_sweeps_too(stream):
                                  m.optimizer(opt, model.params), ms,
                                  stream.logit_masks(0))
     ms = m.on_task_end(_ctx(stream, model, one, 0))
-    _, o = train._loop.phase_parts(m, model, m.optimizer(opt, model.params),
+    _, o = train._phases.phase_parts(m, model, m.optimizer(opt, model.params),
                                    phase)
     return train.init_train_state(model.params, model.batch_stats, o, ms,
                                   stream.logit_masks(1)), o
@@ -182,7 +182,7 @@ def test_a_phase_of_its_own_sweeps_too(stream):
   for hp in members:
     m = methods.LwF(**hp)
     state, _ = start(m)
-    loss_fn, o = train._loop.phase_parts(m, model, m.optimizer(
+    loss_fn, o = train._phases.phase_parts(m, model, m.optimizer(
         opt, model.params), phase)
     step = jax.jit(train.make_train_step(loss_fn, o))
     for b in batches:
@@ -218,3 +218,141 @@ def test_bad_sweeps_are_refused():
     train.stack_hparams(methods.EWC(), [dict(gamma=0.5)])
   with pytest.raises(ValueError, match=r"\['memory_size'\] not among"):
     methods.ER().with_hparams(memory_size=3)
+
+
+# run_sweep: (structural settings, two members with float32-exact values,
+# loop). Every family: a penalty, a per-step state, distillation with a
+# teacher, a projection, a reservoir, herding with a predictor, a phase of
+# its own, start and end hooks.
+RUNS = {
+    "ewc": (dict(fisher_samples=40), [dict(lam=1.0), dict(lam=64.0)],
+            "scan"),
+    "si": ({}, [dict(c=0.5, xi=0.125), dict(c=2.0, xi=0.5)], "host"),
+    "lwf": ({}, [dict(lam=0.5, temperature=1.0),
+                 dict(lam=4.0, temperature=4.0)], "scan"),
+    "gem": (dict(memory_size=16), [dict(margin=0.0), dict(margin=2.0)],
+            "host"),
+    "derpp": (dict(memory_size=30), [dict(alpha=0.25, beta=0.5),
+                                     dict(alpha=1.0, beta=0.125)], "scan"),
+    "e2eil": (dict(memory_size=30), [dict(temperature=1.0),
+                                     dict(temperature=4.0)], "host"),
+    "ucir": (dict(memory_size=30), [dict(lambda_base=1.0, margin=0.125),
+                                    dict(lambda_base=8.0, margin=1.0)],
+             "scan"),
+    "wa": (dict(memory_size=30), [dict(temperature=1.0),
+                                  dict(temperature=4.0)], "scan"),
+    "bic": (dict(memory_size=40, val_size=10), [dict(temperature=1.0),
+                                                dict(temperature=4.0)],
+            "host"),
+}
+# The default suite's share (the others repeat a family; -m slow runs them).
+QUICK_RUNS = ("ewc", "si", "lwf", "derpp", "bic")
+
+
+def _run_settings(loop):
+  return dict(epochs=1, batch_size=16, seed=1, eval_every=20, loop=loop,
+              scan_chunk=8, progress=False)
+
+
+@pytest.mark.parametrize("name", [
+    n if n in QUICK_RUNS else pytest.param(n, marks=pytest.mark.slow)
+    for n in sorted(RUNS)])
+def test_run_sweep_equals_run_stream_member_by_member(stream, name):
+  """``run_sweep``'s per-member results (accuracy matrices, curves, other
+  classifiers' matrices, final parameters) are ``run_stream``'s for each
+  member alone."""
+  structural, members, loop = RUNS[name]
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,),
+                             head=methods.METHODS[name].head)
+  opt = optax.sgd(0.05, momentum=0.5)
+  got = train.run_sweep(stream, methods.build_method(name, **structural),
+                        members, model, opt, **_run_settings(loop))
+  assert len(got) == len(members)
+  for hp, res in zip(members, got):
+    alone = train.run_stream(stream, methods.build_method(
+        name, **structural, **hp), model, opt, **_run_settings(loop))
+    for key in alone:
+      if key.startswith(("accuracy_matrix", "val_accuracy", "random_init")):
+        np.testing.assert_allclose(res[key], alone[key], atol=1e-6,
+                                   err_msg=key)
+    np.testing.assert_allclose([c["acc"] for c in res["curves"]],
+                               [c["acc"] for c in alone["curves"]],
+                               atol=1e-6)
+    assert res["steps"] == alone["steps"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-4, atol=1e-5), res["final_state"].params,
+                 alone["final_state"].params)
+  assert got[0]["accuracy_matrix"] != got[1]["accuracy_matrix"] or not all(
+      np.allclose(a, b) for a, b in zip(
+          jax.tree.leaves(got[0]["final_state"].params),
+          jax.tree.leaves(got[1]["final_state"].params)))
+
+
+def test_run_sweep_reports_a_diverged_member_and_goes_on(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  opt = optax.sgd(0.05)
+  members = [dict(lam=1.0), dict(lam=1e38)]
+  got = train.run_sweep(stream, methods.build_method("l2"), members, model,
+                        opt, **_run_settings("scan"))
+  assert set(got[1]) == {"diverged"}
+  assert "NaN or inf" in got[1]["diverged"]
+  alone = train.run_stream(stream, methods.build_method("l2", lam=1.0),
+                           model, opt, **_run_settings("scan"))
+  np.testing.assert_allclose(got[0]["accuracy_matrix"],
+                             alone["accuracy_matrix"], atol=1e-6)
+
+
+def test_run_sweep_compiles_its_step_once_and_resumes(stream, tmp_path,
+                                                      monkeypatch):
+  """One compilation of the vmapped step for the whole stream; a sweep
+  killed after a task resumes from its checkpoint to the same results; a
+  checkpoint of other members is refused."""
+  from step_test import _counting
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  method, wrap, counts = _counting(methods.EWC)
+  members = [dict(lam=1.0), dict(lam=4.0), dict(lam=16.0)]
+  kwargs = dict(_run_settings("scan"), checkpoint_dir=str(tmp_path / "ck"))
+  full = train.run_sweep(stream, method, members, wrap(model),
+                         optax.sgd(0.05), **kwargs)
+  # eval_shape of the terms, then the one vmapped step's trace.
+  assert counts["train"] == 2, counts
+
+  class Killed(Exception):
+    pass
+
+  end, calls = methods.EWC.on_task_end, []
+
+  def on_task_end(self, ctx):
+    calls.append(ctx.index)
+    if len(calls) == 4:  # task 2, first member: the process dies
+      raise Killed
+    return end(self, ctx)
+
+  monkeypatch.setattr(methods.EWC, "on_task_end", on_task_end)
+  kwargs["checkpoint_dir"] = str(tmp_path / "ck2")
+  with pytest.raises(Killed):
+    train.run_sweep(stream, methods.EWC(), members, model, optax.sgd(0.05),
+                    **kwargs)
+  monkeypatch.undo()
+  again = train.run_sweep(stream, methods.EWC(), members, model,
+                          optax.sgd(0.05), **kwargs)
+  for a, b in zip(full, again):
+    assert a["accuracy_matrix"] == b["accuracy_matrix"]
+  with pytest.raises(ValueError, match="members"):
+    train.run_sweep(stream, methods.EWC(), members[:2], model,
+                    optax.sgd(0.05), **kwargs)
+
+
+def test_bad_run_sweeps_are_refused(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  run = lambda members, **kw: train.run_sweep(
+      stream, methods.EWC(), members, model, optax.sgd(0.1),
+      **{**_run_settings("scan"), **kw})
+  with pytest.raises(ValueError, match="at least one member"):
+    run([])
+  with pytest.raises(ValueError, match="lam"):
+    run([dict(lam=-1.0)])
+  with pytest.raises(ValueError, match="not among"):
+    run([dict(fisher_samples=3)])
+  with pytest.raises(ValueError, match="one per member"):
+    run([dict(lam=1.0)], writer=[])

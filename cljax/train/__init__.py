@@ -8,6 +8,7 @@ from cljax.train._lock import LockedError
 from cljax.train._loop import check_run
 from cljax.train._loop import LOOPS
 from cljax.train._loop import run_stream
+from cljax.train._loop import run_sweep
 from cljax.train._step import check_finite
 from cljax.train._step import data_parallel
 from cljax.train._evaluate import DeviceEvaluator
@@ -19,6 +20,7 @@ from cljax.train._step import StepInfo
 from cljax.train._step import TrainState
 from cljax.train._sweep import diverged
 from cljax.train._sweep import member
+from cljax.train._sweep import member_step
 from cljax.train._sweep import stack
 from cljax.train._sweep import stack_hparams
 from cljax.train._sweep import vmap_step

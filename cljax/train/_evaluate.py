@@ -35,35 +35,40 @@ def predictions(apply: Callable, predict: Callable | None = None):
   return fn
 
 
-def make_eval_step(apply: Callable, predict: Callable | None = None
-                   ) -> Callable:
+def make_eval_step(apply: Callable, predict: Callable | None = None,
+                   members: bool = False) -> Callable:
   """Jitted ``(params, batch_stats, masks, batch, aux=()) -> (correct,
   count)``.
 
   ``batch`` has ``x``, ``y``, ``t`` and weights ``w`` (0 for padding); the
   prediction is as ``predictions``' (e.g. iCaRL's nearest mean of
-  exemplars, ``aux`` its class means).
+  exemplars, ``aux`` its class means). With ``members``, ``params``,
+  ``batch_stats``, ``masks`` and ``aux`` are a sweep's, stacked on a
+  leading member axis, and ``correct`` and ``count`` have that axis.
   """
   pred = predictions(apply, predict)
 
-  @jax.jit
   def eval_step(params, batch_stats, masks, batch, aux=()):
     hit = (pred(params, batch_stats, masks, batch, aux) ==
            batch["y"]).astype(jnp.float32)
     return jnp.sum(hit * batch["w"]), jnp.sum(batch["w"])
 
-  return eval_step
+  if members:
+    eval_step = jax.vmap(eval_step, in_axes=(0, 0, 0, None, 0))
+  return jax.jit(eval_step)
 
 
 def evaluate(eval_step, params, batch_stats, masks, split, batch_size,
-             aux=()) -> float:
-  """Accuracy on a whole split, in fixed-size (padded) batches."""
+             aux=()):
+  """Accuracy on a whole split, in fixed-size (padded) batches: a float,
+  or a list of each member's for a sweep's ``eval_step``."""
+  parts = jax.device_get([eval_step(params, batch_stats, masks, b, aux)
+                          for b in eval_batches(split, batch_size)])
   correct = total = 0.0
-  parts = [eval_step(params, batch_stats, masks, b, aux)
-           for b in eval_batches(split, batch_size)]
-  for c, n in jax.device_get(parts):
-    correct, total = correct + float(c), total + float(n)
-  return correct / max(total, 1.0)
+  for c, n in parts:
+    correct = correct + np.asarray(c, np.float64)
+    total = total + np.asarray(n, np.float64)
+  return (correct / np.maximum(total, 1.0)).tolist()
 
 
 class DeviceEvaluator:
@@ -75,11 +80,12 @@ class DeviceEvaluator:
   sums each task's hits (``segment_sum`` by task), and the host receives
   one ``(T,)`` array. The predictions are ``predictions(apply, predict)``'s
   in batches of the same size as ``evaluate``'s, so the accuracies are the
-  same.
+  same. With ``members``, the model, masks and ``aux`` are a sweep's,
+  stacked on a leading member axis, and each member gets its accuracies.
   """
 
   def __init__(self, splits, batch_size: int, apply: Callable,
-               predict: Callable | None = None):
+               predict: Callable | None = None, members: bool = False):
     t = len(splits)
     n = sum(len(s) for s in splits)
     pad = -(-n // batch_size) * batch_size - n
@@ -97,7 +103,6 @@ class DeviceEvaluator:
     self._counts = np.asarray([len(s) for s in splits], np.float64)
     pred = predictions(apply, predict)
 
-    @jax.jit
     def correct(params, batch_stats, masks, data, aux):
       def one(batch):
         hit = (pred(params, batch_stats, masks, batch, aux) ==
@@ -105,10 +110,13 @@ class DeviceEvaluator:
         return jax.ops.segment_sum(hit, batch["task"], num_segments=t)
       return jnp.sum(jax.lax.map(one, data), axis=0)
 
-    self._correct = correct
+    if members:
+      correct = jax.vmap(correct, in_axes=(0, 0, 0, None, 0))
+    self._correct = jax.jit(correct)
 
   def __call__(self, params, batch_stats, masks, aux=()) -> list:
-    """Every task's accuracy (a list of floats)."""
+    """Every task's accuracy (a list of floats; a list of those per member
+    for a sweep)."""
     got = np.asarray(jax.device_get(self._correct(
         params, batch_stats, masks, self._data, aux)), np.float64)
     return (got / np.maximum(self._counts, 1.0)).tolist()

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from cljax import metrics
 from cljax.data._batching import batch_indices, num_batches
 from cljax.data._scenarios import Stream
-from cljax.methods._base import Method, Phase, TaskContext, head_only
+from cljax.methods._base import Method, Phase, TaskContext
 from cljax.models._functional import FunctionalModel
 from cljax import _validate
 from cljax.train._checkpoint import Checkpoints, check_identity
@@ -30,50 +30,13 @@ from cljax.train._epochs import HostEngine, ScanEngine, fits, loops_are_slow
 from cljax.train import _identity
 from cljax.train._identity import run_identity
 from cljax.train._lock import directory_lock
+from cljax.train._phases import phase_parts, set_learning_rate
+from cljax.train._sweep import member, member_step, stack, stack_hparams
 from cljax.train._evaluate import (DeviceEvaluator, evaluate,
                                    make_eval_step)
 from cljax.train._step import (check_finite, data_parallel,
                                init_train_state,
                                make_train_step)
-
-
-def _with_augmentation(loss_fn, augment):
-  if augment is None:
-    return loss_fn
-
-  def loss(params, batch_stats, method_state, batch, masks, rng):
-    k_aug, rng = jax.random.split(rng)
-    batch = {**batch, "x": augment(k_aug, batch["x"])}
-    return loss_fn(params, batch_stats, method_state, batch, masks, rng)
-
-  return loss
-
-
-def phase_parts(method: Method, model: FunctionalModel,
-                optimizer: optax.GradientTransformation, phase: Phase,
-                augment: Callable | None = None):
-  """``(loss_fn, optimizer)`` of ``phase``'s train step: the phase's loss
-  (with on-device augmentation) and ``optimizer`` (the method's own, around
-  the base one) restricted to the head and scaled as the phase says."""
-  loss_fn = _with_augmentation(method.phase_loss_fn(model, phase.name),
-                               augment)
-  o = head_only(optimizer, model.params) if phase.head_only else optimizer
-  if phase.lr_scale != 1.0:
-    o = optax.chain(o, optax.scale(phase.lr_scale))
-  return loss_fn, o
-
-
-def set_learning_rate(opt_state, lr: float):
-  """``opt_state`` with every ``optax.inject_hyperparams`` learning rate set
-  to ``lr`` (a state value: nothing recompiles)."""
-  found = optax.tree_utils.tree_get_all_with_path(opt_state, "learning_rate")
-  if not found:
-    raise ValueError("task_lrs needs an optimizer made with "
-                     "optax.inject_hyperparams(...)(learning_rate=...)")
-  # The state's own dtype (and a strong type): the step sees the same
-  # abstract value for every task, so nothing recompiles.
-  return optax.tree_utils.tree_set(opt_state, learning_rate=jax.numpy.asarray(
-      lr, found[0][1].dtype))
 
 
 LOOPS = ("auto", "scan", "host")
@@ -201,6 +164,66 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     cljax.train.LockedError: another process is using ``checkpoint_dir``.
     FloatingPointError: training diverged (NaN/inf); names step and cause.
   """
+  return _run_stream(stream, method, model, optimizer, None, **_locals(
+      locals()))
+
+
+def run_sweep(stream: Stream, method: Method, members: Sequence[Mapping],
+              model: FunctionalModel,
+              optimizer: optax.GradientTransformation, *, epochs: int,
+              batch_size: int, seed: int = 0, eval_every: int = 0,
+              eval_batch_size: int = 1000, reset_optimizer: bool = True,
+              augment: Callable | None = None,
+              checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+              identity: Mapping | None = None,
+              identity_defaults: Mapping | None = None,
+              progress: bool = True, writer: Sequence | None = None,
+              log_every: int = 0, task_lrs: Sequence[float] | None = None,
+              task_epochs: Sequence[int] | None = None, task_steps: int = 0,
+              loop: str = "auto", scan_chunk: int = 100,
+              device_data_mb: float = 1024) -> list[dict]:
+  """Trains K ``members`` of ``method`` as one program and returns each
+  member's results, as ``run_stream`` would for it alone.
+
+  The members differ only in hyperparameters the method reads as data
+  (``Method.data_hparams``; each member a dict of some of them, the rest
+  as ``method`` has them). Their train states are stacked on a leading
+  axis and one ``jax.vmap``ped step trains them all on the same batches and
+  keys; evaluation is vmapped too, and the task hooks run member by member
+  (each with ``method.with_hparams(**member)``). A member whose training
+  goes NaN/inf stops updating (its own ``TrainState.nonfinite_step``) and is
+  returned as ``{"diverged": message}``; the others go on.
+
+  Arguments are ``run_stream``'s (one seed, one model initialisation, no
+  ``mesh``), with ``writer`` a sequence of one metric writer per member
+  (or ``None``). The members are part of the run's identity: a checkpoint
+  of another sweep is refused.
+
+  Returns:
+    One dict per member: ``run_stream``'s results (its ``timings`` are the
+    whole sweep's), or ``{"diverged": message}``.
+  """
+  if writer is not None and len(writer) != len(members):
+    raise ValueError(f"writer: one per member ({len(members)}), got "
+                     f"{len(writer)}")
+  args = _locals(locals())
+  args.pop("members")
+  return _run_stream(stream, method, model, optimizer, members, mesh=None,
+                     **args)
+
+
+def _locals(names: dict) -> dict:
+  """``run_stream``'s keyword arguments from its ``locals()``."""
+  return {k: v for k, v in names.items()
+          if k not in ("stream", "method", "model", "optimizer")}
+
+
+def _run_stream(stream, method, model, optimizer, members, *, epochs,
+                batch_size, seed, eval_every, eval_batch_size,
+                reset_optimizer, augment, mesh, checkpoint_dir,
+                checkpoint_every, identity, identity_defaults, progress,
+                writer, log_every, task_lrs, task_epochs, task_steps, loop,
+                scan_chunk, device_data_mb):
   settings = dict(epochs=epochs, batch_size=batch_size, seed=seed,
                   eval_every=eval_every, eval_batch_size=eval_batch_size,
                   reset_optimizer=bool(reset_optimizer), augment=augment,
@@ -228,7 +251,10 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
   chunk = min([int(scan_chunk)] + [e for e in (
       eval_every, checkpoint_every if checkpoint_dir else 0,
       log_every if writer is not None else 0) if e])
-  run = _Run(stream, method, model, optimizer, settings, mesh=mesh,
+  if members is not None:
+    settings["members"] = [dict(m) for m in members]  # part of the identity
+  run = _Run(stream, method, model, optimizer, settings, members=members,
+             mesh=mesh,
              progress=progress, writer=writer, log_every=log_every,
              scan=(max(len(sp) for sp in splits), chunk) if scan else None,
              device_eval_mb=None if loop == "host" or slow else
@@ -260,32 +286,66 @@ def _compile_timer(total: list):
 
 
 class _Run:
-  """One ``run_stream`` call: the compiled steps and the task loop."""
+  """One ``run_stream`` (or ``run_sweep``) call: the compiled steps and the
+  task loop. With ``members`` (a sweep) the train state is stacked on a
+  leading member axis, the steps and evaluation are vmapped over it, the
+  hooks run member by member, and accuracies carry the member axis first."""
 
-  def __init__(self, stream, method, model, optimizer, settings, *, mesh,
-               progress, writer, log_every, scan, device_eval_mb):
+  def __init__(self, stream, method, model, optimizer, settings, *, members,
+               mesh, progress, writer, log_every, scan, device_eval_mb):
     self.stream, self.method, self.model = stream, method, model
     self.s, self.mesh, self.progress = settings, mesh, progress
     self.scan = scan  # (data size, chunk) for the scan engine, or None
     # Evaluation on the device (None: split by split), and its evaluators.
     self.device_eval_mb, self.evaluators = device_eval_mb, {}
-    self.writer, self.log_every = writer, log_every
+    self.log_every = log_every
     self.compile_s = [0.0]  # running total, see _compile_timer
     self.curve_split = "val" if all(len(t.val) for t in stream.tasks) else (
         "test")
+    self.base_opt = optimizer
     self.opt = method.optimizer(optimizer, model.params)
-    self.eval_step = make_eval_step(model.apply)
+    # A sweep: K members' data hyperparameters, stacked.
+    self.k = None if members is None else len(members)
+    self.hp = None if members is None else stack_hparams(method, members)
+    self.writers = [] if writer is None else (
+        [writer] if members is None else list(writer))
+    self.eval_step = make_eval_step(model.apply, members=self.k is not None)
     # The method's other classifiers: name -> (jitted prepare, eval step).
     self.predictors = {
-        name: (jax.jit(prepare), make_eval_step(model.apply, predict))
+        name: (jax.jit(prepare if members is None else jax.vmap(prepare)),
+               make_eval_step(model.apply, predict,
+                              members=self.k is not None))
         for name, (prepare, predict) in method.predictors(model).items()}
     self.key = jax.random.PRNGKey(settings["seed"])
     self.compiled = {}  # one train step per distinct phase, compiled once
     # Hooks may return arrays that alias the params (e.g. an anchor); the
     # step donates its state, so the method state gets buffers of its own.
-    self.state = init_train_state(
+    self.state = self._members(init_train_state(
         model.params, model.batch_stats, self.opt,
-        _own(method.init_state(model, stream)), stream.logit_masks(0))
+        _own(method.init_state(model, stream)), stream.logit_masks(0)))
+
+  def _members(self, tree):
+    """``tree`` as every member's (stacked K times in a sweep)."""
+    return tree if self.k is None else stack([tree] * self.k)
+
+  def _init_opt(self, optimizer, params):
+    """``optimizer``'s fresh state for ``params`` (each member's)."""
+    return (optimizer.init(params) if self.k is None else
+            jax.vmap(optimizer.init)(params))
+
+  def _each(self, hook):
+    """``hook(method, state)`` of the run, or of each member with its own
+    method and state, stacked (``None`` where the hook returns ``None``)."""
+    if self.k is None:
+      return hook(self.method, self.state)
+    # Copies made now share what the method has set up (init_state).
+    outs = [hook(self.method.with_hparams(**{
+        n: float(v[i]) for n, v in self.hp.items()}), member(self.state, i))
+            for i in range(self.k)]
+    return None if outs[0] is None else stack(outs)
+
+  def _host_step(self) -> int:
+    return int(np.ravel(jax.device_get(self.state.step))[0])
 
   def phase_step(self, phase: Phase):
     """``(engine, optimizer, term names)`` of ``phase``; the engine runs
@@ -299,7 +359,7 @@ class _Run:
                     extra_args=method.extra_args, batch_fn=method.batch_fn)
       example = {k: getattr(self.stream.tasks[0].train, k)[
           :self.s["batch_size"]] for k in "xyt"}
-      state = self.state
+      state = self.state if self.k is None else member(self.state, 0)
 
       def terms(params, batch_stats, ms, batch, masks, key):
         if method.batch_fn is not None:  # as the step does
@@ -310,16 +370,23 @@ class _Run:
                              state.method_state, example, state.masks,
                              self.key)
       names = list(shape)
+      if self.k is not None:  # one vmapped step of every member
+        vstep = jax.vmap(member_step(method, model, self.base_opt, phase,
+                                     self.s["augment"]),
+                         in_axes=(0, 0, None, None))
+        plain = lambda st, batch, key: vstep(self.hp, st, batch, key)
+        shape = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+            (self.k, *a.shape), a.dtype), shape)
+      else:
+        plain = make_train_step(loss_fn, o, **kwargs)
       if self.mesh is not None:
         step = HostEngine(data_parallel(make_train_step(
             loss_fn, o, axis_name="data", **kwargs), self.mesh),
                           prefetch=False)
       elif self.scan is not None:
-        step = ScanEngine(make_train_step(loss_fn, o, **kwargs), shape,
-                          *self.scan)
+        step = ScanEngine(plain, shape, *self.scan)
       else:
-        step = HostEngine(jax.jit(make_train_step(loss_fn, o, **kwargs),
-                                  donate_argnums=0))
+        step = HostEngine(jax.jit(plain, donate_argnums=0))
       self.compiled[cache_key] = (step, o, names)
     return self.compiled[cache_key]
 
@@ -327,30 +394,37 @@ class _Run:
     """Accuracy on every task's ``kind`` split (``"test"`` or ``"val"``),
     by the network's argmax or by the method's ``predictor`` (a name of
     ``Method.predictors``): on the device in one call where the splits fit
-    (``DeviceEvaluator``), else split by split."""
-    step, aux = self.eval_step, ()
+    (``DeviceEvaluator``), else split by split. A list per task (a list
+    per member of those in a sweep)."""
+    st, step, aux = self.state, self.eval_step, ()
     if predictor is not None:
       prepare, step = self.predictors[predictor]
-      aux = prepare(self.state.method_state, self.state.params,
-                    self.state.batch_stats)
+      aux = prepare(st.method_state, st.params, st.batch_stats)
     splits = [getattr(task, kind) for task in self.stream.tasks]
+    masks = self._members(jax.numpy.asarray(masks))
     if self._on_device(splits):
       key = (kind, predictor)
       if key not in self.evaluators:
         predict = (None if predictor is None else
                    self.method.predictors(self.model)[predictor][1])
         self.evaluators[key] = DeviceEvaluator(
-            splits, self.s["eval_batch_size"], self.model.apply, predict)
-      return self.evaluators[key](self.state.params, self.state.batch_stats,
-                                  masks, aux)
+            splits, self.s["eval_batch_size"], self.model.apply, predict,
+            members=self.k is not None)
+      return self.evaluators[key](st.params, st.batch_stats, masks, aux)
     out = []
     for j, split in enumerate(splits):
-      params, stats = self.method.eval_params(
-          self.state.method_state, self.state.params, self.state.batch_stats,
-          j, current)
+      params, stats = self._eval_params(j, current)
       out.append(evaluate(step, params, stats, masks, split,
                           self.s["eval_batch_size"], aux))
-    return out
+    return out if self.k is None else np.transpose(out).tolist()
+
+  def _eval_params(self, j, current):
+    """The parameters the method predicts task ``j`` with."""
+    st, method = self.state, self.method
+    fn = lambda ms, p, s: method.eval_params(ms, p, s, j, current)
+    if self.k is not None:
+      fn = jax.vmap(fn)
+    return fn(st.method_state, st.params, st.batch_stats)
 
   def _on_device(self, splits) -> bool:
     """Whether evaluation runs as one device computation: one device, the
@@ -370,7 +444,7 @@ class _Run:
     _, phase_opt, _ = self.phase_step(
         self.method.phases(pos["task"])[pos["phase"]])
     return {"state": self.state._replace(
-        opt_state=phase_opt.init(self.state.params)),
+        opt_state=self._init_opt(phase_opt, self.state.params)),
             "stash": self.state.opt_state}
 
   def _say(self, msg):
@@ -383,8 +457,8 @@ class _Run:
       try:
         return self._run(checkpoints, ident, checkpoint_every, defaults)
       finally:
-        if self.writer is not None:
-          self.writer.close()
+        for writer in self.writers:
+          writer.close()
 
   def _run(self, checkpoints, ident, checkpoint_every, defaults):
     stream, method = self.stream, self.method
@@ -405,19 +479,19 @@ class _Run:
         self._say(f"{method.name}: resuming "
                   + (f"after task {prog['done']} of {t_count}" if pos is None
                      else f"inside task {pos['task'] + 1} of {t_count} at "
-                     f"step {int(self.state.step)}"))
+                     f"step {self._host_step()}"))
     if prog is None:
       prog = {"identity": ident, "done": 0, "position": None, "rows": [],
               "val_rows": [], "curves": [], "train_s": [], "eval_s": [],
-              "compile_s": [],
+              "compile_s": [], "diverged": {},
               # b[j]: random-init accuracy on task j, heads masked as at j.
               "random_init": [evaluate(self.eval_step, self.state.params,
                                        self.state.batch_stats,
-                                       stream.logit_masks(j), task.test,
-                                       self.s["eval_batch_size"])
+                                       self._members(stream.logit_masks(j)),
+                                       task.test, self.s["eval_batch_size"])
                               for j, task in enumerate(stream.tasks)]}
-    if self.writer is not None:  # what a killed attempt logged after this
-      self.writer.truncate(int(self.state.step))
+    for writer in self.writers:  # what a killed attempt logged after this
+      writer.truncate(self._host_step())
 
     def save(items, position):
       prog["position"] = position
@@ -436,58 +510,85 @@ class _Run:
       stash = None
       if checkpoints is not None:
         save({"state": self.state}, None)
+    if self.k is None:
+      return self._results(prog, lambda x: x, self.state)
+    return [{"diverged": prog["diverged"][str(m)]}
+            if str(m) in prog["diverged"] else
+            self._results(prog, lambda x, m=m: x[m], member(self.state, m))
+            for m in range(self.k)]
 
-    r = np.asarray(prog["rows"])
+  def _results(self, prog, pick, state) -> dict:
+    """The results of the run, or of the member that ``pick`` takes from
+    each per-member value."""
+    stream = self.stream
+    rows = [pick(row) for row in prog["rows"]]
+    random_init = [pick(a) for a in prog["random_init"]]
+    r = np.asarray(rows)
     sizes = [len(task.test) for task in stream.tasks]
-    b = None if stream.kind == "class" else prog["random_init"]
+    b = None if stream.kind == "class" else random_init
     # The method's other classifiers (e.g. iCaRL's nearest mean): their own
     # accuracy matrices and metrics, beside the network's argmax.
     extra = {}
-    for name, rows in prog.get("predictor_rows", {}).items():
-      extra[f"accuracy_matrix_{name}"] = rows
-      extra[f"metrics_{name}"] = metrics.summary(np.asarray(rows), None, sizes)
+    for name, p_rows in prog.get("predictor_rows", {}).items():
+      p_rows = [pick(row) for row in p_rows]
+      extra[f"accuracy_matrix_{name}"] = p_rows
+      extra[f"metrics_{name}"] = metrics.summary(np.asarray(p_rows), None,
+                                                 sizes)
     return {
-        "method": method.name,
+        "method": self.method.name,
         "stream": stream.name,
         "accuracy_matrix": r.tolist(),
         # The same on the validation splits (for model selection), if every
         # task has one; else empty.
-        "val_accuracy_matrix": prog["val_rows"],
-        "random_init_accuracy": prog["random_init"],
+        "val_accuracy_matrix": [pick(row) for row in prog["val_rows"]],
+        "random_init_accuracy": random_init,
         # FWT compares R[j-1][j] with b[j] under the same masks; in
         # class-IL task j's classes are masked until it is trained, so both
         # are 0 by construction and FWT is not applicable (left out).
         "metrics": metrics.summary(r, b, sizes),
         **extra,
-        "curves": prog["curves"],
+        "curves": [{**c, "acc": pick(c["acc"])} for c in prog["curves"]],
         "curve_split": self.curve_split,
         "timings": {k: prog[k] for k in ("train_s", "eval_s", "compile_s")},
-        "steps": int(self.state.step),
-        "final_state": self.state,
+        "steps": int(state.step),
+        "final_state": state,
     }
 
   def _start_task(self, i, masks):
     """The method's start hooks, the optimizer reset and the task's lr."""
-    method, s = self.method, self.s
-    self.state = self.state._replace(masks=jax.numpy.asarray(masks))
+    s = self.s
     self.state = self.state._replace(
-        method_state=_own(method.on_task_start(self._ctx(i, masks))))
-    start = method.start_params(self._ctx(i, masks))
+        masks=self._members(jax.numpy.asarray(masks)))
+    self.state = self.state._replace(method_state=_own(self._each(
+        lambda m, st: m.on_task_start(self._ctx(i, masks, st)))))
+    start = self._each(lambda m, st: m.start_params(self._ctx(i, masks, st)))
     if start is not None:  # e.g. a fresh network per task
       self.state = self.state._replace(
           params=_own(start[0]), batch_stats=_own(start[1]),
-          opt_state=self.opt.init(start[0]))
+          opt_state=self._init_opt(self.opt, start[0]))
     if s["reset_optimizer"] and i > 0:
-      self.state = self.state._replace(opt_state=self.opt.init(
-          self.state.params))
+      self.state = self.state._replace(opt_state=self._init_opt(
+          self.opt, self.state.params))
     if s["task_lrs"] is not None:
       self.state = self.state._replace(opt_state=set_learning_rate(
           self.state.opt_state, s["task_lrs"][i]))
 
-  def _ctx(self, i, masks):
-    st = self.state
+  def _ctx(self, i, masks, st):
     return TaskContext(i, self.stream, self.model, st.params, st.batch_stats,
                        st.method_state, masks, self.s["seed"])
+
+  def _check_finite(self, prog, term_names):
+    """Raises on NaN/inf (see ``check_finite``); in a sweep, records each
+    member that went NaN/inf (it no longer updates) and goes on."""
+    if self.k is None:
+      check_finite(self.state, term_names)
+      return
+    for m in range(self.k):
+      if str(m) not in prog["diverged"]:
+        try:
+          check_finite(member(self.state, m), term_names)
+        except FloatingPointError as err:
+          prog["diverged"][str(m)] = str(err)
 
   def _train_task(self, i, prog, stash, save, checkpoint_every):
     """Trains task ``i``, from the start or from ``prog["position"]`` (a
@@ -510,26 +611,28 @@ class _Run:
               s["task_steps"] or per_epoch * epochs for p in phases]
     n_epochs = [-(-n // per_epoch) for n in budget]
     done = sum(budget[:pos["phase"]]) + per_epoch * pos["epoch"] + pos["batch"]
-    host_step = int(self.state.step)  # one sync per task, not per step
+    host_step = self._host_step()  # one sync per task, not per step
     t0 = time.perf_counter() - pos["elapsed"]
     c0 = self.compile_s[0] - pos.get("compile_s", 0.0)
     bar = tqdm(total=sum(budget), initial=done,
-               desc=f"{method.name} task {i + 1}/{stream.num_tasks}",
+               desc=f"{method.name}" + (f" ×{self.k}" if self.k else "") +
+               f" task {i + 1}/{stream.num_tasks}",
                disable=not self.progress, leave=False)
     for p in range(pos["phase"], len(phases)):
       step, phase_opt, term_names = self.phase_step(phases[p])
       own_opt = phase_opt is not self.opt
       resuming = p == pos["phase"] and done > 0
       if not resuming:
-        self.state = self.state._replace(method_state=_own(
-            method.on_phase_start(self._ctx(i, masks), phases[p])))
+        self.state = self.state._replace(method_state=_own(self._each(
+            lambda m, st: m.on_phase_start(self._ctx(i, masks, st),
+                                           phases[p]))))
       if own_opt:  # a phase's own optimizer state; the main one is stashed
         if resuming:
           main_opt_state = stash
         else:
           main_opt_state = self.state.opt_state
           self.state = self.state._replace(
-              opt_state=phase_opt.init(self.state.params))
+              opt_state=self._init_opt(phase_opt, self.state.params))
       for epoch in range(pos["epoch"] if resuming else 0, n_epochs[p]):
         first = pos["batch"] if resuming and epoch == pos["epoch"] else 0
         extra = [] if phases[p].name == "train" else list(
@@ -545,32 +648,35 @@ class _Run:
                                        self.key)
           b, host_step = b + n, host_step + n
           bar.update(n)
-          if self.writer and self.log_every and (
+          if self.writers and self.log_every and (
               host_step % self.log_every == 0):
-            self.writer.write_scalars(host_step, {
-                f"train/{k}": v for k, v in jax.device_get(terms).items()})
+            values = jax.device_get(terms)
+            for m, writer in enumerate(self.writers):
+              writer.write_scalars(host_step, {
+                  f"train/{k}": v if self.k is None else v[m]
+                  for k, v in values.items()})
           if s["eval_every"] and host_step % s["eval_every"] == 0:
-            check_finite(self.state, term_names)
+            self._check_finite(prog, term_names)
             acc = self.accuracies(self.curve_split, masks, i)
             prog["curves"].append({"step": host_step, "task": i, "acc": acc})
             self._log(host_step, f"{self.curve_split}_accuracy", acc)
           if save and checkpoint_every and host_step % checkpoint_every == 0:
-            check_finite(self.state, term_names)
+            self._check_finite(prog, term_names)
             save({"state": self.state,
                   **({"stash": main_opt_state} if own_opt else {})},
                  {"task": i, "phase": p, "epoch": epoch, "batch": first + b,
                   "elapsed": time.perf_counter() - t0, "stash": own_opt,
                   "compile_s": self.compile_s[0] - c0})
-        check_finite(self.state, term_names)
+        self._check_finite(prog, term_names)
       if own_opt:
         self.state = self.state._replace(opt_state=main_opt_state)
     bar.close()
-    end = method.end_params(self._ctx(i, masks))
+    end = self._each(lambda m, st: m.end_params(self._ctx(i, masks, st)))
     if end is not None:  # e.g. a corrected head
       self.state = self.state._replace(params=_own(end[0]),
                                        batch_stats=_own(end[1]))
-    self.state = self.state._replace(
-        method_state=_own(method.on_task_end(self._ctx(i, masks))))
+    self.state = self.state._replace(method_state=_own(self._each(
+        lambda m, st: m.on_task_end(self._ctx(i, masks, st)))))
     jax.block_until_ready(self.state)
     t1, c1 = time.perf_counter(), self.compile_s[0]
     prog["rows"].append(self.accuracies("test", masks, i))
@@ -588,12 +694,11 @@ class _Run:
     prog["done"] = i + 1
     prog["position"] = None
 
-
   def _until_due(self, step: int, checkpoint_every: int) -> int:
     """Steps from global step ``step`` to the next one where a log line, an
     evaluation or a checkpoint is due (at most the scan's chunk)."""
     limit = self.scan[1] if self.scan else 2 ** 31
-    for every in (self.log_every if self.writer else 0,
+    for every in (self.log_every if self.writers else 0,
                   self.s["eval_every"], checkpoint_every):
       if every:
         limit = min(limit, every - step % every)
@@ -601,13 +706,13 @@ class _Run:
 
   def _log(self, step, name, accuracies, seen=None):
     """Accuracy on each task (and, after task ``seen``, the mean over the
-    tasks seen) to the writer."""
-    if self.writer is None:
-      return
-    scalars = {f"{name}/task_{j + 1}": a for j, a in enumerate(accuracies)}
-    if seen is not None:
-      scalars[f"{name}/average_seen"] = float(np.mean(accuracies[:seen + 1]))
-    self.writer.write_scalars(step, scalars)
+    tasks seen) to each member's writer."""
+    per_member = [accuracies] if self.k is None else accuracies
+    for writer, acc in zip(self.writers, per_member):
+      scalars = {f"{name}/task_{j + 1}": a for j, a in enumerate(acc)}
+      if seen is not None:
+        scalars[f"{name}/average_seen"] = float(np.mean(acc[:seen + 1]))
+      writer.write_scalars(step, scalars)
 
 
 def _own(tree):

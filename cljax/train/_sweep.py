@@ -24,7 +24,7 @@ import optax
 from cljax.methods._base import Method, Phase, TaskContext
 from cljax.methods._registry import hyperparameters
 from cljax.models._functional import FunctionalModel
-from cljax.train._loop import phase_parts
+from cljax.train._phases import phase_parts
 from cljax.train._step import TrainState, make_train_step
 
 
@@ -87,6 +87,18 @@ def vmap_step(method: Method, model: FunctionalModel,
     augment: optional ``(rng, x) -> x`` on training inputs, as in
       ``run_stream``.
   """
+  return jax.jit(jax.vmap(member_step(method, model, optimizer, phase,
+                                     augment),
+                         in_axes=(0, 0, batch_axis, rng_axis)),
+                 donate_argnums=1)
+
+
+def member_step(method: Method, model: FunctionalModel,
+                optimizer: optax.GradientTransformation, phase: Phase,
+                augment: Callable | None = None) -> Callable:
+  """The unbatched ``(hparams, state, batch, rng) -> (state, terms)`` of one
+  member: ``method.with_hparams(**hparams)``'s step of ``phase`` (what
+  ``vmap_step`` vmaps)."""
   def one(hp, state: TrainState, batch, rng):
     m = method.with_hparams(**hp)
     loss_fn, o = phase_parts(m, model, m.optimizer(optimizer, model.params),
@@ -96,8 +108,7 @@ def vmap_step(method: Method, model: FunctionalModel,
                            extra_args=m.extra_args, batch_fn=m.batch_fn)
     return step(state, batch, rng)
 
-  return jax.jit(jax.vmap(one, in_axes=(0, 0, batch_axis, rng_axis)),
-                 donate_argnums=1)
+  return one
 
 
 def vmap_task_end(method: Method, ctx: TaskContext, hparams: dict,
