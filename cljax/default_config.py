@@ -103,6 +103,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Entries named family__variant compete within their family on this
   # validation criterion (val_acc | val_score); only winners are summarised.
   c.select = "val_acc"
+  # sweep.vmap: entries that differ only in hyperparameters their method
+  # reads as data (e.g. ewc__lam1, ewc__lam100) train as one vmapped
+  # program (cljax.train.run_sweep), not one after the other.
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.vmap = False
   # One entry per method, with every hyperparameter, so any of them can be
   # set from the command line: --config.method.ewc.lam=10.
   c.method = ml_collections.ConfigDict(

@@ -135,6 +135,8 @@ def validate(config) -> None:
          "fractions of a task's steps in (0, 1)")
   _check(_validate.check_positive, "train.decay", t.decay)
   _check(_validate.check_unit_interval, "train.warmup", t.warmup)
+  if not isinstance(config.sweep.vmap, bool):
+    _fail("sweep.vmap", f"must be True or False, got {config.sweep.vmap!r}")
   if t.loop not in train.LOOPS:
     _fail("train.loop", f"unknown {t.loop!r}; one of {train.LOOPS}")
   _int("train.scan_chunk", t.scan_chunk, 1)
@@ -451,22 +453,27 @@ def _run_locked(config, workdir) -> dict:
                                f"seed{s}" if len(seeds) > 1 else "")
     if results is None:
       results = _results_header(config, stream, load_s)
-    for e in entries:
-      entry = e["entry"]
+    groups = (sweep_groups(entries) if config.sweep.vmap else
+              [[e] for e in entries])
+    for group in groups:
+      names = ", ".join(e["entry"] for e in group)
       if config.progress and len(entries) * len(seeds) > 1:
         print(_entry_progress(done_units, len(entries) * len(seeds),
-                              entry + (f" (seed {s})" if len(seeds) > 1
+                              names + (f" (seed {s})" if len(seeds) > 1
                                        else ""),
                               time.perf_counter() - started), file=sys.stderr)
-      done_units += 1
-      res = _run_entry(e, stream, cs, workdir)
-      per_seed.setdefault(entry, []).append(res)
-      results["runs"][entry] = _combine(per_seed[entry], seeds)
+      done_units += len(group)
+      outs = (_run_entry(group[0], stream, cs, workdir) if len(group) == 1
+              else _run_group(group, stream, cs, workdir))
+      for e, res in zip(group, [outs] if len(group) == 1 else outs):
+        entry = e["entry"]
+        per_seed.setdefault(entry, []).append(res)
+        results["runs"][entry] = _combine(per_seed[entry], seeds)
+        if "diverged" not in res:
+          print(report.accuracy_table(
+              res["accuracy_matrix"], f"\n{entry} on {stream.name}" +
+              (f", seed {s}" if len(seeds) > 1 else "") + " (accuracy %)"))
       _write(results, workdir)
-      if "diverged" not in res:
-        print(report.accuracy_table(
-            res["accuracy_matrix"], f"\n{entry} on {stream.name}" +
-            (f", seed {s}" if len(seeds) > 1 else "") + " (accuracy %)"))
     del stream
   return _summarise(results, config, workdir)
 
@@ -485,6 +492,53 @@ def _results_header(config, stream, load_s) -> dict:
           "data_load_s": load_s, "runs": {}}
 
 
+def sweep_groups(entries: list[dict]) -> list[list[dict]]:
+  """``entries`` (as ``_prepare_entries`` makes them) grouped into sweeps:
+  entries whose identities differ only in hyperparameters their method
+  reads as data (``Method.data_hparams``) share a group, in first-seen
+  order; ``run_sweep`` trains each group as one program."""
+  groups = {}
+  for e in entries:
+    m = e["method"]
+    structural = {k: v for k, v in vars(m).items()
+                  if not k.startswith("_") and k not in m.data_hparams}
+    key = json.dumps([type(m).__qualname__, flatten(structural)] + [
+        (k, v) for k, v in sorted(e["identity"].items())
+        if not k.startswith("config.entry.hparams")], sort_keys=True)
+    groups.setdefault(key, []).append(e)
+  return list(groups.values())
+
+
+def _run_options(config) -> dict:
+  """``run_stream``'s settings from the config that are not an entry's."""
+  return dict(checkpoint_every=config.checkpoint_every,
+              identity_defaults=_config_defaults(), progress=config.progress,
+              log_every=config.log.every, loop=config.train.loop,
+              scan_chunk=config.train.scan_chunk,
+              device_data_mb=config.train.device_data_mb)
+
+
+def _diverged(e, config, err) -> dict:
+  print(f"\n{e['entry']} (seed {config.seed}): diverged: {err}")
+  return {"diverged": str(err), "seed": config.seed, "lr": e["lr"],
+          "hparams": e["hparams"]}
+
+
+def _finish(e, res, members: int = 1) -> dict:
+  """An entry's result as ``results.json`` records it."""
+  res.pop("final_state")
+  if members > 1:  # a sweep's time, shared equally by its members
+    res["timings"] = {k: [t / members for t in v]
+                      for k, v in res["timings"].items()}
+    res["sweep_members"] = members
+  # Training plus per-task evaluation, from the run's own timings (which
+  # checkpoints keep, so a resumed run reports its original cost).
+  res.update(lr=e["lr"], hparams=e["hparams"],
+             wall_s=sum(res["timings"]["train_s"]) +
+             sum(res["timings"]["eval_s"]))
+  return res
+
+
 def _run_entry(e, stream, config, workdir) -> dict:
   """One entry under one seed: its result, or a record of its divergence."""
   sub = os.path.relpath(e["checkpoint_dir"], os.path.join(workdir,
@@ -492,24 +546,34 @@ def _run_entry(e, stream, config, workdir) -> dict:
   try:
     res = train.run_stream(
         stream, e["method"], e["model"], e["opt"], **e["settings"],
-        checkpoint_dir=e["checkpoint_dir"],
-        checkpoint_every=config.checkpoint_every, identity=e["identity"],
-        identity_defaults=_config_defaults(),
-        progress=config.progress, writer=_writer(config.log, workdir, sub),
-        log_every=config.log.every,
-        loop=config.train.loop, scan_chunk=config.train.scan_chunk,
-        device_data_mb=config.train.device_data_mb)
+        checkpoint_dir=e["checkpoint_dir"], identity=e["identity"],
+        writer=_writer(config.log, workdir, sub),
+        **_run_options(config))
   except FloatingPointError as err:  # a diverged candidate; the rest go on
-    print(f"\n{e['entry']} (seed {config.seed}): diverged: {err}")
-    return {"diverged": str(err), "seed": config.seed, "lr": e["lr"],
-            "hparams": e["hparams"]}
-  res.pop("final_state")
-  # Training plus per-task evaluation, from the run's own timings (which
-  # checkpoints keep, so a resumed run reports its original cost).
-  res.update(lr=e["lr"], hparams=e["hparams"],
-             wall_s=sum(res["timings"]["train_s"]) +
-             sum(res["timings"]["eval_s"]))
-  return res
+    return _diverged(e, config, err)
+  return _finish(e, res)
+
+
+def _run_group(group, stream, config, workdir) -> list[dict]:
+  """A sweep group (``sweep_groups``) under one seed, as one vmapped
+  program: each entry's result or record of its divergence. Its
+  checkpoints live under ``checkpoints/<first entry>+<K - 1>``."""
+  first = group[0]
+  ckdir = os.path.normpath(os.path.join(
+      workdir, "checkpoints", f"{first['entry']}+{len(group) - 1}",
+      f"seed{config.seed}" if config.seeds > 1 else ""))
+  members = [e["method"].hparams() for e in group]
+  writers = [_writer(config.log, workdir, os.path.relpath(
+      e["checkpoint_dir"], os.path.join(workdir, "checkpoints")))
+             for e in group]
+  outs = train.run_sweep(
+      stream, first["method"], members, first["model"], first["opt"],
+      **first["settings"], checkpoint_dir=ckdir,
+      identity={"entries": {e["entry"]: e["identity"] for e in group}},
+      writer=None if any(w is None for w in writers) else writers,
+      **_run_options(config))
+  return [_diverged(e, config, res["diverged"]) if "diverged" in res else
+          _finish(e, res, len(group)) for e, res in zip(group, outs)]
 
 
 def _combine(runs: list, seeds: list) -> dict:

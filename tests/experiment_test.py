@@ -474,3 +474,46 @@ def test_learning_rate_schedules(tmp_path):
   c.train.first_task_lr = 0.1
   with pytest.raises(ValueError, match="cannot be combined with a schedule"):
     experiment.run_experiment(c)
+
+
+def test_sweep_vmap_groups_entries_and_matches_one_by_one(tmp_path):
+  """``sweep.vmap``: entries that differ only in data hyperparameters train
+  as one program (one checkpoint directory per group and seed), with the
+  results, the diverged record and the selection of running them one by
+  one; an entry with another structural setting runs on its own."""
+  def config(sub, vmap, methods="ewc__a,ewc__b,ewc__c"):
+    c = _config(tmp_path / sub)
+    c.scenario.num_tasks = 2
+    c.scenario.val_fraction = 0.2
+    c.seeds = 2
+    c.methods = methods
+    c.method.ewc__a = {"kind": "ewc", "lam": 1.0}
+    c.method.ewc__b = {"kind": "ewc"}  # the default lam
+    c.method.ewc__c = {"kind": "ewc", "lam": 1e38}
+    c.method.ewc__other = {"kind": "ewc", "fisher_samples": 16}
+    c.sweep.vmap = vmap
+    return c
+
+  c = config("g", True, "ewc__a,ewc__b,ewc__c,ewc__other")
+  groups = experiment.sweep_groups(experiment._prepare_entries(
+      c, experiment.build_stream(c), c.workdir))
+  assert [[e["entry"] for e in g] for g in groups] == [
+      ["ewc__a", "ewc__b", "ewc__c"], ["ewc__other"]]
+  swept = experiment.run_experiment(config("v", True))
+  alone = experiment.run_experiment(config("s", False))
+  assert "diverged" in swept["runs"]["ewc__c"]
+  for entry in ("ewc__a", "ewc__b"):
+    a, b = swept["runs"][entry], alone["runs"][entry]
+    np.testing.assert_allclose(a["accuracy_matrix"], b["accuracy_matrix"],
+                               atol=1e-6)
+    np.testing.assert_allclose(a["val_accuracy_matrix"],
+                               b["val_accuracy_matrix"], atol=1e-6)
+  assert swept["runs"]["ewc__a"]["per_seed"][0]["sweep_members"] == 3
+  assert swept["selection"] == alone["selection"]
+  ck = os.path.join(str(tmp_path / "v" / "run"), "checkpoints")
+  assert os.listdir(ck) == ["ewc__a+2"]
+  assert sorted(os.listdir(os.path.join(ck, "ewc__a+2"))) == ["seed0",
+                                                              "seed1"]
+  again = experiment.run_experiment(config("v", True))  # resumed: no training
+  assert again["runs"]["ewc__a"]["accuracy_matrix"] == \
+      swept["runs"]["ewc__a"]["accuracy_matrix"]
