@@ -6,7 +6,15 @@ sequential runs do), on the GEM protocol's shape: MLP 784-100-100-10, batch
 Reported per block of ``--steps`` sweep steps (each: one step of every
 member): the median time of both and their ratio, for each K.
 
-    python benchmarks/sweep.py [--ks 8,16 --blocks 20 --steps 20] [--update]
+Then whole streams (``--streams``): the GEM protocol's stream (permuted
+Fashion-MNIST, 20 tasks of 1,000 examples, batch 10, one pass) with K = 8
+EWC strengths as one ``run_sweep`` against the K ``run_stream`` runs one
+after the other, both with the scan loop: training plus per-task
+evaluation, compilation excluded (the runs' own timings), median of
+``--reps``. Target on CPU: no slower (>= 1x).
+
+    python benchmarks/sweep.py [--ks 8,16 --blocks 20 --steps 20]
+                               [--streams --reps 3] [--update]
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import numpy as np
+
 from _timing import add_output_args, interleaved_medians, write
-from cljax import methods, models, train
+from cljax import data, methods, models, train
 from cljax.bench import method_state, train_steps
 from cljax.bench._suite import synthetic_stream
 
@@ -31,6 +41,9 @@ def main():
   ap.add_argument("--ks", default="8,16")
   ap.add_argument("--blocks", type=int, default=20)
   ap.add_argument("--steps", type=int, default=20)
+  ap.add_argument("--streams", action="store_true",
+                  help="also time whole GEM-protocol streams (Fashion-MNIST)")
+  ap.add_argument("--reps", type=int, default=3)
   args = ap.parse_args()
   stream = synthetic_stream("mlp", 1000)
   model = models.build_model("mlp", (28, 28, 1), 10, hidden=(100, 100))
@@ -69,9 +82,38 @@ def main():
     print(f"K={k}: {k} members' steps one after the other "
           f"{t['sequential']['median_ms']:.3f} ms, vmapped "
           f"{t['vmapped']['median_ms']:.3f} ms: {t['speedup']:.2f}x")
-  write("sweep", {"batch": BATCH, "model": "mlp 784-100-100-10",
-                  "blocks": args.blocks, "steps_per_block": args.steps,
-                  "results": results}, args)
+  out = {"batch": BATCH, "model": "mlp 784-100-100-10",
+         "blocks": args.blocks, "steps_per_block": args.steps,
+         "results": results}
+  if args.streams:
+    out["streams"] = streams(args.reps)
+  write("sweep", out, args)
+
+
+def streams(reps: int, k: int = 8) -> dict:
+  """K EWC strengths on the GEM protocol's stream: ``run_sweep`` against
+  the K runs one after the other (scan loop both)."""
+  from loops import STREAMS, stream, wall
+  spec = STREAMS["gem_protocol"]
+  st = stream(data.load_fashion_mnist(), spec)
+  model = models.build_model("mlp", st.input_shape, st.num_classes,
+                             hidden=spec["hidden"])
+  # 0.001 ... 1 (at lr 0.1, batch 10, EWC diverges from lam ~2 on).
+  lams = [10.0 ** (3 * i / (k - 1) - 3) for i in range(k)]
+  kw = dict(epochs=1, batch_size=spec["batch"], progress=False, loop="scan")
+  opt = optax.sgd(spec["lr"])
+  times = {"sequential": [], "vmapped": []}
+  for _ in range(reps):
+    times["sequential"].append(sum(wall(train.run_stream(
+        st, methods.EWC(lam), model, opt, **kw)) for lam in lams))
+    res = train.run_sweep(st, methods.EWC(), [{"lam": v} for v in lams],
+                          model, opt, **kw)
+    times["vmapped"].append(wall(next(r for r in res if "diverged" not in r)))
+  seq, vm = (float(np.median(times[t])) for t in ("sequential", "vmapped"))
+  print(f"GEM-protocol stream, K={k} EWC strengths: one after the other "
+        f"{seq:.2f} s, run_sweep {vm:.2f} s: {seq / vm:.2f}x")
+  return {"k": k, "lams": lams, "sequential_s": seq, "vmapped_s": vm,
+          "speedup": seq / vm, "runs": times}
 
 
 if __name__ == "__main__":
