@@ -135,6 +135,7 @@ def validate(config) -> None:
          "fractions of a task's steps in (0, 1)")
   _check(_validate.check_positive, "train.decay", t.decay)
   _check(_validate.check_unit_interval, "train.warmup", t.warmup)
+  _int("parallel.data", config.parallel.data, 0)
   if not isinstance(config.sweep.vmap, bool):
     _fail("sweep.vmap", f"must be True or False, got {config.sweep.vmap!r}")
   if t.loop not in train.LOOPS:
@@ -179,6 +180,37 @@ def validate(config) -> None:
           f"{sorted(HEADS)} or '' (the method's own)")
   for e in run_entries(config):
     build_method(e.kind, **e.hparams)  # raises ValueError on bad hyperparameters
+
+
+def resolve_devices(config) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``parallel.data`` resolved to a device count
+  (0: every local device), checked against the devices present, the batch
+  size and the settings that need one device."""
+  n = int(config.parallel.data) or jax.local_device_count()
+  if n > jax.local_device_count():
+    _fail("parallel.data", f"{n} devices asked for, {jax.local_device_count()}"
+          f" present ({jax.local_devices()[0].platform})")
+  if config.train.batch_size % n:
+    _fail("train.batch_size", f"{config.train.batch_size} does not divide "
+          f"by config.parallel.data={n} devices: the global batch is split "
+          "evenly over them")
+  if n > 1 and config.train.loop == "scan":
+    _fail("train.loop", f"'scan' runs on one device; with "
+          f"config.parallel.data={n} use 'host' or 'auto'")
+  if n > 1 and config.sweep.vmap:
+    _fail("sweep.vmap", f"a vmapped sweep runs on one device; set "
+          f"config.parallel.data=1 (now {n})")
+  c = config.copy_and_resolve_references()
+  c.parallel.data = n
+  return c
+
+
+def _mesh(config):
+  """The data-parallel mesh of ``config.parallel.data`` devices (resolved),
+  or ``None`` for one device."""
+  n = config.parallel.data
+  return None if n == 1 else jax.make_mesh(
+      (n,), ("data",), devices=jax.local_devices()[:n])
 
 
 def build_stream(config) -> cl_data.Stream:
@@ -286,6 +318,8 @@ def entry_identity(config, e: Entry) -> dict:
   for key, (group, name) in ENTRY_OVERRIDES.items():
     c[group][name] = list(e.hidden) if key == "hidden" else getattr(e, key)
   c["entry"] = {"kind": e.kind, "hparams": e.hparams}
+  if c.get("parallel", {}).get("data") == 1:  # one device: as before
+    c.pop("parallel")
   return flatten(c, "config.")
 
 
@@ -428,6 +462,7 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
     NoResults: every entry diverged (``results.json`` is written first).
   """
   validate(config)
+  config = resolve_devices(config)
   workdir = config.workdir or os.path.join("runs", config.name)
   _prepare_workdir(workdir)
   with train.directory_lock(workdir):
@@ -547,7 +582,7 @@ def _run_entry(e, stream, config, workdir) -> dict:
     res = train.run_stream(
         stream, e["method"], e["model"], e["opt"], **e["settings"],
         checkpoint_dir=e["checkpoint_dir"], identity=e["identity"],
-        writer=_writer(config.log, workdir, sub),
+        writer=_writer(config.log, workdir, sub), mesh=_mesh(config),
         **_run_options(config))
   except FloatingPointError as err:  # a diverged candidate; the rest go on
     return _diverged(e, config, err)

@@ -517,3 +517,51 @@ def test_sweep_vmap_groups_entries_and_matches_one_by_one(tmp_path):
   again = experiment.run_experiment(config("v", True))  # resumed: no training
   assert again["runs"]["ewc__a"]["accuracy_matrix"] == \
       swept["runs"]["ewc__a"]["accuracy_matrix"]
+
+
+_PARALLEL_SCRIPT = """
+import json, sys
+import numpy as np
+from cljax import experiment
+from cljax.default_config import get_config
+out = {}
+for n in (1, 4):
+  c = get_config("runlocal")
+  c.workdir, c.progress = sys.argv[1] + f"/n{n}", False
+  c.scenario.num_tasks = 2
+  c.train.batch_size = 32
+  c.methods = "finetune,ewc,er"
+  c.method.er.memory_size = 60
+  c.parallel.data = n
+  out[n] = experiment.run_experiment(c)
+for entry in ("finetune", "ewc", "er"):
+  a = np.asarray(out[1]["runs"][entry]["accuracy_matrix"])
+  b = np.asarray(out[4]["runs"][entry]["accuracy_matrix"])
+  print(entry, "max abs diff", np.max(np.abs(a - b)))
+  assert np.max(np.abs(a - b)) <= 0.01, (entry, a, b)
+assert out[4]["config"]["parallel"]["data"] == 4
+"""
+
+
+def test_data_parallel_from_the_config_matches_one_device(tmp_path):
+  """``parallel.data=4`` on 4 simulated CPU devices: the same accuracy
+  matrices as one device (to float tolerance: an example or so may flip)
+  for a plain, a regularised and a rehearsal method."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  out = subprocess.run([sys.executable, "-c", _PARALLEL_SCRIPT,
+                        str(tmp_path)], env=env, capture_output=True,
+                       text=True, timeout=900)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  assert out.stdout.count("max abs diff") == 3
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("parallel.data", 64, "config.parallel.data: 64 devices asked for"),
+    ("parallel.data", -1, "config.parallel.data"),
+])
+def test_bad_device_counts(tmp_path, key, value, match):
+  c = _config(tmp_path)
+  c.update_from_flattened_dict({key: value})
+  with pytest.raises(ValueError, match=match):
+    experiment.run_experiment(c)

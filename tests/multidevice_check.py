@@ -51,6 +51,48 @@ for name, shape in [("mlp", (8, 8, 1)), ("cnn", (8, 8, 3))]:
     print(name, "max abs diff", diff)
     assert diff < 1e-5, diff
 
+# BatchNorm (ResNet-32): with cross-replica statistics (the default) the
+# 4-device run equals one device's, running statistics included; each
+# shard normalising on its own (sync_bn=False) is a different computation.
+model = models.build_model("resnet32", (8, 8, 3), 10)
+loss = methods.FineTune().loss_fn(model)
+opt = optax.sgd(0.05, momentum=0.9)
+masks = np.ones((1, 10), bool)
+rng = np.random.default_rng(2)
+batches = [{"x": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
+            "y": rng.integers(0, 10, 16).astype(np.int32),
+            "t": np.zeros(16, np.int32)} for _ in range(3)]
+
+
+def run_bn(step):
+  state = train.init_train_state(model.params, model.batch_stats, opt, (),
+                                 masks)
+  for b in batches:
+    state, _ = step(state, b, key)
+  return jax.device_get((state.params, state.batch_stats))
+
+
+def max_diff(a, b):
+  return max(float(np.max(np.abs(x - y))) for x, y in zip(
+      jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+single = run_bn(jax.jit(train.make_train_step(loss, opt)))
+per_shard = train.make_train_step(loss, opt, axis_name="data")
+synced = run_bn(train.data_parallel(per_shard, mesh))
+unsynced = run_bn(train.data_parallel(per_shard, mesh, sync_bn=False))
+print("resnet32 sync BN max abs diff", max_diff(single, synced),
+      "unsynced", max_diff(single, unsynced))
+assert max_diff(single, synced) < 1e-4, max_diff(single, synced)
+assert max_diff(single, unsynced) > 1e-3, max_diff(single, unsynced)
+try:
+  train.data_parallel(per_shard, mesh)(
+      train.init_train_state(model.params, model.batch_stats, opt, (), masks),
+      {k: v[:6] for k, v in batches[0].items()}, key)
+  raise AssertionError("a batch of 6 on 4 devices was accepted")
+except ValueError as e:
+  assert "6 examples does not split over 4 devices" in str(e), e
+
 # GEM and A-GEM: the memory is replicated and A-GEM's reference sample uses
 # the step key shared by all shards, so the projected update is the same on
 # every shard and equals one device's.

@@ -8,6 +8,7 @@ from cljax.models._cosine import cosine_logits
 from cljax.models._cosine import CosineLinear
 from cljax.models._functional import functional
 from cljax.models._functional import FunctionalModel
+from cljax.models._functional import sync_batch_norm
 from cljax.models._heads import example_masks
 from cljax.models._heads import mask_logits
 from cljax.models._heads import masked_fill_value

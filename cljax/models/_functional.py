@@ -1,9 +1,19 @@
 """NNX module -> pure function of plain pytrees, split once (no per-step graph
 traversal): the flax NNX performance recipe (``nnx.split`` once, then ``jit`` a
-function of the state)."""
+function of the state).
+
+Cross-replica BatchNorm: inside ``sync_batch_norm(axis_name)`` (entered
+while a data-parallel step is traced, see ``cljax.train.data_parallel``)
+every BatchNorm layer of ``apply(..., train=True)`` computes its batch mean
+and variance over the whole global batch (``jax.lax.pmean`` over
+``axis_name``, as flax's ``BatchNorm(axis_name=...)``), so a BN model
+trains on N devices as on one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -30,6 +40,21 @@ class FunctionalModel(NamedTuple):
   taps: LayerTaps | None = None
 
 
+_BN_AXIS = contextvars.ContextVar("cljax_bn_axis", default=None)
+
+
+@contextlib.contextmanager
+def sync_batch_norm(axis_name: str | None):
+  """While tracing inside this context, BatchNorm layers in training mode
+  average their batch statistics over ``axis_name`` (``None``: each shard
+  its own, the context's default)."""
+  token = _BN_AXIS.set(axis_name)
+  try:
+    yield
+  finally:
+    _BN_AXIS.reset(token)
+
+
 def functional(module: nnx.Module) -> FunctionalModel:
   """Splits an NNX ``Classifier`` into graphdef + plain-dict state, once."""
   graphdef, params, rest = nnx.split(module, nnx.Param, ...)
@@ -46,6 +71,11 @@ def functional(module: nnx.Module) -> FunctionalModel:
 
   def apply(params, batch_stats, x, train: bool = False):
     model = merge(params, batch_stats)
+    axis = _BN_AXIS.get()
+    if train and axis is not None:
+      for _, layer in model.iter_modules():
+        if isinstance(layer, nnx.BatchNorm):
+          layer.axis_name = axis
     feats = model.features(x, train=train)
     logits = model.head(feats)
     new_stats = jax.tree.unflatten(

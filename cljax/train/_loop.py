@@ -238,6 +238,9 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
   if loop == "scan" and mesh is not None:
     raise ValueError("loop='scan' runs on one device; with a mesh use "
                      "loop='host' or 'auto'")
+  if mesh is not None and batch_size % mesh.shape["data"]:
+    raise ValueError(f"batch_size={batch_size} does not divide by the "
+                     f"mesh's {mesh.shape['data']} devices")
   _validate.check_value("scan_chunk", scan_chunk,
                         lambda v: (v >= 1) & (v == np.round(v)),
                         "an integer >= 1")

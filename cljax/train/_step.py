@@ -21,6 +21,8 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cljax.models._functional import sync_batch_norm
+
 
 
 class TrainState(NamedTuple):
@@ -185,22 +187,35 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
 
 def data_parallel(step: Callable, mesh: jax.sharding.Mesh,
-                  axis_name: str = "data") -> Callable:
+                  axis_name: str = "data", sync_bn: bool = True) -> Callable:
   """Runs a per-shard step under ``jax.shard_map`` over ``mesh``.
 
   The batch is split along ``axis_name`` (its leading dimension must divide
-  by the axis size), the state and key are replicated. Inputs are placed with
-  those shardings first (a no-op for arrays already placed so, e.g. the state
-  returned by the previous step). BatchNorm normalises with each shard's own
-  batch statistics; the running statistics are averaged over shards.
+  by the axis size: a ``ValueError`` naming both otherwise), the state and
+  key are replicated. Inputs are placed with those shardings first (a no-op
+  for arrays already placed so, e.g. the state returned by the previous
+  step). With ``sync_bn`` (the default) BatchNorm layers normalise with the
+  global batch's statistics (``cljax.models.sync_batch_norm``), so a BN
+  model trains as on one device; without it each shard uses its own batch
+  statistics and the running statistics are averaged over shards.
   """
+  def synced(*args):
+    with sync_batch_norm(axis_name if sync_bn else None):
+      return step(*args)
+
   mapped = jax.jit(jax.shard_map(
-      step, mesh=mesh, in_specs=(P(), P(axis_name), P()),
+      synced, mesh=mesh, in_specs=(P(), P(axis_name), P()),
       out_specs=(P(), P()), check_vma=False), donate_argnums=0)
   split = NamedSharding(mesh, P(axis_name))
   replicated = NamedSharding(mesh, P())
+  devices = mesh.shape[axis_name]
 
   def run(state, batch, rng):
+    size = len(jax.tree.leaves(batch)[0])
+    if size % devices:
+      raise ValueError(f"a batch of {size} examples does not split over "
+                       f"{devices} devices: use a batch size divisible by "
+                       f"{devices}")
     return mapped(jax.device_put(state, replicated),
                   jax.device_put(batch, split),
                   jax.device_put(rng, replicated))
