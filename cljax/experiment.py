@@ -116,6 +116,7 @@ def validate(config) -> None:
   for key in ("epochs", "batch_size", "eval_batch_size"):
     _int(f"train.{key}", t[key], 1)
   _int("train.eval_every", t.eval_every, 0)
+  _int("train.eval_top_k", t.eval_top_k, 0)
   _int("seed", config.seed, 0)
   _int("seeds", config.seeds, 1)
   _int("checkpoint_every", config.checkpoint_every, 0)
@@ -418,7 +419,10 @@ def _prepare_entries(config, stream, workdir, sub: str = "") -> list[dict]:
             stream.num_tasks - 1) if config.train.first_task_lr else None),
         task_epochs=([config.train.first_task_epochs] + [e.epochs] * (
             stream.num_tasks - 1) if config.train.first_task_epochs else None),
-        task_steps=config.train.steps_per_task)
+        task_steps=config.train.steps_per_task,
+        # (as run_stream's identity has it: absent for top-1 only)
+        **({"top_k": config.train.eval_top_k}
+           if config.train.eval_top_k > 1 else {}))
     train.check_run(stream, method, model, **settings)
     ident = entry_identity(config, e)
     ckdir = os.path.normpath(os.path.join(workdir, "checkpoints", entry, sub))

@@ -74,6 +74,7 @@ def get_config(arg="b0_10"):
   c.scenario.class_order = class_order()
   c.scenario.val_fraction = 0.0
   c.model.name = "resnet32"
+  c.train.eval_top_k = 5  # top-5 beside top-1, as the papers report
   c.train.optimizer = "sgd"
   c.train.lr = 0.1
   c.train.momentum = 0.9

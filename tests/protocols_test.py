@@ -60,6 +60,8 @@ def test_the_protocol_runs_end_to_end(tmp_path, model):
   for name in names:
     m = np.asarray(res["runs"][name]["accuracy_matrix"])
     assert m.shape == (5, 5) and np.all(np.isfinite(m))
+    top5 = np.asarray(res["runs"][name]["accuracy_matrix_top5"])
+    assert top5.shape == (5, 5) and np.all(top5 >= m - 1e-12)
 
 
 def test_the_synthetic_build_reads_without_tensorflow():

@@ -20,38 +20,47 @@ from cljax.data._batching import eval_batches
 from cljax.models._heads import example_masks, mask_logits
 
 
-def predictions(apply: Callable, predict: Callable | None = None):
-  """``(params, batch_stats, masks, batch, aux) -> (B,)`` predictions: the
-  argmax over the logits active for each example's task, or ``predict(
-  params, batch_stats, aux, x, active (B, C))``."""
+def hits(apply: Callable, predict: Callable | None = None, top_k: int = 1):
+  """``(params, batch_stats, masks, batch, aux) -> (B,)`` float32, 1 where
+  the prediction is right: the label is the argmax over the logits active
+  for the example's task (``top_k`` > 1: among the ``top_k`` largest of
+  them, ties broken by ``jax.lax.top_k``), or ``predict(params,
+  batch_stats, aux, x, active (B, C))`` returns it."""
+  if top_k < 1 or (predict is not None and top_k != 1):
+    raise ValueError(f"top_k must be >= 1, and 1 with a method's own "
+                     f"classifier; got {top_k}")
 
   def fn(params, batch_stats, masks, batch, aux):
     active = example_masks(masks, batch["t"])
     if predict is not None:
-      return predict(params, batch_stats, aux, batch["x"], active)
+      pred = predict(params, batch_stats, aux, batch["x"], active)
+      return (pred == batch["y"]).astype(jnp.float32)
     (logits, _), _ = apply(params, batch_stats, batch["x"], train=False)
-    return jnp.argmax(mask_logits(logits, active), -1)
+    logits = mask_logits(logits, active)
+    if top_k == 1:
+      return (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
+    best = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[1]
+    return jnp.any(best == batch["y"][:, None], -1).astype(jnp.float32)
 
   return fn
 
 
 def make_eval_step(apply: Callable, predict: Callable | None = None,
-                   members: bool = False) -> Callable:
+                   members: bool = False, top_k: int = 1) -> Callable:
   """Jitted ``(params, batch_stats, masks, batch, aux=()) -> (correct,
   count)``.
 
   ``batch`` has ``x``, ``y``, ``t`` and weights ``w`` (0 for padding); the
-  prediction is as ``predictions``' (e.g. iCaRL's nearest mean of
-  exemplars, ``aux`` its class means). With ``members``, ``params``,
+  prediction is as ``hits``' (e.g. iCaRL's nearest mean of exemplars,
+  ``aux`` its class means; or top-``top_k``). With ``members``, ``params``,
   ``batch_stats``, ``masks`` and ``aux`` are a sweep's, stacked on a
   leading member axis, and ``correct`` and ``count`` have that axis.
   """
-  pred = predictions(apply, predict)
+  hit = hits(apply, predict, top_k)
 
   def eval_step(params, batch_stats, masks, batch, aux=()):
-    hit = (pred(params, batch_stats, masks, batch, aux) ==
-           batch["y"]).astype(jnp.float32)
-    return jnp.sum(hit * batch["w"]), jnp.sum(batch["w"])
+    return (jnp.sum(hit(params, batch_stats, masks, batch, aux) * batch["w"]),
+            jnp.sum(batch["w"]))
 
   if members:
     eval_step = jax.vmap(eval_step, in_axes=(0, 0, 0, None, 0))
@@ -78,14 +87,15 @@ class DeviceEvaluator:
   The splits are concatenated and padded to whole batches of
   ``batch_size`` (padding has weight 0); a ``lax.map`` over the batches
   sums each task's hits (``segment_sum`` by task), and the host receives
-  one ``(T,)`` array. The predictions are ``predictions(apply, predict)``'s
-  in batches of the same size as ``evaluate``'s, so the accuracies are the
+  one ``(T,)`` array. The hits are ``hits(apply, predict, top_k)``'s in
+  batches of the same size as ``evaluate``'s, so the accuracies are the
   same. With ``members``, the model, masks and ``aux`` are a sweep's,
   stacked on a leading member axis, and each member gets its accuracies.
   """
 
   def __init__(self, splits, batch_size: int, apply: Callable,
-               predict: Callable | None = None, members: bool = False):
+               predict: Callable | None = None, members: bool = False,
+               top_k: int = 1):
     t = len(splits)
     n = sum(len(s) for s in splits)
     pad = -(-n // batch_size) * batch_size - n
@@ -101,13 +111,12 @@ class DeviceEvaluator:
         "x": shape(cat("x", 0)), "y": shape(cat("y", 0)),
         "t": shape(cat("t", 0)), "w": shape(w), "task": shape(task)})
     self._counts = np.asarray([len(s) for s in splits], np.float64)
-    pred = predictions(apply, predict)
+    hit = hits(apply, predict, top_k)
 
     def correct(params, batch_stats, masks, data, aux):
       def one(batch):
-        hit = (pred(params, batch_stats, masks, batch, aux) ==
-               batch["y"]).astype(jnp.float32) * batch["w"]
-        return jax.ops.segment_sum(hit, batch["task"], num_segments=t)
+        right = hit(params, batch_stats, masks, batch, aux) * batch["w"]
+        return jax.ops.segment_sum(right, batch["task"], num_segments=t)
       return jnp.sum(jax.lax.map(one, data), axis=0)
 
     if members:

@@ -99,7 +99,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
                task_lrs: Sequence[float] | None = None,
                task_epochs: Sequence[int] | None = None,
                task_steps: int = 0, loop: str = "auto",
-               scan_chunk: int = 100, device_data_mb: float = 1024) -> dict:
+               scan_chunk: int = 100, device_data_mb: float = 1024,
+               top_k: int = 1) -> dict:
   """Trains ``method`` on ``stream`` and returns the run's results.
 
   Args:
@@ -150,6 +151,9 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
       training data fits ``device_data_mb``, there is no ``mesh`` and the
       model does not convolve on a CPU: ``loops_are_slow``). Both give the
       same results.
+    top_k: if > 1, also the top-``top_k`` accuracy (the label among the
+      ``top_k`` largest active logits), as ``accuracy_matrix_top<k>`` and
+      ``metrics_top<k>`` (e.g. 5 for CIFAR-100 and ImageNet).
   Returns:
     A dict with ``accuracy_matrix`` (``R[i][j]``, test splits, fractions),
     ``val_accuracy_matrix`` (validation splits), ``random_init_accuracy``,
@@ -181,7 +185,7 @@ def run_sweep(stream: Stream, method: Method, members: Sequence[Mapping],
               log_every: int = 0, task_lrs: Sequence[float] | None = None,
               task_epochs: Sequence[int] | None = None, task_steps: int = 0,
               loop: str = "auto", scan_chunk: int = 100,
-              device_data_mb: float = 1024) -> list[dict]:
+              device_data_mb: float = 1024, top_k: int = 1) -> list[dict]:
   """Trains K ``members`` of ``method`` as one program and returns each
   member's results, as ``run_stream`` would for it alone.
 
@@ -223,7 +227,7 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
                 reset_optimizer, augment, mesh, checkpoint_dir,
                 checkpoint_every, identity, identity_defaults, progress,
                 writer, log_every, task_lrs, task_epochs, task_steps, loop,
-                scan_chunk, device_data_mb):
+                scan_chunk, device_data_mb, top_k):
   settings = dict(epochs=epochs, batch_size=batch_size, seed=seed,
                   eval_every=eval_every, eval_batch_size=eval_batch_size,
                   reset_optimizer=bool(reset_optimizer), augment=augment,
@@ -254,6 +258,10 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
   chunk = min([int(scan_chunk)] + [e for e in (
       eval_every, checkpoint_every if checkpoint_dir else 0,
       log_every if writer is not None else 0) if e])
+  _validate.check_value("top_k", top_k, lambda v: (v >= 1) & (v == np.round(v)),
+                        "an integer >= 1")
+  if top_k != 1:  # part of the identity (absent: top-1 only, as before)
+    settings["top_k"] = int(top_k)
   if members is not None:
     settings["members"] = [dict(m) for m in members]  # part of the identity
   run = _Run(stream, method, model, optimizer, settings, members=members,
@@ -313,6 +321,9 @@ class _Run:
     self.writers = [] if writer is None else (
         [writer] if members is None else list(writer))
     self.eval_step = make_eval_step(model.apply, members=self.k is not None)
+    self.top_k = settings.get("top_k", 1)
+    self.top_k_step = make_eval_step(model.apply, members=self.k is not None,
+                                     top_k=self.top_k)
     # The method's other classifiers: name -> (jitted prepare, eval step).
     self.predictors = {
         name: (jax.jit(prepare if members is None else jax.vmap(prepare)),
@@ -393,26 +404,28 @@ class _Run:
       self.compiled[cache_key] = (step, o, names)
     return self.compiled[cache_key]
 
-  def accuracies(self, kind: str, masks, current, predictor=None) -> list:
+  def accuracies(self, kind: str, masks, current, predictor=None,
+                 top_k: int = 1) -> list:
     """Accuracy on every task's ``kind`` split (``"test"`` or ``"val"``),
-    by the network's argmax or by the method's ``predictor`` (a name of
-    ``Method.predictors``): on the device in one call where the splits fit
-    (``DeviceEvaluator``), else split by split. A list per task (a list
-    per member of those in a sweep)."""
-    st, step, aux = self.state, self.eval_step, ()
+    by the network's argmax (or top-``top_k``) or by the method's
+    ``predictor`` (a name of ``Method.predictors``): on the device in one
+    call where the splits fit (``DeviceEvaluator``), else split by split. A
+    list per task (a list per member of those in a sweep)."""
+    st, aux = self.state, ()
+    step = self.eval_step if top_k == 1 else self.top_k_step
     if predictor is not None:
       prepare, step = self.predictors[predictor]
       aux = prepare(st.method_state, st.params, st.batch_stats)
     splits = [getattr(task, kind) for task in self.stream.tasks]
     masks = self._members(jax.numpy.asarray(masks))
     if self._on_device(splits):
-      key = (kind, predictor)
+      key = (kind, predictor, top_k)
       if key not in self.evaluators:
         predict = (None if predictor is None else
                    self.method.predictors(self.model)[predictor][1])
         self.evaluators[key] = DeviceEvaluator(
             splits, self.s["eval_batch_size"], self.model.apply, predict,
-            members=self.k is not None)
+            members=self.k is not None, top_k=top_k)
       return self.evaluators[key](st.params, st.batch_stats, masks, aux)
     out = []
     for j, split in enumerate(splits):
@@ -529,8 +542,9 @@ class _Run:
     r = np.asarray(rows)
     sizes = [len(task.test) for task in stream.tasks]
     b = None if stream.kind == "class" else random_init
-    # The method's other classifiers (e.g. iCaRL's nearest mean): their own
-    # accuracy matrices and metrics, beside the network's argmax.
+    # The method's other classifiers (e.g. iCaRL's nearest mean) and the
+    # top-k accuracy: their own accuracy matrices and metrics, beside the
+    # network's argmax.
     extra = {}
     for name, p_rows in prog.get("predictor_rows", {}).items():
       p_rows = [pick(row) for row in p_rows]
@@ -684,9 +698,13 @@ class _Run:
     t1, c1 = time.perf_counter(), self.compile_s[0]
     prog["rows"].append(self.accuracies("test", masks, i))
     self._log(host_step, "test_accuracy", prog["rows"][-1], i)
-    for name in self.predictors:
+    # The method's other classifiers, and the top-k accuracy if asked for.
+    others = {name: dict(predictor=name) for name in self.predictors}
+    if self.top_k != 1:
+      others[f"top{self.top_k}"] = dict(top_k=self.top_k)
+    for name, how in others.items():
       prog.setdefault("predictor_rows", {}).setdefault(name, []).append(
-          self.accuracies("test", masks, i, name))
+          self.accuracies("test", masks, i, **how))
       self._log(host_step, f"test_accuracy_{name}",
                 prog["predictor_rows"][name][-1], i)
     if all(len(task.val) for task in stream.tasks):

@@ -1,0 +1,73 @@
+"""Evaluation: top-1 / top-k hits against a plain loop, the device and
+split-by-split paths agreeing, and the runner's top-k accuracy matrix."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax import data, methods, models, train
+from cljax.train._evaluate import hits
+
+
+def _identity_apply(params, batch_stats, x, train=False):
+  """A "model" whose logits are its inputs."""
+  return (jnp.asarray(x), jnp.asarray(x)), batch_stats
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 5])
+def test_hits_match_a_loop_over_examples(top_k):
+  rng = np.random.default_rng(top_k)
+  b, c, t = 64, 12, 3
+  logits = rng.normal(size=(b, c)).astype(np.float32)
+  masks = rng.random((t, c)) < 0.6
+  masks[:, 0] = True  # every task has an active class
+  tasks = rng.integers(0, t, b).astype(np.int32)
+  labels = np.asarray([rng.choice(np.flatnonzero(masks[k])) for k in tasks],
+                      np.int32)
+  got = hits(_identity_apply, top_k=top_k)(
+      None, {}, jnp.asarray(masks), {"x": logits, "y": labels, "t": tasks}, ())
+  want = []
+  for i in range(b):
+    active = np.flatnonzero(masks[tasks[i]])
+    ranked = active[np.argsort(-logits[i, active], kind="stable")]
+    want.append(float(labels[i] in ranked[:top_k]))
+  np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_top_k_with_a_method_classifier_is_refused():
+  with pytest.raises(ValueError, match="top_k"):
+    hits(_identity_apply, predict=lambda *a: None, top_k=5)
+  with pytest.raises(ValueError, match="top_k"):
+    hits(_identity_apply, top_k=0)
+
+
+@pytest.mark.parametrize("top_k", [1, 5])
+def test_device_evaluator_equals_split_by_split(digits, top_k):
+  stream = data.class_splits(digits, 5)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  masks = jnp.asarray(stream.logit_masks(2))
+  splits = [task.test for task in stream.tasks]
+  step = train.make_eval_step(model.apply, top_k=top_k)
+  one_by_one = [train.evaluate(step, model.params, model.batch_stats, masks,
+                               s, 100) for s in splits]
+  device = train.DeviceEvaluator(splits, 100, model.apply, top_k=top_k)(
+      model.params, model.batch_stats, masks)
+  assert device == one_by_one
+
+
+def test_run_stream_reports_top_k(digits):
+  """Top-5 beside top-1 in class-IL: never below top-1, and 1 on the
+  first task while at most 5 classes are active."""
+  stream = data.class_splits(digits, 5)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  res = train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
+                         epochs=1, batch_size=32, progress=False, top_k=5)
+  top1 = np.asarray(res["accuracy_matrix"])
+  top5 = np.asarray(res["accuracy_matrix_top5"])
+  assert np.all(top5 >= top1 - 1e-12)
+  assert top5[0, 0] == top5[1, 0] == 1.0  # 2 and 4 classes active
+  assert "metrics_top5" in res
+  with pytest.raises(ValueError, match="top_k"):
+    train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
+                     epochs=1, batch_size=32, progress=False, top_k=0)
