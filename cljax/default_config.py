@@ -88,6 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 10       # steps between curve evaluations; 0 = off
   c.train.eval_batch_size = 1000
   c.train.eval_top_k = 0        # > 1: also top-k accuracy (e.g. 5)
+  # float32 | bfloat16 (mixed precision: float32 parameters, optimizer
+  # state and losses; the network computes in bfloat16)
+  c.train.dtype = "float32"
   # How steps run (results are the same): "scan" keeps a task's data on the
   # device and runs jitted lax.scans of up to scan_chunk steps; "host" feeds
   # batches from the host; "auto": scan when the data fits device_data_mb.

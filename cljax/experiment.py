@@ -23,7 +23,7 @@ from cljax import data as cl_data
 from cljax import report
 from cljax import train
 from cljax.methods import build_method, METHODS
-from cljax.models import build_model, HEADS, MODELS
+from cljax.models import build_model, DTYPES, HEADS, MODELS
 from cljax.train._checkpoint import Checkpoints, check_identity
 from cljax.train._identity import flatten
 
@@ -143,6 +143,8 @@ def validate(config) -> None:
     _fail("train.loop", f"unknown {t.loop!r}; one of {train.LOOPS}")
   _int("train.scan_chunk", t.scan_chunk, 1)
   _check(_validate.check_positive, "train.device_data_mb", t.device_data_mb)
+  if t.dtype not in DTYPES:
+    _fail("train.dtype", f"unknown {t.dtype!r}; one of {DTYPES}")
   if t.optimizer not in OPTIMIZERS:
     _fail("train.optimizer", f"unknown {t.optimizer!r}; one of {OPTIMIZERS}")
   if t.augment not in cl_data.AUGMENTATIONS:
@@ -406,7 +408,8 @@ def _prepare_entries(config, stream, workdir, sub: str = "") -> list[dict]:
     method = build_method(e.kind, **e.hparams)
     model = build_model(config.model.name, stream.input_shape,
                         stream.num_classes, seed=config.seed, hidden=e.hidden,
-                        head=config.model.head or method.head)
+                        head=config.model.head or method.head,
+                        dtype=config.train.dtype)
     first = stream.tasks[0].train
     opt = build_optimizer(config.train, e.lr, config.train.steps_per_task or (
         e.epochs * (len(first) // config.train.batch_size)))

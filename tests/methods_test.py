@@ -122,8 +122,12 @@ def test_run_identity_ignores_private_helpers(stream):
   assert ident(methods.EWC(6.0))["method.lam"] == 6.0
 
 
-def test_gem_step_gradient_satisfies_the_memory_constraints(stream):
-  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gem_step_gradient_satisfies_the_memory_constraints(stream, dtype):
+  """Also with a bfloat16 network: the gradients, the QP and the
+  projection stay float32, so the constraints hold as tightly."""
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,),
+                             dtype=dtype)
   m = methods.GEM(16, margin=0.0)
   s = m.init_state(model, stream)
   for k in range(2):
@@ -135,6 +139,8 @@ def test_gem_step_gradient_satisfies_the_memory_constraints(stream):
                                           masks, None)[0])(model.params)
   kw = m.extra_args(model.params, model.batch_stats, s, batch, masks, None)
   assert np.asarray(kw["memory_mask"]).tolist() == [True, True, False]
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(
+      (g, kw["memory_grads"])))
   opt = m.optimizer(optax.sgd(1.0), model.params)
   upd, _ = opt.update(g, opt.init(model.params), model.params, **kw)
   dots = [sum(float(jnp.vdot(-u, mg[k])) for u, mg in zip(

@@ -86,3 +86,28 @@ def test_masked_cross_entropy_rejects_inactive_labels_and_bad_shapes():
 def test_unknown_model():
   with pytest.raises(ValueError, match="model.name"):
     models.build_model("vit", (8, 8, 1), 10)
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (8, 8, 1)),
+                                        ("resnet32", (8, 8, 3))])
+def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(name, shape):
+  """Mixed precision: float32 parameters, gradients, outputs and running
+  statistics; the network's arithmetic in bfloat16 (its logits differ from
+  float32's by bfloat16 rounding, not more)."""
+  f32 = models.build_model(name, shape, 10, hidden=(32,))
+  bf16 = models.build_model(name, shape, 10, hidden=(32,), dtype="bfloat16")
+  x = np.random.default_rng(0).normal(size=(16, *shape)).astype(np.float32)
+  (a, _), _ = f32.apply(f32.params, f32.batch_stats, x, train=True)
+  (b, fb), stats = bf16.apply(bf16.params, bf16.batch_stats, x, train=True)
+  assert b.dtype == fb.dtype == jnp.float32
+  assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(stats))
+  rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
+  assert 1e-4 < rel < 5e-2, rel  # rounded like bfloat16, and only that
+  jaxpr = str(jax.make_jaxpr(lambda p: bf16.apply(p, bf16.batch_stats, x))(
+      bf16.params))
+  assert "bf16" in jaxpr
+  g = jax.grad(lambda p: jnp.sum(bf16.apply(p, bf16.batch_stats, x)[0][0]))(
+      bf16.params)
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(g))
+  with pytest.raises(ValueError, match="dtype"):
+    models.build_model(name, shape, 10, dtype="float16")

@@ -6,6 +6,7 @@ from cljax.models._corrections import il2m_ratio
 from cljax.models._corrections import il2m_rectify
 from cljax.models._cosine import cosine_logits
 from cljax.models._cosine import CosineLinear
+from cljax.models._functional import DTYPES
 from cljax.models._functional import functional
 from cljax.models._functional import FunctionalModel
 from cljax.models._functional import sync_batch_norm

@@ -17,6 +17,7 @@ import contextvars
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from cljax.models._taps import LayerTaps, layer_taps
@@ -32,12 +33,18 @@ class FunctionalModel(NamedTuple):
     batch_stats: nested dict of non-trainable state (BatchNorm statistics);
       empty for models without it.
     taps: ``LayerTaps`` (per-layer inputs and output gradients, for
-      layer-local per-example gradients), or ``None``.
+      layer-local per-example gradients, in float32), or ``None``.
+    dtype: the compute dtype of ``apply`` (``"float32"`` or
+      ``"bfloat16"``; see ``functional``).
   """
   apply: Callable
   params: Any
   batch_stats: Any
   taps: LayerTaps | None = None
+  dtype: str = "float32"
+
+
+DTYPES = ("float32", "bfloat16")
 
 
 _BN_AXIS = contextvars.ContextVar("cljax_bn_axis", default=None)
@@ -55,8 +62,25 @@ def sync_batch_norm(axis_name: str | None):
     _BN_AXIS.reset(token)
 
 
-def functional(module: nnx.Module) -> FunctionalModel:
-  """Splits an NNX ``Classifier`` into graphdef + plain-dict state, once."""
+def functional(module: nnx.Module, dtype: str = "float32"
+               ) -> FunctionalModel:
+  """Splits an NNX ``Classifier`` into graphdef + plain-dict state, once.
+
+  ``dtype="bfloat16"`` is mixed precision (Micikevicius et al. 2018, as
+  jmp's policy "params=float32, compute=bfloat16, output=float32"):
+  ``apply`` casts the float32 parameters and the inputs to bfloat16, runs
+  the network in bfloat16 and returns float32 logits and features, so the
+  parameters, their gradients, the optimizer state and every loss stay
+  float32; BatchNorm's running statistics stay float32.
+  """
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+  compute = jnp.dtype(dtype)
+  cast = lambda tree: jax.tree.map(
+      lambda a: a.astype(compute) if jnp.issubdtype(a.dtype, jnp.floating)
+      else a, tree)
+  if dtype == "float32":
+    cast = lambda tree: tree
   graphdef, params, rest = nnx.split(module, nnx.Param, ...)
   p_def, r_def = jax.tree.structure(params), jax.tree.structure(rest)
   p_dict, r_dict = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
@@ -70,18 +94,20 @@ def functional(module: nnx.Module) -> FunctionalModel:
                      jax.tree.unflatten(r_def, jax.tree.leaves(batch_stats)))
 
   def apply(params, batch_stats, x, train: bool = False):
-    model = merge(params, batch_stats)
+    model = merge(cast(params), batch_stats)
     axis = _BN_AXIS.get()
     if train and axis is not None:
       for _, layer in model.iter_modules():
         if isinstance(layer, nnx.BatchNorm):
           layer.axis_name = axis
-    feats = model.features(x, train=train)
+    feats = model.features(cast(x), train=train)
     logits = model.head(feats)
     new_stats = jax.tree.unflatten(
         jax.tree.structure(batch_stats),
         jax.tree.leaves(nnx.state(model, nnx.Not(nnx.Param))))
-    return (logits, feats), new_stats
+    new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                             new_stats, batch_stats)
+    return (logits.astype(jnp.float32), feats.astype(jnp.float32)), new_stats
 
   return FunctionalModel(apply, p_dict, r_dict,
-                         layer_taps(merge, p_dict, r_dict))
+                         layer_taps(merge, p_dict, r_dict), dtype)

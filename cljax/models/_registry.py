@@ -26,9 +26,11 @@ HEADS = {
 
 
 def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0,
-                hidden=(400, 400), head: str = "linear"):
+                hidden=(400, 400), head: str = "linear",
+                dtype: str = "float32"):
   """Builds model ``name`` with classifier ``head`` (``HEADS``) for
-  ``(H, W, C)`` inputs and returns it functional."""
+  ``(H, W, C)`` inputs and returns it functional, computing in ``dtype``
+  (``"bfloat16"``: mixed precision, see ``functional``)."""
   if head not in HEADS:
     raise ValueError(f"model.head: unknown head {head!r}; expected one of "
                      f"{sorted(HEADS)}")
@@ -48,4 +50,4 @@ def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0,
   if head == "cosine":
     module.head = CosineLinear(module.head.in_features, num_classes,
                                rngs=rngs)
-  return functional(module)
+  return functional(module, dtype)

@@ -136,6 +136,9 @@ def run_identity(stream, method, model, optimizer, settings: Mapping,
       "method.class": jsonable(type(method)),
       **flatten(hparams, "method."),
       "model.digest": tree_digest((model.params, model.batch_stats)),
+      # (absent for float32, as before the key existed)
+      **({"model.dtype": model.dtype} if getattr(
+          model, "dtype", "float32") != "float32" else {}),
       "optimizer.digest": _digest(optimizer),
       "optimizer.state_digest": tree_digest(opt_state),
       **flatten({**settings, "augment": _named_digest(settings.get(
