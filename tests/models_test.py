@@ -8,7 +8,8 @@ from cljax import losses, models
 
 @pytest.mark.parametrize("name,shape,feat", [
     ("mlp", (28, 28, 1), 400), ("cnn", (28, 28, 1), 128),
-    ("resnet32", (32, 32, 3), 64), ("reduced_resnet18", (32, 32, 3), 160)])
+    ("resnet32", (32, 32, 3), 64), ("reduced_resnet18", (32, 32, 3), 160),
+    ("resnet18", (64, 64, 3), 512)])
 def test_shapes_and_batch_stats(name, shape, feat):
   m = models.build_model(name, shape, 100, hidden=(400, 400))
   x = jax.random.normal(jax.random.key(0), (3, *shape))
@@ -28,6 +29,18 @@ def test_resnet32_size():
   m = models.build_model("resnet32", (32, 32, 3), 10)
   n = sum(a.size for a in jax.tree.leaves(m.params))
   assert 0.45e6 < n < 0.48e6  # He et al. 2016, Table 6: 0.46M
+
+
+def test_resnet18_is_torchvisions():
+  """ResNet-18's parameter count at 1,000 classes is torchvision's
+  (11,689,512, its documented size; BatchNorm scales and offsets counted,
+  running statistics not), and a 224x224 image pools to 512 features."""
+  m = models.build_model("resnet18", (224, 224, 3), 1000)
+  assert sum(a.size for a in jax.tree.leaves(m.params)) == 11_689_512
+  (logits, feats), _ = jax.eval_shape(
+      lambda x: m.apply(m.params, m.batch_stats, x),
+      jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32))
+  assert logits.shape == (2, 1000) and feats.shape == (2, 512)
 
 
 def test_masked_cross_entropy_against_loop():

@@ -19,6 +19,7 @@ from cljax.models._networks import CNN
 from cljax.models._networks import MLP
 from cljax.models._networks import reduced_resnet18
 from cljax.models._networks import ResNet
+from cljax.models._networks import resnet18
 from cljax.models._networks import resnet32
 from cljax.models._registry import build_model
 from cljax.models._registry import HEADS

@@ -104,13 +104,20 @@ class BasicBlock(nnx.Module):
 
 
 class ResNet(Classifier):
-  """CIFAR-style ResNet: a 3x3 stem, stages of ``BasicBlock``s, global pool."""
+  """A ResNet of ``BasicBlock`` stages and a global average pool. Its stem:
+  ``"cifar"``, one 3x3 conv (the CIFAR ResNets); ``"imagenet"``, a 7x7
+  stride-2 conv and a 3x3 stride-2 max-pool (He et al. 2016, Table 1)."""
 
   def __init__(self, in_channels: int, num_classes: int, *,
                widths: Sequence[int], blocks: Sequence[int], shortcut: str,
-               rngs: nnx.Rngs):
-    self.stem = nnx.Conv(in_channels, widths[0], (3, 3), padding=1,
-                         use_bias=False, rngs=rngs)
+               stem: str = "cifar", rngs: nnx.Rngs):
+    if stem not in ("cifar", "imagenet"):
+      raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+    self.pool = stem == "imagenet"
+    self.stem = (nnx.Conv(in_channels, widths[0], (7, 7), strides=2,
+                          padding=3, use_bias=False, rngs=rngs) if self.pool
+                 else nnx.Conv(in_channels, widths[0], (3, 3), padding=1,
+                               use_bias=False, rngs=rngs))
     self.stem_bn = _bn(widths[0], rngs)
     layers, cin = [], widths[0]
     for stage, (width, n) in enumerate(zip(widths, blocks)):
@@ -123,6 +130,8 @@ class ResNet(Classifier):
 
   def features(self, x, train: bool = False):
     h = jax.nn.relu(self.stem_bn(self.stem(x), use_running_average=not train))
+    if self.pool:
+      h = nnx.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for block in self.blocks:
       h = block(h, train)
     return h.mean(axis=(1, 2))
@@ -133,6 +142,15 @@ def resnet32(in_channels: int, num_classes: int, *, rngs: nnx.Rngs) -> ResNet:
   16/32/64, option-A shortcuts), as used by iCaRL, E2EIL and UCIR."""
   return ResNet(in_channels, num_classes, widths=(16, 32, 64), blocks=(5, 5, 5),
                 shortcut="A", rngs=rngs)
+
+
+def resnet18(in_channels: int, num_classes: int, *, rngs: nnx.Rngs) -> ResNet:
+  """ResNet-18 for ImageNet (He et al. 2016, Table 1): the 7x7 stem and
+  max-pool, widths 64/128/256/512, two blocks a stage, 1x1 projection
+  shortcuts (11,689,512 parameters at 1,000 classes, as torchvision's), as
+  used by UCIR, PODNet and PyCIL on ImageNet-100."""
+  return ResNet(in_channels, num_classes, widths=(64, 128, 256, 512),
+                blocks=(2, 2, 2, 2), shortcut="B", stem="imagenet", rngs=rngs)
 
 
 def reduced_resnet18(in_channels: int, num_classes: int, *, nf: int = 20,

@@ -4,7 +4,8 @@ from flax import nnx
 
 from cljax.models._cosine import CosineLinear
 from cljax.models._functional import functional
-from cljax.models._networks import CNN, MLP, reduced_resnet18, resnet32
+from cljax.models._networks import (CNN, MLP, reduced_resnet18, resnet18,
+                                    resnet32)
 
 # name -> what it is (``cljax list models``).
 MODELS = {
@@ -14,6 +15,8 @@ MODELS = {
                 "CIFAR-100 net), 0.46M parameters, BatchNorm",
     "reduced_resnet18": "reduced ResNet-18 (Lopez-Paz & Ranzato 2017; "
                         "A-GEM), BatchNorm",
+    "resnet18": "ResNet-18 for ImageNet-sized images (He et al. 2016; UCIR's "
+                "and PODNet's ImageNet-100 net), 11.7M parameters, BatchNorm",
 }
 
 
@@ -42,6 +45,8 @@ def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0,
     module = CNN(c, num_classes, spatial=h, rngs=rngs)
   elif name == "resnet32":
     module = resnet32(c, num_classes, rngs=rngs)
+  elif name == "resnet18":
+    module = resnet18(c, num_classes, rngs=rngs)
   elif name == "reduced_resnet18":
     module = reduced_resnet18(c, num_classes, rngs=rngs)
   else:
