@@ -51,6 +51,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.path = ""          # directory of idx files (fashion_mnist)
   c.data.data_dir = ""      # tensorflow-datasets data_dir
   c.data.verify = True      # check known files (Fashion-MNIST) by SHA-256
+  # tfds only: > 0 streams the images, decoded on access at this size
+  # (ImageNet), never whole in memory; 0 loads the dataset into memory.
+  c.data.image_size = 0
+  c.data.classes = ()       # tfds only: labels (or class names) to keep
+  c.data.test_split = "test"  # tfds only: the split tested on
 
   c.scenario = ml_collections.ConfigDict()
   c.scenario.kind = "class_incremental"  # see cljax.data.SCENARIOS

@@ -137,6 +137,16 @@ def validate(config) -> None:
   _check(_validate.check_positive, "train.decay", t.decay)
   _check(_validate.check_unit_interval, "train.warmup", t.warmup)
   _int("parallel.data", config.parallel.data, 0)
+  _int("data.image_size", config.data.image_size, 0)
+  if (config.data.image_size or config.data.classes or
+      config.data.test_split != "test") and not config.data.name.startswith(
+          "tfds:"):
+    _fail("data.image_size", "streaming, data.classes and data.test_split "
+          f"are for tfds datasets (data.name='tfds:<name>'), not "
+          f"{config.data.name!r}")
+  if config.data.classes and not config.data.image_size:
+    _fail("data.classes", "selects classes of a streamed dataset: set "
+          "data.image_size too")
   if not isinstance(config.sweep.vmap, bool):
     _fail("sweep.vmap", f"must be True or False, got {config.sweep.vmap!r}")
   if t.loop not in train.LOOPS:
@@ -218,8 +228,14 @@ def _mesh(config):
 
 def build_stream(config) -> cl_data.Stream:
   d, s = config.data, config.scenario
-  ds = cl_data.load_dataset(d.name, d.path or None, d.data_dir or None,
-                            verify=d.verify)
+  if d.image_size:
+    from cljax.data._tfds import load_tfds_streamed
+    ds = load_tfds_streamed(d.name[len("tfds:"):], d.data_dir or None,
+                            d.image_size, classes=tuple(d.classes),
+                            test_split=d.test_split, seed=config.seed)
+  else:
+    ds = cl_data.load_dataset(d.name, d.path or None, d.data_dir or None,
+                              verify=d.verify)
   if s.class_order and len(s.class_order) != ds.num_classes:
     _fail("scenario.class_order", f"has {len(s.class_order)} entries for "
           f"{ds.num_classes} classes")

@@ -1,8 +1,9 @@
-"""The CIFAR-100 class-IL protocol end to end on a synthetic CIFAR-100
-(``tests/data/build_tfds_cifar100.py``: tfds's own CIFAR-100 builder, so the
-features, splits and array_record files are a real build's, with random
-images); read without TensorFlow. Synthetic data checks that the protocol
-runs, never what it scores."""
+"""The CIFAR-100 and ImageNet-100 class-IL protocols end to end on
+synthetic builds (``tests/data/build_tfds_cifar100.py`` and
+``build_tfds_imagenet.py``: tfds's own builders, so the features, splits
+and array_record files are real builds', with random images); read without
+TensorFlow. Synthetic data checks that the protocols run, never what they
+score."""
 
 import json
 import os
@@ -18,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(ROOT, "tests", "data", "tfds", "array_record")
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import cifar100_class_il  # noqa: E402
+import imagenet_subset_class_il  # noqa: E402
 
 
 def test_the_class_order_and_splits_are_the_papers():
@@ -76,3 +78,32 @@ def test_the_synthetic_build_reads_without_tensorflow():
       """)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "ok" in out.stdout
+
+
+@pytest.mark.parametrize("model", [
+    "cnn", pytest.param("resnet18", marks=pytest.mark.slow)])
+def test_the_imagenet_protocol_streams_end_to_end(tmp_path, model):
+  """ImageNet-100's runlocal variant on the synthetic build, streamed at
+  32x32 (3 training images a class, so 1 exemplar a class). The default
+  suite runs ER (herding class by class on decoded images) on the small
+  CNN; the slow one the protocol's ResNet-18 with every method it lists."""
+  names = (["er"] if model == "cnn" else
+           list(imagenet_subset_class_il.METHODS))
+  out = subprocess.run(
+      [sys.executable, "-m", "cljax.cli", "run", "--config",
+       os.path.join(ROOT, "experiments",
+                    "imagenet_subset_class_il.py:b50_5,runlocal"),
+       f"--config.data.data_dir={DATA_DIR}", f"--config.model.name={model}",
+       f"--config.methods={','.join(names)}",
+       f"--config.workdir={tmp_path}", "--config.progress=False"],
+      capture_output=True, text=True, cwd=ROOT, timeout=3000)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "results.json") as f:
+    res = json.load(f)
+  order = cifar100_class_il.class_order()
+  assert res["stream"]["classes"][0] == list(order[:50])
+  assert res["stream"]["train_sizes"] == [150] + [30] * 5
+  for name in names:
+    m = np.asarray(res["runs"][name]["accuracy_matrix"])
+    assert m.shape == (6, 6) and np.all(np.isfinite(m))
+    assert "accuracy_matrix_top5" in res["runs"][name]

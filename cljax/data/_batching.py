@@ -1,4 +1,5 @@
-"""Fixed-shape batches from in-memory splits, and on-device augmentation."""
+"""Fixed-shape batches from splits (in memory or streamed), and on-device
+augmentation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.data._datasets import Split
+from cljax.data._streamed import augmented_or_plain, materialise
 
 
 def num_batches(n: int, batch_size: int) -> int:
@@ -45,7 +47,8 @@ def train_batches(split: Split, batch_size: int,
   ``stop`` ends the epoch early, after batch ``stop - 1``.
   """
   for idx in batch_indices(len(split), batch_size, rng, start, stop):
-    yield {"x": split.x[idx], "y": split.y[idx], "t": split.t[idx]}
+    yield {"x": augmented_or_plain(split.x[idx]), "y": split.y[idx],
+           "t": split.t[idx]}
 
 
 def eval_batches(split: Split, batch_size: int) -> Iterator[dict]:
@@ -55,7 +58,8 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[dict]:
     idx = np.arange(start, start + batch_size)
     w = (idx < n).astype(np.float32)
     idx = np.minimum(idx, n - 1)
-    yield {"x": split.x[idx], "y": split.y[idx], "t": split.t[idx], "w": w}
+    yield {"x": materialise(split.x[idx]), "y": split.y[idx],
+           "t": split.t[idx], "w": w}
 
 
 def random_crop_flip(rng: jax.Array, x: jax.Array, padding: int = 4) -> jax.Array:

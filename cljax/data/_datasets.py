@@ -82,10 +82,20 @@ class Split:
   def digest(self) -> str:
     """SHA-256 of the content (shapes, dtypes and bytes of x, y and t),
     computed once per split: the data's part of a run's identity."""
+    if not isinstance(self.x, np.ndarray):  # streamed: its source's digest
+      return hashlib.sha256((self.x.digest() + array_digest(
+          (self.y, self.t))).encode()).hexdigest()
     return array_digest((self.x, self.y, self.t))
+
+  @property
+  def in_memory(self) -> bool:
+    """Whether ``x`` is an array (else streamed: decoded on access)."""
+    return isinstance(self.x, np.ndarray)
 
   @functools.cached_property
   def _first_nonfinite(self) -> int:
+    if not self.in_memory:  # decoded 8-bit images: finite by construction
+      return -1
     flat = self.x.reshape(len(self.x), int(np.prod(self.x.shape[1:])))
     bad = ~np.isfinite(flat).all(axis=1)
     return int(np.argmax(bad)) if bad.any() else -1
@@ -137,6 +147,11 @@ def make_split(x, y, t=None, *, num_classes: int | None = None,
 def concat(splits) -> Split:
   """Concatenates splits (e.g. all tasks seen so far, for joint training)."""
   splits = list(splits)
+  if not all(s.in_memory for s in splits):
+    from cljax.data._streamed import StreamedImages
+    return Split(StreamedImages.concat([s.x for s in splits]),
+                 *(np.concatenate([getattr(s, f) for s in splits])
+                   for f in "yt"))
   return Split(*(np.concatenate([getattr(s, f) for s in splits])
                  for f in "xyt"))
 

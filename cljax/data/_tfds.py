@@ -98,22 +98,7 @@ def load_tfds(name: str, data_dir: str | None, *, train_split: str = "train",
     A ``Dataset`` with images scaled to [0, 1] and standardised per channel.
   """
   import tensorflow_datasets as tfds
-  if not data_dir:
-    raise ValueError(f"tfds:{name} needs data.data_dir: the directory where "
-                     "the dataset was prepared (--config.data.data_dir=DIR)")
-  if not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"tfds data_dir {data_dir!r} does not exist")
-  # Read through the build's own metadata (a read-only builder), so the
-  # dataset's builder code, which may import TensorFlow, is never loaded.
-  root = os.path.join(data_dir, *name.split("/"))
-  versions = [v for v in (os.listdir(root) if os.path.isdir(root) else [])
-              if os.path.exists(os.path.join(root, v, "dataset_info.json"))]
-  if not versions:
-    raise FileNotFoundError(
-        f"tfds dataset {name!r} is not prepared in {data_dir!r}; build it "
-        "once with cljax.data.prepare_tfds (needs tensorflow) or `tfds build`")
-  latest = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
-  version_dir = os.path.join(root, latest)
+  version_dir = _version_dir(name, data_dir)
   builder = tfds.builder_from_directory(version_dir)
   num_classes = builder.info.features[label_key].num_classes
   fmt = str(getattr(builder.info.file_format, "value",
@@ -128,6 +113,82 @@ def load_tfds(name: str, data_dir: str | None, *, train_split: str = "train",
                                    version_dir, fmt)
     splits += [x.astype(np.float32) / 255.0, y]
   return _finish(name, *splits, num_classes)
+
+
+def _version_dir(name: str, data_dir: str | None) -> str:
+  """The latest prepared version of ``name`` in ``data_dir``. Read through
+  the build's own metadata (a read-only builder), so the dataset's builder
+  code, which may import TensorFlow, is never loaded."""
+  if not data_dir:
+    raise ValueError(f"tfds:{name} needs data.data_dir: the directory where "
+                     "the dataset was prepared (--config.data.data_dir=DIR)")
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"tfds data_dir {data_dir!r} does not exist")
+  root = os.path.join(data_dir, *name.split("/"))
+  versions = [v for v in (os.listdir(root) if os.path.isdir(root) else [])
+              if os.path.exists(os.path.join(root, v, "dataset_info.json"))]
+  if not versions:
+    raise FileNotFoundError(
+        f"tfds dataset {name!r} is not prepared in {data_dir!r}; build it "
+        "once with cljax.data.prepare_tfds (needs tensorflow) or `tfds build`")
+  latest = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+  return os.path.join(root, latest)
+
+
+def load_tfds_streamed(name: str, data_dir: str | None, image_size: int, *,
+                       classes=(), train_split: str = "train",
+                       test_split: str = "test", image_key: str = "image",
+                       label_key: str = "label", seed: int = 0) -> Dataset:
+  """A prepared tfds image dataset as ``StreamedImages``: decoded on
+  access at ``image_size x image_size`` (see ``cljax.data._streamed``),
+  never whole in memory. Only the labels are read up front (every record
+  is read once, no image decoded).
+
+  Args:
+    name, data_dir: as ``load_tfds`` (an array_record build).
+    image_size: the side of the decoded square images.
+    classes: optional labels (ints or the dataset's class names) to keep,
+      relabelled ``0..len(classes)-1`` in the order given (e.g. the 100
+      classes of ImageNet-100).
+    train_split, test_split: the build's split names (ImageNet's test
+      split is ``"validation"``).
+    seed: seeds the training augmentation's draws.
+  """
+  import tensorflow_datasets as tfds
+  from cljax.data._datasets import Split
+  from cljax.data._streamed import StreamedImages, _Source
+  version_dir = _version_dir(name, data_dir)
+  info = tfds.builder_from_directory(version_dir).info
+  fmt = str(getattr(info.file_format, "value", info.file_format))
+  if fmt != "array_record":
+    raise ValueError(f"streaming needs an array_record build; {version_dir} "
+                     f"is {fmt} (convert it: tfds convert_format "
+                     f"--dataset_version_dir={version_dir} "
+                     "--out_file_format=array_record)")
+  label_feature = info.features[label_key]
+  num_classes = label_feature.num_classes
+  if classes:
+    names = list(label_feature.names)
+    keep = np.asarray([c if isinstance(c, (int, np.integer)) else
+                       names.index(c) for c in classes], np.int64)
+    if len(set(keep.tolist())) != len(keep) or not (
+        0 <= keep.min() and keep.max() < num_classes):
+      raise ValueError(f"data.classes: {len(keep)} distinct labels in [0, "
+                       f"{num_classes}) expected, got {list(classes)[:10]}...")
+    relabel = np.full(num_classes, -1, np.int64)
+    relabel[keep] = np.arange(len(keep))
+    num_classes = len(keep)
+  splits = []
+  for split in (train_split, test_split):
+    source = _Source(version_dir, split, image_key, label_key)
+    y = source.labels()
+    idx = np.arange(len(y))
+    if classes:
+      idx = idx[relabel[y] >= 0]
+      y = relabel[y[idx]]
+    splits.append(Split(StreamedImages(source, idx, image_size, seed),
+                        y.astype(np.int32), np.zeros(len(y), np.int32)))
+  return Dataset(name, *splits, num_classes)
 
 
 def _read_with_tensorflow(builder, split, image_key, label_key, version_dir,

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from cljax.data._streamed import materialise
 from cljax import _validate
 from cljax.data._datasets import Split
 
@@ -75,5 +76,6 @@ def store_task(memory: EpisodicMemory, k: int, split: Split, *,
   k = _validate.check_index("k", k, t_count)
   _validate.check_shape("split.x", split.x, (None, *memory.x.shape[2:]))
   s = select_examples(split, per_task, selection, seed)
-  return EpisodicMemory(memory.x.at[k].set(s.x), memory.y.at[k].set(s.y),
+  return EpisodicMemory(memory.x.at[k].set(materialise(s.x)),
+                        memory.y.at[k].set(s.y),
                         memory.t.at[k].set(s.t), memory.filled.at[k].set(True))

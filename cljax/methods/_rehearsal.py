@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax.data._streamed import materialise
 from cljax import memory as mem
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._base import Method
@@ -138,7 +139,16 @@ class Rehearsal(Method):
     part of it for something else: BiC's validation set)."""
     return self.memory_size
 
+  # What of the method's work needs a whole task's images at once (then it
+  # refuses streamed data), or "" (its selection runs class by class).
+  whole_task_work = ""
+
   def check(self, stream):
+    if self.whole_task_work and not all(
+        t.train.in_memory for t in stream.tasks):
+      raise ValueError(f"{self.name}: streamed datasets are not supported "
+                       f"yet ({self.whole_task_work} takes a whole task's "
+                       "images at once); use an in-memory dataset")
     total = sum(len(self.train_split(stream, k))
                 for k in range(stream.num_tasks))
     if self.memory_size > total:
@@ -308,10 +318,17 @@ class Rehearsal(Method):
                              self.per_class)
     x, counts, y = self.grouped(ctx.stream, ctx.index)
     state = ctx.method_state
-    memory = self._select(self.selection == "herding", ctx.params,
-                          ctx.batch_stats, state["memory"], x, counts, y,
-                          np.full(self._groups, ctx.index), m,
-                          jax.random.key(ctx.seed * 1000 + ctx.index))
+    key = jax.random.key(ctx.seed * 1000 + ctx.index)
+    select = lambda memory, x, counts, y, key: self._select(
+        self.selection == "herding", ctx.params, ctx.batch_stats, memory, x,
+        counts, y, np.full(len(y), ctx.index), m, key)
+    if isinstance(x, np.ndarray):  # every class at once
+      return {**state, "memory": select(state["memory"], x, counts, y, key)}
+    # Streamed: one class's images decoded at a time.
+    memory = state["memory"]
+    for g in np.flatnonzero(counts):
+      memory = select(memory, materialise(x[g:g + 1]), counts[g:g + 1],
+                      y[g:g + 1], jax.random.fold_in(key, g))
     return {**state, "memory": memory}
 
 

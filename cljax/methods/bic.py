@@ -90,6 +90,7 @@ class BiC(DistilledRehearsal):
   """
 
   name = "bic"
+  whole_task_work = "its held-out validation set"
 
   def __init__(self, memory_size: int = 2000, temperature: float = 2.0,
                val_size: int = 0, bias_reg: float = 0.1,

@@ -35,6 +35,7 @@ class IL2M(ER):
   """
 
   name = "il2m"
+  whole_task_work = "its score statistics"
   exemplars_only = True
 
   def __init__(self, memory_size: int = 2000, selection: str = "herding",

@@ -40,6 +40,7 @@ class UCIR(Rehearsal):
   head = "cosine"
   exemplars_only = True
   data_hparams = ("lambda_base", "margin")
+  whole_task_work = "its weight imprinting"
 
   def __init__(self, memory_size: int = 2000, lambda_base: float = 5.0,
                k: int = 2, margin: float = 0.5, imprint: bool = True,

@@ -24,10 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.data._datasets import Split
+from cljax.data._streamed import augmented_or_plain
 
 
 def _take(split: Split, rows: np.ndarray) -> dict:
-  return {"x": split.x[rows], "y": split.y[rows], "t": split.t[rows]}
+  """A training batch (a streamed split's images decoded with their
+  training augmentation)."""
+  return {"x": augmented_or_plain(split.x[rows]), "y": split.y[rows],
+          "t": split.t[rows]}
 
 
 class HostEngine:
@@ -108,7 +112,9 @@ class ScanEngine:
 
 def fits(splits, budget_mb: float) -> bool:
   """Whether the largest of ``splits``' inputs fits ``budget_mb`` on the
-  device (with its labels and task ids)."""
+  device (with its labels and task ids); streamed splits never do."""
+  if not all(s.in_memory for s in splits):
+    return False
   largest = max(s.x.nbytes + s.y.nbytes + s.t.nbytes for s in splits)
   return largest <= budget_mb * 2 ** 20
 

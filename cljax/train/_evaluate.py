@@ -131,5 +131,9 @@ class DeviceEvaluator:
     return (got / np.maximum(self._counts, 1.0)).tolist()
 
   @staticmethod
-  def nbytes(splits) -> int:
+  def nbytes(splits) -> float:
+    """The splits' bytes on the device (infinite for streamed ones: they
+    are never held whole)."""
+    if not all(s.in_memory for s in splits):
+      return float("inf")
     return sum(s.x.nbytes + s.y.nbytes + s.t.nbytes for s in splits)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from cljax import metrics
 from cljax.data._batching import batch_indices, num_batches
 from cljax.data._scenarios import Stream
+from cljax.data._streamed import materialise
 from cljax.methods._base import Method, Phase, TaskContext
 from cljax.models._functional import FunctionalModel
 from cljax import _validate
@@ -250,7 +251,11 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
                         "an integer >= 1")
   _validate.check_positive("device_data_mb", device_data_mb)
   splits = [method.train_split(stream, k) for k in range(stream.num_tasks)]
-  slow = loop == "auto" and loops_are_slow(model, splits[0].x[:1])
+  slow = loop == "auto" and loops_are_slow(model, materialise(
+      splits[0].x[:1]))
+  if loop == "scan" and not all(sp.in_memory for sp in splits):
+    raise ValueError("loop='scan' needs the training data in memory; "
+                     "streamed data runs with loop='host' or 'auto'")
   scan = loop == "scan" or (loop == "auto" and mesh is None and not slow and
                             fits(splits, device_data_mb))
   # One scan length for the run: the chunk, or the shortest period at which

@@ -1,0 +1,101 @@
+"""The ImageNet-100 class-incremental protocols (UCIR, Hou et al. 2019;
+PODNet, Douillard et al. 2020) on a prepared tfds ``imagenet2012``,
+streamed: images decoded on access (random-resized crop and flip for
+training, resize and central crop for testing), never the whole dataset
+in memory.
+
+* The 100 classes: UCIR's ``seed_1993_subset_100_imagenet`` (its
+  ``gen_imagenet_subset.py``: ``np.random.seed(1993)``, then
+  ``np.random.choice`` of 100 of the 1,000 synsets in sorted order, which
+  are tfds's label ids), relabelled 0..99 in sorted order.
+* Their order: the seed-1993 permutation of UCIR's main script (the same
+  as CIFAR-100's, ``cifar100_class_il.class_order``).
+* ``:b50_5`` (default) and ``:b50_10``: 50 classes first, then 5 steps of
+  10 or 10 of 5 (UCIR's and PODNet's tables).
+* ResNet-18, 224x224, SGD lr 0.1 (momentum 0.9, weight decay 1e-4), batch
+  128, 90 epochs a task, the rate divided by 10 after 30 and 60 (UCIR);
+  20 exemplars per class (UCIR's ``nb_protos``), herding; top-5 beside
+  top-1.
+* Methods: fine-tuning, LwF, iCaRL, End-to-End IL, ER, DER++ and WA, whose
+  work streams; UCIR, BiC and IL2M take a whole task's images at once at
+  the end of a task and refuse streamed data for now.
+
+``runlocal`` makes a quick check on a small build at 32x32 (one epoch, a
+few images a class; the test suite's synthetic build).
+
+    cljax run --config experiments/imagenet_subset_class_il.py:b50_10 \\
+        --config.data.data_dir=DIR --config.workdir=runs/imagenet100_b50_10
+"""
+
+import os
+import sys
+
+import numpy as np
+
+from cljax.default_config import get_config as base
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cifar100_class_il import class_order  # noqa: E402
+
+SPLITS = {"b50_5": (50, 10), "b50_10": (50, 5)}
+METHODS = ("finetune", "lwf", "icarl", "e2eil", "er", "derpp", "wa")
+REHEARSAL = ("icarl", "e2eil", "er", "wa")  # herding, 20 a class
+
+
+def subset_labels() -> tuple:
+  """The 100 tfds labels of UCIR's ImageNet-100, ascending."""
+  rng = np.random.RandomState(1993)
+  return tuple(sorted(int(c) for c in rng.choice(1000, 100, replace=False)))
+
+
+def get_config(arg="b50_5"):
+  tokens = [a for a in (arg or "").split(",") if a]
+  quick = "runlocal" in tokens
+  names = [t for t in tokens if t != "runlocal"] or ["b50_5"]
+  if len(names) > 1 or names[0] not in SPLITS:
+    raise ValueError(f"config arg: one of {sorted(SPLITS)}, optionally with "
+                     f"',runlocal', got {arg!r}")
+  first, step = SPLITS[names[0]]
+  sizes = (first,) + (step,) * ((100 - first) // step)
+  c = base()
+  c.name = f"imagenet100_class_il_{names[0]}" + ("_runlocal" if quick else "")
+  c.data.name = "tfds:imagenet2012"
+  c.data.image_size = 224
+  c.data.classes = subset_labels()
+  c.data.test_split = "validation"
+  c.scenario.kind = "class_incremental"
+  c.scenario.num_tasks = len(sizes)
+  c.scenario.task_sizes = sizes
+  c.scenario.class_order = class_order()
+  c.scenario.val_fraction = 0.0
+  c.model.name = "resnet18"
+  c.train.eval_top_k = 5
+  c.train.optimizer = "sgd"
+  c.train.lr = 0.1
+  c.train.momentum = 0.9
+  c.train.weight_decay = 1e-4
+  c.train.batch_size = 128
+  c.train.eval_batch_size = 250
+  c.train.epochs = 90
+  c.train.schedule = "multistep"
+  c.train.milestones = (30 / 90, 60 / 90)
+  c.train.decay = 0.1
+  c.train.eval_every = 0
+  c.log.every = 100
+  c.methods = ",".join(METHODS)
+  c.method.icarl.nme_flip = True
+  for name in REHEARSAL:
+    c.method[name].budget = "per_class"
+    c.method[name].per_class = 20
+    c.method[name].memory_size = 2000
+  c.method.derpp.memory_size = 2000  # its reservoir, as many slots
+  if quick:
+    c.data.image_size = 32
+    c.train.epochs = 1
+    c.train.batch_size = 8
+    c.train.eval_batch_size = 50
+    for name in REHEARSAL:
+      c.method[name].per_class = 1
+      c.method[name].memory_size = 100
+    c.method.derpp.memory_size = 100
+  return c

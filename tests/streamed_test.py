@@ -1,0 +1,119 @@
+"""Streamed images (``cljax.data._streamed``) on the synthetic ImageNet
+build (tests/data/build_tfds_imagenet.py): lazy views, decoding against
+tfds's own decoder, the class subset, deterministic augmentation, and the
+methods that refuse streamed data."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_datasets")
+pytest.importorskip("grain")
+
+from cljax import data, methods  # noqa: E402
+from cljax.data import _streamed  # noqa: E402
+from cljax.data._tfds import load_tfds_streamed  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.path.join(ROOT, "tests", "data", "tfds", "array_record")
+VERSION_DIR = os.path.join(DATA_DIR, "imagenet2012", "5.1.0")
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+from imagenet_subset_class_il import subset_labels  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def subset():
+  return load_tfds_streamed("imagenet2012", DATA_DIR, 24,
+                            classes=subset_labels(), test_split="validation")
+
+
+def _tfds_examples(split):
+  """Every example of the build, decoded by tfds itself (uint8 images)."""
+  import tensorflow_datasets as tfds
+  src = tfds.builder_from_directory(VERSION_DIR).as_data_source(split=split)
+  return [src[i] for i in range(len(src))]
+
+
+def test_the_subset_keeps_its_classes_relabelled_in_order(subset):
+  labels = subset_labels()
+  for split, part in (("train", subset.train), ("validation", subset.test)):
+    raw = np.asarray([int(e["label"]) for e in _tfds_examples(split)])
+    keep = np.flatnonzero(np.isin(raw, labels))
+    np.testing.assert_array_equal(part.x.indices, keep)
+    np.testing.assert_array_equal(part.y, np.searchsorted(labels, raw[keep]))
+  assert subset.num_classes == 100
+  assert len(subset.train) == 300 and len(subset.test) == 100  # 10 left out
+
+
+def test_decoding_matches_tfds_decoder_and_the_eval_transform(subset):
+  rows = np.asarray([0, 7, 299, 7])
+  got = np.asarray(subset.train.x[rows])
+  assert got.shape == (4, 24, 24, 3) and got.dtype == np.float32
+  examples = _tfds_examples("train")
+  mean, std = np.asarray(_streamed.IMAGENET_MEAN), np.asarray(
+      _streamed.IMAGENET_STD)
+  for r, img in zip(rows, got):
+    raw = examples[subset.train.x.indices[r]]["image"]  # tfds's decode
+    want = (_streamed.eval_transform(raw, 24) / 255.0 - mean) / std
+    np.testing.assert_allclose(img, want, atol=1e-5)
+  # The shorter side resized to round(24 * 8 / 7) = 27, then the central
+  # crop, by hand for one of them.
+  raw = examples[subset.train.x.indices[0]]["image"]
+  h, w = raw.shape[:2]
+  scale = 27 / min(h, w)
+  resized = _streamed._resize(raw, max(27, round(h * scale)),
+                              max(27, round(w * scale)))
+  top, left = (resized.shape[0] - 24) // 2, (resized.shape[1] - 24) // 2
+  np.testing.assert_array_equal(_streamed.eval_transform(raw, 24),
+                                resized[top:top + 24, left:left + 24])
+
+
+def test_views_are_lazy_and_digests_follow_content(subset, monkeypatch):
+  decoded = []
+  image = _streamed._Source.image
+  monkeypatch.setattr(_streamed._Source, "image",
+                      lambda self, i: decoded.append(i) or image(self, i))
+  stream = data.class_splits(subset, 2, class_order=tuple(range(100)),
+                             val_fraction=0.2, seed=3)
+  stream.check()
+  digest = stream.digest
+  assert decoded == []  # carving tasks, checking and digests decode nothing
+  part = stream.tasks[1].train
+  assert isinstance(part.x, _streamed.StreamedImages)
+  assert part.x.shape == (len(part), 24, 24, 3)
+  assert set(part.y.tolist()) <= set(range(50, 100))
+  again = data.class_splits(subset, 2, class_order=tuple(range(100)),
+                            val_fraction=0.2, seed=3)
+  other = data.class_splits(subset, 2, class_order=tuple(range(100)),
+                            val_fraction=0.2, seed=4)
+  assert again.digest == digest != other.digest
+  joint = data.concat([stream.tasks[0].train, part])
+  assert len(joint) == len(stream.tasks[0].train) + len(part)
+  np.asarray(part.x[:2])
+  assert len(decoded) == 2
+
+
+def test_augmentation_is_random_per_example_and_repeatable(subset):
+  view = subset.train.x[np.arange(16)]
+  a, b = view.augmented(), view.augmented()
+  np.testing.assert_array_equal(a, b)  # seeded by the indices: resumable
+  assert a.shape == (16, 24, 24, 3)
+  plain = np.asarray(view)
+  assert not np.allclose(a, plain)
+  reseeded = _streamed.StreamedImages(view._source, view.indices, 24, seed=1)
+  assert not np.allclose(reseeded.augmented(), a)
+  # Crops stay inside the image and flips are exact mirror images.
+  rng = np.random.default_rng(0)
+  img = rng.integers(0, 256, (40, 30, 3), np.uint8)
+  for _ in range(20):
+    out = _streamed.train_transform(img, 24, rng)
+    assert out.shape == (24, 24, 3) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", ["ucir", "bic", "il2m"])
+def test_whole_task_methods_refuse_streamed_data(subset, name):
+  stream = data.class_splits(subset, 2, class_order=tuple(range(100)))
+  with pytest.raises(ValueError, match="streamed datasets are not supported"):
+    methods.build_method(name, memory_size=200).check(stream)
