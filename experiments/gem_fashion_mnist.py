@@ -55,7 +55,8 @@ def get_config(arg="permuted"):
   entries = ["single", "independent", "agem", "gem"]
   # At lr 0.1 and batch 10, EWC diverges from about lam = 2 on (then
   # recorded as diverged): the grid reaches below.
-  for lam in (1.0,) if quick else (0.01, 0.1, 1.0, 10.0, 100.0):
+  for lam in (1.0,) if quick else (0.01, 0.1, 0.3, 1.0, 2.0, 4.0, 10.0,
+                                   100.0):
     entry = f"ewc__lam{lam:g}".replace(".", "p")
     c.method[entry] = method_entry("ewc", lam=lam)
     entries.insert(1, entry)
