@@ -16,9 +16,9 @@ in memory.
   128, 90 epochs a task, the rate divided by 10 after 30 and 60 (UCIR);
   20 exemplars per class (UCIR's ``nb_protos``), herding; top-5 beside
   top-1.
-* Methods: fine-tuning, LwF, iCaRL, End-to-End IL, ER, DER++ and WA, whose
-  work streams; UCIR, BiC and IL2M take a whole task's images at once at
-  the end of a task and refuse streamed data for now.
+* Methods: fine-tuning, LwF, iCaRL, End-to-End IL, ER, DER++, UCIR, BiC,
+  IL2M and WA; their end-of-task work on a task's images (herding, UCIR's
+  imprinting, IL2M's statistics) decodes one class at a time.
 
 ``runlocal`` makes a quick check on a small build at 32x32 (one epoch, a
 few images a class; the test suite's synthetic build).
@@ -38,8 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cifar100_class_il import class_order  # noqa: E402
 
 SPLITS = {"b50_5": (50, 10), "b50_10": (50, 5)}
-METHODS = ("finetune", "lwf", "icarl", "e2eil", "er", "derpp", "wa")
-REHEARSAL = ("icarl", "e2eil", "er", "wa")  # herding, 20 a class
+METHODS = ("finetune", "lwf", "icarl", "e2eil", "er", "derpp", "ucir", "bic",
+           "il2m", "wa")
+# Herding, 20 a class (BiC: 2,000 in all, its validation part inside).
+REHEARSAL = ("icarl", "e2eil", "er", "ucir", "il2m", "wa")
 
 
 def subset_labels() -> tuple:
@@ -89,6 +91,7 @@ def get_config(arg="b50_5"):
     c.method[name].per_class = 20
     c.method[name].memory_size = 2000
   c.method.derpp.memory_size = 2000  # its reservoir, as many slots
+  c.method.bic.memory_size = 2000
   if quick:
     c.data.image_size = 32
     c.train.epochs = 1
@@ -98,4 +101,7 @@ def get_config(arg="b50_5"):
       c.method[name].per_class = 1
       c.method[name].memory_size = 100
     c.method.derpp.memory_size = 100
+    # 1 validation image a class at the end (of 3), 120 exemplar slots.
+    c.method.bic.memory_size = 220
+    c.method.bic.val_size = 100
   return c

@@ -112,8 +112,32 @@ def test_augmentation_is_random_per_example_and_repeatable(subset):
     assert out.shape == (24, 24, 3) and out.dtype == np.uint8
 
 
-@pytest.mark.parametrize("name", ["ucir", "bic", "il2m"])
-def test_whole_task_methods_refuse_streamed_data(subset, name):
+def test_grouped_work_streams_class_by_class_as_in_memory(subset):
+  """``Rehearsal.per_group`` on a streamed task equals the same work on the
+  task decoded into memory (all classes at once), for UCIR's imprinting
+  means and IL2M's statistics."""
+  import jax
+  from cljax import models
   stream = data.class_splits(subset, 2, class_order=tuple(range(100)))
-  with pytest.raises(ValueError, match="streamed datasets are not supported"):
-    methods.build_method(name, memory_size=200).check(stream)
+  in_memory = stream._replace(tasks=tuple(
+      t._replace(train=t.train.replace(x=np.asarray(t.train.x)))
+      for t in stream.tasks))
+  model = models.build_model("cnn", (24, 24, 3), 100, head="cosine")
+  for name in ("ucir", "il2m"):
+    got = {}
+    for key, st in (("streamed", stream), ("in_memory", in_memory)):
+      m = methods.build_method(name, memory_size=200)
+      state = m.init_state(model, st)
+      x, counts, y = m.grouped(st, 1)
+      if name == "ucir":
+        fn = lambda x, c, y, m=m: m._means(model.params, model.batch_stats,
+                                           x, c)
+      else:
+        active = np.asarray(st.logit_masks(1)[1])
+        fn = lambda x, c, y, m=m, active=active: m._stats(
+            model.params, model.batch_stats, x, c, y, active)
+      got[key] = m.per_group(fn, x, counts, y)
+      del state
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                         atol=1e-6),
+                 got["streamed"], got["in_memory"])

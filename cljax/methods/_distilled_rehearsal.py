@@ -33,9 +33,10 @@ class DistilledRehearsal(Rehearsal):
 
   def __init__(self, memory_size: int = 2000, temperature: float = 2.0,
                selection: str = "herding", replay_size: int = 0,
-               replay: str = "union"):
-    super().__init__(memory_size, selection, replay_size=replay_size,
-                     replay=replay)
+               replay: str = "union", budget: str = "total",
+               per_class: int = 0):
+    super().__init__(memory_size, selection, budget, per_class,
+                     replay_size=replay_size, replay=replay)
     if not temperature > 0:
       raise ValueError(f"temperature must be > 0, got {temperature}")
     self.temperature = float(temperature)

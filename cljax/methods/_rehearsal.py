@@ -139,20 +139,13 @@ class Rehearsal(Method):
     part of it for something else: BiC's validation set)."""
     return self.memory_size
 
-  # What of the method's work needs a whole task's images at once (then it
-  # refuses streamed data), or "" (its selection runs class by class).
-  whole_task_work = ""
-
   def check(self, stream):
-    if self.whole_task_work and not all(
-        t.train.in_memory for t in stream.tasks):
-      raise ValueError(f"{self.name}: streamed datasets are not supported "
-                       f"yet ({self.whole_task_work} takes a whole task's "
-                       "images at once); use an in-memory dataset")
     total = sum(len(self.train_split(stream, k))
                 for k in range(stream.num_tasks))
-    if self.memory_size > total:
-      raise ValueError(f"memory_size={self.memory_size} exceeds the "
+    if self.capacity > total:
+      part = ("" if self.capacity == self.memory_size else
+              f" ({self.capacity} for exemplars)")
+      raise ValueError(f"memory_size={self.memory_size}{part} exceeds the "
                        f"{total} training examples of the whole stream: "
                        "more slots than examples to hold")
     if self.selection == "reservoir":
@@ -282,6 +275,21 @@ class Rehearsal(Method):
     rows, counts, y = group_rows(by_class, self._groups,
                                  _round_up(self._rows, 8))
     return split.x[rows], counts, y
+
+  def per_group(self, fn, x, counts, *group_args):
+    """``fn(x, counts, *group_args)`` on ``grouped``'s rows: all groups at
+    once when ``x`` is in memory; for streamed data, class by class (one
+    class's images decoded at a time; padding groups are zeros), the
+    outputs concatenated along the group axis."""
+    if isinstance(x, np.ndarray):
+      return fn(x, counts, *group_args)
+    one = lambda g: fn(materialise(x[g:g + 1]), counts[g:g + 1],
+                       *(a[g:g + 1] for a in group_args))
+    real = [g for g in range(len(counts)) if counts[g]]
+    outs = {g: one(g) for g in real}
+    zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), outs[real[0]])
+    return jax.tree.map(lambda *o: jnp.concatenate(o), *[
+        outs.get(g, zero) for g in range(len(counts))])
 
   def _select_fn(self, herding, params, batch_stats, memory, x, counts, y, t,
                  m, key):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax.data._streamed import materialise
 from cljax import memory as mem
 from cljax.data._datasets import Split
 from cljax.losses import masked_cross_entropy
@@ -90,7 +91,6 @@ class BiC(DistilledRehearsal):
   """
 
   name = "bic"
-  whole_task_work = "its held-out validation set"
 
   def __init__(self, memory_size: int = 2000, temperature: float = 2.0,
                val_size: int = 0, bias_reg: float = 0.1,
@@ -175,7 +175,7 @@ class BiC(DistilledRehearsal):
     new[list(held)] = True
     v = next(iter(held.values())).shape[0]
     val, alpha, beta = self._stage2(
-        ctx.params, ctx.batch_stats, s["val"], split.x[rows], y,
+        ctx.params, ctx.batch_stats, s["val"], materialise(split.x[rows]), y,
         np.full(g, k), keep, v, jnp.asarray(ctx.masks[k]), new, s["alpha"],
         s["beta"], k > 0)
     s = {**s, "val": val, "alpha": alpha, "beta": beta}

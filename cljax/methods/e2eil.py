@@ -43,8 +43,10 @@ class E2EIL(Rehearsal):
 
   def __init__(self, memory_size: int = 2000, temperature: float = 2.0,
                balanced_passes: int = 30, balanced_lr_scale: float = 0.1,
-               selection: str = "herding", replay_size: int = 0):
-    super().__init__(memory_size, selection, replay_size=replay_size)
+               selection: str = "herding", replay_size: int = 0,
+               budget: str = "total", per_class: int = 0):
+    super().__init__(memory_size, selection, budget, per_class,
+                     replay_size=replay_size)
     if not temperature > 0:
       raise ValueError(f"temperature must be > 0, got {temperature}")
     if balanced_passes < 0:

@@ -35,7 +35,6 @@ class IL2M(ER):
   """
 
   name = "il2m"
-  whole_task_work = "its score statistics"
   exemplars_only = True
 
   def __init__(self, memory_size: int = 2000, selection: str = "herding",
@@ -55,15 +54,15 @@ class IL2M(ER):
   def init_state(self, model, stream):
     c, t = stream.num_classes, stream.num_tasks
     self._stats = jax.jit(self._stats_fn)
+    self._exemplar_means = jax.jit(self._exemplar_means_fn)
     return {**super().init_state(model, stream),
             "init_means": jnp.ones((c,)), "confidence": jnp.ones((t,)),
             "class_state": jnp.zeros((c,), jnp.int32),
             "ratio": jnp.ones((c,)), "new": jnp.zeros((c,), bool)}
 
-  def _stats_fn(self, params, batch_stats, memory, x, counts, y, active):
+  def _stats_fn(self, params, batch_stats, x, counts, y, active):
     """Per group of ``x`` (``(G, N, ...)``): the mean score of its class and
-    the sum of top-1 scores over its real rows; per class: the mean score
-    of its exemplars."""
+    the sum of top-1 scores over its real rows (``(G,)`` each)."""
     g, n = x.shape[:2]
     logits, _ = self._outputs(params, batch_stats,
                               x.reshape(g * n, *x.shape[2:]))
@@ -72,24 +71,30 @@ class IL2M(ER):
     own = jnp.take_along_axis(scores, y[:, None, None], axis=2)[..., 0]
     class_mean = jnp.sum(jnp.where(real, own, 0), 1) / jnp.maximum(counts, 1)
     top_sum = jnp.sum(jnp.where(real, jnp.max(jnp.where(
-        active, scores, -jnp.inf), axis=-1), 0))
+        active, scores, -jnp.inf), axis=-1), 0), 1)
+    return class_mean, top_sum
+
+  def _exemplar_means_fn(self, params, batch_stats, memory, active):
+    """``(C,)``: each class's mean score on its exemplars."""
     mem_logits, _ = self._outputs(params, batch_stats, memory.x)
     mem_scores = self._score(mem_logits, active)
     mem_own = jnp.take_along_axis(mem_scores, memory.y[:, None], 1)[:, 0]
     onehot = jax.nn.one_hot(memory.y, active.shape[0]) * memory.valid[:, None]
-    exemplar_mean = (onehot.T @ mem_own) / jnp.maximum(onehot.sum(0), 1)
-    return class_mean, top_sum, exemplar_mean
+    return (onehot.T @ mem_own) / jnp.maximum(onehot.sum(0), 1)
 
   def on_task_end(self, ctx):
     s, k = ctx.method_state, ctx.index
     classes = np.asarray(ctx.stream.tasks[k].classes)
     x, counts, y = self.grouped(ctx.stream, k)
     active = jnp.asarray(ctx.masks[k])
-    class_mean, top_sum, exemplar_mean = self._stats(
-        ctx.params, ctx.batch_stats, s["memory"], x, counts, y, active)
+    class_mean, top_sum = self.per_group(
+        lambda x, counts, y: self._stats(ctx.params, ctx.batch_stats, x,
+                                         counts, y, active), x, counts, y)
+    exemplar_mean = self._exemplar_means(ctx.params, ctx.batch_stats,
+                                         s["memory"], active)
     g = len(classes)
     init_means = s["init_means"].at[classes].set(class_mean[:g])
-    confidence = s["confidence"].at[k].set(top_sum / counts.sum())
+    confidence = s["confidence"].at[k].set(jnp.sum(top_sum) / counts.sum())
     class_state = s["class_state"].at[classes].set(k)
     old = np.asarray(active).copy()
     old[classes] = False

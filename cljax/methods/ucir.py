@@ -31,7 +31,8 @@ class UCIR(Rehearsal):
   (CNN) and by the nearest mean of exemplars (``accuracy_matrix_nme``).
 
   Args: ``lambda_base`` (5), ``k`` (2), ``margin`` (0.5), ``imprint``
-  (True); the memory's as ``Rehearsal`` (herding, a fixed total), replaying
+  (True); the memory's as ``Rehearsal`` (herding; ``budget`` a fixed total
+  or ``per_class``, as UCIR's ImageNet runs keep 20 a class), replaying
   in the proportion of the union of new data and exemplars
   (``replay="union"``), as the paper trains.
   """
@@ -40,14 +41,14 @@ class UCIR(Rehearsal):
   head = "cosine"
   exemplars_only = True
   data_hparams = ("lambda_base", "margin")
-  whole_task_work = "its weight imprinting"
 
   def __init__(self, memory_size: int = 2000, lambda_base: float = 5.0,
                k: int = 2, margin: float = 0.5, imprint: bool = True,
                selection: str = "herding", replay_size: int = 0,
-               replay: str = "union"):
-    super().__init__(memory_size, selection, replay_size=replay_size,
-                     replay=replay)
+               replay: str = "union", budget: str = "total",
+               per_class: int = 0):
+    super().__init__(memory_size, selection, budget, per_class,
+                     replay_size=replay_size, replay=replay)
     check_strength("lambda_base", lambda_base)
     check_strength("margin", margin)
     if k < 1:
@@ -68,6 +69,7 @@ class UCIR(Rehearsal):
       raise ValueError("ucir needs the cosine head (model.head='cosine', "
                        "the default for ucir)")
     c = stream.num_classes
+    self._means = jax.jit(self._means_fn)
     self._imprinted = jax.jit(self._imprint_fn)
     return {**super().init_state(model, stream), **teacher_state(model, c),
             "new": jnp.zeros((c,), bool),
@@ -99,16 +101,20 @@ class UCIR(Rehearsal):
     return {**s, "new": jnp.asarray(new),
             "ratio": jnp.asarray(np.sqrt(n_old / new.sum()), jnp.float32)}
 
-  def _imprint_fn(self, params, batch_stats, x, counts, y):
-    """The head with each group's class column set to the normalised mean
-    of its real rows' normalised features."""
+  def _means_fn(self, params, batch_stats, x, counts):
+    """``(G, D)``: each group's normalised mean of its real rows'
+    normalised features."""
     g, n = x.shape[:2]
     f = self._features(params, batch_stats, x.reshape(g * n, *x.shape[2:]))
     f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
     real = (jnp.arange(n)[None] < counts[:, None]).reshape(-1, 1)
     mean = jnp.sum(jnp.where(real, f, 0).reshape(g, n, -1), 1)
-    mean = mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True),
+    return mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True),
                               1e-12)
+
+  @staticmethod
+  def _imprint_fn(params, mean, counts, y):
+    """The head with each group's class column set to its ``mean``."""
     kernel = params["head"]["kernel"]
     # Scaled to the old columns' mean norm (the cosine ignores the scale).
     scale = jnp.mean(jnp.linalg.norm(kernel, axis=0))
@@ -120,8 +126,9 @@ class UCIR(Rehearsal):
     if ctx.index == 0 or not self.imprint:
       return None
     x, counts, y = self.grouped(ctx.stream, ctx.index)
-    return self._imprinted(ctx.params, ctx.batch_stats, x, counts,
-                           y), ctx.batch_stats
+    mean = self.per_group(lambda x, counts: self._means(
+        ctx.params, ctx.batch_stats, x, counts), x, counts)
+    return self._imprinted(ctx.params, mean, counts, y), ctx.batch_stats
 
   def on_task_end(self, ctx):
     s = super().on_task_end(ctx)
