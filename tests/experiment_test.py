@@ -530,11 +530,11 @@ for n in (1, 4):
   c.workdir, c.progress = sys.argv[1] + f"/n{n}", False
   c.scenario.num_tasks = 2
   c.train.batch_size = 32
-  c.methods = "finetune,ewc,er"
+  c.methods = "ewc,er"
   c.method.er.memory_size = 60
   c.parallel.data = n
   out[n] = experiment.run_experiment(c)
-for entry in ("finetune", "ewc", "er"):
+for entry in ("ewc", "er"):
   a = np.asarray(out[1]["runs"][entry]["accuracy_matrix"])
   b = np.asarray(out[4]["runs"][entry]["accuracy_matrix"])
   print(entry, "max abs diff", np.max(np.abs(a - b)))
@@ -546,14 +546,14 @@ assert out[4]["config"]["parallel"]["data"] == 4
 def test_data_parallel_from_the_config_matches_one_device(tmp_path):
   """``parallel.data=4`` on 4 simulated CPU devices: the same accuracy
   matrices as one device (to float tolerance: an example or so may flip)
-  for a plain, a regularised and a rehearsal method."""
+  for a regularised and a rehearsal method."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   out = subprocess.run([sys.executable, "-c", _PARALLEL_SCRIPT,
                         str(tmp_path)], env=env, capture_output=True,
                        text=True, timeout=900)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-  assert out.stdout.count("max abs diff") == 3
+  assert out.stdout.count("max abs diff") == 2
 
 
 @pytest.mark.parametrize("key,value,match", [

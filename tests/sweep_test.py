@@ -246,7 +246,7 @@ RUNS = {
             "host"),
 }
 # The default suite's share (the others repeat a family; -m slow runs them).
-QUICK_RUNS = ("ewc", "si", "lwf", "derpp", "bic")
+QUICK_RUNS = ("ewc", "si", "bic")
 
 
 def _run_settings(loop):
