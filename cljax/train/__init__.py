@@ -5,10 +5,10 @@ from cljax.train._identity import identity_defaults
 from cljax.train._identity import run_identity
 from cljax.train._lock import directory_lock
 from cljax.train._lock import LockedError
-from cljax.train._loop import check_run
-from cljax.train._loop import LOOPS
-from cljax.train._loop import run_stream
-from cljax.train._loop import run_sweep
+from cljax.train._run import check_run
+from cljax.train._run import LOOPS
+from cljax.train._run import run_stream
+from cljax.train._run import run_sweep
 from cljax.train._step import check_finite
 from cljax.train._step import data_parallel
 from cljax.train._evaluate import DeviceEvaluator
