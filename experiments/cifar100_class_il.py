@@ -57,37 +57,54 @@ def task_sizes(base_classes: int, n: int) -> tuple[int, ...]:
   return (base_classes,) + ((100 - base_classes) // n,) * n
 
 
-def get_config(arg="b0_10"):
+def parse_arg(arg, splits, default):
+  """``(split name, quick)`` from a config arg ``"<split>[,runlocal]"``."""
   tokens = [a for a in (arg or "").split(",") if a]
   quick = "runlocal" in tokens
-  names = [t for t in tokens if t != "runlocal"] or ["b0_10"]
-  if len(names) > 1 or names[0] not in SPLITS:
-    raise ValueError(f"config arg: one of {sorted(SPLITS)}, optionally with "
+  names = [t for t in tokens if t != "runlocal"] or [default]
+  if len(names) > 1 or names[0] not in splits:
+    raise ValueError(f"config arg: one of {sorted(splits)}, optionally with "
                      f"',runlocal', got {arg!r}")
-  sizes = task_sizes(*SPLITS[names[0]])
+  return names[0], quick
+
+
+def protocol(sizes, model, methods, *, weight_decay, epochs, decay_at):
+  """What the CIFAR-100 and ImageNet-100 protocols share: class-IL in
+  ``sizes`` classes a task in the seed-1993 order, no validation split,
+  SGD lr 0.1 with momentum 0.9 and batch 128, the rate divided by 10 after
+  the epochs ``decay_at``, top-5 beside top-1, iCaRL's nearest mean with
+  flips."""
   c = base()
-  c.name = f"cifar100_class_il_{names[0]}" + ("_runlocal" if quick else "")
-  c.data.name = "tfds:cifar100"
   c.scenario.kind = "class_incremental"
   c.scenario.num_tasks = len(sizes)
   c.scenario.task_sizes = sizes
   c.scenario.class_order = class_order()
   c.scenario.val_fraction = 0.0
-  c.model.name = "resnet32"
-  c.train.eval_top_k = 5  # top-5 beside top-1, as the papers report
+  c.model.name = model
+  c.train.eval_top_k = 5
   c.train.optimizer = "sgd"
   c.train.lr = 0.1
   c.train.momentum = 0.9
-  c.train.weight_decay = 5e-4
+  c.train.weight_decay = weight_decay
   c.train.batch_size = 128
-  c.train.epochs = 70
+  c.train.epochs = epochs
   c.train.schedule = "multistep"
-  c.train.milestones = (49 / 70, 63 / 70)
+  c.train.milestones = tuple(e / epochs for e in decay_at)
   c.train.decay = 0.1
-  c.train.augment = "crop_flip"
   c.train.eval_every = 0
-  c.methods = ",".join(METHODS)
+  c.methods = ",".join(methods)
   c.method.icarl.nme_flip = True
+  return c
+
+
+def get_config(arg="b0_10"):
+  name, quick = parse_arg(arg, SPLITS, "b0_10")
+  sizes = task_sizes(*SPLITS[name])
+  c = protocol(sizes, "resnet32", METHODS, weight_decay=5e-4, epochs=70,
+               decay_at=(49, 63))
+  c.name = f"cifar100_class_il_{name}" + ("_runlocal" if quick else "")
+  c.data.name = "tfds:cifar100"
+  c.train.augment = "crop_flip"
   for name in REHEARSAL:
     c.method[name].memory_size = 2000
   if quick:

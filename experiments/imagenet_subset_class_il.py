@@ -32,10 +32,9 @@ import sys
 
 import numpy as np
 
-from cljax.default_config import get_config as base
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cifar100_class_il import class_order  # noqa: E402
+from cifar100_class_il import parse_arg, protocol  # noqa: E402
 
 SPLITS = {"b50_5": (50, 10), "b50_10": (50, 5)}
 METHODS = ("finetune", "lwf", "icarl", "e2eil", "er", "derpp", "ucir", "bic",
@@ -51,41 +50,18 @@ def subset_labels() -> tuple:
 
 
 def get_config(arg="b50_5"):
-  tokens = [a for a in (arg or "").split(",") if a]
-  quick = "runlocal" in tokens
-  names = [t for t in tokens if t != "runlocal"] or ["b50_5"]
-  if len(names) > 1 or names[0] not in SPLITS:
-    raise ValueError(f"config arg: one of {sorted(SPLITS)}, optionally with "
-                     f"',runlocal', got {arg!r}")
-  first, step = SPLITS[names[0]]
+  name, quick = parse_arg(arg, SPLITS, "b50_5")
+  first, step = SPLITS[name]
   sizes = (first,) + (step,) * ((100 - first) // step)
-  c = base()
-  c.name = f"imagenet100_class_il_{names[0]}" + ("_runlocal" if quick else "")
+  c = protocol(sizes, "resnet18", METHODS, weight_decay=1e-4, epochs=90,
+               decay_at=(30, 60))
+  c.name = f"imagenet100_class_il_{name}" + ("_runlocal" if quick else "")
   c.data.name = "tfds:imagenet2012"
   c.data.image_size = 224
   c.data.classes = subset_labels()
   c.data.test_split = "validation"
-  c.scenario.kind = "class_incremental"
-  c.scenario.num_tasks = len(sizes)
-  c.scenario.task_sizes = sizes
-  c.scenario.class_order = class_order()
-  c.scenario.val_fraction = 0.0
-  c.model.name = "resnet18"
-  c.train.eval_top_k = 5
-  c.train.optimizer = "sgd"
-  c.train.lr = 0.1
-  c.train.momentum = 0.9
-  c.train.weight_decay = 1e-4
-  c.train.batch_size = 128
   c.train.eval_batch_size = 250
-  c.train.epochs = 90
-  c.train.schedule = "multistep"
-  c.train.milestones = (30 / 90, 60 / 90)
-  c.train.decay = 0.1
-  c.train.eval_every = 0
   c.log.every = 100
-  c.methods = ",".join(METHODS)
-  c.method.icarl.nme_flip = True
   for name in REHEARSAL:
     c.method[name].budget = "per_class"
     c.method[name].per_class = 20

@@ -13,6 +13,17 @@ import optax  # noqa: E402
 from cljax import models, methods, train  # noqa: E402
 
 assert jax.device_count() == 4, jax.devices()
+key = jax.random.key(0)
+
+
+def train_on(step, model, opt, masks, batches):
+  """Parameters and BatchNorm statistics after ``step`` on ``batches``."""
+  state = train.init_train_state(model.params, model.batch_stats, opt, (),
+                                 masks)
+  for b in batches:
+    state, _ = step(state, b, key)
+  return jax.device_get((state.params, state.batch_stats))
+
 # Models without BatchNorm: with it, each shard normalises with its own batch
 # statistics (as in any data-parallel BN without cross-replica sync), which
 # is a different computation from one device.
@@ -26,15 +37,7 @@ for name, shape in [("mlp", (8, 8, 1)), ("cnn", (8, 8, 3))]:
   batches = [{"x": rng.normal(size=(16, *shape)).astype(np.float32),
               "y": rng.integers(0, 10, 16).astype(np.int32),
               "t": np.zeros(16, np.int32)} for _ in range(4)]
-  key = jax.random.key(0)
-
-  def run(step):
-    state = train.init_train_state(model.params, model.batch_stats, opt, (),
-                                   masks)
-    for b in batches:
-      state, _ = step(state, b, key)
-    return jax.device_get((state.params, state.batch_stats))
-
+  run = lambda step: train_on(step, model, opt, masks, batches)
   single = run(jax.jit(train.make_train_step(loss, opt)))
   per_shard = train.make_train_step(loss, opt, axis_name="data")
   mesh = jax.make_mesh((4,), ("data",))
@@ -65,11 +68,7 @@ batches = [{"x": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
 
 
 def run_bn(step):
-  state = train.init_train_state(model.params, model.batch_stats, opt, (),
-                                 masks)
-  for b in batches:
-    state, _ = step(state, b, key)
-  return jax.device_get((state.params, state.batch_stats))
+  return train_on(step, model, opt, masks, batches)
 
 
 def max_diff(a, b):

@@ -36,6 +36,21 @@ def test_the_class_order_and_splits_are_the_papers():
     cifar100_class_il.get_config("b10_10")
 
 
+def _run(config, model, names, workdir, *more):
+  """``cljax run`` of an experiment config on the synthetic builds, in a
+  subprocess; its ``results.json``."""
+  out = subprocess.run(
+      [sys.executable, "-m", "cljax.cli", "run", "--config",
+       os.path.join(ROOT, "experiments", config),
+       f"--config.data.data_dir={DATA_DIR}", f"--config.model.name={model}",
+       f"--config.methods={','.join(names)}", *more,
+       f"--config.workdir={workdir}", "--config.progress=False"],
+      capture_output=True, text=True, cwd=ROOT, timeout=3000)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    return json.load(f)
+
+
 @pytest.mark.parametrize("model", [
     "cnn", pytest.param("resnet32", marks=pytest.mark.slow)])
 def test_the_protocol_runs_end_to_end(tmp_path, model):
@@ -45,17 +60,8 @@ def test_the_protocol_runs_end_to_end(tmp_path, model):
   UCIR, IL2M and WA on the protocol's ResNet-32 (minutes on 2 CPU cores)."""
   names = (["icarl", "ucir", "il2m", "wa"] if model == "resnet32"
            else ["ucir"])
-  out = subprocess.run(
-      [sys.executable, "-m", "cljax.cli", "run", "--config",
-       os.path.join(ROOT, "experiments", "cifar100_class_il.py:b0_20,runlocal"),
-       f"--config.data.data_dir={DATA_DIR}", f"--config.model.name={model}",
-       f"--config.methods={','.join(names)}",
-       *[f"--config.method.{n}.memory_size=200" for n in names],
-       f"--config.workdir={tmp_path}", "--config.progress=False"],
-      capture_output=True, text=True, cwd=ROOT, timeout=1500)
-  assert out.returncode == 0, out.stderr[-3000:]
-  with open(tmp_path / "results.json") as f:
-    res = json.load(f)
+  res = _run("cifar100_class_il.py:b0_20,runlocal", model, names, tmp_path,
+             *[f"--config.method.{n}.memory_size=200" for n in names])
   assert res["stream"]["classes"][0] == list(
       cifar100_class_il.class_order()[:20])
   assert res["stream"]["train_sizes"] == [100] * 5
@@ -89,17 +95,8 @@ def test_the_imagenet_protocol_streams_end_to_end(tmp_path, model):
   CNN; the slow one the protocol's ResNet-18 with every method it lists."""
   names = (["er"] if model == "cnn" else
            list(imagenet_subset_class_il.METHODS))
-  out = subprocess.run(
-      [sys.executable, "-m", "cljax.cli", "run", "--config",
-       os.path.join(ROOT, "experiments",
-                    "imagenet_subset_class_il.py:b50_5,runlocal"),
-       f"--config.data.data_dir={DATA_DIR}", f"--config.model.name={model}",
-       f"--config.methods={','.join(names)}",
-       f"--config.workdir={tmp_path}", "--config.progress=False"],
-      capture_output=True, text=True, cwd=ROOT, timeout=3000)
-  assert out.returncode == 0, out.stderr[-3000:]
-  with open(tmp_path / "results.json") as f:
-    res = json.load(f)
+  res = _run("imagenet_subset_class_il.py:b50_5,runlocal", model, names,
+             tmp_path)
   order = cifar100_class_il.class_order()
   assert res["stream"]["classes"][0] == list(order[:50])
   assert res["stream"]["train_sizes"] == [150] + [30] * 5
