@@ -119,10 +119,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sweep.vmap = False
 
   # Data parallelism: the global batch split over this many local devices
-  # (0: all of them; 1: one device). BatchNorm statistics are synchronised
+  # (1: one device; 0: all of them). BatchNorm statistics are synchronised
   # over the devices, so results match one device to float tolerance.
   c.parallel = ml_collections.ConfigDict()
-  c.parallel.data = 0
+  c.parallel.data = 1
   # One entry per method, with every hyperparameter, so any of them can be
   # set from the command line: --config.method.ewc.lam=10.
   c.method = ml_collections.ConfigDict(

@@ -32,7 +32,10 @@ OPTIMIZERS = ("sgd", "adam")
 # changing them never invalidates a checkpoint.
 PRESENTATION_KEYS = ("name", "workdir", "progress", "select",
                      "checkpoint_every", "data.verify", "log", "seeds",
-                     "train.loop", "train.scan_chunk", "train.device_data_mb")
+                     "train.loop", "train.scan_chunk", "train.device_data_mb",
+                     # the same results one by one or vmapped (tested); a
+                     # group checkpoints in its own directory
+                     "sweep.vmap")
 
 
 class NoResults(RuntimeError):
@@ -210,6 +213,11 @@ def resolve_devices(config) -> ml_collections.ConfigDict:
   if n > 1 and config.train.loop == "scan":
     _fail("train.loop", f"'scan' runs on one device; with "
           f"config.parallel.data={n} use 'host' or 'auto'")
+  for e in run_entries(config):
+    replay = e.hparams.get("replay_size", 0)
+    if n > 1 and replay and replay % n:
+      _fail(f"method.{e.name}.replay_size", f"{replay} does not divide by "
+            f"config.parallel.data={n} devices")
   if n > 1 and config.sweep.vmap:
     _fail("sweep.vmap", f"a vmapped sweep runs on one device; set "
           f"config.parallel.data=1 (now {n})")
@@ -235,7 +243,7 @@ def build_stream(config) -> cl_data.Stream:
                             test_split=d.test_split, seed=config.seed)
   else:
     ds = cl_data.load_dataset(d.name, d.path or None, d.data_dir or None,
-                              verify=d.verify)
+                              verify=d.verify, test_split=d.test_split)
   if s.class_order and len(s.class_order) != ds.num_classes:
     _fail("scenario.class_order", f"has {len(s.class_order)} entries for "
           f"{ds.num_classes} classes")
@@ -334,6 +342,8 @@ def entry_identity(config, e: Entry) -> dict:
     for k in parents:
       node = node.get(k, {})
     node.pop(leaf, None)
+    if parents and not node:  # a group left empty (sweep): gone too
+      c.pop(parents[0], None)
   for key, (group, name) in ENTRY_OVERRIDES.items():
     c[group][name] = list(e.hidden) if key == "hidden" else getattr(e, key)
   c["entry"] = {"kind": e.kind, "hparams": e.hparams}
@@ -514,6 +524,9 @@ def _run_locked(config, workdir) -> dict:
     groups = (sweep_groups(entries) if config.sweep.vmap else
               [[e] for e in entries])
     for group in groups:
+      if len(group) > 1:
+        _check_group(group, stream, cs, workdir)
+    for group in groups:
       names = ", ".join(e["entry"] for e in group)
       if config.progress and len(entries) * len(seeds) > 1:
         print(_entry_progress(done_units, len(entries) * len(seeds),
@@ -612,22 +625,57 @@ def _run_entry(e, stream, config, workdir) -> dict:
   return _finish(e, res)
 
 
-def _run_group(group, stream, config, workdir) -> list[dict]:
-  """A sweep group (``sweep_groups``) under one seed, as one vmapped
-  program: each entry's result or record of its divergence. Its
-  checkpoints live under ``checkpoints/<first entry>+<K - 1>``."""
+def _group_plan(group, config, workdir):
+  """``(checkpoint dir, members, identity)`` of a sweep group: its
+  checkpoints under ``checkpoints/<first entry>+<K - 1>[/seed<s>]``; its
+  identity the entries' shared resolved config (their hyperparameters are
+  the run's ``members`` and the method's own) and the entries' names."""
   first = group[0]
   ckdir = os.path.normpath(os.path.join(
       workdir, "checkpoints", f"{first['entry']}+{len(group) - 1}",
       f"seed{config.seed}" if config.seeds > 1 else ""))
   members = [e["method"].hparams() for e in group]
+  identity = {k: v for k, v in first["identity"].items()
+              if not k.startswith("config.entry.hparams")}
+  identity["sweep.entries"] = [e["entry"] for e in group]
+  return ckdir, members, identity
+
+
+def _check_group(group, stream, config, workdir) -> None:
+  """Before anything trains: the group's checkpoint directory is writable
+  and holds no checkpoint of another run (as ``_prepare_entries`` checks
+  each entry's)."""
+  ckdir, members, identity = _group_plan(group, config, workdir)
+  first = group[0]
+  for d in (os.path.dirname(ckdir), ckdir):
+    _check_writable(d)
+  if not os.path.isdir(ckdir):
+    return
+  checkpoints = Checkpoints(ckdir)
+  try:
+    record = checkpoints.latest_record()
+  finally:
+    checkpoints.close()
+  if record is not None:
+    check_identity(ckdir, record["identity"], train.run_identity(
+        stream, first["method"], first["model"], first["opt"],
+        {**first["settings"], "members": members}, identity),
+                   train.identity_defaults(first["method"],
+                                           _config_defaults()))
+
+
+def _run_group(group, stream, config, workdir) -> list[dict]:
+  """A sweep group (``sweep_groups``) under one seed, as one vmapped
+  program (``_group_plan``): each entry's result or record of its
+  divergence."""
+  first = group[0]
+  ckdir, members, identity = _group_plan(group, config, workdir)
   writers = [_writer(config.log, workdir, os.path.relpath(
       e["checkpoint_dir"], os.path.join(workdir, "checkpoints")))
              for e in group]
   outs = train.run_sweep(
       stream, first["method"], members, first["model"], first["opt"],
-      **first["settings"], checkpoint_dir=ckdir,
-      identity={"entries": {e["entry"]: e["identity"] for e in group}},
+      **first["settings"], checkpoint_dir=ckdir, identity=identity,
       writer=None if any(w is None for w in writers) else writers,
       **_run_options(config))
   return [_diverged(e, config, res["diverged"]) if "diverged" in res else

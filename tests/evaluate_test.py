@@ -35,6 +35,19 @@ def test_hits_match_a_loop_over_examples(top_k):
   np.testing.assert_array_equal(np.asarray(got), want)
 
 
+def test_top_k_never_counts_an_inactive_label():
+  """Fewer active classes than k: the top k then holds masked classes,
+  which must not count (a task not yet trained scores 0)."""
+  logits = np.random.default_rng(0).normal(size=(6, 10)).astype(np.float32)
+  masks = np.zeros((1, 10), bool)
+  masks[0, :2] = True
+  labels = np.asarray([0, 1, 2, 3, 4, 9], np.int32)
+  got = hits(_identity_apply, top_k=5)(
+      None, {}, jnp.asarray(masks),
+      {"x": logits, "y": labels, "t": np.zeros(6, np.int32)}, ())
+  np.testing.assert_array_equal(np.asarray(got), [1, 1, 0, 0, 0, 0])
+
+
 def test_top_k_with_a_method_classifier_is_refused():
   with pytest.raises(ValueError, match="top_k"):
     hits(_identity_apply, predict=lambda *a: None, top_k=5)
@@ -67,6 +80,7 @@ def test_run_stream_reports_top_k(digits):
   top5 = np.asarray(res["accuracy_matrix_top5"])
   assert np.all(top5 >= top1 - 1e-12)
   assert top5[0, 0] == top5[1, 0] == 1.0  # 2 and 4 classes active
+  assert np.all(np.triu(top5, 1) == 0)  # tasks not yet trained: masked
   assert "metrics_top5" in res
   with pytest.raises(ValueError, match="top_k"):
     train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),

@@ -194,6 +194,7 @@ def test_presentation_keys_do_not_invalidate_checkpoints(tmp_path):
   c.scenario.num_tasks = 2
   first = experiment.run_experiment(c)["runs"]["finetune"]
   c.name, c.progress, c.checkpoint_every, c.select = "x", True, 3, "val_score"
+  c.sweep.vmap = True  # an entry of its own runs as before, from its checkpoint
   again = experiment.run_experiment(c)["runs"]["finetune"]
   assert again["accuracy_matrix"] == first["accuracy_matrix"]
   assert again["timings"] == first["timings"]  # nothing retrained

@@ -141,3 +141,30 @@ def test_grouped_work_streams_class_by_class_as_in_memory(subset):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                          atol=1e-6),
                  got["streamed"], got["in_memory"])
+
+
+@pytest.mark.parametrize("selection", ["herding", "random"])
+def test_exemplar_selection_streams_class_by_class_as_in_memory(subset,
+                                                                selection):
+  """The memory a streamed task's selection builds (class by class) is the
+  one the same task decoded into memory builds (all classes at once)."""
+  import jax
+  from cljax import models
+  from cljax.methods import TaskContext
+  stream = data.class_splits(subset, 2, class_order=tuple(range(100)))
+  in_memory = stream._replace(tasks=tuple(
+      t._replace(train=t.train.replace(x=np.asarray(t.train.x)))
+      for t in stream.tasks))
+  model = models.build_model("cnn", (24, 24, 3), 100)
+  got = {}
+  for key, st in (("streamed", stream), ("in_memory", in_memory)):
+    m = methods.build_method("er", memory_size=100, selection=selection)
+    state = m.init_state(model, st)
+    for k in range(2):
+      state = m.on_task_end(TaskContext(
+          k, st, model, model.params, model.batch_stats, state,
+          st.logit_masks(k)))
+    got[key] = jax.device_get(state["memory"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               got["streamed"], got["in_memory"])
+  assert got["streamed"].valid.sum() == 100

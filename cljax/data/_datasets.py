@@ -276,12 +276,14 @@ def load_fashion_mnist(path: str | None = None, verify: bool = True
 
 
 def load_dataset(name: str, path: str | None = None,
-                 data_dir: str | None = None, verify: bool = True) -> Dataset:
+                 data_dir: str | None = None, verify: bool = True,
+                 test_split: str = "test") -> Dataset:
   """Loads a dataset by name: ``digits``, ``fashion_mnist`` or ``tfds:<name>``.
 
   ``fashion_mnist`` reads idx files from ``path`` (default: Debian's),
   checked against the official checksums unless ``verify`` is False; with
-  ``data_dir`` set it reads the tensorflow-datasets build there instead.
+  ``data_dir`` set it reads the tensorflow-datasets build there instead
+  (testing on its split ``test_split``).
   """
   if name == "digits":
     return load_digits()
@@ -290,6 +292,6 @@ def load_dataset(name: str, path: str | None = None,
   tfds_name = name[len("tfds:"):] if name.startswith("tfds:") else name
   if name.startswith("tfds:") or name == "fashion_mnist":
     from cljax.data._tfds import load_tfds
-    return load_tfds(tfds_name, data_dir)
+    return load_tfds(tfds_name, data_dir, test_split=test_split)
   raise ValueError(f"data.name: unknown dataset {name!r}; expected 'digits', "
                    "'fashion_mnist' or 'tfds:<name>'")

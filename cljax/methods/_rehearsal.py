@@ -292,9 +292,10 @@ class Rehearsal(Method):
         outs.get(g, zero) for g in range(len(counts))])
 
   def _select_fn(self, herding, params, batch_stats, memory, x, counts, y, t,
-                 m, key):
+                 m, keys):
     """Shrinks old classes to ``m`` and stores ``m`` exemplars of each new
-    class (rows of ``x``: ``(G, N, ...)``, the first ``counts[g]`` real)."""
+    class (rows of ``x``: ``(G, N, ...)``, the first ``counts[g]`` real;
+    ``keys`` ``(G,)``, each group's for random selection)."""
     g, n = x.shape[:2]
     if herding:
       feats = self._features(params, batch_stats,
@@ -302,7 +303,6 @@ class Rehearsal(Method):
       order = mem.herding_classes(feats.reshape(g, n, -1), counts, m,
                                   self._m_max)
     else:  # a random permutation of each class's rows, real rows first
-      keys = jax.random.split(key, g)
       noise = jax.vmap(lambda k: jax.random.uniform(k, (n,)))(keys)
       noise = jnp.where(jnp.arange(n)[None] < counts[:, None], noise, 2.0)
       order = jnp.argsort(noise, axis=1)[:, :self._m_max]
@@ -326,17 +326,18 @@ class Rehearsal(Method):
                              self.per_class)
     x, counts, y = self.grouped(ctx.stream, ctx.index)
     state = ctx.method_state
-    key = jax.random.key(ctx.seed * 1000 + ctx.index)
-    select = lambda memory, x, counts, y, key: self._select(
+    keys = jax.random.split(jax.random.key(ctx.seed * 1000 + ctx.index),
+                            len(y))
+    select = lambda memory, x, counts, y, keys: self._select(
         self.selection == "herding", ctx.params, ctx.batch_stats, memory, x,
-        counts, y, np.full(len(y), ctx.index), m, key)
+        counts, y, np.full(len(y), ctx.index), m, keys)
     if isinstance(x, np.ndarray):  # every class at once
-      return {**state, "memory": select(state["memory"], x, counts, y, key)}
-    # Streamed: one class's images decoded at a time.
+      return {**state, "memory": select(state["memory"], x, counts, y, keys)}
+    # Streamed: one class's images decoded at a time (the same memory).
     memory = state["memory"]
     for g in np.flatnonzero(counts):
       memory = select(memory, materialise(x[g:g + 1]), counts[g:g + 1],
-                      y[g:g + 1], jax.random.fold_in(key, g))
+                      y[g:g + 1], keys[g:g + 1])
     return {**state, "memory": memory}
 
 

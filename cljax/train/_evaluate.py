@@ -24,7 +24,8 @@ def hits(apply: Callable, predict: Callable | None = None, top_k: int = 1):
   """``(params, batch_stats, masks, batch, aux) -> (B,)`` float32, 1 where
   the prediction is right: the label is the argmax over the logits active
   for the example's task (``top_k`` > 1: among the ``top_k`` largest of
-  them, ties broken by ``jax.lax.top_k``), or ``predict(params,
+  them, ties broken by ``jax.lax.top_k``; a label outside the active
+  classes is never a hit), or ``predict(params,
   batch_stats, aux, x, active (B, C))`` returns it."""
   if top_k < 1 or (predict is not None and top_k != 1):
     raise ValueError(f"top_k must be >= 1, and 1 with a method's own "
@@ -40,7 +41,9 @@ def hits(apply: Callable, predict: Callable | None = None, top_k: int = 1):
     if top_k == 1:
       return (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
     best = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[1]
-    return jnp.any(best == batch["y"][:, None], -1).astype(jnp.float32)
+    # A masked class in the top k (fewer than k active) is never a hit.
+    hit = (best == batch["y"][:, None]) & jnp.take_along_axis(active, best, -1)
+    return jnp.any(hit, -1).astype(jnp.float32)
 
   return fn
 
