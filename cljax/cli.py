@@ -163,6 +163,12 @@ def _unknown_key(args) -> str | None:
     if m and m.group(1) not in keys:
       close = difflib.get_close_matches(m.group(1), keys, n=3, cutoff=0.6)
       hint = f"; closest: {', '.join(close)}" if close else ""
+      entry = re.match(r"config\.method\.([^.]+__[^.]+)\.", m.group(1))
+      if entry:  # a new family__variant entry: made in a config file
+        hint = (f"; a new entry such as {entry.group(1)!r} is made in a "
+                "config file: config.method[\"" + entry.group(1) +
+                "\"] = method_entry(\"<method>\", ...) (see README, "
+                "Hyperparameter sweeps)")
       return f"{m.group(1)}: no such key in the config{hint}"
   return None
 
@@ -272,7 +278,9 @@ def list_text(what: str) -> str:
 def _entries(title: str, entries: dict) -> str:
   out = [title]
   for name, text in entries.items():
-    out += [f"  {name}"] + [_wrap(line) for line in text.splitlines()]
+    # Commands stay on one line (copied and pasted whole).
+    out += [f"  {name}"] + [f"      {line}" if line.startswith("cljax ")
+                            else _wrap(line) for line in text.splitlines()]
   return "\n".join(out)
 
 
