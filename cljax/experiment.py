@@ -459,16 +459,7 @@ def _prepare_entries(config, stream, workdir, sub: str = "") -> list[dict]:
               os.path.join("checkpoints", entry, sub), "tensorboard",
               os.path.join("tensorboard", entry, sub), "metrics"):
       _check_writable(os.path.join(workdir, d))
-    if os.path.isdir(ckdir):
-      checkpoints = Checkpoints(ckdir)
-      try:
-        record = checkpoints.latest_record()
-      finally:
-        checkpoints.close()
-      if record is not None:
-        check_identity(ckdir, record["identity"], train.run_identity(
-            stream, method, model, opt, settings, ident),
-                       train.identity_defaults(method, _config_defaults()))
+    _refuse_other_run(ckdir, stream, method, model, opt, settings, ident)
     out.append(dict(entry=entry, method=method, model=model, opt=opt,
                     settings=settings, identity=ident, checkpoint_dir=ckdir,
                     lr=e.lr, hparams=e.hparams))
@@ -649,6 +640,15 @@ def _check_group(group, stream, config, workdir) -> None:
   first = group[0]
   for d in (os.path.dirname(ckdir), ckdir):
     _check_writable(d)
+  _refuse_other_run(ckdir, stream, first["method"], first["model"],
+                    first["opt"], {**first["settings"], "members": members},
+                    identity)
+
+
+def _refuse_other_run(ckdir, stream, method, model, opt, settings,
+                      identity) -> None:
+  """Raises ``ValueError`` (the differing keys) if ``ckdir`` holds a
+  checkpoint of a run whose identity is not this one's."""
   if not os.path.isdir(ckdir):
     return
   checkpoints = Checkpoints(ckdir)
@@ -658,10 +658,8 @@ def _check_group(group, stream, config, workdir) -> None:
     checkpoints.close()
   if record is not None:
     check_identity(ckdir, record["identity"], train.run_identity(
-        stream, first["method"], first["model"], first["opt"],
-        {**first["settings"], "members": members}, identity),
-                   train.identity_defaults(first["method"],
-                                           _config_defaults()))
+        stream, method, model, opt, settings, identity),
+                   train.identity_defaults(method, _config_defaults()))
 
 
 def _run_group(group, stream, config, workdir) -> list[dict]:
