@@ -525,9 +525,9 @@ def _run_locked(config, workdir) -> dict:
                                        else ""),
                               time.perf_counter() - started), file=sys.stderr)
       done_units += len(group)
-      outs = (_run_entry(group[0], stream, cs, workdir) if len(group) == 1
+      outs = ([_run_entry(group[0], stream, cs, workdir)] if len(group) == 1
               else _run_group(group, stream, cs, workdir))
-      for e, res in zip(group, [outs] if len(group) == 1 else outs):
+      for e, res in zip(group, outs):
         entry = e["entry"]
         per_seed.setdefault(entry, []).append(res)
         results["runs"][entry] = _combine(per_seed[entry], seeds)

@@ -82,7 +82,7 @@ class Split:
   def digest(self) -> str:
     """SHA-256 of the content (shapes, dtypes and bytes of x, y and t),
     computed once per split: the data's part of a run's identity."""
-    if not isinstance(self.x, np.ndarray):  # streamed: its source's digest
+    if not self.in_memory:  # streamed: its source's digest
       return hashlib.sha256((self.x.digest() + array_digest(
           (self.y, self.t))).encode()).hexdigest()
     return array_digest((self.x, self.y, self.t))

@@ -115,8 +115,6 @@ class StreamedImages:
   module docstring). ``indices`` may have any shape (e.g. ``(G, R)`` rows
   of classes); the view's shape is ``indices.shape + (S, S, 3)``."""
 
-  ndim_image = 3
-
   def __init__(self, source: _Source, indices, size: int, seed: int = 0,
                threads: int = 8):
     self._source, self.size, self.seed = source, int(size), int(seed)

@@ -283,11 +283,9 @@ class Rehearsal(Method):
     outputs concatenated along the group axis."""
     if isinstance(x, np.ndarray):
       return fn(x, counts, *group_args)
-    one = lambda g: fn(materialise(x[g:g + 1]), counts[g:g + 1],
-                       *(a[g:g + 1] for a in group_args))
-    real = [g for g in range(len(counts)) if counts[g]]
-    outs = {g: one(g) for g in real}
-    zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), outs[real[0]])
+    outs = {g: fn(*args) for g, args in _by_class(x, counts, *group_args)}
+    zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                        next(iter(outs.values())))
     return jax.tree.map(lambda *o: jnp.concatenate(o), *[
         outs.get(g, zero) for g in range(len(counts))])
 
@@ -335,10 +333,18 @@ class Rehearsal(Method):
       return {**state, "memory": select(state["memory"], x, counts, y, keys)}
     # Streamed: one class's images decoded at a time (the same memory).
     memory = state["memory"]
-    for g in np.flatnonzero(counts):
-      memory = select(memory, materialise(x[g:g + 1]), counts[g:g + 1],
-                      y[g:g + 1], keys[g:g + 1])
+    for _, args in _by_class(x, counts, y, keys):
+      memory = select(memory, *args)
     return {**state, "memory": memory}
+
+
+def _by_class(x, counts, *group_args):
+  """``(g, (x[g:g+1] decoded, counts[g:g+1], *args[g:g+1]))`` for each
+  group ``g`` with rows, of a streamed ``grouped`` task: one class's images
+  decoded at a time."""
+  for g in np.flatnonzero(counts):
+    yield g, (materialise(x[g:g + 1]), counts[g:g + 1],
+              *(a[g:g + 1] for a in group_args))
 
 
 def group_rows(by_class: dict, groups: int, width: int):

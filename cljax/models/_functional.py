@@ -76,11 +76,10 @@ def functional(module: nnx.Module, dtype: str = "float32"
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
   compute = jnp.dtype(dtype)
-  cast = lambda tree: jax.tree.map(
-      lambda a: a.astype(compute) if jnp.issubdtype(a.dtype, jnp.floating)
-      else a, tree)
-  if dtype == "float32":
-    cast = lambda tree: tree
+  cast = (lambda tree: tree) if dtype == "float32" else (
+      lambda tree: jax.tree.map(
+          lambda a: a.astype(compute) if jnp.issubdtype(a.dtype, jnp.floating)
+          else a, tree))
   graphdef, params, rest = nnx.split(module, nnx.Param, ...)
   p_def, r_def = jax.tree.structure(params), jax.tree.structure(rest)
   p_dict, r_dict = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)

@@ -27,8 +27,8 @@ from cljax.train._sweep import member, member_step, stack, stack_hparams
 from cljax.train._evaluate import (DeviceEvaluator, evaluate,
                                    make_eval_step)
 from cljax.train._step import (check_finite, data_parallel,
-                               init_train_state,
-                               make_train_step)
+                               init_train_state, make_train_step,
+                               nonfinite_message)
 
 
 @contextlib.contextmanager
@@ -348,12 +348,11 @@ class _Run:
     if self.k is None:
       check_finite(self.state, term_names)
       return
-    for m in range(self.k):
-      if str(m) not in prog["diverged"]:
-        try:
-          check_finite(member(self.state, m), term_names)
-        except FloatingPointError as err:
-          prog["diverged"][str(m)] = str(err)
+    bad, term = jax.device_get((self.state.nonfinite_step,
+                                self.state.nonfinite_term))  # one transfer
+    for m in np.flatnonzero(bad >= 0):
+      prog["diverged"].setdefault(str(m), nonfinite_message(
+          int(bad[m]), int(term[m]), term_names))
 
   def _train_task(self, i, prog, stash, save, checkpoint_every):
     """Trains task ``i``, from the start or from ``prog["position"]`` (a

@@ -230,11 +230,15 @@ def check_finite(state: TrainState, term_names) -> None:
   bad, term = map(int, jax.device_get((state.nonfinite_step,
                                        state.nonfinite_term)))
   if bad >= 0:
-    names = sorted(term_names)
-    what = (f"loss term {names[term]!r}" if term < len(names) else
-            "the gradient of the total loss (every loss term was finite)"
-            if term == len(names) else
-            "the update (after the optimizer and the method's gradient "
-            "transforms; loss terms and gradient were finite)")
-    raise FloatingPointError(f"{what} was NaN or inf at step {bad}; training "
-                             "stopped there")
+    raise FloatingPointError(nonfinite_message(bad, term, term_names))
+
+
+def nonfinite_message(bad: int, term: int, term_names) -> str:
+  """What went NaN/inf at step ``bad`` (``TrainState.nonfinite_*``)."""
+  names = sorted(term_names)
+  what = (f"loss term {names[term]!r}" if term < len(names) else
+          "the gradient of the total loss (every loss term was finite)"
+          if term == len(names) else
+          "the update (after the optimizer and the method's gradient "
+          "transforms; loss terms and gradient were finite)")
+  return f"{what} was NaN or inf at step {bad}; training stopped there"
