@@ -164,3 +164,17 @@ def test_import_path_keys_on_the_command_line_say_what_to_do():
              "--config.method.mylab.m:X.lam=2")
   assert out.returncode == 2
   assert "takes its hyperparameters from a config file entry" in out.stderr
+
+
+def test_a_new_sweep_entry_on_the_command_line_says_how_to_make_one():
+  out = _cli("run", "--config.methods=ewc__a",
+             "--config.method.ewc__a.kind=ewc")
+  assert out.returncode == 2
+  assert "config.method[\"ewc__a\"] = method_entry(" in out.stderr
+
+
+def test_listed_commands_stay_on_one_line():
+  text = cli.list_text("configs")
+  runs = [line.strip() for line in text.splitlines()
+          if line.strip().startswith("cljax run")]
+  assert runs and all(" --config " in r for r in runs)  # arg kept with it

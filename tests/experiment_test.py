@@ -566,3 +566,18 @@ def test_bad_device_counts(tmp_path, key, value, match):
   c.update_from_flattened_dict({key: value})
   with pytest.raises(ValueError, match=match):
     experiment.run_experiment(c)
+
+
+def test_a_stale_sweep_group_checkpoint_is_refused_before_training(tmp_path):
+  c = _config(tmp_path)
+  c.scenario.num_tasks = 2
+  c.methods = "ewc__a,ewc__b"
+  c.method.ewc__a = {"kind": "ewc", "lam": 1.0}
+  c.method.ewc__b = {"kind": "ewc", "lam": 4.0}
+  c.sweep.vmap = True
+  experiment.run_experiment(c)
+  c.methods = "l2,ewc__a,ewc__b"  # a new entry first, then the group
+  c.method.ewc__b.lam = 8.0  # another member: the group's checkpoint is stale
+  with pytest.raises(ValueError, match="other settings"):
+    experiment.run_experiment(c)
+  assert not os.path.exists(os.path.join(c.workdir, "checkpoints", "l2"))

@@ -182,3 +182,13 @@ def test_known_content_checksums_follow_from_upstreams(manual_dir):
   for name, digest in FASHION_MNIST_SHA256.items():
     content = gzip.decompress((manual_dir / (name + ".gz")).read_bytes())
     assert hashlib.sha256(content).hexdigest() == digest, name
+
+
+def test_the_test_split_is_chosen_by_name():
+  """``load_dataset(..., test_split=)`` (``config.data.test_split``)
+  reaches the tfds reader: here the training split tested on."""
+  from cljax.data import load_dataset
+  ds = load_dataset("tfds:cljax_digits",
+                    data_dir=os.path.join(DIGITS, "array_record"),
+                    test_split="train")
+  assert len(ds.test) == len(ds.train)
