@@ -183,7 +183,8 @@ def _run(args) -> int:
   # As `python -m` does: methods given by import path may live here.
   sys.path.insert(0, os.getcwd())
   config = load_config(args)
-  from cljax.experiment import run_experiment, validate
+  from cljax.experiment import run_experiment, start_distributed, validate
+  start_distributed(config)  # before anything touches a device
   validate(config)  # a bad value is the only line on stderr
   if not config.workdir:
     with config.unlocked():

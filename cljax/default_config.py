@@ -118,11 +118,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sweep = ml_collections.ConfigDict()
   c.sweep.vmap = False
 
-  # Data parallelism: the global batch split over this many local devices
-  # (1: one device; 0: all of them). BatchNorm statistics are synchronised
-  # over the devices, so results match one device to float tolerance.
+  # Data parallelism: the global batch split over this many devices (1: one
+  # device; 0: all of them, every process's in a distributed run).
+  # BatchNorm statistics are synchronised over the devices, so results match
+  # one device to float tolerance.
   c.parallel = ml_collections.ConfigDict()
   c.parallel.data = 1
+  # Multi-process runs: jax.distributed.initialize with these (each left at
+  # its default is auto-detected on TPU pods, SLURM, Open MPI); every
+  # process runs the same command; process 0 writes the results.
+  c.distributed = False
+  c.cluster = ml_collections.ConfigDict()
+  c.cluster.coordinator_address = ""   # host:port of process 0
+  c.cluster.num_processes = 0
+  c.cluster.process_id = -1
   # One entry per method, with every hyperparameter, so any of them can be
   # set from the command line: --config.method.ewc.lam=10.
   c.method = ml_collections.ConfigDict(

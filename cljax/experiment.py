@@ -3,6 +3,7 @@ stream, model and methods, runs each method, writes results and plots."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ import numpy as np
 import optax
 
 import cljax
-from cljax import _validate
+from cljax import _distributed, _validate
 from cljax import data as cl_data
 from cljax import report
 from cljax import train
@@ -33,6 +34,8 @@ OPTIMIZERS = ("sgd", "adam")
 PRESENTATION_KEYS = ("name", "workdir", "progress", "select",
                      "checkpoint_every", "data.verify", "log", "seeds",
                      "train.loop", "train.scan_chunk", "train.device_data_mb",
+                     # how the devices are reached, not how many
+                     "distributed", "cluster",
                      # the same results one by one or vmapped (tested); a
                      # group checkpoints in its own directory
                      "sweep.vmap")
@@ -152,6 +155,7 @@ def validate(config) -> None:
           "data.image_size too")
   if not isinstance(config.sweep.vmap, bool):
     _fail("sweep.vmap", f"must be True or False, got {config.sweep.vmap!r}")
+  _check_distributed(config)
   if t.loop not in train.LOOPS:
     _fail("train.loop", f"unknown {t.loop!r}; one of {train.LOOPS}")
   _int("train.scan_chunk", t.scan_chunk, 1)
@@ -198,14 +202,44 @@ def validate(config) -> None:
     build_method(e.kind, **e.hparams)  # raises ValueError on bad hyperparameters
 
 
+def _check_distributed(config) -> None:
+  """``config.distributed`` and ``config.cluster``."""
+  if not isinstance(config.distributed, bool):
+    _fail("distributed", f"must be True or False, got {config.distributed!r}")
+  cl = config.cluster
+  _int("cluster.num_processes", cl.num_processes, 0)
+  _int("cluster.process_id", cl.process_id, -1)
+  if not isinstance(cl.coordinator_address, str):
+    _fail("cluster.coordinator_address", "must be a 'host:port' string, got "
+          f"{cl.coordinator_address!r}")
+  if not config.distributed and (cl.coordinator_address or cl.num_processes
+                                 or cl.process_id >= 0):
+    _fail("cluster", "is read only by a distributed run: set "
+          "config.distributed=True")
+
+
+def start_distributed(config) -> None:
+  """Joins the multi-process run of ``config.distributed`` (once per
+  process; before anything touches a device)."""
+  _check_distributed(config)
+  if config.distributed and not jax.distributed.is_initialized():
+    cl = config.cluster
+    _distributed.initialize(cl.coordinator_address, cl.num_processes,
+                            cl.process_id)
+
+
 def resolve_devices(config) -> ml_collections.ConfigDict:
   """A copy of ``config`` with ``parallel.data`` resolved to a device count
-  (0: every local device), checked against the devices present, the batch
-  size and the settings that need one device."""
-  n = int(config.parallel.data) or jax.local_device_count()
-  if n > jax.local_device_count():
-    _fail("parallel.data", f"{n} devices asked for, {jax.local_device_count()}"
-          f" present ({jax.local_devices()[0].platform})")
+  (0: every device, every process's in a distributed run), checked against
+  the devices present, the batch size and the settings that need one
+  device."""
+  n = int(config.parallel.data) or jax.device_count()
+  if n > jax.device_count():
+    _fail("parallel.data", f"{n} devices asked for, {jax.device_count()}"
+          f" present ({jax.devices()[0].platform})")
+  if jax.process_count() > 1 and n != jax.device_count():
+    _fail("parallel.data", f"a run of {jax.process_count()} processes trains "
+          f"on all their {jax.device_count()} devices: set 0 (now {n})")
   if config.train.batch_size % n:
     _fail("train.batch_size", f"{config.train.batch_size} does not divide "
           f"by config.parallel.data={n} devices: the global batch is split "
@@ -231,7 +265,7 @@ def _mesh(config):
   or ``None`` for one device."""
   n = config.parallel.data
   return None if n == 1 else jax.make_mesh(
-      (n,), ("data",), devices=jax.local_devices()[:n])
+      (n,), ("data",), devices=jax.devices()[:n])
 
 
 def build_stream(config) -> cl_data.Stream:
@@ -389,7 +423,10 @@ def _check_writable(directory: str) -> None:
 
 
 def _plot(fn, *args) -> None:
-  """A plot that fails is a warning, never a lost result."""
+  """A plot that fails is a warning, never a lost result. (Process 0's
+  alone in a distributed run.)"""
+  if not _distributed.is_primary():
+    return
   try:
     fn(*args)
   except Exception as e:  # noqa: BLE001 - any plotting failure
@@ -408,8 +445,11 @@ def _entry_progress(k: int, n: int, entry: str, elapsed: float) -> str:
 
 
 def _writer(log, workdir, entry):
-  """The entry's metric writer: TensorBoard event files and/or a CSV."""
+  """The entry's metric writer: TensorBoard event files and/or a CSV
+  (process 0's alone in a distributed run)."""
   writers = []
+  if not _distributed.is_primary():
+    return None
   if log.tensorboard:
     try:
       writers.append(report.TensorBoardWriter(
@@ -485,12 +525,25 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
     cljax.train.LockedError: another run is using the workdir.
     NoResults: every entry diverged (``results.json`` is written first).
   """
+  start_distributed(config)
   validate(config)
   config = resolve_devices(config)
   workdir = config.workdir or os.path.join("runs", config.name)
   _prepare_workdir(workdir)
-  with train.directory_lock(workdir):
+  with train.directory_lock(workdir), _quiet_unless_primary(config):
     return _run_locked(config, workdir)
+
+
+@contextlib.contextmanager
+def _quiet_unless_primary(config):
+  """Process 0 alone prints tables and progress in a distributed run."""
+  if _distributed.is_primary():
+    yield
+    return
+  with config.unlocked():
+    config.progress = False
+  with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+    yield
 
 
 def _with_seed(config, seed: int):
@@ -718,11 +771,12 @@ def _summarise(results, config, workdir) -> dict:
     table = report.selection_table(done, sel, config.select)
     if diverged:
       table += f"\n\nDiverged (not candidates): {', '.join(sorted(diverged))}"
-    with open(os.path.join(workdir, "selection.md"), "w") as f:
-      f.write(f"Chosen on validation ({config.select}); test numbers of the "
-              f"chosen entries only" + (
-                  f", mean ± std over {config.seeds} seeds" if
-                  config.seeds > 1 else "") + f".\n\n{table}\n")
+    if _distributed.is_primary():
+      with open(os.path.join(workdir, "selection.md"), "w") as f:
+        f.write(f"Chosen on validation ({config.select}); test numbers of "
+                f"the chosen entries only" + (
+                    f", mean ± std over {config.seeds} seeds" if
+                    config.seeds > 1 else "") + f".\n\n{table}\n")
     print("\n" + table)
   _plot(report.plot_curves, {e: r["curves"] for e, r in shown.items()},
         os.path.join(workdir, "curves_selected.png" if sweep else
@@ -736,7 +790,11 @@ def _summarise(results, config, workdir) -> dict:
 
 
 def _write(results, workdir) -> str:
+  """Writes ``results.json`` atomically (process 0 alone in a distributed
+  run); returns its path."""
   path = os.path.join(workdir, "results.json")
+  if not _distributed.is_primary():
+    return path
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(results, f, indent=1)

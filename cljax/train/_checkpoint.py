@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import jax
 
+from cljax._distributed import is_primary
 from cljax._hashing import array_digest
 
 RECORD = "record"
@@ -90,6 +91,11 @@ class Checkpoints:
     step; returns its number."""
     steps = self._manager.all_steps()
     step = max(steps) + 1 if steps else 0
+    if jax.process_count() > 1:
+      # Every process holds the same (replicated) state, some of it in
+      # process-local arrays, which orbax cannot save collectively: as host
+      # arrays, every process takes part and process 0 writes them.
+      items = jax.device_get(items)
     record = {**record, "state_sha256": tree_digest(items)}
     args = {k: self._ocp.args.StandardSave(v) for k, v in items.items()}
     args[RECORD] = self._ocp.args.JsonSave({"record": record,
@@ -117,7 +123,7 @@ class Checkpoints:
     dst = os.path.join(self.directory, f"corrupt-{step}-{int(time.time())}")
     why = (str(error).strip().splitlines() or [""])[0][:200]
     try:
-      if os.path.exists(src):
+      if os.path.exists(src) and is_primary():  # every process sees it
         os.replace(src, dst)
     except OSError as e:
       raise ValueError(f"checkpoint step {step} in {self.directory} is "

@@ -36,22 +36,25 @@ def _take(split: Split, rows: np.ndarray) -> dict:
 
 class HostEngine:
   """Batches gathered on the host; ``prefetch`` sends the next one to the
-  device while the current step runs (off for a data-parallel step, which
-  places its own inputs)."""
+  device while the current step runs. A data-parallel step
+  (``data_parallel``) places its own inputs, and this process gathers only
+  the rows of each batch that its devices hold (its ``process_rows``)."""
 
   def __init__(self, step, prefetch: bool = True):
     self.step, self.prefetch = step, prefetch
+    self.rows = getattr(step, "process_rows", lambda r: r)
 
   def run(self, state, split: Split, rows: np.ndarray, key):
     """``(state, loss terms of the last step)`` after one step per row."""
     put = jax.device_put if self.prefetch else (lambda b: b)
+    take = lambda r: put(_take(split, self.rows(rows[r])))
     terms = None
-    nxt = put(_take(split, rows[0]))
+    nxt = take(0)
     for r in range(len(rows)):
       batch = nxt
       state, terms = self.step(state, batch, key)
       if r + 1 < len(rows):  # dispatched asynchronously: overlaps the step
-        nxt = put(_take(split, rows[r + 1]))
+        nxt = take(r + 1)
     return state, terms
 
 

@@ -17,6 +17,8 @@ import socket
 import time
 import warnings
 
+from cljax._distributed import is_primary
+
 LOCK_FILE = "cljax.lock"
 
 
@@ -44,10 +46,16 @@ def _read(fd) -> dict:
 def directory_lock(directory: str):
   """Holds the exclusive lock of ``directory`` (created if needed).
 
+  In a multi-process run (``jax.distributed``) the processes are one run:
+  process 0 holds the lock, the others take none.
+
   Raises:
     LockedError: another process holds it; the message names the holder.
     ValueError: the directory cannot be written.
   """
+  if not is_primary():
+    yield
+    return
   path = os.path.join(directory, LOCK_FILE)
   while True:
     try:

@@ -100,7 +100,8 @@ class _Run:
     """``hook(method, state)`` of the run, or of each member with its own
     method and state, stacked (``None`` where the hook returns ``None``)."""
     if self.k is None:
-      return hook(self.method, self.state)
+      return hook(self.method, self.state if self.mesh is None else
+                  _one_device(self.state))
     # Copies made now share what the method has set up (init_state).
     outs = [hook(self.method.with_hparams(**{
         n: float(v[i]) for n, v in self.hp.items()}), member(self.state, i))
@@ -481,6 +482,19 @@ class _Run:
       if seen is not None:
         scalars[f"{name}/average_seen"] = float(np.mean(acc[:seen + 1]))
       writer.write_scalars(step, scalars)
+
+
+def _one_device(tree):
+  """The state replicated over a mesh (the data-parallel step's output) as
+  single-device arrays on this process's first device, for the method's
+  hooks: their eager updates and host data would not mix with arrays
+  placed on the mesh."""
+  def local(a):
+    if not isinstance(a, jax.Array) or len(a.sharding.device_set) == 1:
+      return a
+    assert a.sharding.is_fully_replicated, a.sharding
+    return a.addressable_data(0)
+  return jax.tree.map(local, tree)
 
 
 def _own(tree):

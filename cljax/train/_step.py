@@ -13,10 +13,12 @@ is fixed-size), so the step compiles once per stream.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -198,6 +200,11 @@ def data_parallel(step: Callable, mesh: jax.sharding.Mesh,
   global batch's statistics (``cljax.models.sync_batch_norm``), so a BN
   model trains as on one device; without it each shard uses its own batch
   statistics and the running statistics are averaged over shards.
+
+  On a mesh that spans several processes (``jax.distributed``) each process
+  passes only its own rows of the global batch (``process_rows``), and the
+  global batch is assembled with ``jax.make_array_from_process_local_data``;
+  every process calls the step with the same state and key.
   """
   def synced(*args):
     with sync_batch_norm(axis_name if sync_bn else None):
@@ -209,18 +216,60 @@ def data_parallel(step: Callable, mesh: jax.sharding.Mesh,
   split = NamedSharding(mesh, P(axis_name))
   replicated = NamedSharding(mesh, P())
   devices = mesh.shape[axis_name]
+  processes = len({d.process_index for d in mesh.devices.flat})
 
   def run(state, batch, rng):
-    size = len(jax.tree.leaves(batch)[0])
+    size = len(jax.tree.leaves(batch)[0]) * processes
     if size % devices:
       raise ValueError(f"a batch of {size} examples does not split over "
                        f"{devices} devices: use a batch size divisible by "
                        f"{devices}")
-    return mapped(jax.device_put(state, replicated),
-                  jax.device_put(batch, split),
+    if processes > 1:
+      batch = jax.tree.map(lambda a: jax.make_array_from_process_local_data(
+          split, a, (size, *a.shape[1:])), batch)
+      state, rng = jax.tree.map(_replicate_from_host(replicated),
+                                (state, rng))
+    else:
+      batch = jax.device_put(batch, split)
+    return mapped(jax.device_put(state, replicated), batch,
                   jax.device_put(rng, replicated))
 
+  run.process_rows = functools.partial(process_rows, mesh, axis_name)
   return run
+
+
+def _replicate_from_host(replicated: NamedSharding) -> Callable:
+  """Places one leaf with ``replicated`` across processes: a process-local
+  array (e.g. what a method's end-of-task hook returned) goes through the
+  host, as devices of different processes do not exchange buffers
+  directly; arrays already placed so are kept."""
+  def place(a):
+    if isinstance(a, jax.Array) and a.sharding == replicated:
+      return a
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(
+        a.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(
+          place(jax.random.key_data(a)), impl=jax.random.key_impl(a))
+    return jax.make_array_from_process_local_data(replicated, np.asarray(a))
+  return place
+
+
+def process_rows(mesh: jax.sharding.Mesh, axis_name: str,
+                 rows: np.ndarray) -> np.ndarray:
+  """This process's share of a global batch's example indices ``rows``
+  (``(B,)``): the rows its devices hold when the batch is split along
+  ``axis_name`` of ``mesh`` (all of them in a one-process run). A process's
+  devices must sit together along the axis, as ``jax.make_mesh`` puts
+  them."""
+  order = [d.process_index for d in mesh.devices.flat]
+  mine = [i for i, p in enumerate(order) if p == jax.process_index()]
+  if len(mine) == len(order):
+    return rows
+  if mine != list(range(mine[0], mine[-1] + 1)):
+    raise ValueError(f"process {jax.process_index()}'s devices are not "
+                     f"contiguous along the mesh's {axis_name!r} axis")
+  per = len(rows) // len(order)
+  return rows[mine[0] * per:(mine[-1] + 1) * per]
 
 
 def check_finite(state: TrainState, term_names) -> None:
