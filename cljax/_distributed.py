@@ -12,6 +12,8 @@ lock, logs, plots and ``results.json`` belong to process 0 alone.
 from __future__ import annotations
 
 import jax
+import numpy as np
+from jax.sharding import NamedSharding
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 0,
@@ -33,3 +35,63 @@ def is_primary() -> bool:
   """Whether this process writes the run's files (process 0; the only
   process of a single-process run)."""
   return jax.process_index() == 0
+
+
+def process_rows(mesh: jax.sharding.Mesh, axis_name: str,
+                 rows: np.ndarray) -> np.ndarray:
+  """This process's share of a global batch's rows ``rows`` (``(B, ...)``):
+  the rows its devices hold when the batch is split along ``axis_name`` of
+  ``mesh`` (all of them in a one-process run). A process's devices must sit
+  together along the axis, as ``jax.make_mesh`` puts them."""
+  order = [d.process_index for d in mesh.devices.flat]
+  mine = [i for i, p in enumerate(order) if p == jax.process_index()]
+  if len(mine) == len(order):
+    return rows
+  if mine != list(range(mine[0], mine[-1] + 1)):
+    raise ValueError(f"process {jax.process_index()}'s devices are not "
+                     f"contiguous along the mesh's {axis_name!r} axis")
+  per = len(rows) // len(order)
+  return rows[mine[0] * per:(mine[-1] + 1) * per]
+
+
+def replicate(tree, replicated: NamedSharding):
+  """``tree`` placed with the fully replicated sharding ``replicated``
+  (arrays already placed so are kept). Across processes, a process-local
+  array (e.g. what a method's hook returned) goes through the host, as
+  devices of different processes do not exchange buffers directly; every
+  process must pass the same values."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, replicated)
+
+  def place(a):
+    if isinstance(a, jax.Array) and a.sharding == replicated:
+      return a
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(
+        a.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(
+          place(jax.random.key_data(a)), impl=jax.random.key_impl(a))
+    return jax.make_array_from_process_local_data(replicated, np.asarray(a))
+  return jax.tree.map(place, tree)
+
+
+def split_rows(tree, split: NamedSharding):
+  """Arrays with a common leading axis, every process holding all rows,
+  placed with ``split`` (rows along the mesh's data axis): each process
+  contributes only the rows its devices hold."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, split)
+  mesh, axis = split.mesh, split.spec[0]
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(
+      split, process_rows(mesh, axis, np.asarray(a)), a.shape), tree)
+
+
+def one_device(tree):
+  """Arrays replicated over a mesh as single-device arrays on this
+  process's first device (their first addressable shard), for eager work
+  and host data that do not mix with arrays placed on the mesh."""
+  def local(a):
+    if not isinstance(a, jax.Array) or len(a.sharding.device_set) == 1:
+      return a
+    assert a.sharding.is_fully_replicated, a.sharding
+    return a.addressable_data(0)
+  return jax.tree.map(local, tree)

@@ -143,3 +143,29 @@ for method in (methods.GEM(16, 0.5), methods.AGEM(16, 8), methods.ER(24),
              for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)))
   print(method.name, getattr(method, "selection", ""), "max abs diff", diff)
   assert diff < 1e-5, diff
+
+# EWC's Fisher (empirical, expected) and MAS's importance with the task's
+# examples split over the 4 devices (a sample that does not divide by 4:
+# padded with weight 0) equal one device's, for an MLP and a BN model.
+from cljax.methods import _regularized  # noqa: E402
+
+digits = data.class_splits(data.load_digits(), 2)
+bn = models.functional(models.ResNet(1, 10, widths=(8, 16), blocks=(1, 1),
+                                     shortcut="A", rngs=nnx.Rngs(0)))
+for model in (models.build_model("mlp", digits.input_shape, 10,
+                                 hidden=(16,)), bn):
+  for method in (methods.EWC(fisher_samples=50),
+                 methods.EWC(fisher_samples=None, estimator="expected"),
+                 methods.MAS(samples=37)):
+    s0 = method.init_state(model, digits)
+    one, four = (jax.device_get(method.on_task_end(TaskContext(
+        0, digits, model, model.params, model.batch_stats, s0,
+        digits.logit_masks(0), 0, m))) for m in (None, mesh))
+    diff = max(float(np.max(np.abs(a - b)))
+               for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)))
+    scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(one))
+    print(method.name, getattr(method, "estimator", ""), "sharded importance "
+          "max abs diff", diff, "of", scale)
+    assert diff < 1e-5 * max(scale, 1.0), (diff, scale)
+assert _regularized.sharded_mean.cache_info().misses == 6, (
+    _regularized.sharded_mean.cache_info())

@@ -34,6 +34,8 @@ class TaskContext(NamedTuple):
     masks: ``(T, C)`` active-logit table for this task.
     seed: the run's seed (for a hook's own randomness, e.g. a random
       selection of exemplars).
+    mesh: the data-parallel mesh (axis ``"data"``) the run trains on, or
+      ``None`` on one device; a hook may split its work over it.
   """
   index: int
   stream: Stream
@@ -43,6 +45,7 @@ class TaskContext(NamedTuple):
   method_state: Any
   masks: Any
   seed: int = 0
+  mesh: Any = None
 
 
 def task_cross_entropy(model: FunctionalModel, params, batch_stats, batch,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from cljax._distributed import one_device, replicate, split_rows
 from cljax.data._batching import eval_batches
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._base import Method, TaskContext, task_cross_entropy
@@ -88,12 +93,48 @@ def importance_function(model: FunctionalModel, kind: str, *,
   return jax.jit(fn)
 
 
-def task_importance(fn, ctx: TaskContext, samples: int | None):
+def task_importance(fn, ctx: TaskContext, samples: int | None,
+                    shard: bool = True):
   """``fn`` (from ``importance_function``) on up to ``samples`` training
-  examples of task ``ctx.index``, over that task's active logits."""
+  examples of task ``ctx.index``, over that task's active logits.
+
+  On a data-parallel mesh (``ctx.mesh``) and with ``shard`` the examples are
+  split over the mesh's devices (``sharded_mean``), equal to one device's
+  result to float tolerance. (EWC's ``"sampled"`` estimator does not shard:
+  its per-example keys follow the example's position in the sample.)"""
   x, y, w = padded_task_sample(ctx, samples)
-  return fn(ctx.params, ctx.batch_stats, x, y, w,
-            jnp.asarray(ctx.masks[ctx.index]), jax.random.key(ctx.index))
+  args = (jnp.asarray(ctx.masks[ctx.index]), jax.random.key(ctx.index))
+  if ctx.mesh is None or not shard:
+    return fn(ctx.params, ctx.batch_stats, x, y, w, *args)
+  pad = -len(w) % ctx.mesh.shape["data"]
+  x, y = (np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in (x, y))
+  w = np.concatenate([w, np.zeros(pad, w.dtype)])
+  replicated = NamedSharding(ctx.mesh, P())
+  out = sharded_mean(fn, ctx.mesh)(
+      *replicate((ctx.params, ctx.batch_stats), replicated),
+      *split_rows((x, y, w), NamedSharding(ctx.mesh, P("data"))),
+      *replicate(args, replicated))
+  return one_device(out)
+
+
+@functools.lru_cache(maxsize=None)
+def sharded_mean(fn, mesh):
+  """``fn(params, batch_stats, xs, ys, weights, mask, key)``, a weighted mean
+  over examples (as ``importance_function``'s), with the examples split
+  over ``mesh``'s ``"data"`` axis: ``sum_d W_d m_d / sum_d W_d`` from each
+  device's mean ``m_d`` of its share and the share's weight ``W_d`` (a
+  share that is all padding counts 0)."""
+  def shard(params, batch_stats, xs, ys, weights, mask, key):
+    local = fn(params, batch_stats, xs, ys, weights, mask, key)
+    own = jnp.sum(weights)
+    total = jax.lax.psum(own, "data")
+    return jax.tree.map(lambda m: jax.lax.psum(
+        jnp.where(own > 0, m * own, 0.0), "data") / total, local)
+
+  return jax.jit(jax.shard_map(
+      shard, mesh=mesh, in_specs=(P(), P(), P("data"), P("data"), P("data"),
+                                  P(), P()),
+      out_specs=P(), check_vma=False))
 
 
 PENALTY_FORMS = ("transform", "loss")

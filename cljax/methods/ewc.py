@@ -92,7 +92,8 @@ class EWC(PenalisedFineTune):
                                        path=self.path, estimator=self.estimator)
 
   def fisher(self, ctx):
-    return task_importance(self._fisher, ctx, self.fisher_samples)
+    return task_importance(self._fisher, ctx, self.fisher_samples,
+                           shard=self.estimator != "sampled")
 
   def init_state(self, model, stream):
     self.build_fisher(model)

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cljax import metrics
+from cljax._distributed import one_device
 from cljax.data._batching import batch_indices, num_batches
 from cljax.methods._base import Method, Phase, TaskContext
 from cljax.train._checkpoint import Checkpoints, check_identity
@@ -101,7 +102,7 @@ class _Run:
     method and state, stacked (``None`` where the hook returns ``None``)."""
     if self.k is None:
       return hook(self.method, self.state if self.mesh is None else
-                  _one_device(self.state))
+                  one_device(self.state))
     # Copies made now share what the method has set up (init_state).
     outs = [hook(self.method.with_hparams(**{
         n: float(v[i]) for n, v in self.hp.items()}), member(self.state, i))
@@ -341,7 +342,7 @@ class _Run:
 
   def _ctx(self, i, masks, st):
     return TaskContext(i, self.stream, self.model, st.params, st.batch_stats,
-                       st.method_state, masks, self.s["seed"])
+                       st.method_state, masks, self.s["seed"], self.mesh)
 
   def _check_finite(self, prog, term_names):
     """Raises on NaN/inf (see ``check_finite``); in a sweep, records each
@@ -482,19 +483,6 @@ class _Run:
       if seen is not None:
         scalars[f"{name}/average_seen"] = float(np.mean(acc[:seen + 1]))
       writer.write_scalars(step, scalars)
-
-
-def _one_device(tree):
-  """The state replicated over a mesh (the data-parallel step's output) as
-  single-device arrays on this process's first device, for the method's
-  hooks: their eager updates and host data would not mix with arrays
-  placed on the mesh."""
-  def local(a):
-    if not isinstance(a, jax.Array) or len(a.sharding.device_set) == 1:
-      return a
-    assert a.sharding.is_fully_replicated, a.sharding
-    return a.addressable_data(0)
-  return jax.tree.map(local, tree)
 
 
 def _own(tree):

@@ -18,11 +18,11 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cljax._distributed import process_rows, replicate
 from cljax.models._functional import sync_batch_norm
 
 
@@ -227,49 +227,15 @@ def data_parallel(step: Callable, mesh: jax.sharding.Mesh,
     if processes > 1:
       batch = jax.tree.map(lambda a: jax.make_array_from_process_local_data(
           split, a, (size, *a.shape[1:])), batch)
-      state, rng = jax.tree.map(_replicate_from_host(replicated),
-                                (state, rng))
     else:
       batch = jax.device_put(batch, split)
-    return mapped(jax.device_put(state, replicated), batch,
-                  jax.device_put(rng, replicated))
+    return mapped(replicate(state, replicated), batch,
+                  replicate(rng, replicated))
 
   run.process_rows = functools.partial(process_rows, mesh, axis_name)
   return run
 
 
-def _replicate_from_host(replicated: NamedSharding) -> Callable:
-  """Places one leaf with ``replicated`` across processes: a process-local
-  array (e.g. what a method's end-of-task hook returned) goes through the
-  host, as devices of different processes do not exchange buffers
-  directly; arrays already placed so are kept."""
-  def place(a):
-    if isinstance(a, jax.Array) and a.sharding == replicated:
-      return a
-    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(
-        a.dtype, jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(
-          place(jax.random.key_data(a)), impl=jax.random.key_impl(a))
-    return jax.make_array_from_process_local_data(replicated, np.asarray(a))
-  return place
-
-
-def process_rows(mesh: jax.sharding.Mesh, axis_name: str,
-                 rows: np.ndarray) -> np.ndarray:
-  """This process's share of a global batch's example indices ``rows``
-  (``(B,)``): the rows its devices hold when the batch is split along
-  ``axis_name`` of ``mesh`` (all of them in a one-process run). A process's
-  devices must sit together along the axis, as ``jax.make_mesh`` puts
-  them."""
-  order = [d.process_index for d in mesh.devices.flat]
-  mine = [i for i, p in enumerate(order) if p == jax.process_index()]
-  if len(mine) == len(order):
-    return rows
-  if mine != list(range(mine[0], mine[-1] + 1)):
-    raise ValueError(f"process {jax.process_index()}'s devices are not "
-                     f"contiguous along the mesh's {axis_name!r} axis")
-  per = len(rows) // len(order)
-  return rows[mine[0] * per:(mine[-1] + 1) * per]
 
 
 def check_finite(state: TrainState, term_names) -> None:
