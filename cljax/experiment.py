@@ -21,7 +21,7 @@ import optax
 import cljax
 from cljax import _distributed, _validate
 from cljax import data as cl_data
-from cljax import report
+from cljax import metrics, report
 from cljax import train
 from cljax.methods import build_method, METHODS
 from cljax.models import build_model, DTYPES, HEADS, MODELS
@@ -753,6 +753,10 @@ def _summarise(results, config, workdir) -> dict:
     raise NoResults(f"every entry diverged ({', '.join(results['runs'])}); "
                     f"no results. The record of each is in {path}")
   diverged = {e: r for e, r in results["runs"].items() if e not in done}
+  if "joint" in done:  # the reference of intransigence (Chaudhry et al.)
+    for res in done.values():
+      res["metrics"]["intransigence"] = metrics.intransigence(
+          res["accuracy_matrix"], done["joint"]["accuracy_matrix"])
   sweep = any("__" in entry for entry in done)
   if sweep:
     results["selection"] = report.select(done, config.select, diverged)

@@ -75,6 +75,20 @@ def forgetting(r) -> float:
   return float(np.mean(best - r[-1, :-1]))
 
 
+def intransigence(r, reference) -> float:
+  """Intransigence at the last task (Chaudhry et al. 2018, "Riemannian
+  Walk", eq. 4): ``I_T = a*_T - R[T-1, T-1]``, how much less well the last
+  task is learnt than by a reference trained on the data of every task so
+  far; ``a*_T = reference[T-1, T-1]``, the matrix of such a reference (e.g.
+  ``joint``, which trains on the union of the tasks seen). Its shape must
+  be ``r``'s."""
+  r, ref = _check(r), _check(reference)
+  if r.shape != ref.shape:
+    raise ValueError(f"the reference's accuracy matrix is {ref.shape}, the "
+                     f"run's {r.shape}")
+  return float(ref[-1, -1] - r[-1, -1])
+
+
 def average_incremental_accuracy(r, test_sizes: Sequence[int] | None = None
                                  ) -> float:
   """Average incremental accuracy (Rebuffi et al. 2017, iCaRL, sec. 4.1).

@@ -84,6 +84,11 @@ def test_run_writes_results_and_plots(tmp_path, capsys):
   assert r["finetune"]["metrics"]["average_accuracy"] < 0.5
   assert r["finetune"]["curves"] and saved["versions"]["jax"]
   assert res["runs"]["joint"]["accuracy_matrix"] == r["joint"]["accuracy_matrix"]
+  # Intransigence against joint's last diagonal entry (0 for joint itself).
+  for e in r:
+    assert r[e]["metrics"]["intransigence"] == pytest.approx(
+        r["joint"]["accuracy_matrix"][-1][-1] - r[e]["accuracy_matrix"][-1][-1])
+  assert r["joint"]["metrics"]["intransigence"] == 0.0
 
 
 def test_entry_with_own_lr(tmp_path):

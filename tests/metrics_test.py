@@ -34,6 +34,9 @@ def test_against_loops(t):
   assert metrics.backward_transfer(r) == pytest.approx(bwt)
   assert metrics.forward_transfer(r, b) == pytest.approx(fwt)
   assert metrics.forgetting(r) == pytest.approx(fgt)
+  ref = rng.uniform(size=(t, t))
+  assert metrics.intransigence(r, ref) == pytest.approx(
+      ref[t - 1][t - 1] - r[t - 1][t - 1])
   s = metrics.summary(r, b)
   assert set(s) >= {"average_accuracy", "backward_transfer", "forgetting",
                     "forward_transfer", "average_incremental_accuracy"}
@@ -55,3 +58,5 @@ def test_bad_input():
     metrics.forward_transfer(R, [0.1])
   with pytest.raises(ValueError):
     metrics.score([0.1], [0.1, 0.2])
+  with pytest.raises(ValueError, match=r"reference's accuracy matrix is \(2, 2\)"):
+    metrics.intransigence(R, np.zeros((2, 2)))

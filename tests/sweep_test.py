@@ -17,6 +17,8 @@ SWEEPS = {  # two members each, far apart
     "online_ewc": (dict(fisher_samples=40), [dict(lam=1.0, gamma=0.5),
                                               dict(lam=100.0, gamma=0.9)]),
     "si": ({}, [dict(c=0.01, xi=1e-3), dict(c=1.0, xi=0.1)]),
+    "rwalk": (dict(update_every=2), [dict(lam=0.1, alpha=0.5, eps=1e-3),
+                                     dict(lam=10.0, alpha=0.9, eps=0.1)]),
     "mas": (dict(samples=40), [dict(lam=0.1), dict(lam=10.0)]),
     "kd": ({}, [dict(lam=0.5, temperature=1.0),
                 dict(lam=4.0, temperature=4.0)]),
@@ -35,7 +37,8 @@ SWEEPS = {  # two members each, far apart
     "bic": (dict(memory_size=40, val_size=10), [dict(temperature=1.0),
                                                 dict(temperature=4.0)]),
 }
-TRACEABLE_TASK_END = ("l2", "ewc", "online_ewc", "si", "mas", "kd", "lwf")
+TRACEABLE_TASK_END = ("l2", "ewc", "online_ewc", "si", "rwalk", "mas", "kd",
+                      "lwf")
 STEPS, BATCH = 3, 16
 
 

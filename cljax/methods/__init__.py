@@ -28,6 +28,7 @@ from cljax.methods.il2m import IL2M
 from cljax.methods.independent import Independent
 from cljax.methods.joint import Joint
 from cljax.methods.mas import MAS
+from cljax.methods.rwalk import RWalk
 from cljax.methods.si import SI
 from cljax.methods.ucir import UCIR
 from cljax.methods.wa import WA

@@ -16,4 +16,7 @@ from cljax.regularizers._penalties import multi_ewc_penalty
 from cljax.regularizers._penalties import online_ewc_update
 from cljax.regularizers._penalties import si_accumulate
 from cljax.regularizers._penalties import si_consolidate
+from cljax.regularizers._rwalk import minmax_normalise
+from cljax.regularizers._rwalk import rwalk_fisher
+from cljax.regularizers._rwalk import rwalk_score_step
 from cljax.regularizers._transforms import add_quadratic_penalty

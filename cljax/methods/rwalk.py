@@ -1,0 +1,108 @@
+"""Riemannian Walk (Chaudhry, Dokania, Ajanthan & Torr 2018)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cljax.methods._regularized import PenalisedFineTune, zeros_like_tree
+from cljax.regularizers import (check_strength, minmax_normalise,
+                                rwalk_fisher, rwalk_score_step,
+                                si_accumulate)
+
+
+class RWalk(PenalisedFineTune):
+  """Riemannian Walk: online Fisher plus KL-normalised path scores
+  (Chaudhry et al. 2018, ECCV).
+
+  ``L = CE_t + lam * sum_i (F^_i + s^_i) (theta_i - theta*_i)^2`` (eq. 8),
+  with ``theta*`` the parameters at the end of the previous task and
+  ``F^``, ``s^`` the Fisher and the scores each min-max normalised to
+  [0, 1] per parameter array.
+
+  Every step adds ``g^2`` and ``-g * delta theta`` to window accumulators,
+  with ``g`` the gradient of the task loss alone (as SI's). Every
+  ``update_every`` steps (``Delta t``; and at a task's end) the window
+  closes: the online Fisher moves to ``alpha * mean(g^2) + (1 - alpha) F``
+  (eq. 6, EWC++'s moving average of the empirical Fisher of the
+  mini-batches, as in the authors' code) and the task's score grows by
+  ``max(0, omega / (0.5 F (theta - theta_w)^2 + eps))`` (eq. 7). At a task's
+  end the scores are averaged with the previous tasks'
+  (``s <- (s + s_task) / 2``, the first task's kept as is), against the
+  rigidity that summing would build up.
+
+  Args:
+    lam: strength ``lam >= 0`` (the authors' runs: 1).
+    alpha: the online Fisher's weight on a new window, in (0, 1] (0.9).
+    eps: the score's damping ``eps > 0`` (1e-3, the authors' code).
+    update_every: steps per window, ``Delta t`` (10 for MNIST, 50 for CIFAR
+      in the paper's supplement).
+    form: ``"transform"`` or ``"loss"`` (see ``PenalisedFineTune``).
+  """
+
+  name, term = "rwalk", "rwalk"
+  data_hparams = ("lam", "alpha", "eps")
+  # lam * sum I d^2 = 2 lam * (0.5 sum I d^2)
+  strength = property(lambda self: 2.0 * self.lam)
+
+  def __init__(self, lam: float = 1.0, alpha: float = 0.9, eps: float = 1e-3,
+               update_every: int = 10, form: str = "transform"):
+    super().__init__(form)
+    check_strength("lam", lam)
+    if not 0 < alpha <= 1:
+      raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    if not eps > 0:
+      raise ValueError(f"eps must be > 0, got {eps}")
+    if isinstance(update_every, bool) or not (
+        update_every >= 1 and update_every == int(update_every)):
+      raise ValueError(f"update_every must be an integer >= 1, got "
+                       f"{update_every!r}")
+    self.lam, self.alpha, self.eps = float(lam), float(alpha), float(eps)
+    self.update_every = int(update_every)
+
+  def init_state(self, model, stream):
+    z = zeros_like_tree(model.params)
+    return {"anchor": model.params, "importance": z, "fisher": z,
+            "score": z, "task_score": z, "omega": z, "window_sq": z,
+            "window_start": model.params,
+            "window_steps": jnp.zeros((), jnp.int32),
+            "windows": jnp.zeros((), jnp.int32)}
+
+  def _close_window(self, s, params):
+    """The window's Fisher and score updates (``s`` unchanged but for the
+    restarted accumulators)."""
+    steps = jnp.maximum(s["window_steps"], 1).astype(jnp.float32)
+    fisher = rwalk_fisher(s["fisher"], s["window_sq"], steps, self.alpha,
+                          s["windows"] == 0)
+    z = zeros_like_tree(s["omega"])
+    return {**s, "fisher": fisher,
+            "task_score": rwalk_score_step(s["task_score"], s["omega"],
+                                           fisher, params, s["window_start"],
+                                           self.eps),
+            "omega": z, "window_sq": z, "window_start": params,
+            "window_steps": jnp.zeros((), jnp.int32),
+            "windows": s["windows"] + 1}
+
+  def update_method_state(self, s, old_params, new_params, grads, info):
+    del info
+    g = grads
+    if self.form == "loss":
+      g = jax.tree.map(jnp.subtract, grads, self.penalty_grad(old_params, s))
+    s = {**s, "omega": si_accumulate(s["omega"], g, old_params, new_params),
+         "window_sq": jax.tree.map(lambda a, b: a + jnp.square(b),
+                                   s["window_sq"], g),
+         "window_steps": s["window_steps"] + 1}
+    return jax.lax.cond(s["window_steps"] >= self.update_every,
+                        lambda: self._close_window(s, new_params), lambda: s)
+
+  def on_task_end(self, ctx):
+    s = ctx.method_state
+    s = jax.lax.cond(s["window_steps"] > 0,  # the task's last, partial window
+                     lambda: self._close_window(s, ctx.params), lambda: s)
+    score = (s["task_score"] if ctx.index == 0 else jax.tree.map(
+        lambda a, b: (a + b) / 2, s["score"], s["task_score"]))
+    importance = jax.tree.map(jnp.add, minmax_normalise(s["fisher"]),
+                              minmax_normalise(score))
+    z = zeros_like_tree(score)
+    return {**s, "anchor": ctx.params, "importance": importance,
+            "score": score, "task_score": z}

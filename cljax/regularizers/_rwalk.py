@@ -1,0 +1,50 @@
+"""Riemannian Walk's pieces (Chaudhry, Dokania, Ajanthan & Torr 2018,
+"Riemannian Walk for Incremental Learning: Understanding Forgetting and
+Intransigence", ECCV): the online Fisher, the KL-normalised path score, and
+the normalisation that makes the two commensurate. Pure functions on
+pytrees like the parameters.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def rwalk_fisher(fisher, window_sq, steps, alpha, first):
+  """The online empirical Fisher (EWC++, eq. 6), updated once per window of
+  ``steps`` train steps (the paper's ``Delta t``):
+  ``F <- alpha * mean_window(g^2) + (1 - alpha) * F``, where ``window_sq``
+  sums the squared gradients of the task loss over the window. The first
+  window of the stream sets ``F`` to its mean (``first``), so the average
+  does not start from 0.
+  """
+  def update(f, sq):
+    new = sq / steps
+    return jnp.where(first, new, alpha * new + (1.0 - alpha) * f)
+  return jax.tree.map(update, fisher, window_sq)
+
+
+def rwalk_score_step(score, omega, fisher, params, window_start, eps):
+  """One window's contribution to the path score (eq. 7):
+  ``s += max(0, omega / (0.5 * F * (theta - theta_w)^2 + eps))``, where
+  ``omega = sum_t -g_t * (theta(t+1) - theta(t))`` over the window (the loss
+  decrease the parameter's moves account for, ``g`` the task loss's
+  gradient), ``theta_w`` the parameters at the window's start, and ``F``
+  the online Fisher: the loss decrease per unit of KL divergence the moves
+  cost. Negative scores are set to 0, as the paper says."""
+  return jax.tree.map(
+      lambda s, w, f, p, p0: s + jax.nn.relu(
+          w / (0.5 * f * jnp.square(p - p0) + eps)),
+      score, omega, fisher, params, window_start)
+
+
+def minmax_normalise(tree):
+  """Each leaf rescaled to [0, 1] by its own minimum and maximum (the
+  authors' code normalises the Fisher and the scores per variable before
+  adding them, eq. 8); a constant leaf becomes 0."""
+  def norm(a):
+    lo, hi = jnp.min(a), jnp.max(a)
+    return jnp.where(hi > lo, (a - lo) / jnp.where(hi > lo, hi - lo, 1.0),
+                     0.0)
+  return jax.tree.map(norm, tree)

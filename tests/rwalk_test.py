@@ -1,0 +1,143 @@
+"""Riemannian Walk (Chaudhry et al. 2018) against a plain NumPy loop of the
+paper's equations 6-8, on random steps."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from cljax import data, methods, models, regularizers, train
+from cljax.methods._base import TaskContext
+from cljax.train import StepInfo
+
+
+def _tree(rng, scale=1.0):
+  return {"a": (scale * rng.normal(size=(3, 4))).astype(np.float32),
+          "b": (scale * rng.normal(size=(5,))).astype(np.float32)}
+
+
+def test_pieces_against_numpy():
+  rng = np.random.default_rng(0)
+  f, sq, s, w, p, p0 = (_tree(rng) for _ in range(6))
+  sq = {k: np.abs(v) for k, v in sq.items()}
+  f = {k: np.abs(v) for k, v in f.items()}
+  got = regularizers.rwalk_fisher(f, sq, 4.0, 0.9, False)
+  first = regularizers.rwalk_fisher(f, sq, 4.0, 0.9, True)
+  score = regularizers.rwalk_score_step(s, w, f, p, p0, 1e-3)
+  norm = regularizers.minmax_normalise({**p, "c": np.full((2,), 3.0)})
+  for k in f:
+    np.testing.assert_allclose(got[k], 0.9 * sq[k] / 4 + 0.1 * f[k],
+                               rtol=1e-6)
+    np.testing.assert_allclose(first[k], sq[k] / 4, rtol=1e-6)
+    np.testing.assert_allclose(score[k], s[k] + np.maximum(
+        0, w[k] / (0.5 * f[k] * (p[k] - p0[k]) ** 2 + 1e-3)), rtol=1e-5)
+    lo, hi = p[k].min(), p[k].max()
+    np.testing.assert_allclose(norm[k], (p[k] - lo) / (hi - lo), rtol=1e-6,
+                               atol=1e-7)
+  np.testing.assert_array_equal(norm["c"], 0.0)  # a constant leaf
+
+
+def _reference(tasks, lam, alpha, eps, every, theta0):
+  """The paper's RWalk, a plain loop over steps: ``tasks`` is a list of
+  tasks, each a list of (grad, new params) steps from ``theta0``. Returns
+  the importance F^ + s^ and the anchor after the last task."""
+  keys = list(theta0)
+  zero = {k: np.zeros_like(theta0[k], np.float64) for k in keys}
+  fisher, score = dict(zero), dict(zero)
+  theta = {k: theta0[k].astype(np.float64) for k in keys}
+  windows = 0
+  for t, steps in enumerate(tasks):
+    task_score, omega, sq = dict(zero), dict(zero), dict(zero)
+    start, n = dict(theta), 0
+
+    def close():
+      nonlocal fisher, task_score, omega, sq, start, n, windows
+      for k in keys:
+        new = sq[k] / n
+        fisher[k] = new if windows == 0 else alpha * new + (
+            1 - alpha) * fisher[k]
+        task_score[k] = task_score[k] + np.maximum(0.0, omega[k] / (
+            0.5 * fisher[k] * (theta[k] - start[k]) ** 2 + eps))
+      omega, sq, start, n = dict(zero), dict(zero), dict(theta), 0
+      windows += 1
+
+    for grad, new in steps:
+      for k in keys:
+        omega[k] = omega[k] - grad[k] * (new[k] - theta[k])
+        sq[k] = sq[k] + grad[k] ** 2
+      theta = {k: new[k].astype(np.float64) for k in keys}
+      n += 1
+      if n == every:
+        close()
+    if n:
+      close()
+    score = task_score if t == 0 else {
+        k: (score[k] + task_score[k]) / 2 for k in keys}
+
+  def mm(a):
+    return (a - a.min()) / (a.max() - a.min())
+  return {k: mm(fisher[k]) + mm(score[k]) for k in keys}, theta
+
+
+@pytest.mark.parametrize("form", ["transform", "loss"])
+def test_state_after_two_tasks_matches_a_loop_of_the_equations(form):
+  rng = np.random.default_rng(1)
+  theta0 = _tree(rng)
+  method = methods.RWalk(lam=2.0, alpha=0.8, eps=1e-2, update_every=3,
+                         form=form)
+
+  class Model:  # what init_state reads
+    params = theta0
+  s = method.init_state(Model, None)
+  tasks, theta = [], theta0
+  for t, n_steps in enumerate((7, 5)):  # partial last windows
+    steps = []
+    for _ in range(n_steps):
+      grad, new = _tree(rng), {k: v + _tree(rng, 0.1)[k]
+                               for k, v in theta.items()}
+      steps.append((grad, new))
+      # The step hands the method the loss's gradient: in the loss form
+      # that includes the penalty's, which the method takes back out.
+      seen = grad if form == "transform" else jax.tree.map(
+          np.add, grad, method.penalty_grad(theta, s))
+      s = method.update_method_state(s, theta, new, seen, StepInfo(
+          {}, {}, None, lambda x: x, (0, 1)))
+      theta = new
+    tasks.append(steps)
+    s = method.on_task_end(TaskContext(t, None, None, theta, {}, s, None))
+  importance, anchor = _reference(tasks, 2.0, 0.8, 1e-2, 3, theta0)
+  for k in theta0:
+    np.testing.assert_allclose(s["importance"][k], importance[k], rtol=2e-4,
+                               atol=2e-5)
+    np.testing.assert_allclose(s["anchor"][k], anchor[k], rtol=1e-6)
+  # L = CE + lam * sum I (theta - anchor)^2
+  moved = _tree(rng)
+  want = 2.0 * sum(np.sum(importance[k] * (moved[k] - anchor[k]) ** 2)
+                   for k in theta0)
+  np.testing.assert_allclose(method.penalty(moved, s), want, rtol=1e-4)
+
+
+def test_the_forgetting_intransigence_trade_off(digits):
+  # Permuted digits (the network is shared by every task): the penalty
+  # keeps the first task better than fine-tuning does, and a larger lam
+  # learns the last task less well (the paper's intransigence).
+  stream = data.permuted(digits, 3)
+  acc = {}
+  for method in (methods.FineTune(), methods.RWalk(lam=1.0),
+                 methods.RWalk(lam=3.0)):
+    model = models.build_model("mlp", stream.input_shape, 10, hidden=(32,))
+    acc[getattr(method, "lam", 0.0)] = np.asarray(train.run_stream(
+        stream, method, model, optax.sgd(0.1), epochs=2, batch_size=32,
+        progress=False)["accuracy_matrix"])
+  assert acc[1.0][-1, 0] > acc[0.0][-1, 0] + 0.05, acc
+  assert acc[0.0][-1, -1] > acc[1.0][-1, -1] > acc[3.0][-1, -1], acc
+
+
+def test_bad_hyperparameters_are_refused():
+  for kw, match in [(dict(lam=-1.0), "lam"), (dict(alpha=0.0), "alpha"),
+                    (dict(alpha=1.5), "alpha"), (dict(eps=0.0), "eps"),
+                    (dict(update_every=0), "update_every"),
+                    (dict(update_every=2.5), "update_every"),
+                    (dict(update_every=True), "update_every")]:
+    with pytest.raises(ValueError, match=match):
+      methods.RWalk(**kw)
