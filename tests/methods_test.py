@@ -15,7 +15,8 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.LwF(1.0), methods.GEM(32, 0.5), methods.AGEM(32, 16),
        methods.AGEM(32, 16, memory="reservoir"), methods.Independent(),
        methods.ER(60), methods.ER(60, selection="random"),
-       methods.ER(60, selection="reservoir"), methods.DER(memory_size=60),
+       methods.ER(60, selection="reservoir"), methods.MIR(60, subsample=20),
+       methods.DER(memory_size=60),
        methods.DERpp(memory_size=60), methods.ICaRL(60),
        methods.E2EIL(60, balanced_passes=2)]
 

@@ -186,11 +186,12 @@ class Rehearsal(Method):
       return memory.x, memory.y, memory.t, valid, memory.logits
     return memory.x, memory.y, memory.t, memory.valid, memory.logits
 
-  def draw(self, memory, rng, n_global: int, shard, batch):
+  def draw(self, memory, rng, n_global: int, shard, batch, allowed=None):
     """This shard's part of ``n_global`` slots drawn uniformly without
-    replacement from the filled ones (Gumbel top-k over the valid slots),
-    as a batch with the stored ``logits`` and weights ``w``: 0 for a slot
-    left over when the memory holds fewer examples.
+    replacement from the filled ones (Gumbel top-k over the valid slots,
+    those in ``allowed`` ``(K,)`` bool if given), as a batch with the stored
+    ``logits`` and weights ``w``: 0 for a slot left over when the memory
+    holds fewer examples.
 
     While the memory is empty, the replay batch is a copy of the current
     one (weight 0): a BatchNorm layer then sees the current batch's own
@@ -199,6 +200,8 @@ class Rehearsal(Method):
     batch repeated to its size).
     """
     x, y, t, valid, logits = self._slots(memory)
+    if allowed is not None:
+      valid = valid & allowed
     index, count = shard
     if n_global % count:
       raise ValueError(f"replay_size={n_global} does not divide by the "
