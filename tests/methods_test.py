@@ -16,6 +16,7 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.AGEM(32, 16, memory="reservoir"), methods.Independent(),
        methods.ER(60), methods.ER(60, selection="random"),
        methods.ER(60, selection="reservoir"), methods.MIR(60, subsample=20),
+       methods.GSS(60, mem_strength=3),
        methods.DER(memory_size=60),
        methods.DERpp(memory_size=60), methods.ICaRL(60),
        methods.E2EIL(60, balanced_passes=2)]

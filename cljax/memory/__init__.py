@@ -6,6 +6,8 @@ from cljax.memory._episodic import EpisodicMemory
 from cljax.memory._episodic import select_examples
 from cljax.memory._episodic import SELECTIONS
 from cljax.memory._episodic import store_task
+from cljax.memory._gss import cosine_max
+from cljax.memory._gss import gss_insert
 from cljax.memory._reservoir import reservoir_add
 from cljax.memory._reservoir import reservoir_buffer
 from cljax.memory._reservoir import ReservoirBuffer

@@ -23,6 +23,7 @@ from cljax.methods.ewc import OnlineEWC
 from cljax.methods.finetune import FineTune
 from cljax.methods.gem import AGEM
 from cljax.methods.gem import GEM
+from cljax.methods.gss import GSS
 from cljax.methods.icarl import ICaRL
 from cljax.methods.il2m import IL2M
 from cljax.methods.independent import Independent

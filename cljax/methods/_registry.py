@@ -15,6 +15,7 @@ from cljax.methods.er import ER
 from cljax.methods.ewc import EWC, L2, OnlineEWC
 from cljax.methods.finetune import FineTune
 from cljax.methods.gem import AGEM, GEM
+from cljax.methods.gss import GSS
 from cljax.methods.icarl import ICaRL
 from cljax.methods.il2m import IL2M
 from cljax.methods.independent import Independent
@@ -29,7 +30,7 @@ from cljax.methods.wa import WA
 METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      MAS, KD, LwF, GEM, AGEM, Independent,
                                      ER, DER, DERpp, ICaRL, E2EIL, UCIR,
-                                     BiC, IL2M, WA, RWalk, MIR)}
+                                     BiC, IL2M, WA, RWalk, MIR, GSS)}
 
 
 def hyperparameters(cls: type) -> dict:

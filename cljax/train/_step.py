@@ -85,12 +85,16 @@ class StepInfo(NamedTuple):
       state must stay identical on every shard, so anything it stores from
       the batch goes through this.
     shard: ``(index, count)`` of this shard (``(0, 1)`` on one device).
+    masks: the ``(T, C)`` active-logit table.
+    batch_stats: the BatchNorm statistics after the step.
   """
   batch: dict
   outputs: dict
   rng: jax.Array
   gather: Callable
   shard: tuple
+  masks: Any = None
+  batch_stats: Any = None
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
@@ -154,7 +158,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       method_state = update_method_state(
           method_state, state.params, params, grads,
           StepInfo(batch, outputs[0] if outputs else {},
-                   jax.random.fold_in(shared_rng, 2), gather, shard))
+                   jax.random.fold_in(shared_rng, 2), gather, shard,
+                   state.masks, batch_stats))
     # One reduction per step, over the new parameters (finite before, so
     # finite after iff the update is); the gradient is looked at only when
     # that fails, to say which it was. (The check costs ~7% of a fine-tuning
