@@ -37,21 +37,20 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def process_rows(mesh: jax.sharding.Mesh, axis_name: str,
-                 rows: np.ndarray) -> np.ndarray:
-  """This process's share of a global batch's rows ``rows`` (``(B, ...)``):
-  the rows its devices hold when the batch is split along ``axis_name`` of
-  ``mesh`` (all of them in a one-process run). A process's devices must sit
-  together along the axis, as ``jax.make_mesh`` puts them."""
+def process_share(mesh: jax.sharding.Mesh, axis_name: str, n: int) -> slice:
+  """The rows of a global batch of ``n`` that this process's devices hold
+  when it is split along ``axis_name`` of ``mesh`` (all of them in a
+  one-process run). A process's devices must sit together along the axis
+  (``cljax.experiment`` orders the mesh's devices by process)."""
   order = [d.process_index for d in mesh.devices.flat]
   mine = [i for i, p in enumerate(order) if p == jax.process_index()]
   if len(mine) == len(order):
-    return rows
+    return slice(None)
   if mine != list(range(mine[0], mine[-1] + 1)):
     raise ValueError(f"process {jax.process_index()}'s devices are not "
                      f"contiguous along the mesh's {axis_name!r} axis")
-  per = len(rows) // len(order)
-  return rows[mine[0] * per:(mine[-1] + 1) * per]
+  per = n // len(order)
+  return slice(mine[0] * per, (mine[-1] + 1) * per)
 
 
 def replicate(tree, replicated: NamedSharding):
@@ -82,7 +81,8 @@ def split_rows(tree, split: NamedSharding):
     return jax.device_put(tree, split)
   mesh, axis = split.mesh, split.spec[0]
   return jax.tree.map(lambda a: jax.make_array_from_process_local_data(
-      split, process_rows(mesh, axis, np.asarray(a)), a.shape), tree)
+      split, np.asarray(a)[process_share(mesh, axis, len(a))], a.shape),
+                      tree)
 
 
 def one_device(tree):

@@ -264,8 +264,11 @@ def _mesh(config):
   """The data-parallel mesh of ``config.parallel.data`` devices (resolved),
   or ``None`` for one device."""
   n = config.parallel.data
-  return None if n == 1 else jax.make_mesh(
-      (n,), ("data",), devices=jax.devices()[:n])
+  # Each process's devices together along the axis (process_share needs it;
+  # a pod's topology order need not give it).
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return None if n == 1 else jax.make_mesh((n,), ("data",),
+                                           devices=devices[:n])
 
 
 def build_stream(config) -> cl_data.Stream:

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from cljax import experiment
+from cljax import experiment, train
 from cljax.default_config import get_config
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "multihost_check.py")
@@ -31,7 +31,12 @@ def _launch(nproc: int, workdir: str, crash_after: int = 0) -> list:
       [sys.executable, SCRIPT, str(p), str(nproc), port, workdir,
        str(crash_after)], env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for p in range(nproc)]
-  return [(p.communicate(timeout=600)[0], p.returncode) for p in procs]
+  try:
+    return [(p.communicate(timeout=600)[0], p.returncode) for p in procs]
+  finally:  # none left running, whatever happened
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
 
 
 def _matrices(workdir):
@@ -66,6 +71,17 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(tmp_path):
       os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d)
       for f in fs if "checkpoints" not in r and "tensorboard" not in r)
   assert listing(two) == listing(one)
+
+
+def test_a_locked_workdir_stops_every_process(tmp_path):
+  # Another run holds the workdir: process 0 cannot take the lock, and the
+  # others learn it and stop too (none waits on a collective).
+  workdir = str(tmp_path / "run")
+  with train.directory_lock(workdir):
+    outs = _launch(2, workdir)
+  for out, code in outs:
+    assert code != 0 and "LockedError" in out, out[-2000:]
+  assert "in use by another run" in outs[0][0]
 
 
 def test_cluster_keys_need_a_distributed_run():

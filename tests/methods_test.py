@@ -19,7 +19,7 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.GSS(60, mem_strength=3),
        methods.DER(memory_size=60),
        methods.DERpp(memory_size=60), methods.ICaRL(60),
-       methods.E2EIL(60, balanced_passes=2)]
+       methods.E2EIL(60, balanced_passes=2), methods.PackNet()]
 
 
 @pytest.fixture(scope="module")

@@ -167,5 +167,27 @@ for model in (models.build_model("mlp", digits.input_shape, 10,
     print(method.name, getattr(method, "estimator", ""), "sharded importance "
           "max abs diff", diff, "of", scale)
     assert diff < 1e-5 * max(scale, 1.0), (diff, scale)
-assert _regularized.sharded_mean.cache_info().misses == 6, (
-    _regularized.sharded_mean.cache_info())
+    fn = getattr(method, "_fisher", getattr(method, "_omega", None))
+    assert mesh in _regularized._SHARDED[fn], "not the sharded path"
+
+# Whole runs on the mesh: methods whose hooks' outputs the step and the
+# evaluation read back (iCaRL's memory and class means, BiC's bias layer,
+# IL2M's statistics) give one device's accuracy matrices; a "union" replay
+# whose size does not split over the devices is refused.
+
+for method in (methods.ICaRL(40), methods.BiC(60, val_size=20, replay_size=8),
+               methods.IL2M(40, replay_size=8)):
+  runs = [train.run_stream(digits, method, models.build_model(
+      "mlp", digits.input_shape, 10, hidden=(16,)), optax.sgd(0.1), epochs=1,
+      batch_size=32, progress=False, mesh=m) for m in (None, mesh)]
+  for key in runs[0]:
+    if key.startswith("accuracy_matrix"):
+      np.testing.assert_array_equal(runs[1][key], runs[0][key], err_msg=key)
+  print(method.name, "whole run on 4 devices equals one device")
+try:
+  train.run_stream(digits, methods.IL2M(40), models.build_model(
+      "mlp", digits.input_shape, 10, hidden=(16,)), optax.sgd(0.1), epochs=1,
+      batch_size=32, progress=False, mesh=mesh)
+  raise AssertionError("a union replay of 2 on 4 devices was accepted")
+except ValueError as e:
+  assert "do not split over 4 devices" in str(e), e

@@ -104,6 +104,9 @@ def test_augmentation_is_random_per_example_and_repeatable(subset):
   assert not np.allclose(a, plain)
   reseeded = _streamed.StreamedImages(view._source, view.indices, 24, seed=1)
   assert not np.allclose(reseeded.augmented(), a)
+  # A process's part of a global batch gets the crops one process would
+  # give those rows (they are drawn for the whole batch).
+  np.testing.assert_array_equal(view.augmented(slice(4, 12)), a[4:12])
   # Crops stay inside the image and flips are exact mirror images.
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (40, 30, 3), np.uint8)

@@ -169,17 +169,23 @@ class StreamedImages:
 
   # -- decoding ----------------------------------------------------------------
 
-  def augmented(self) -> np.ndarray:
-    """The view's images with training augmentation (random-resized crop
-    and flip), drawn from a generator seeded by ``seed`` and the indices."""
+  def augmented(self, part: slice = slice(None)) -> np.ndarray:
+    """The images ``part`` of the view (a 1-D view: a batch) with training
+    augmentation (random-resized crop and flip), each drawn from a
+    generator seeded by ``seed``, the whole view's indices and its
+    position: a process decoding its part of a global batch draws what one
+    process decoding all of it would."""
     key = int.from_bytes(hashlib.sha256(
         np.ascontiguousarray(self.indices).tobytes()).digest()[:8], "little")
     rngs = np.random.default_rng([self.seed, key]).spawn(self.indices.size)
+    positions = np.arange(self.indices.size)[part]
     return self._decode(lambda img, i: train_transform(img, self.size,
-                                                       rngs[i]))
+                                                       rngs[i]), positions)
 
-  def _decode(self, transform) -> np.ndarray:
+  def _decode(self, transform, positions=None) -> np.ndarray:
     flat = self.indices.reshape(-1)
+    whole = positions is None
+    positions = np.arange(flat.size) if whole else positions
     mean = np.asarray(IMAGENET_MEAN, np.float32)
     std = np.asarray(IMAGENET_STD, np.float32)
 
@@ -188,10 +194,10 @@ class StreamedImages:
       return (img.astype(np.float32) / 255.0 - mean) / std
 
     with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
-      images = list(pool.map(one, range(len(flat))))
+      images = list(pool.map(one, positions))
     out = (np.stack(images) if images else
            np.zeros((0, self.size, self.size, 3), np.float32))
-    return out.reshape(self.shape)
+    return out.reshape(self.shape) if whole else out
 
 
 def materialise(x) -> np.ndarray:
@@ -199,7 +205,8 @@ def materialise(x) -> np.ndarray:
   return x if isinstance(x, np.ndarray) else np.asarray(x)
 
 
-def augmented_or_plain(x) -> np.ndarray:
-  """A training batch's inputs: a streamed view with its training
-  augmentation, an array as it is."""
-  return x.augmented() if isinstance(x, StreamedImages) else x
+def augmented_or_plain(x, part: slice = slice(None)) -> np.ndarray:
+  """Rows ``part`` of a training batch's inputs: of a streamed view with
+  its training augmentation (drawn for the whole batch), of an array as
+  they are."""
+  return x.augmented(part) if isinstance(x, StreamedImages) else x[part]

@@ -22,6 +22,7 @@ from cljax.methods.independent import Independent
 from cljax.methods.joint import Joint
 from cljax.methods.mas import MAS
 from cljax.methods.mir import MIR
+from cljax.methods.packnet import PackNet
 from cljax.methods.rwalk import RWalk
 from cljax.methods.si import SI
 from cljax.methods.ucir import UCIR
@@ -30,7 +31,8 @@ from cljax.methods.wa import WA
 METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      MAS, KD, LwF, GEM, AGEM, Independent,
                                      ER, DER, DERpp, ICaRL, E2EIL, UCIR,
-                                     BiC, IL2M, WA, RWalk, MIR, GSS)}
+                                     BiC, IL2M, WA, RWalk, MIR, GSS,
+                                     PackNet)}
 
 
 def hyperparameters(cls: type) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -117,8 +117,20 @@ def task_importance(fn, ctx: TaskContext, samples: int | None,
   return one_device(out)
 
 
-@functools.lru_cache(maxsize=None)
+# fn -> {mesh: its sharded form}; an entry lives as long as its ``fn`` (a
+# method's importance function).
+_SHARDED = weakref.WeakKeyDictionary()
+
+
 def sharded_mean(fn, mesh):
+  """``_sharded_mean(fn, mesh)``, built once per function and mesh."""
+  forms = _SHARDED.setdefault(fn, {})
+  if mesh not in forms:
+    forms[mesh] = _sharded_mean(fn, mesh)
+  return forms[mesh]
+
+
+def _sharded_mean(fn, mesh):
   """``fn(params, batch_stats, xs, ys, weights, mask, key)``, a weighted mean
   over examples (as ``importance_function``'s), with the examples split
   over ``mesh``'s ``"data"`` axis: ``sum_d W_d m_d / sum_d W_d`` from each

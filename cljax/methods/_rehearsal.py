@@ -225,9 +225,18 @@ class Rehearsal(Method):
     """The current batch followed by ``replay_batches`` replay batches, each
     drawn for the global batch and split among the shards (as long, in all,
     as ``memory_logits``, their stored outputs)."""
-    b = batch["y"].shape[0]
-    n_global = self.replay_size or shard[1] * (
-        b if self.replay == "equal" else max(1, round(b * self._union)))
+    b, count = batch["y"].shape[0], shard[1]
+    n_global = self.replay_size or count * b
+    if not self.replay_size and self.replay == "union":
+      # From the global batch, so any number of devices draws what one
+      # device would.
+      n_global = max(1, round(count * b * self._union))
+      if n_global % count:
+        raise ValueError(
+            f"replay='union' replays round({count * b} x "
+            f"{self._union:.4g}) = {n_global} examples a step, which do not "
+            f"split over {count} devices: set replay_size to a multiple of "
+            f"{count}")
     parts = [self.draw(s["memory"], jax.random.fold_in(rng, k), n_global,
                          shard, batch) for k in range(self.replay_batches)]
     cat = lambda k, a: jnp.concatenate([jnp.asarray(a)] + [

@@ -132,6 +132,9 @@ class Checkpoints:
     warnings.warn(f"checkpoint step {step} in {self.directory} is corrupt "
                   f"({type(error).__name__}: {why}); moved to {dst}, "
                   "falling back to the previous step", stacklevel=3)
+    if jax.process_count() > 1:  # every process reloads after the move
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"cljax set aside {step}")
     self._manager.reload()
 
   def latest_record(self) -> dict | None:

@@ -27,27 +27,31 @@ from cljax.data._datasets import Split
 from cljax.data._streamed import augmented_or_plain
 
 
-def _take(split: Split, rows: np.ndarray) -> dict:
-  """A training batch (a streamed split's images decoded with their
-  training augmentation)."""
-  return {"x": augmented_or_plain(split.x[rows]), "y": split.y[rows],
-          "t": split.t[rows]}
+def _take(split: Split, rows: np.ndarray, part: slice = slice(None)
+          ) -> dict:
+  """Rows ``part`` of the training batch ``rows``: a streamed split's
+  images decoded with their training augmentation (drawn for the whole
+  batch), an array's gathered."""
+  local = rows[part]
+  x = (split.x[local] if isinstance(split.x, np.ndarray) else
+       augmented_or_plain(split.x[rows], part))
+  return {"x": x, "y": split.y[local], "t": split.t[local]}
 
 
 class HostEngine:
   """Batches gathered on the host; ``prefetch`` sends the next one to the
   device while the current step runs. A data-parallel step
   (``data_parallel``) places its own inputs, and this process gathers only
-  the rows of each batch that its devices hold (its ``process_rows``)."""
+  the rows of each batch that its devices hold (its ``process_share``)."""
 
   def __init__(self, step, prefetch: bool = True):
     self.step, self.prefetch = step, prefetch
-    self.rows = getattr(step, "process_rows", lambda r: r)
+    self.part = getattr(step, "process_share", lambda n: slice(None))
 
   def run(self, state, split: Split, rows: np.ndarray, key):
     """``(state, loss terms of the last step)`` after one step per row."""
     put = jax.device_put if self.prefetch else (lambda b: b)
-    take = lambda r: put(_take(split, self.rows(rows[r])))
+    take = lambda r: put(_take(split, rows[r], self.part(len(rows[r]))))
     terms = None
     nxt = take(0)
     for r in range(len(rows)):

@@ -17,6 +17,10 @@ import socket
 import time
 import warnings
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
 from cljax._distributed import is_primary
 
 LOCK_FILE = "cljax.lock"
@@ -47,15 +51,35 @@ def directory_lock(directory: str):
   """Holds the exclusive lock of ``directory`` (created if needed).
 
   In a multi-process run (``jax.distributed``) the processes are one run:
-  process 0 holds the lock, the others take none.
+  process 0 takes the lock and every process learns whether it could, so
+  all stop together when another run holds it.
 
   Raises:
     LockedError: another process holds it; the message names the holder.
     ValueError: the directory cannot be written.
   """
-  if not is_primary():
-    yield
+  if jax.process_count() == 1:
+    with _lock(directory):
+      yield
     return
+  error = None
+  with contextlib.ExitStack() as stack:
+    if is_primary():
+      try:
+        stack.enter_context(_lock(directory))
+      except (LockedError, ValueError) as e:
+        error = e
+    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if not int(ok):
+      raise error or LockedError(
+          f"{directory}: process 0 could not take the run's lock (its "
+          "error says why)")
+    yield
+
+
+@contextlib.contextmanager
+def _lock(directory: str):
+  """``directory_lock`` for one process."""
   path = os.path.join(directory, LOCK_FILE)
   while True:
     try:

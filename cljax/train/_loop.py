@@ -15,10 +15,11 @@ import time
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from cljax import metrics
-from cljax._distributed import one_device
+from cljax._distributed import one_device, replicate
 from cljax.data._batching import batch_indices, num_batches
 from cljax.methods._base import Method, Phase, TaskContext
 from cljax.train._checkpoint import Checkpoints, check_identity
@@ -101,8 +102,12 @@ class _Run:
     """``hook(method, state)`` of the run, or of each member with its own
     method and state, stacked (``None`` where the hook returns ``None``)."""
     if self.k is None:
-      return hook(self.method, self.state if self.mesh is None else
-                  one_device(self.state))
+      if self.mesh is None:
+        return hook(self.method, self.state)
+      # The hook works on one device's copy; what it returns goes back to
+      # the mesh, replicated, where the step and the evaluation find it.
+      return replicate(hook(self.method, one_device(self.state)),
+                       NamedSharding(self.mesh, PartitionSpec()))
     # Copies made now share what the method has set up (init_state).
     outs = [hook(self.method.with_hparams(**{
         n: float(v[i]) for n, v in self.hp.items()}), member(self.state, i))

@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cljax._distributed import process_rows, replicate
+from cljax._distributed import process_share, replicate
 from cljax.models._functional import sync_batch_norm
 
 
@@ -207,7 +207,7 @@ def data_parallel(step: Callable, mesh: jax.sharding.Mesh,
   statistics and the running statistics are averaged over shards.
 
   On a mesh that spans several processes (``jax.distributed``) each process
-  passes only its own rows of the global batch (``process_rows``), and the
+  passes only its own rows of the global batch (``process_share``), and the
   global batch is assembled with ``jax.make_array_from_process_local_data``;
   every process calls the step with the same state and key.
   """
@@ -222,9 +222,10 @@ def data_parallel(step: Callable, mesh: jax.sharding.Mesh,
   replicated = NamedSharding(mesh, P())
   devices = mesh.shape[axis_name]
   processes = len({d.process_index for d in mesh.devices.flat})
+  mine = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
 
   def run(state, batch, rng):
-    size = len(jax.tree.leaves(batch)[0]) * processes
+    size = len(jax.tree.leaves(batch)[0]) * devices // mine
     if size % devices:
       raise ValueError(f"a batch of {size} examples does not split over "
                        f"{devices} devices: use a batch size divisible by "
@@ -237,7 +238,7 @@ def data_parallel(step: Callable, mesh: jax.sharding.Mesh,
     return mapped(replicate(state, replicated), batch,
                   replicate(rng, replicated))
 
-  run.process_rows = functools.partial(process_rows, mesh, axis_name)
+  run.process_share = functools.partial(process_share, mesh, axis_name)
   return run
 
 
