@@ -21,20 +21,20 @@ def test_pieces_against_numpy():
   f, sq, s, w, p, p0 = (_tree(rng) for _ in range(6))
   sq = {k: np.abs(v) for k, v in sq.items()}
   f = {k: np.abs(v) for k, v in f.items()}
-  got = regularizers.rwalk_fisher(f, sq, 4.0, 0.9, False)
-  first = regularizers.rwalk_fisher(f, sq, 4.0, 0.9, True)
+  got = regularizers.rwalk_fisher(f, sq, 4.0, 0.9)
   score = regularizers.rwalk_score_step(s, w, f, p, p0, 1e-3)
-  norm = regularizers.minmax_normalise({**p, "c": np.full((2,), 3.0)})
+  norm = regularizers.minmax_normalise(p)
+  lo = min(a.min() for a in p.values())
+  hi = max(a.max() for a in p.values())
   for k in f:
     np.testing.assert_allclose(got[k], 0.9 * sq[k] / 4 + 0.1 * f[k],
                                rtol=1e-6)
-    np.testing.assert_allclose(first[k], sq[k] / 4, rtol=1e-6)
     np.testing.assert_allclose(score[k], s[k] + np.maximum(
         0, w[k] / (0.5 * f[k] * (p[k] - p0[k]) ** 2 + 1e-3)), rtol=1e-5)
-    lo, hi = p[k].min(), p[k].max()
     np.testing.assert_allclose(norm[k], (p[k] - lo) / (hi - lo), rtol=1e-6,
                                atol=1e-7)
-  np.testing.assert_array_equal(norm["c"], 0.0)  # a constant leaf
+  constant = regularizers.minmax_normalise({"a": np.full((2,), 3.0)})
+  np.testing.assert_array_equal(constant["a"], 0.0)
 
 
 def _reference(tasks, lam, alpha, eps, every, theta0):
@@ -43,23 +43,19 @@ def _reference(tasks, lam, alpha, eps, every, theta0):
   the importance F^ + s^ and the anchor after the last task."""
   keys = list(theta0)
   zero = {k: np.zeros_like(theta0[k], np.float64) for k in keys}
-  fisher, score = dict(zero), dict(zero)
+  fisher, score = dict(zero), dict(zero)  # the Fisher starts at 0
   theta = {k: theta0[k].astype(np.float64) for k in keys}
-  windows = 0
   for t, steps in enumerate(tasks):
     task_score, omega, sq = dict(zero), dict(zero), dict(zero)
     start, n = dict(theta), 0
 
     def close():
-      nonlocal fisher, task_score, omega, sq, start, n, windows
-      for k in keys:
-        new = sq[k] / n
-        fisher[k] = new if windows == 0 else alpha * new + (
-            1 - alpha) * fisher[k]
+      nonlocal omega, sq, start, n
+      for k in keys:  # the score with the Fisher as it was, then the Fisher
         task_score[k] = task_score[k] + np.maximum(0.0, omega[k] / (
             0.5 * fisher[k] * (theta[k] - start[k]) ** 2 + eps))
+        fisher[k] = alpha * sq[k] / n + (1 - alpha) * fisher[k]
       omega, sq, start, n = dict(zero), dict(zero), dict(theta), 0
-      windows += 1
 
     for grad, new in steps:
       for k in keys:
@@ -74,9 +70,12 @@ def _reference(tasks, lam, alpha, eps, every, theta0):
     score = task_score if t == 0 else {
         k: (score[k] + task_score[k]) / 2 for k in keys}
 
-  def mm(a):
-    return (a - a.min()) / (a.max() - a.min())
-  return {k: mm(fisher[k]) + mm(score[k]) for k in keys}, theta
+  def mm(tree):  # over every parameter together
+    lo = min(a.min() for a in tree.values())
+    hi = max(a.max() for a in tree.values())
+    return {k: (a - lo) / (hi - lo) for k, a in tree.items()}
+  f_hat, s_hat = mm(fisher), mm(score)
+  return {k: f_hat[k] + s_hat[k] for k in keys}, theta
 
 
 @pytest.mark.parametrize("form", ["transform", "loss"])

@@ -18,18 +18,23 @@ class RWalk(PenalisedFineTune):
   ``L = CE_t + lam * sum_i (F^_i + s^_i) (theta_i - theta*_i)^2`` (eq. 8),
   with ``theta*`` the parameters at the end of the previous task and
   ``F^``, ``s^`` the Fisher and the scores each min-max normalised to
-  [0, 1] per parameter array.
+  [0, 1] over all parameters.
 
   Every step adds ``g^2`` and ``-g * delta theta`` to window accumulators,
   with ``g`` the gradient of the task loss alone (as SI's). Every
-  ``update_every`` steps (``Delta t``; and at a task's end) the window
-  closes: the online Fisher moves to ``alpha * mean(g^2) + (1 - alpha) F``
-  (eq. 6, EWC++'s moving average of the empirical Fisher of the
-  mini-batches, as in the authors' code) and the task's score grows by
-  ``max(0, omega / (0.5 F (theta - theta_w)^2 + eps))`` (eq. 7). At a task's
-  end the scores are averaged with the previous tasks'
-  (``s <- (s + s_task) / 2``, the first task's kept as is), against the
-  rigidity that summing would build up.
+  ``update_every`` steps (``Delta t``) the window closes: the task's score
+  grows by ``max(0, omega / (0.5 F (theta - theta_w)^2 + eps))`` (eq. 7,
+  with the Fisher as the window found it), then the online Fisher moves to
+  ``alpha * mean(g^2) + (1 - alpha) F`` (eq. 6, EWC++'s moving average of
+  the mini-batches' empirical Fisher). At a task's end the scores are
+  averaged with the previous tasks' (``s <- (s + s_task) / 2``, the first
+  task's kept as is), against the rigidity that summing would build up.
+
+  Where the authors' code (facebookresearch/agem) departs from the paper we
+  follow the paper: the ``0.5`` in the KL term (the code drops it; a scale
+  the normalisation absorbs) and the score average (the code's
+  ``assign_add`` makes it ``1.5 s + 0.5 s_task``). We also close a task's
+  last, partial window at its end (the code drops it).
 
   Args:
     lam: strength ``lam >= 0`` (the authors' runs: 1).
@@ -65,23 +70,20 @@ class RWalk(PenalisedFineTune):
     return {"anchor": model.params, "importance": z, "fisher": z,
             "score": z, "task_score": z, "omega": z, "window_sq": z,
             "window_start": model.params,
-            "window_steps": jnp.zeros((), jnp.int32),
-            "windows": jnp.zeros((), jnp.int32)}
+            "window_steps": jnp.zeros((), jnp.int32)}
 
   def _close_window(self, s, params):
-    """The window's Fisher and score updates (``s`` unchanged but for the
-    restarted accumulators)."""
+    """The window's score, then Fisher, update; the accumulators restart."""
     steps = jnp.maximum(s["window_steps"], 1).astype(jnp.float32)
-    fisher = rwalk_fisher(s["fisher"], s["window_sq"], steps, self.alpha,
-                          s["windows"] == 0)
     z = zeros_like_tree(s["omega"])
-    return {**s, "fisher": fisher,
+    return {**s,
             "task_score": rwalk_score_step(s["task_score"], s["omega"],
-                                           fisher, params, s["window_start"],
-                                           self.eps),
+                                           s["fisher"], params,
+                                           s["window_start"], self.eps),
+            "fisher": rwalk_fisher(s["fisher"], s["window_sq"], steps,
+                                   self.alpha),
             "omega": z, "window_sq": z, "window_start": params,
-            "window_steps": jnp.zeros((), jnp.int32),
-            "windows": s["windows"] + 1}
+            "window_steps": jnp.zeros((), jnp.int32)}
 
   def update_method_state(self, s, old_params, new_params, grads, info):
     del info

@@ -11,18 +11,16 @@ import jax
 import jax.numpy as jnp
 
 
-def rwalk_fisher(fisher, window_sq, steps, alpha, first):
+def rwalk_fisher(fisher, window_sq, steps, alpha):
   """The online empirical Fisher (EWC++, eq. 6), updated once per window of
   ``steps`` train steps (the paper's ``Delta t``):
   ``F <- alpha * mean_window(g^2) + (1 - alpha) * F``, where ``window_sq``
-  sums the squared gradients of the task loss over the window. The first
-  window of the stream sets ``F`` to its mean (``first``), so the average
-  does not start from 0.
+  sums the squared gradients of the task loss over the window (the mean of
+  the window's mini-batch squared gradients, as the authors' code has it;
+  ``F`` starts at 0, as there).
   """
-  def update(f, sq):
-    new = sq / steps
-    return jnp.where(first, new, alpha * new + (1.0 - alpha) * f)
-  return jax.tree.map(update, fisher, window_sq)
+  return jax.tree.map(lambda f, sq: alpha * sq / steps + (1.0 - alpha) * f,
+                      fisher, window_sq)
 
 
 def rwalk_score_step(score, omega, fisher, params, window_start, eps):
@@ -40,11 +38,12 @@ def rwalk_score_step(score, omega, fisher, params, window_start, eps):
 
 
 def minmax_normalise(tree):
-  """Each leaf rescaled to [0, 1] by its own minimum and maximum (the
-  authors' code normalises the Fisher and the scores per variable before
-  adding them, eq. 8); a constant leaf becomes 0."""
-  def norm(a):
-    lo, hi = jnp.min(a), jnp.max(a)
-    return jnp.where(hi > lo, (a - lo) / jnp.where(hi > lo, hi - lo, 1.0),
-                     0.0)
-  return jax.tree.map(norm, tree)
+  """The tree rescaled to [0, 1] by its minimum and maximum over every leaf
+  together (the authors' code normalises the Fisher and the scores so
+  before adding them, eq. 8); a constant tree becomes 0."""
+  leaves = jax.tree.leaves(tree)
+  lo = jnp.min(jnp.stack([jnp.min(a) for a in leaves]))
+  hi = jnp.max(jnp.stack([jnp.max(a) for a in leaves]))
+  span = jnp.where(hi > lo, hi - lo, 1.0)
+  return jax.tree.map(lambda a: jnp.where(hi > lo, (a - lo) / span, 0.0),
+                      tree)
