@@ -7,8 +7,9 @@ MLP 784-100-100-10, one pass (1 epoch), batch 10, plain SGD lr 0.1; GEM and
 A-GEM with 256 memories per task, GEM's memory strength (margin) 0.5, as in
 facebookresearch/GradientEpisodicMemory's run script. Methods: single
 (fine-tuning), independent (one network per task with 1/20 of the hidden
-units, 784-5-5-10, as in the paper), EWC (strength chosen on validation),
-A-GEM, GEM. A number sets the epochs (``:rotated,5``); ``runlocal`` makes a
+units, 784-5-5-10, as in the paper), EWC and RWalk (strengths chosen on
+validation), A-GEM, GEM, and the online rehearsal methods MIR and GSS with
+GEM's total memory. A number sets the epochs (``:rotated,5``); ``runlocal`` makes a
 quick check (5 tasks of 500 examples, one EWC strength:
 ``:permuted,runlocal``).
 
@@ -52,7 +53,21 @@ def get_config(arg="permuted"):
   c.method.independent = method_entry("independent", hidden=(5, 5))
   c.method.gem = method_entry("gem", memory_size=256, margin=0.5)
   c.method.agem = method_entry("agem", memory_size=256, ref_size=256)
-  entries = ["single", "independent", "agem", "gem"]
+  # The online rehearsal methods with GEM's whole budget (20 x 256) as one
+  # reservoir-like memory; MIR with the paper's 50 candidates, 10 replayed,
+  # its virtual step at the training rate; GSS with the authors' 10 memory
+  # gradients of 10 examples.
+  c.method.mir = method_entry("mir", memory_size=5120, subsample=50,
+                              virtual_lr=0.1, replay_size=10)
+  c.method.gss = method_entry("gss", memory_size=5120, mem_strength=10,
+                              mem_batch_size=10, replay_size=10)
+  entries = ["single", "independent", "agem", "gem", "mir", "gss"]
+  # RWalk's strength on validation (lr 0.1: 2 lam (F^ + s^) <= 4 lam must
+  # stay below 2 / lr = 20, so the grid ends at 3); Delta t = 10 (MNIST).
+  for lam in (1.0,) if quick else (0.1, 0.3, 1.0, 3.0):
+    entry = f"rwalk__lam{lam:g}".replace(".", "p")
+    c.method[entry] = method_entry("rwalk", lam=lam, update_every=10)
+    entries.insert(1, entry)
   # At lr 0.1 and batch 10, EWC diverges from about lam = 2 on (then
   # recorded as diverged): the grid reaches below.
   for lam in (1.0,) if quick else (0.01, 0.1, 0.3, 1.0, 2.0, 4.0, 10.0,
@@ -67,4 +82,5 @@ def get_config(arg="permuted"):
     c.scenario.test_per_task = 500
     c.method.gem.memory_size = c.method.agem.memory_size = 100
     c.method.agem.ref_size = 100
+    c.method.mir.memory_size = c.method.gss.memory_size = 500
   return c
