@@ -25,7 +25,7 @@ from cljax import metrics, report
 from cljax import train
 from cljax.methods import build_method, METHODS
 from cljax.models import build_model, DTYPES, HEADS, MODELS
-from cljax.train._checkpoint import Checkpoints, check_identity
+from cljax.train._checkpoint import IGNORED, Checkpoints, check_identity
 from cljax.train._identity import flatten
 
 OPTIMIZERS = ("sgd", "adam")
@@ -392,9 +392,18 @@ def entry_identity(config, e: Entry) -> dict:
 def _config_defaults() -> dict:
   """The default config's values, nested like ``entry_identity``'s
   ``config`` part: a key added since a checkpoint was written matches it
-  while the key keeps its default."""
+  while the key keeps its default; the presentation keys are ``IGNORED``
+  (a checkpoint written while one was part of the identity still
+  matches)."""
   from cljax.default_config import get_config
-  return {"config": json.loads(get_config().to_json())}
+  config = json.loads(get_config().to_json())
+  for key in PRESENTATION_KEYS:  # not compared, even with older checkpoints
+    *parents, last = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[last] = IGNORED
+  return {"config": config}
 
 
 def _prepare_workdir(workdir: str) -> None:

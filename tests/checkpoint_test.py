@@ -264,3 +264,20 @@ def test_a_setting_added_since_matches_at_its_default():
   assert _checkpoint.identity_diff(new, old, defaults) == []  # removed
   method_defaults = train.identity_defaults(methods.LwF())
   assert method_defaults["method.heads"] == "auto"
+
+
+def test_a_setting_that_left_the_identity_is_not_compared():
+  # sweep.vmap was part of the identity, then became a presentation key:
+  # checkpoints written with sweep.vmap=True were refused ("true ->
+  # <absent>"). Presentation keys are ignored on both sides, with
+  # everything under them.
+  from cljax import experiment
+  defaults = train.identity_defaults(methods.FineTune(),
+                                     experiment._config_defaults())
+  old = {"config.train.lr": 0.1, "config.sweep.vmap": True,
+         "config.log.csv": False}
+  new = {"config.train.lr": 0.1, "config.log.csv": True}
+  assert _checkpoint.identity_diff(old, new, defaults) == []
+  assert _checkpoint.identity_diff(old, {**new, "config.train.lr": 0.2},
+                                   defaults) == [
+      "config.train.lr: 0.1 -> 0.2"]

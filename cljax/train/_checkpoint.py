@@ -45,16 +45,27 @@ def _json_digest(record: dict) -> str:
                         ).hexdigest()
 
 
+# A default that marks a setting (and everything under it) as not part of
+# the identity, even in a checkpoint written when it was (a string: the
+# defaults pass through ``jsonable``).
+IGNORED = "<not part of the identity>"
+
+
 def identity_diff(stored: dict, current: dict,
                   defaults: dict | None = None) -> list[str]:
   """``"key: old -> new"`` for each key whose value differs between two
   flat identity dicts. A key that only one side has (a setting added or
   removed since) counts as equal when its value there is its default in
-  ``defaults``: a new setting left at its default changes nothing."""
+  ``defaults``: a new setting left at its default changes nothing. Keys
+  whose default is ``IGNORED`` (or under one) are skipped (a setting that
+  has since stopped being part of the identity)."""
   keys = sorted(set(stored) | set(current))
   absent, defaults = "<absent>", defaults or {}
+  ignored = tuple(k for k, v in defaults.items() if v == IGNORED)
   out = []
   for k in keys:
+    if any(k == i or k.startswith(i + ".") for i in ignored):
+      continue
     old, new = stored.get(k, absent), current.get(k, absent)
     if old == new or (absent in (old, new) and k in defaults and
                       (new if old == absent else old) == defaults[k]):
