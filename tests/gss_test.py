@@ -72,6 +72,20 @@ def test_a_full_buffer_changes_only_for_an_interfering_batch():
   np.testing.assert_allclose(counts / trials, want, atol=0.025)
 
 
+def test_slots_at_the_minimum_score_are_drawn_uniformly():
+  # Every score equal (a first fill): the draw weights are all 0, and the
+  # slots replaced must still be spread over the whole buffer.
+  buf, scores = _buffer(filled=6), jnp.full((6,), 0.1)
+  x, y = np.full((2, 2), -1.0, np.float32), np.array([50, 51])
+  insert = jax.jit(lambda k: mem.gss_insert(
+      buf, scores, x, y, np.zeros(2, np.int32), -0.1,
+      np.array([-0.9, -0.9], np.float32), k)[0].y)
+  hit = np.zeros(6)
+  for k in jax.random.split(jax.random.key(2), 300):
+    hit += np.asarray(insert(k)) != np.asarray(buf.y)
+  assert np.all(hit > 0.5 * hit.mean()), hit
+
+
 def test_gradients_against_a_loop_of_per_example_gradients():
   model = models.build_model("mlp", (1, 2, 3), 4, hidden=(5,), seed=0)
   method = methods.GSS(memory_size=20)

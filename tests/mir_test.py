@@ -68,6 +68,22 @@ def test_interference_and_loss_against_a_direct_computation():
   assert float(total) == pytest.approx(want_in + want_mir, rel=1e-5)
 
 
+def test_a_batch_larger_than_the_candidates_replays_each_once():
+  # replay_size=0 means the batch size (20), more than the 16 candidates:
+  # each candidate is replayed once (the top 16), none repeated.
+  model, _, s, batch = _setup(seed=3, b=20)
+  method = methods.MIR(memory_size=40, subsample=16, virtual_lr=0.5)
+  out = method.batch_fn(s, batch, jax.random.key(7), (0, 1))
+  _, (terms, _) = method.loss_fn(model)(
+      model.params, model.batch_stats, s, out, np.ones((3, 5), bool),
+      jax.random.key(0))
+  cx, cy = np.asarray(out["cand_x"]), np.asarray(out["cand_y"])
+  assert float(terms["ce_mir"]) == pytest.approx(
+      float(np.mean(_ce(model, model.params, cx, cy))), rel=1e-5)
+  with pytest.raises(ValueError, match="subsample=50 exceeds memory_size=40"):
+    methods.MIR(memory_size=40, subsample=50)
+
+
 def test_an_empty_memory_replays_nothing():
   model, method, _, batch = _setup(seed=2)
   s = {"memory": mem.reservoir_buffer(40, (1, 2, 3))}

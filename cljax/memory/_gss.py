@@ -64,7 +64,9 @@ def gss_insert(buffer: ReservoirBuffer, scores, x, y, t, batch_sim,
     n = min(b, k)
     p = (scores - scores.min()) / (scores.max() - scores.min() + 0.01)
     gumbel = jax.random.gumbel(k_draw, (k,))
-    slots = jax.lax.top_k(jnp.log(p) + gumbel, n)[1]
+    # (slots at the minimum score stay drawable, last: fewer than n with a
+    # positive weight are completed uniformly among them)
+    slots = jax.lax.top_k(jnp.log(jnp.maximum(p, 1e-12)) + gumbel, n)[1]
     a, keep = (item_sims[:n] + 1) / 2, (scores[slots] + 1) / 2
     swap = jax.random.uniform(k_keep, (n,)) < keep / (a + keep)
     slots = jnp.where(swap & (batch_sim < 0), slots, k)

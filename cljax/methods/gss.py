@@ -17,7 +17,8 @@ class GSS(ER):
   """Experience replay whose memory is filled by GSS-greedy.
 
   Training is ER's (the current batch plus an equally large random batch
-  from the memory). After each step the incoming examples are offered to
+  from the memory, one step; the authors' code takes a current step and a
+  replay step, three times per batch). After each step the incoming examples are offered to
   the memory (``cljax.memory.gss_insert``): their gradients, each an exact
   per-example gradient of the cross-entropy at the updated parameters
   (eval mode), are compared by cosine with ``mem_strength`` gradients of

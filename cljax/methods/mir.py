@@ -33,7 +33,8 @@ class MIR(Rehearsal):
   batch's mean cross-entropy and the retrieved batch's (the authors' two
   backward passes before one optimizer step). Candidates are scored with
   the network in eval mode. The memory is a reservoir by default, as in the
-  paper's single pass.
+  paper's single pass. The incoming and retrieved examples share one
+  forward pass (the authors take two: BatchNorm sees their union here).
 
   Args:
     subsample: candidates drawn per step (the paper's ``C``: 50 on MNIST,
@@ -41,7 +42,7 @@ class MIR(Rehearsal):
     virtual_lr: the virtual step's learning rate (the paper uses the
       training rate: 0.1 on MNIST).
     replay_size: examples replayed per step (0: as many as the batch; the
-      paper's 10 for a batch of 10).
+      paper's 10 for a batch of 10), at most ``subsample``.
     memory_size, selection, budget, per_class: as ``Rehearsal``
       (``selection="reservoir"`` by default).
   Runs on one device (its selection needs the whole incoming batch's
@@ -62,6 +63,9 @@ class MIR(Rehearsal):
                        f"{subsample!r}")
     if not virtual_lr > 0:
       raise ValueError(f"virtual_lr must be > 0, got {virtual_lr}")
+    if subsample > memory_size:
+      raise ValueError(f"subsample={subsample} exceeds memory_size="
+                       f"{memory_size}: candidates would repeat")
     self.subsample, self.virtual_lr = int(subsample), float(virtual_lr)
 
   def batch_fn(self, s, batch, rng, shard):
@@ -86,7 +90,7 @@ class MIR(Rehearsal):
       return masked_cross_entropy(logits, y, example_masks(masks, t)), stats
 
     def loss(params, batch_stats, s, batch, masks, rng):
-      n = self.replay_size or batch["y"].shape[0]
+      n = min(self.replay_size or batch["y"].shape[0], self.subsample)
       current = (batch["x"], batch["y"], batch["t"])
       grad = jax.grad(lambda p: jnp.mean(per_example(
           p, batch_stats, *current, masks, train=True)[0]))(params)
@@ -97,8 +101,7 @@ class MIR(Rehearsal):
           lambda p, c: per_example(p, batch_stats, *c, masks)[0], params,
           virtual, cand))
       score = jnp.where(batch["cand_w"] > 0, score, -jnp.inf)
-      top = jax.lax.top_k(score, min(n, self.subsample))[1]
-      top = jnp.resize(top, (n,))  # fewer candidates than replay slots
+      top = jax.lax.top_k(score, n)[1]
       x = jnp.concatenate([batch["x"], cand[0][top]])
       y = jnp.concatenate([batch["y"], cand[1][top]])
       t = jnp.concatenate([batch["t"], cand[2][top]])

@@ -57,9 +57,12 @@ class PackNet(Method):
   zeroed for the next task. Task ``j`` is predicted with the weights of
   tasks ``0..j`` only. Biases and normalisation parameters train with the
   first task and are frozen after it, as in the paper; the head trains
-  only its current task's classes. BatchNorm running statistics are shared
-  by all tasks (use a model without BatchNorm to match the paper's
-  per-task ones).
+  only its current task's classes. BatchNorm running statistics are kept
+  as each task ends and predict that task (the authors freeze them after
+  the first task instead, training later tasks with BatchNorm in eval
+  mode). As in the authors' code the last task is pruned and retrained
+  too; the count released is ``floor(prune * free)`` exactly (the code's
+  threshold keeps ties).
 
   Args:
     prune: fraction of the free weights released after each task (the
@@ -93,7 +96,14 @@ class PackNet(Method):
   def init_state(self, model, stream):
     return {"owner": jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.int32),
                                   model.params),
-            "trainable": jax.tree.map(jnp.ones_like, model.params)}
+            "trainable": jax.tree.map(jnp.ones_like, model.params),
+            "stats": jax.tree.map(lambda a: jnp.zeros(
+                (stream.num_tasks, *a.shape), a.dtype), model.batch_stats)}
+
+  def on_task_end(self, ctx):
+    s = ctx.method_state
+    return {**s, "stats": jax.tree.map(lambda a, b: a.at[ctx.index].set(b),
+                                       s["stats"], ctx.batch_stats)}
 
   def phases(self, index):
     return (Phase("train"), Phase("retrain", epochs=self.retrain_epochs,
@@ -128,7 +138,7 @@ class PackNet(Method):
       owner = jax.tree_util.tree_map_with_path(
           lambda path, w, own: prune_free(w, own, self.prune, k)
           if _prunable(path) else own, ctx.params, owner)
-    return {"owner": owner, "trainable": self._trainable(
+    return {**s, "owner": owner, "trainable": self._trainable(
         owner, k, classes, phase.name == "train")}
 
   def _masked(self, params, owner, keep):
@@ -156,5 +166,6 @@ class PackNet(Method):
   def eval_params(self, s, params, batch_stats, task, current):
     if task >= current:
       return params, batch_stats
-    return self._masked(params, s["owner"],
-                        lambda o: (o > 0) & (o <= task + 1)), batch_stats
+    return (self._masked(params, s["owner"],
+                         lambda o: (o > 0) & (o <= task + 1)),
+            jax.tree.map(lambda a: a[task], s["stats"]))
