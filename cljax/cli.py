@@ -23,7 +23,7 @@ USAGE = """usage: cljax run [--config path/to/config.py[:arg]] [--config.key=val
   cljax run    trains the configured methods on the configured stream and
                prints an accuracy table; with no arguments, a short
                class-incremental stream on the embedded digits data
-               (fine-tuning vs joint training), about 10 s on 2 cores
+               (fine-tuning vs joint training), about 15 s on 2 cores
                after the first import. `cljax run --help` lists the keys.
   cljax list   what there is to choose from: methods (with their
                hyperparameters and defaults), models, datasets, scenarios

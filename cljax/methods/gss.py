@@ -14,7 +14,8 @@ from cljax.models._heads import example_masks
 
 
 class GSS(ER):
-  """Experience replay whose memory is filled by GSS-greedy.
+  """Experience replay whose memory is filled by GSS-greedy (Aljundi et al.
+  2019).
 
   Training is ER's (the current batch plus an equally large random batch
   from the memory, one step; the authors' code takes a current step and a
