@@ -25,8 +25,8 @@ SWEEPS = {  # two members each, far apart
     "lwf": ({}, [dict(lam=0.5, temperature=1.0),
                  dict(lam=4.0, temperature=4.0)]),
     "der": (dict(memory_size=30), [dict(alpha=0.1), dict(alpha=1.0)]),
-    "mir": (dict(memory_size=30, subsample=12), [dict(virtual_lr=0.01),
-                                                 dict(virtual_lr=1.0)]),
+    "mir": (dict(memory_size=30, subsample=12, replay_size=4),  # selects
+            [dict(virtual_lr=0.01), dict(virtual_lr=1.0)]),
     "derpp": (dict(memory_size=30), [dict(alpha=0.1, beta=0.5),
                                      dict(alpha=1.0, beta=0.1)]),
     "gem": (dict(memory_size=16), [dict(margin=0.0), dict(margin=2.0)]),
@@ -237,8 +237,8 @@ RUNS = {
                  dict(lam=4.0, temperature=4.0)], "scan"),
     "gem": (dict(memory_size=16), [dict(margin=0.0), dict(margin=2.0)],
             "host"),
-    "mir": (dict(memory_size=30, subsample=12), [dict(virtual_lr=0.01),
-                                                 dict(virtual_lr=1.0)]),
+    "mir": (dict(memory_size=30, subsample=12, replay_size=4),  # selects
+            [dict(virtual_lr=0.01), dict(virtual_lr=1.0)]),
     "derpp": (dict(memory_size=30), [dict(alpha=0.25, beta=0.5),
                                      dict(alpha=1.0, beta=0.125)], "scan"),
     "e2eil": (dict(memory_size=30), [dict(temperature=1.0),
