@@ -22,7 +22,8 @@ head (the task id is given); domain-IL shares one head of the task's size
 (split: each task's two classes relabelled 0/1); class-IL has one head over
 every class seen. Methods: none (fine-tuning), joint, EWC, online EWC
 (gamma = 1), SI, LwF (per-task distillation in task-IL, over all old classes
-otherwise: ``cljax.methods.LwF``).
+otherwise: ``cljax.methods.LwF``), and in task-IL PackNet (its retraining
+phase as long as a task's training).
 
     cljax run --config experiments/three_scenarios_fashion_mnist.py:split_class,tune \
         --config.workdir=experiments/results/three_scenarios_split_class_tune
@@ -61,6 +62,9 @@ PERMUTED_GRIDS = {
     "si": ("c", (0.1, 1.0, 10.0, 100.0)),
     "lwf": ("lam", (0.1, 0.25, 0.5, 2.0, 8.0, 16.0)),
 }
+# Parameter isolation needs the task id: task-IL only. PackNet's released
+# fraction per task on validation.
+TASK_GRIDS = {"packnet": ("prune", (0.5, 0.75, 0.9))}
 KINDS = {("split", "task"): "task_incremental",
          ("split", "domain"): "domain_incremental",
          ("split", "class"): "class_incremental",
@@ -107,6 +111,8 @@ def get_config(arg="split_class"):
     c.train.steps_per_task = 500
   entries = ["finetune", "joint"]
   grids = GRIDS if protocol == "split" else PERMUTED_GRIDS
+  if scenario == "task":
+    grids = {**grids, **TASK_GRIDS}
   for kind, (key, values) in grids.items():
     for v in values:
       entry = _entry(kind, key, v)
@@ -135,4 +141,4 @@ def _winners(name: str) -> list[str]:
   with open(path) as f:
     selection = json.load(f)["selection"]
   return [sel["entry"] for fam, sel in selection.items()
-          if fam in GRIDS]
+          if fam in GRIDS or fam in TASK_GRIDS]
