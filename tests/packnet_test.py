@@ -2,7 +2,6 @@
 the defining property on a task-IL stream: a task's accuracy never changes
 once it is learnt."""
 
-import jax
 import numpy as np
 import optax
 import pytest
