@@ -51,6 +51,12 @@ def check_nonnegative(name: str, value) -> None:
   check_value(name, value, lambda v: v >= 0, ">= 0")
 
 
+def check_integer(name: str, value, low: int) -> None:
+  """An integer (of any numeric type) ``>= low``."""
+  check_value(name, value, lambda v: (v >= low) & (v == np.round(v)),
+              f"an integer >= {low}")
+
+
 def check_unit_interval(name: str, value) -> None:
   check_value(name, value, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
 

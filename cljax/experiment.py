@@ -55,9 +55,7 @@ def _check(check, key, value, *args):
 
 
 def _int(key, value, low):
-  _validate.check_value(f"config.{key}", value,
-                        lambda v: (v >= low) & (v == np.round(v)),
-                        f"an integer >= {low}")
+  _validate.check_integer(f"config.{key}", value, low)
 
 
 class Entry(NamedTuple):

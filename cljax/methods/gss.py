@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from cljax import _validate
 from cljax import memory as mem
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods.er import ER
@@ -42,10 +43,8 @@ class GSS(ER):
     # An online memory (filled every step): the reservoir's buffer, with
     # GSS's rule in place of Algorithm R.
     super().__init__(memory_size, "reservoir", replay_size=replay_size)
-    for name, v in (("mem_strength", mem_strength),
-                    ("mem_batch_size", mem_batch_size)):
-      if isinstance(v, bool) or not (v >= 1 and v == int(v)):
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    _validate.check_integer("mem_strength", mem_strength, 1)
+    _validate.check_integer("mem_batch_size", mem_batch_size, 1)
     self.mem_strength, self.mem_batch_size = int(mem_strength), int(
         mem_batch_size)
 

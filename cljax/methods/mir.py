@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cljax import _validate
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._rehearsal import Rehearsal, weighted_mean
 from cljax.models._heads import example_masks
@@ -57,12 +58,8 @@ class MIR(Rehearsal):
                selection: str = "reservoir", budget: str = "total",
                per_class: int = 0):
     super().__init__(memory_size, selection, budget, per_class, replay_size)
-    if isinstance(subsample, bool) or not (
-        subsample >= 1 and subsample == int(subsample)):
-      raise ValueError(f"subsample must be an integer >= 1, got "
-                       f"{subsample!r}")
-    if not virtual_lr > 0:
-      raise ValueError(f"virtual_lr must be > 0, got {virtual_lr}")
+    _validate.check_integer("subsample", subsample, 1)
+    _validate.check_positive("virtual_lr", virtual_lr)
     if subsample > memory_size:
       raise ValueError(f"subsample={subsample} exceeds memory_size="
                        f"{memory_size}: candidates would repeat")

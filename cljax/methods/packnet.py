@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cljax import _validate
 from cljax.methods._base import Method, Phase, TaskContext
 
 
@@ -77,13 +78,8 @@ class PackNet(Method):
                retrain_lr_scale: float = 0.1):
     if not 0 < prune < 1:
       raise ValueError(f"prune must be in (0, 1), got {prune}")
-    if isinstance(retrain_epochs, bool) or not (
-        retrain_epochs >= 1 and retrain_epochs == int(retrain_epochs)):
-      raise ValueError(f"retrain_epochs must be an integer >= 1, got "
-                       f"{retrain_epochs!r}")
-    if not retrain_lr_scale > 0:
-      raise ValueError(f"retrain_lr_scale must be > 0, got "
-                       f"{retrain_lr_scale}")
+    _validate.check_integer("retrain_epochs", retrain_epochs, 1)
+    _validate.check_positive("retrain_lr_scale", retrain_lr_scale)
     self.prune, self.retrain_epochs = float(prune), int(retrain_epochs)
     self.retrain_lr_scale = float(retrain_lr_scale)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cljax import _validate
 from cljax.methods._regularized import PenalisedFineTune, zeros_like_tree
 from cljax.regularizers import (check_strength, minmax_normalise,
                                 rwalk_fisher, rwalk_score_step,
@@ -56,12 +57,8 @@ class RWalk(PenalisedFineTune):
     check_strength("lam", lam)
     if not 0 < alpha <= 1:
       raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-    if not eps > 0:
-      raise ValueError(f"eps must be > 0, got {eps}")
-    if isinstance(update_every, bool) or not (
-        update_every >= 1 and update_every == int(update_every)):
-      raise ValueError(f"update_every must be an integer >= 1, got "
-                       f"{update_every!r}")
+    _validate.check_positive("eps", eps)
+    _validate.check_integer("update_every", update_every, 1)
     self.lam, self.alpha, self.eps = float(lam), float(alpha), float(eps)
     self.update_every = int(update_every)
 

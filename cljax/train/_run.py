@@ -44,9 +44,7 @@ def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
                           ("checkpoint_every", checkpoint_every, 0),
                           ("log_every", log_every, 0),
                           ("task_steps", task_steps, 0)):
-    _validate.check_value(key, value,
-                          lambda v, low=low: (v >= low) & (v == np.round(v)),
-                          f"an integer >= {low}")
+    _validate.check_integer(key, value, low)
   if task_lrs is not None:
     if len(task_lrs) != stream.num_tasks:
       raise ValueError(f"task_lrs must have {stream.num_tasks} values, got "
@@ -230,9 +228,7 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
   if mesh is not None and batch_size % mesh.shape["data"]:
     raise ValueError(f"batch_size={batch_size} does not divide by the "
                      f"mesh's {mesh.shape['data']} devices")
-  _validate.check_value("scan_chunk", scan_chunk,
-                        lambda v: (v >= 1) & (v == np.round(v)),
-                        "an integer >= 1")
+  _validate.check_integer("scan_chunk", scan_chunk, 1)
   _validate.check_positive("device_data_mb", device_data_mb)
   splits = [method.train_split(stream, k) for k in range(stream.num_tasks)]
   slow = loop == "auto" and loops_are_slow(model, materialise(
@@ -247,8 +243,7 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
   chunk = min([int(scan_chunk)] + [e for e in (
       eval_every, checkpoint_every if checkpoint_dir else 0,
       log_every if writer is not None else 0) if e])
-  _validate.check_value("top_k", top_k, lambda v: (v >= 1) & (v == np.round(v)),
-                        "an integer >= 1")
+  _validate.check_integer("top_k", top_k, 1)
   if top_k != 1:  # part of the identity (absent: top-1 only, as before)
     settings["top_k"] = int(top_k)
   if members is not None:
