@@ -11,6 +11,8 @@ lock, logs, plots and ``results.json`` belong to process 0 alone.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
@@ -37,6 +39,7 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
+@functools.lru_cache(maxsize=None)  # once per mesh and batch size
 def process_share(mesh: jax.sharding.Mesh, axis_name: str, n: int) -> slice:
   """The rows of a global batch of ``n`` that this process's devices hold
   when it is split along ``axis_name`` of ``mesh`` (all of them in a

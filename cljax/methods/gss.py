@@ -84,11 +84,20 @@ class GSS(ER):
     mem_grads = self._grads(new_params, info.batch_stats, rows(memory.x),
                             rows(memory.y), rows(memory.t), masks,
                             w.reshape(m, bs))
-    item = self._grads(new_params, info.batch_stats, x[:, None], y[:, None],
-                       t[:, None], masks, jnp.ones((n * info.shard[1], 1)))
-    item_sims = mem.cosine_max(item, mem_grads, mem_valid)
-    batch_sim = mem.cosine_max(jnp.mean(item, axis=0, keepdims=True),
-                               mem_grads, mem_valid)[0]
+    grads_of = lambda rows, w: self._grads(new_params, info.batch_stats,
+                                           x[rows], y[rows], t[rows], masks, w)
+    batch_sim = mem.cosine_max(  # the whole batch's gradient: one backward
+        grads_of(None, jnp.ones((1, len(y)))), mem_grads, mem_valid)[0]
+    # Each example's gradient only where the insertion reads it: a memory
+    # filling (not empty) or full with an interfering batch (the authors'
+    # code skips them otherwise too).
+    full = filled >= self.capacity
+    item_sims = jax.lax.cond(
+        (filled > 0) & (~full | (batch_sim < 0)),
+        lambda: mem.cosine_max(grads_of((slice(None), None),
+                                        jnp.ones((len(y), 1))),
+                               mem_grads, mem_valid),
+        lambda: jnp.zeros(len(y), jnp.float32))
     memory, scores = mem.gss_insert(memory, s["scores"], x, y, t, batch_sim,
                                     item_sims, k_insert)
     return {**s, "memory": memory, "scores": scores}
