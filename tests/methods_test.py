@@ -19,7 +19,9 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.GSS(60, mem_strength=3),
        methods.DER(memory_size=60),
        methods.DERpp(memory_size=60), methods.ICaRL(60),
-       methods.E2EIL(60, balanced_passes=2), methods.PackNet()]
+       methods.E2EIL(60, balanced_passes=2), methods.PackNet(),
+       methods.DGR(z_dim=4, gen_units=16),
+       methods.DGRDistill(z_dim=4, gen_units=16)]
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +322,8 @@ def test_lwf_heads_by_scenario(digits, incremental, heads, expect):
     ("gem", {"memory_size": 0}, "memory_size"),
     ("agem", {"ref_size": 0}, "ref_size"),
     ("lwf", {"warmup_epochs": -1}, "warmup_epochs"),
-    ("agem", {"memory": "ring"}, "memory")])
+    ("agem", {"memory": "ring"}, "memory"),
+    ("dgr", {"gen_units": 0}, "gen_units")])
 def test_bad_hyperparameters(name, kw, match):
   with pytest.raises(ValueError, match=match):
     methods.build_method(name, **kw)

@@ -38,6 +38,8 @@ SWEEPS = {  # two members each, far apart
                                   dict(temperature=4.0)]),
     "bic": (dict(memory_size=40, val_size=10), [dict(temperature=1.0),
                                                 dict(temperature=4.0)]),
+    "dgr_distill": (dict(z_dim=4, gen_units=16), [dict(temperature=1.0),
+                                                  dict(temperature=4.0)]),
 }
 TRACEABLE_TASK_END = ("l2", "ewc", "online_ewc", "si", "rwalk", "mas", "kd",
                       "lwf")

@@ -15,6 +15,8 @@ from cljax.methods.distill import KD
 from cljax.methods.distill import LwF
 from cljax.methods.der import DER
 from cljax.methods.der import DERpp
+from cljax.methods.dgr import DGR
+from cljax.methods.dgr import DGRDistill
 from cljax.methods.e2eil import E2EIL
 from cljax.methods.er import ER
 from cljax.methods.ewc import EWC

@@ -10,6 +10,7 @@ from cljax.methods._base import Method
 from cljax.methods.bic import BiC
 from cljax.methods.distill import KD, LwF
 from cljax.methods.der import DER, DERpp
+from cljax.methods.dgr import DGR, DGRDistill
 from cljax.methods.e2eil import E2EIL
 from cljax.methods.er import ER
 from cljax.methods.ewc import EWC, L2, OnlineEWC
@@ -32,7 +33,7 @@ METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      MAS, KD, LwF, GEM, AGEM, Independent,
                                      ER, DER, DERpp, ICaRL, E2EIL, UCIR,
                                      BiC, IL2M, WA, RWalk, MIR, GSS,
-                                     PackNet)}
+                                     DGR, DGRDistill, PackNet)}
 
 
 def hyperparameters(cls: type) -> dict:

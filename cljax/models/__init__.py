@@ -24,3 +24,7 @@ from cljax.models._networks import resnet32
 from cljax.models._registry import build_model
 from cljax.models._registry import HEADS
 from cljax.models._registry import MODELS
+from cljax.models._vae import init_vae
+from cljax.models._vae import vae_decode
+from cljax.models._vae import vae_encode
+from cljax.models._vae import vae_sample
