@@ -22,7 +22,8 @@ head (the task id is given); domain-IL shares one head of the task's size
 (split: each task's two classes relabelled 0/1); class-IL has one head over
 every class seen. Methods: none (fine-tuning), joint, EWC, online EWC
 (gamma = 1), SI, LwF (per-task distillation in task-IL, over all old classes
-otherwise: ``cljax.methods.LwF``), and in task-IL PackNet (its retraining
+otherwise: ``cljax.methods.LwF``), DGR and DGR+distill (untuned, the
+paper's settings: ``final`` only), and in task-IL PackNet (its retraining
 phase as long as a task's training).
 
     cljax run --config experiments/three_scenarios_fashion_mnist.py:split_class,tune \
@@ -66,6 +67,7 @@ PERMUTED_GRIDS = {
 # fraction per task on validation (0.5, 0.75, 0.9 first: 0.5 won, at the
 # edge, so the grid was extended down).
 TASK_GRIDS = {"packnet": ("prune", (0.1, 0.25, 0.5, 0.75, 0.9))}
+GENERATIVE = ("dgr", "dgr_distill")
 KINDS = {("split", "task"): "task_incremental",
          ("split", "domain"): "domain_incremental",
          ("split", "class"): "class_incremental",
@@ -111,6 +113,10 @@ def get_config(arg="split_class"):
     c.train.lr = 1e-4
     c.train.steps_per_task = 500
   entries = ["finetune", "joint"]
+  # Generative replay at the paper's settings (nothing tuned: a VAE as wide
+  # as the classifier, z of 100): in the final stage only.
+  for kind in GENERATIVE:
+    c.method[kind] = method_entry(kind, gen_units=c.model.hidden[0])
   grids = GRIDS if protocol == "split" else PERMUTED_GRIDS
   if scenario == "task":
     grids = {**grids, **TASK_GRIDS}
@@ -128,7 +134,7 @@ def get_config(arg="split_class"):
                                        (key, values) in grids.items()]
   elif stage == "final":
     c.seeds = 3
-    entries = ["finetune", "joint"] + _winners(name)
+    entries = ["finetune", "joint", *GENERATIVE] + _winners(name)
   c.methods = ",".join(entries)
   return c
 
