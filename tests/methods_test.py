@@ -21,7 +21,7 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.DERpp(memory_size=60), methods.ICaRL(60),
        methods.E2EIL(60, balanced_passes=2), methods.PackNet(),
        methods.DGR(z_dim=4, gen_units=16),
-       methods.DGRDistill(z_dim=4, gen_units=16)]
+       methods.DGRDistill(z_dim=4, gen_units=16), methods.HAT()]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,8 @@ def test_every_method_runs_and_compiles_once(stream, method):
 
   m = Counted.__new__(Counted)
   m.__dict__.update(method.__dict__)
-  model = models.build_model("mlp", stream.input_shape, 10, hidden=(32,))
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(32,),
+                             head=method.head)
   res = train.run_stream(stream, m, model, optax.sgd(0.05, momentum=0.9),
                          epochs=2, batch_size=32, progress=False)
   # eval_shape + the one compilation of the step (PackNet: of each of its
@@ -336,7 +337,8 @@ def test_scan_and_host_loops_are_bit_identical(stream, method):
   # data or fed from the host, the same parameters, matrices and curves.
   out = {}
   for loop in ("host", "scan"):
-    model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+    model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,),
+                               head=method.head)
     out[loop] = train.run_stream(
         stream, type(method)(**{k: v for k, v in vars(method).items()
                                 if not k.startswith("_") and k in

@@ -38,6 +38,7 @@ SWEEPS = {  # two members each, far apart
                                   dict(temperature=4.0)]),
     "bic": (dict(memory_size=40, val_size=10), [dict(temperature=1.0),
                                                 dict(temperature=4.0)]),
+    "hat": ({}, [dict(c=0.1, smax=50.0), dict(c=2.0, smax=400.0)]),
     "dgr_distill": (dict(z_dim=4, gen_units=16), [dict(temperature=1.0),
                                                   dict(temperature=4.0)]),
 }

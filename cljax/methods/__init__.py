@@ -26,6 +26,7 @@ from cljax.methods.finetune import FineTune
 from cljax.methods.gem import AGEM
 from cljax.methods.gem import GEM
 from cljax.methods.gss import GSS
+from cljax.methods.hat import HAT
 from cljax.methods.icarl import ICaRL
 from cljax.methods.il2m import IL2M
 from cljax.methods.independent import Independent

@@ -17,6 +17,7 @@ from cljax.methods.ewc import EWC, L2, OnlineEWC
 from cljax.methods.finetune import FineTune
 from cljax.methods.gem import AGEM, GEM
 from cljax.methods.gss import GSS
+from cljax.methods.hat import HAT
 from cljax.methods.icarl import ICaRL
 from cljax.methods.il2m import IL2M
 from cljax.methods.independent import Independent
@@ -33,7 +34,7 @@ METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      MAS, KD, LwF, GEM, AGEM, Independent,
                                      ER, DER, DERpp, ICaRL, E2EIL, UCIR,
                                      BiC, IL2M, WA, RWalk, MIR, GSS,
-                                     DGR, DGRDistill, PackNet)}
+                                     DGR, DGRDistill, PackNet, HAT)}
 
 
 def hyperparameters(cls: type) -> dict:

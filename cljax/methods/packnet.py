@@ -32,14 +32,16 @@ def prune_free(weights, owner, fraction: float, task: int):
   return jnp.where(free & (rank >= n_prune), task + 1, owner)
 
 
-def masked_updates() -> optax.GradientTransformationExtraArgs:
-  """Updates multiplied by ``trainable`` (an extra argument of ``update``,
-  a tree of 0/1 like the parameters): chained after the optimizer, frozen
-  weights never move, momentum and weight decay included."""
-  def update(updates, state, params=None, *, trainable=None, **extra):
-    del params, extra
+def scale_by_tree(name: str) -> optax.GradientTransformationExtraArgs:
+  """Updates multiplied leaf by leaf by the extra argument ``name`` of
+  ``update`` (a tree like the parameters). PackNet chains it after the
+  optimizer with a tree of 0/1 (``trainable``), so frozen weights never
+  move, momentum and weight decay included; HAT before it, to condition
+  the gradients."""
+  def update(updates, state, params=None, **extra):
+    del params
     return jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates,
-                        trainable), state
+                        extra[name]), state
   return optax.GradientTransformationExtraArgs(
       lambda params: optax.EmptyState(), update)
 
@@ -106,7 +108,7 @@ class PackNet(Method):
                                   lr_scale=self.retrain_lr_scale))
 
   def optimizer(self, base, params):
-    return optax.chain(base, masked_updates())
+    return optax.chain(base, scale_by_tree("trainable"))
 
   @property
   def extra_args(self):

@@ -1,5 +1,6 @@
 """Models by name, for configs."""
 
+import jax.numpy as jnp
 from flax import nnx
 
 from cljax.models._cosine import CosineLinear
@@ -25,6 +26,9 @@ MODELS = {
 HEADS = {
     "linear": "a linear layer at the stream's total class count",
     "cosine": "cosine-normalised classifier with a learnable scale (UCIR)",
+    "gated": "a linear layer, and a learnable gate per unit of each hidden "
+             "layer (params['gates']; HAT's task embedding, applied by the "
+             "method: the network's own forward ignores it); mlp and cnn",
 }
 
 
@@ -55,4 +59,12 @@ def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0,
   if head == "cosine":
     module.head = CosineLinear(module.head.in_features, num_classes,
                                rngs=rngs)
+  if head == "gated":
+    if name not in ("mlp", "cnn"):
+      raise ValueError(f"model.head 'gated' needs a network without "
+                       f"BatchNorm (mlp or cnn), not {name!r}")
+    layers = [*module.layers] if name == "mlp" else [*module.convs,
+                                                      module.dense]
+    module.gates = nnx.List([nnx.Param(jnp.zeros((layer.out_features,)))
+                             for layer in layers])
   return functional(module, dtype)
