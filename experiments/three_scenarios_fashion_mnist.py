@@ -24,7 +24,7 @@ every class seen. Methods: none (fine-tuning), joint, EWC, online EWC
 (gamma = 1), SI, LwF (per-task distillation in task-IL, over all old classes
 otherwise: ``cljax.methods.LwF``), DGR and DGR+distill (untuned, the
 paper's settings: ``final`` only), and in task-IL PackNet (its retraining
-phase as long as a task's training).
+phase as long as a task's training) and HAT.
 
     cljax run --config experiments/three_scenarios_fashion_mnist.py:split_class,tune \
         --config.workdir=experiments/results/three_scenarios_split_class_tune
@@ -66,7 +66,9 @@ PERMUTED_GRIDS = {
 # Parameter isolation needs the task id: task-IL only. PackNet's released
 # fraction per task on validation (0.5, 0.75, 0.9 first: 0.5 won, at the
 # edge, so the grid was extended down).
-TASK_GRIDS = {"packnet": ("prune", (0.1, 0.25, 0.5, 0.75, 0.9))}
+TASK_GRIDS = {"packnet": ("prune", (0.1, 0.25, 0.5, 0.75, 0.9)),
+              # HAT's c around the paper's 0.75 (a plateau over 0.1-2.5).
+              "hat": ("c", (0.025, 0.1, 0.25, 0.75, 2.5, 10.0))}
 GENERATIVE = ("dgr", "dgr_distill")
 KINDS = {("split", "task"): "task_incremental",
          ("split", "domain"): "domain_incremental",

@@ -23,8 +23,17 @@ PAPER = {
                  "si": (94.75, 95.33, 29.31), "lwf": (69.84, 72.64, 22.64),
                  "joint": None},
 }
+# DGR and DGR+distill on split MNIST (the paper's Table 4).
+PAPER["split"].update(dgr=(99.50, 95.72, 90.79),
+                      dgr_distill=(99.61, 96.83, 91.79))
 NAMES = {"finetune": "none (fine-tune)", "joint": "joint", "ewc": "EWC",
-         "online_ewc": "online EWC", "si": "SI", "lwf": "LwF"}
+         "online_ewc": "online EWC", "si": "SI", "lwf": "LwF",
+         "dgr": "DGR", "dgr_distill": "DGR+distill",
+         "packnet": "PackNet (task-IL only)", "hat": "HAT (task-IL only)"}
+TASK_ONLY = ("packnet", "hat")
+# Families run in workdirs of their own (``<name>_<suffix>[_tune]``) beside
+# the main final and tune runs.
+SUFFIXES = ("dgr", "packnet", "hat")
 
 
 def _runs(name: str, tune: bool) -> dict:
@@ -47,7 +56,10 @@ def _ours(protocol, scenario):
   it does not have (yet) from the tune run's chosen entry (one seed, marked
   with a dagger); ``None`` if neither exists."""
   name = f"three_scenarios_{protocol}_{scenario}"
-  final, chosen = _runs(name, False), _runs(name, True)
+  final, chosen = {}, {}
+  for n in (name, *(f"{name}_{suffix}" for suffix in SUFFIXES)):
+    final.update(_runs(n, False))
+    chosen.update(_runs(n, True))
   fam = lambda entry: entry.split("__")[0]
   have = {fam(e) for e in final}
   runs = {**final, **{e: {**r, "tune": True} for e, r in chosen.items()
@@ -77,8 +89,9 @@ def table(protocol: str) -> str:
     cells = []
     for k, s in enumerate(SCENARIOS):
       o = ours[s]
-      cells.append(o[fam][0] if o and fam in o else "(not run)")
-      paper = PAPER[protocol][fam]
+      cells.append(o[fam][0] if o and fam in o else
+                   "-" if fam in TASK_ONLY and s != "task" else "(not run)")
+      paper = PAPER[protocol].get(fam)
       cells.append(f"{paper[k]:.2f}" if paper else "-")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   chosen = {s: sorted(e for _, e in ours[s].values() if "__" in e)
