@@ -586,3 +586,14 @@ def test_a_stale_sweep_group_checkpoint_is_refused_before_training(tmp_path):
   with pytest.raises(ValueError, match="other settings"):
     experiment.run_experiment(c)
   assert not os.path.exists(os.path.join(c.workdir, "checkpoints", "l2"))
+
+
+def test_seed_aggregate_averages_network_use():
+  from cljax import report
+  base = dict(accuracy_matrix=[[1.0]], val_accuracy_matrix=[],
+              metrics={"average_accuracy": 1.0}, timings={"train_s": [1.0]},
+              steps=1)
+  runs = [{**base, "network_use": [0.5, 0.25]},
+          {**base, "network_use": [0.3, 0.35]}]
+  out = report.aggregate_seeds(runs, [0, 1])
+  np.testing.assert_allclose(out["network_use"], [0.4, 0.3])

@@ -109,6 +109,14 @@ def test_old_tasks_keep_their_outputs(stream):
       res["final_state"].method_state["previous"])])
   assert np.all((prev < 1e-3) | (prev > 1 - 1e-3))
   assert 0.05 < prev.mean() < 0.95
+  # network_use: each task's open gates, whose union is the units taken.
+  emb = res["final_state"].method_state["embeddings"]
+  table = np.concatenate([np.asarray(emb[i]) for i in sorted(emb)], -1)
+  use = res["network_use"]
+  assert len(use) == 3 and all(0 < u < 1 for u in use)
+  np.testing.assert_allclose(use, np.mean(table > 0, axis=1))
+  np.testing.assert_allclose(np.mean(np.any(table > 0, axis=0)),
+                             np.mean(prev > 0.5))
 
 
 def test_fully_used_units_do_not_move(stream):

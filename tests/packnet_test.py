@@ -2,6 +2,7 @@
 the defining property on a task-IL stream: a task's accuracy never changes
 once it is learnt."""
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -59,6 +60,16 @@ def test_a_learnt_task_is_never_forgotten(digits, model):
   assert counts[1] == n - n // 2
   assert counts[2] == (n // 2) - (n // 2) // 2
   assert sum(counts) == n
+  # network_use: each task's share of all backbone weight matrices.
+  sizes = [np.size(a) for a in jax.tree.leaves(owner["layers"])
+           if np.ndim(a) == 2]
+  owned = np.concatenate([np.ravel(owner["layers"][i]["kernel"])
+                          for i in sorted(owner["layers"])])
+  assert len(owned) == sum(sizes)
+  np.testing.assert_allclose(out["packnet"]["network_use"],
+                             [np.mean(owned == t + 1) for t in range(3)])
+  assert out["packnet"]["network_use"][0] == pytest.approx(0.5, abs=0.01)
+  assert "network_use" not in out["finetune"]
   params = out["packnet"]["final_state"].params
   assert np.all(np.asarray(params["layers"][0]["kernel"])[k == 0] == 0)
 

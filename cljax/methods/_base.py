@@ -204,6 +204,13 @@ class Method:
     (after ``on_task_start`` for the first phase)."""
     return ctx.method_state
 
+  def network_use(self, method_state, num_tasks: int) -> list | None:
+    """Parameter isolation's fraction of the network each of the
+    ``num_tasks`` tasks took (of its weights, or of its units), recorded as
+    the results' ``network_use`` after the stream; ``None`` for the other
+    methods."""
+    return None
+
   def predictors(self, model: FunctionalModel) -> dict:
     """Classifiers besides the network's argmax, evaluated too (each gets an
     accuracy matrix of its own): ``{name: (prepare, predict)}`` with

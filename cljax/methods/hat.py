@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cljax import _validate
@@ -229,6 +230,14 @@ class HAT(Method):
 
   def update_method_state(self, s, old_params, new_params, grads, info):
     return {**s, "count": s["count"] + 1}
+
+  def network_use(self, s, num_tasks):
+    """The fraction of the gated units each task's gates open
+    (``sigmoid(smax e^t) > 0.5``, i.e. ``e^t > 0``); tasks may share
+    units."""
+    table = np.concatenate([np.asarray(t) for t in self._list(
+        s["embeddings"])], axis=-1)
+    return [float(np.mean(row > 0)) for row in table[:num_tasks]]
 
   def eval_params(self, s, params, batch_stats, task, current):
     e = (params["gates"] if task >= current else

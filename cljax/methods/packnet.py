@@ -161,6 +161,14 @@ class PackNet(Method):
     return (self._masked(ctx.params, ctx.method_state["owner"],
                          lambda o: o > 0), ctx.batch_stats)
 
+  def network_use(self, s, num_tasks):
+    """The fraction of the backbone's weight matrices and filter banks
+    each task owns."""
+    owned = np.concatenate([np.ravel(own) for path, own in
+                            jax.tree_util.tree_leaves_with_path(s["owner"])
+                            if _prunable(path)])
+    return [float(np.mean(owned == k + 1)) for k in range(num_tasks)]
+
   def eval_params(self, s, params, batch_stats, task, current):
     if task >= current:
       return params, batch_stats

@@ -36,6 +36,8 @@ def aggregate_seeds(runs: Sequence[dict], seeds: Sequence[int]) -> dict:
       timings={k: np.sum([r["timings"][k] for r in runs], axis=0).tolist()
                for k in first["timings"]},
       steps=int(sum(r["steps"] for r in runs)))
+  if "network_use" in first:  # parameter isolation: the mean per task
+    out["network_use"] = mean([r["network_use"] for r in runs]).tolist()
   if "wall_s" in first:
     out["wall_s"] = float(sum(r["wall_s"] for r in runs))
   # A method's other classifiers (e.g. iCaRL's nearest mean): the same.

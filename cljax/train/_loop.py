@@ -301,6 +301,8 @@ class _Run:
     # top-k accuracy: their own accuracy matrices and metrics, beside the
     # network's argmax.
     extra = {}
+    use = self.method.network_use(jax.device_get(state.method_state),
+                                  stream.num_tasks)
     for name, p_rows in prog.get("predictor_rows", {}).items():
       p_rows = [pick(row) for row in p_rows]
       extra[f"accuracy_matrix_{name}"] = p_rows
@@ -319,6 +321,7 @@ class _Run:
         # are 0 by construction and FWT is not applicable (left out).
         "metrics": metrics.summary(r, b, sizes),
         **extra,
+        **({} if use is None else {"network_use": use}),
         "curves": [{**c, "acc": pick(c["acc"])} for c in prog["curves"]],
         "curve_split": self.curve_split,
         "timings": {k: prog[k] for k in ("train_s", "eval_s", "compile_s")},
