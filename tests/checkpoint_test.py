@@ -144,7 +144,7 @@ def test_corrupt_latest_step_falls_back_to_the_previous(stream, full, tmp_path,
   else:  # the state written, the record not: a step without its record
     import shutil
     shutil.rmtree(os.path.join(latest, "record"))
-  with pytest.warns(UserWarning, match=rf"checkpoint step \d+ in .* is "
+  with pytest.warns(UserWarning, match=r"checkpoint step \d+ in .* is "
                     "corrupt .* falling back to the previous step"):
     resumed = _run(stream, ckpt=ckpt)
   _same(resumed, full)

@@ -131,7 +131,6 @@ def selection_table(runs: dict, selection: dict, criterion: str) -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for fam, sel in selection.items():
     run = runs[sel["entry"]]
-    m = run["metrics"]
     if two_task:
       s = _mean_score(run)
       final = run["accuracy_matrix"][-1]
