@@ -34,6 +34,7 @@ from cljax.methods.joint import Joint
 from cljax.methods.mas import MAS
 from cljax.methods.mir import MIR
 from cljax.methods.packnet import PackNet
+from cljax.methods.pathnet import PathNet
 from cljax.methods.rwalk import RWalk
 from cljax.methods.si import SI
 from cljax.methods.ucir import UCIR

@@ -25,6 +25,7 @@ from cljax.methods.joint import Joint
 from cljax.methods.mas import MAS
 from cljax.methods.mir import MIR
 from cljax.methods.packnet import PackNet
+from cljax.methods.pathnet import PathNet
 from cljax.methods.rwalk import RWalk
 from cljax.methods.si import SI
 from cljax.methods.ucir import UCIR
@@ -34,7 +35,8 @@ METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      MAS, KD, LwF, GEM, AGEM, Independent,
                                      ER, DER, DERpp, ICaRL, E2EIL, UCIR,
                                      BiC, IL2M, WA, RWalk, MIR, GSS,
-                                     DGR, DGRDistill, PackNet, HAT)}
+                                     DGR, DGRDistill, PackNet, HAT,
+                                     PathNet)}
 
 
 def hyperparameters(cls: type) -> dict:

@@ -17,6 +17,8 @@ from cljax.models._networks import BasicBlock
 from cljax.models._networks import Classifier
 from cljax.models._networks import CNN
 from cljax.models._networks import MLP
+from cljax.models._networks import ModularLinear
+from cljax.models._networks import ModularMLP
 from cljax.models._networks import reduced_resnet18
 from cljax.models._networks import ResNet
 from cljax.models._networks import resnet18

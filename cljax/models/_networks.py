@@ -44,6 +44,48 @@ class MLP(Classifier):
     return h
 
 
+class ModularLinear(nnx.Module):
+  """A layer of ``M`` modules, each a ReLU linear layer of ``units`` units
+  on the same input, their outputs summed (PathNet, Fernando et al. 2017,
+  sec. 2): ``h = sum_m relu(x W_m + b_m)``; ``kernel (M, in, units)``,
+  ``bias (M, units)``, each module initialised as ``nnx.Linear``."""
+
+  def __init__(self, in_features: int, units: int, modules: int, *,
+               rngs: nnx.Rngs):
+    init = nnx.initializers.lecun_normal()
+    self.kernel = nnx.Param(jax.vmap(lambda k: init(k, (in_features, units)))(
+        jax.random.split(rngs.params(), modules)))
+    self.bias = nnx.Param(jnp.zeros((modules, units)))
+
+  def __call__(self, x):
+    z = jnp.einsum("bi,miu->bmu", x, self.kernel[...]) + self.bias[...]
+    return jnp.sum(jax.nn.relu(z), axis=1)
+
+
+class ModularMLP(Classifier):
+  """PathNet's super network of fully connected modules: hidden layer
+  ``l`` is ``modules`` modules of ``hidden[l] // modules`` ReLU units each
+  (``ModularLinear``), so it has the MLP's units per layer; the head reads
+  the last layer's summed modules."""
+
+  def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int,
+               *, modules: int = 10, rngs: nnx.Rngs):
+    units = [h // modules for h in hidden]
+    if min(units) < 1:
+      raise ValueError(f"model.hidden {tuple(hidden)}: every layer needs at "
+                       f"least {modules} units ({modules} modules)")
+    sizes = (in_features, *units)
+    self.layers = nnx.List([ModularLinear(a, b, modules, rngs=rngs)
+                            for a, b in zip(sizes[:-1], sizes[1:])])
+    self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+
+  def features(self, x, train: bool = False):
+    h = x.reshape(x.shape[0], -1)
+    for layer in self.layers:
+      h = layer(h)
+    return h
+
+
 class CNN(Classifier):
   """Small CNN: two 3x3 conv + ReLU + 2x2 max-pool blocks, then a dense layer."""
 

@@ -5,8 +5,8 @@ from flax import nnx
 
 from cljax.models._cosine import CosineLinear
 from cljax.models._functional import functional
-from cljax.models._networks import (CNN, MLP, reduced_resnet18, resnet18,
-                                    resnet32)
+from cljax.models._networks import (CNN, MLP, ModularMLP, reduced_resnet18,
+                                    resnet18, resnet32)
 
 # name -> what it is (``cljax list models``).
 MODELS = {
@@ -29,6 +29,9 @@ HEADS = {
     "gated": "a linear layer, and a learnable gate per unit of each hidden "
              "layer (params['gates']; HAT's task embedding, applied by the "
              "method: the network's own forward ignores it); mlp and cnn",
+    "modular": "a linear layer on PathNet's super network: each hidden "
+               "layer of the mlp as 10 modules of a tenth of its units, "
+               "summed (models.ModularMLP); mlp only",
 }
 
 
@@ -43,6 +46,12 @@ def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0,
                      f"{sorted(HEADS)}")
   rngs = nnx.Rngs(seed)
   h, w, c = input_shape
+  if head == "modular":
+    if name != "mlp":
+      raise ValueError(f"model.head 'modular' is PathNet's modular mlp; "
+                       f"model.name must be 'mlp', not {name!r}")
+    return functional(ModularMLP(h * w * c, tuple(hidden), num_classes,
+                                 rngs=rngs), dtype)
   if name == "mlp":
     module = MLP(h * w * c, tuple(hidden), num_classes, rngs=rngs)
   elif name == "cnn":
