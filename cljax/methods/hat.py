@@ -14,27 +14,8 @@ from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._base import Method
 from cljax.methods.packnet import scale_by_tree
 from cljax.models._heads import example_masks
-
-
-def gated_layers(params) -> list[tuple]:
-  """The keys of the layers whose output units carry a gate, in order: an
-  MLP's ``layers``, a CNN's ``convs`` then ``dense`` (model head
-  ``"gated"``: ``params["gates"][l]`` gates layer ``l``)."""
-  if "layers" in params:
-    return [("layers", i) for i in sorted(params["layers"])]
-  return [("convs", i) for i in sorted(params["convs"])] + [("dense",)]
-
-
-def _get(params, key):
-  for k in key:
-    params = params[k]
-  return params
-
-
-def _set(params, key, value):
-  if len(key) == 1:
-    return {**params, key[0]: value}
-  return {**params, key[0]: _set(params[key[0]], key[1:], value)}
+from cljax.models._units import (connection_min, layer_at, unit_layers,
+                                 with_layer)
 
 
 def apply_gates(params, gates):
@@ -43,10 +24,10 @@ def apply_gates(params, gates):
   ``a >= 0``, ``relu((W a) x + b a) = a relu(W x + b)`` (and max-pooling
   commutes with it): the network with gated units (Serra et al. 2018, eq.
   1) without touching its forward pass."""
-  for key, a in zip(gated_layers(params), gates):
-    layer = _get(params, key)
-    params = _set(params, key, {"kernel": layer["kernel"] * a,
-                                "bias": layer["bias"] * a})
+  for key, a in zip(unit_layers(params), gates):
+    layer = layer_at(params, key)
+    params = with_layer(params, key, {"kernel": layer["kernel"] * a,
+                                      "bias": layer["bias"] * a})
   return params
 
 
@@ -64,22 +45,12 @@ def conditioning(params, previous):
   """The gradient factor of eq. 2, a tree like ``params``: ``1 -
   min(p_l[i], p_{l-1}[j])`` for the weight from unit ``j`` of layer ``l-1``
   to unit ``i`` of layer ``l`` (the first layer: ``1 - p_1[i]``; a dense
-  layer after convolutions repeats the last conv's gate over positions),
-  ``1 - p_l[i]`` for its bias; 1 for the head and the gates."""
+  layer after convolutions repeats the last conv's gate over positions:
+  ``models.connection_min``), ``1 - p_l[i]`` for its bias; 1 for the head
+  and the gates."""
   scale = jax.tree.map(jnp.ones_like, params)
-  pre = None
-  for key, p in zip(gated_layers(params), previous):
-    kernel = _get(params, key)["kernel"]
-    post = p
-    if pre is not None:
-      inputs = kernel.shape[-2]
-      pre_in = jnp.tile(pre, inputs // pre.shape[0])
-      shape = (1,) * (kernel.ndim - 2) + (inputs, 1)
-      post = jnp.minimum(p, pre_in.reshape(shape))
-    scale = _set(scale, key, {
-        "kernel": jnp.broadcast_to(1 - post, kernel.shape),
-        "bias": 1 - p})
-    pre = p
+  for key, m in zip(unit_layers(params), connection_min(params, previous)):
+    scale = with_layer(scale, key, jax.tree.map(lambda v: 1 - v, m))
   return scale
 
 
