@@ -22,7 +22,7 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.E2EIL(60, balanced_passes=2), methods.PackNet(),
        methods.DGR(z_dim=4, gen_units=16),
        methods.DGRDistill(z_dim=4, gen_units=16), methods.HAT(),
-       methods.PathNet(population=4, steps_per_path=2)]
+       methods.PathNet(population=4, steps_per_path=2), methods.CPG()]
 
 
 @pytest.fixture(scope="module")

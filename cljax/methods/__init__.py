@@ -11,6 +11,7 @@ from cljax.methods._registry import hyperparameters
 from cljax.methods._registry import method_class
 from cljax.methods._registry import METHODS
 from cljax.methods.bic import BiC
+from cljax.methods.cpg import CPG
 from cljax.methods.distill import KD
 from cljax.methods.distill import LwF
 from cljax.methods.der import DER

@@ -26,10 +26,16 @@ def prune_free(weights, owner, fraction: float, task: int):
   the pruned stay free."""
   free = owner == 0
   n_prune = jnp.floor(fraction * jnp.sum(free)).astype(jnp.int32)
-  order = jnp.argsort(jnp.where(free, jnp.abs(weights), jnp.inf).ravel())
-  rank = jnp.zeros(order.shape, jnp.int32).at[order].set(
+  return jnp.where(free & (magnitude_rank(weights, free) >= n_prune),
+                   task + 1, owner)
+
+
+def magnitude_rank(weights, among):
+  """Each weight's rank by magnitude among those where ``among`` holds
+  (0: the smallest; ties by position), the others after them."""
+  order = jnp.argsort(jnp.where(among, jnp.abs(weights), jnp.inf).ravel())
+  return jnp.zeros(order.shape, jnp.int32).at[order].set(
       jnp.arange(order.size, dtype=jnp.int32)).reshape(weights.shape)
-  return jnp.where(free & (rank >= n_prune), task + 1, owner)
 
 
 def scale_by_tree(name: str) -> optax.GradientTransformationExtraArgs:

@@ -29,6 +29,9 @@ HEADS = {
     "gated": "a linear layer, and a learnable gate per unit of each hidden "
              "layer (params['gates']; HAT's task embedding, applied by the "
              "method: the network's own forward ignores it); mlp and cnn",
+    "picking": "a linear layer, and a learnable real-valued mask beside "
+               "each backbone kernel (params['pick']; CPG's picking mask, "
+               "applied by the method); mlp and cnn",
     "modular": "a linear layer on PathNet's super network: each hidden "
                "layer of the mlp as 10 modules of a tenth of its units, "
                "summed (models.ModularMLP); mlp only",
@@ -68,12 +71,16 @@ def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0,
   if head == "cosine":
     module.head = CosineLinear(module.head.in_features, num_classes,
                                rngs=rngs)
-  if head == "gated":
+  if head in ("gated", "picking"):
     if name not in ("mlp", "cnn"):
-      raise ValueError(f"model.head 'gated' needs a network without "
+      raise ValueError(f"model.head {head!r} needs a network without "
                        f"BatchNorm (mlp or cnn), not {name!r}")
     layers = [*module.layers] if name == "mlp" else [*module.convs,
                                                       module.dense]
-    module.gates = nnx.List([nnx.Param(jnp.zeros((layer.out_features,)))
-                             for layer in layers])
+    if head == "gated":  # one per unit
+      module.gates = nnx.List([nnx.Param(jnp.zeros((layer.out_features,)))
+                               for layer in layers])
+    else:  # one per weight of each kernel
+      module.pick = nnx.List([nnx.Param(jnp.zeros(layer.kernel.shape))
+                              for layer in layers])
   return functional(module, dtype)

@@ -1,0 +1,307 @@
+"""Compacting, Picking and Growing (Hung, Tu, Wu, Chen, Chan & Chen 2019,
+"Compacting, Picking and Growing for Unforgetting Continual Learning",
+NeurIPS)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cljax import _validate
+from cljax.data._streamed import materialise
+from cljax.losses._cross_entropy import masked_cross_entropy
+from cljax.methods._base import Method, Phase, TaskContext
+from cljax.methods.packnet import magnitude_rank, scale_by_tree
+from cljax.models._heads import example_masks
+from cljax.models._units import (connection_min, layer_at, unit_layers,
+                                 with_layer)
+
+THRESHOLD = 5e-3  # Piggyback's (and CPG's) binarisation threshold
+PICK_INIT = 1e-2  # the real-valued mask's initial value: every weight picked
+
+
+def binarise(pick):
+  """The picking mask ``1[m > 5e-3]`` in the forward pass, with the
+  straight-through gradient ``d/dm = 1`` (Mallya et al. 2018's Piggyback,
+  which CPG's picking follows)."""
+  hard = (pick > THRESHOLD).astype(pick.dtype)
+  return hard + pick - jax.lax.stop_gradient(pick)
+
+
+def release_smallest(weights, owner, task: int, count):
+  """``owner`` with the ``count`` weights of smallest magnitude among those
+  task ``task`` holds (``owner == task + 1``) released (0)."""
+  own = owner == task + 1
+  return jnp.where(own & (magnitude_rank(weights, own) < count), 0, owner)
+
+
+def cubic_sparsity(final: float, step: int, steps: int) -> float:
+  """Zhu & Gupta's (2017) gradual pruning schedule: ``s_t = s_f (1 - (1 -
+  t / n)^3)`` from 0 to ``s_f`` over ``n`` pruning steps."""
+  return final * (1 - (1 - step / steps) ** 3)
+
+
+class CPG(Method):
+  """CPG: each task trains the free weights and a picking mask over the
+  weights earlier tasks kept, grows the network when an accuracy goal is
+  not met, then is compacted by gradual pruning; what it keeps is frozen
+  (task-IL).
+
+  Task ``k``, phase ``train``: the free weights (of the available units)
+  train together with a real-valued mask over the weights tasks ``< k``
+  kept, binarised at ``5e-3`` (``binarise``; from ``1e-2``, all picked):
+  the network computes ``W_free + m_k * W_kept``. Then, if the task's
+  accuracy (validation split, else training) is below ``goal`` and units
+  are left, ``grow`` more units per hidden layer become available (the
+  paper's growing; sizes are pre-allocated: ``model.hidden`` is the
+  ceiling, ``initial_units`` of it available at first). Then ``rounds``
+  phases ``compact``: each releases the task's smallest-magnitude weights
+  up to the cubic schedule's fraction of them (``cubic_sparsity``, ending
+  at ``prune``) and retrains the rest (and the mask) for
+  ``compact_epochs``; the released weights are zeroed and free for later
+  tasks. Task ``j`` is predicted with its own weights plus its picked
+  earlier ones. Biases train with the first task only; the head trains
+  its task's classes (task-IL's masked cross-entropy). Needs a network
+  without BatchNorm (mlp or cnn; model head ``"picking"``, built by
+  ``cljax run``) and one device.
+
+  Args:
+    prune: the fraction of a task's weights released by compaction.
+    rounds: pruning rounds of the gradual schedule.
+    compact_epochs: epochs of training after each round.
+    goal: the accuracy a task must reach before compaction, else the
+      network grows (0: never grows).
+    grow: units added per hidden layer when it grows (as a fraction of the
+      layer's pre-allocated units).
+    initial_units: the fraction of each hidden layer's units available at
+      the first task.
+  """
+
+  name = "cpg"
+  head = "picking"
+
+  def __init__(self, prune: float = 0.5, rounds: int = 3,
+               compact_epochs: int = 1, goal: float = 0.0,
+               grow: float = 0.25, initial_units: float = 1.0):
+    if not 0 < prune < 1:
+      raise ValueError(f"prune must be in (0, 1), got {prune}")
+    _validate.check_integer("rounds", rounds, 1)
+    _validate.check_integer("compact_epochs", compact_epochs, 1)
+    _validate.check_unit_interval("goal", goal)
+    _validate.check_unit_interval("grow", grow)
+    _validate.check_value("initial_units", initial_units,
+                          lambda v: (v > 0) & (v <= 1), "in (0, 1]")
+    self.prune, self.rounds = float(prune), int(rounds)
+    self.compact_epochs, self.goal = int(compact_epochs), float(goal)
+    self.grow, self.initial_units = float(grow), float(initial_units)
+
+  def check(self, stream):
+    if stream.kind != "task":
+      raise ValueError(f"cpg predicts each task with its own weights: it "
+                       f"needs a task-incremental stream, not "
+                       f"{stream.kind!r}-incremental")
+
+  # -- state ---------------------------------------------------------------
+
+  def init_state(self, model, stream):
+    if "pick" not in model.params or jax.tree.leaves(model.batch_stats):
+      raise ValueError("cpg needs the picking model head (model.head="
+                       "'picking', mlp or cnn: no BatchNorm)")
+    keys = unit_layers(model.params)
+    kernels = [layer_at(model.params, k)["kernel"] for k in keys]
+    units = {}
+    for i, kern in enumerate(kernels):
+      n = kern.shape[-1]
+      avail = np.zeros(n, bool)
+      avail[:max(1, int(round(self.initial_units * n)))] = True
+      units[i] = jnp.asarray(avail)
+    return {"owner": {i: jnp.zeros(k.shape, jnp.int32)
+                      for i, k in enumerate(kernels)},
+            "picks": {i: jnp.zeros((stream.num_tasks, *k.shape), bool)
+                      for i, k in enumerate(kernels)},
+            "units": units,
+            "total": {i: jnp.zeros((), jnp.int32) for i in units},
+            "round": jnp.zeros((), jnp.int32),
+            "trainable": jax.tree.map(jnp.ones_like, model.params)}
+
+  def phases(self, index):
+    return (Phase("train"),) + tuple(
+        Phase("compact", epochs=self.compact_epochs)
+        for _ in range(self.rounds))
+
+  def start_params(self, ctx):
+    """Every task's picking mask starts at ``1e-2`` (all picked)."""
+    return ({**ctx.params, "pick": jax.tree.map(
+        lambda p: jnp.full_like(p, PICK_INIT), ctx.params["pick"])},
+            ctx.batch_stats)
+
+  def on_task_start(self, ctx):
+    return {**ctx.method_state, "round": jnp.zeros((), jnp.int32)}
+
+  # -- the network each task computes ---------------------------------------
+
+  def _available(self, params, s):
+    """Per unit layer, the connections between available units."""
+    units = [s["units"][i] for i in sorted(s["units"])]
+    return [c["kernel"] for c in connection_min(params, units)]
+
+  def _effective(self, params, s, task, own, picks):
+    """``params`` with each kernel ``W own + W kept_{<=task} picks`` (the
+    weights tasks ``1..task`` kept, ``task`` 0-based: those of earlier
+    tasks) and the biases of units not available yet zeroed."""
+    for i, key in enumerate(unit_layers(params)):
+      layer = layer_at(params, key)
+      owner = s["owner"][i]
+      kept = (owner >= 1) & (owner <= task)
+      params = with_layer(params, key, {
+          "kernel": layer["kernel"] * (own[i] + kept * picks[i]),
+          "bias": layer["bias"] * s["units"][i]})
+    return params
+
+  def _training(self, params, s, task, compact: bool):
+    """The network task ``task`` (an int or traced) trains: its own weights
+    (``compact``) or the free ones of available units too, and the weights
+    earlier tasks kept through its live picking mask."""
+    avail = self._available(params, s)
+    own = [(s["owner"][i] == task + 1) | (
+        (s["owner"][i] == 0) & (avail[i] > 0) & (not compact))
+           for i in range(len(avail))]
+    picks = [binarise(params["pick"][i]) for i in sorted(params["pick"])]
+    return self._effective(params, s, task, own, picks)
+
+  def _loss(self, model, compact: bool):
+
+    def loss(params, batch_stats, s, batch, masks, rng):
+      task = batch["t"][0]  # a task-IL batch holds one task
+      (logits, _), new_stats = model.apply(
+          self._training(params, s, task, compact), batch_stats, batch["x"],
+          train=True)
+      ce = jnp.mean(masked_cross_entropy(logits, batch["y"], example_masks(
+          masks, batch["t"])))
+      return ce, ({"ce": ce}, new_stats)
+
+    return loss
+
+  def loss_fn(self, model):
+    return self._loss(model, compact=False)
+
+  def phase_loss_fn(self, model, name):
+    return self._loss(model, True) if name == "compact" else self.loss_fn(
+        model)
+
+  @property
+  def extra_args(self):
+    return lambda params, batch_stats, s, *_: {"trainable": s["trainable"]}
+
+  def optimizer(self, base, params):
+    return optax.chain(base, scale_by_tree("trainable"))
+
+  # -- phases ----------------------------------------------------------------
+
+  def _trainable(self, params, s, task: int, classes, compact: bool):
+    """1 where the phase trains: the task's weights (``compact``) or the
+    free ones of available units; the picking mask over kept weights; the
+    biases with the first task only; the head's columns of ``classes``."""
+    avail = self._available(params, s)
+    out = jax.tree.map(lambda p: jnp.full(p.shape, float(task == 0)), params)
+    cols = np.zeros(np.shape(params["head"]["kernel"])[-1], np.float32)
+    cols[classes] = 1.0
+    out["head"] = jax.tree.map(lambda p: jnp.broadcast_to(
+        jnp.asarray(cols), p.shape), params["head"])
+    for i, key in enumerate(unit_layers(params)):
+      owner = s["owner"][i]
+      train = (owner == task + 1) if compact else (
+          (owner == 0) & (avail[i] > 0))
+      layer = layer_at(out, key)
+      out = with_layer(out, key, {**layer, "kernel": train.astype(
+          jnp.float32)})
+      kept = (owner >= 1) & (owner <= task)
+      out["pick"] = {**out["pick"], i: kept.astype(jnp.float32)}
+    return out
+
+  def _accuracy(self, ctx: TaskContext) -> float:
+    """The task's accuracy now (validation split, else training)."""
+    k = ctx.index
+    split = ctx.stream.tasks[k].val
+    if not len(split):
+      split = ctx.stream.tasks[k].train
+    net = self._training(ctx.params, ctx.method_state, k, compact=False)
+    apply = jax.jit(lambda x: ctx.model.apply(net, ctx.batch_stats, x)[0][0])
+    active = np.asarray(ctx.masks[k])
+    correct = 0
+    for i in range(0, len(split), 1000):
+      z = np.asarray(apply(materialise(split.x[i:i + 1000])))
+      pred = np.argmax(np.where(active, z, -np.inf), -1)
+      correct += int(np.sum(pred == np.asarray(split.y[i:i + 1000])))
+    return correct / len(split)
+
+  def _grown(self, s):
+    """``s["units"]`` with ``grow`` more units (a fraction of each hidden
+    layer's) available."""
+    units = {}
+    for i, u in s["units"].items():
+      u = np.asarray(u).copy()
+      add = max(1, int(round(self.grow * u.size)))
+      idle = np.flatnonzero(~u)[:add]
+      u[idle] = True
+      units[i] = jnp.asarray(u)
+    return units
+
+  def on_phase_start(self, ctx, phase):
+    s, k = dict(ctx.method_state), ctx.index
+    classes = ctx.stream.tasks[k].classes
+    compact = phase.name == "compact"
+    if compact:
+      r = int(s["round"]) + 1
+      if r == 1:  # the end of training: grow if the goal is unmet
+        if (self.goal > 0 and not all(np.all(u) for u in s["units"].values())
+            and self._accuracy(ctx) < self.goal):
+          s["units"] = self._grown(s)
+        avail = self._available(ctx.params, s)
+        s["owner"] = {i: jnp.where((o == 0) & (avail[i] > 0), k + 1, o)
+                      for i, o in s["owner"].items()}
+        s["total"] = {i: jnp.sum(o == k + 1) for i, o in s["owner"].items()}
+      target = cubic_sparsity(self.prune, r, self.rounds)
+      owner = {}
+      for i, key in enumerate(unit_layers(ctx.params)):
+        o = s["owner"][i]
+        want = int(np.floor(target * int(s["total"][i])))
+        have = int(s["total"][i]) - int(jnp.sum(o == k + 1))
+        owner[i] = release_smallest(layer_at(ctx.params, key)["kernel"], o,
+                                    k, want - have)
+      s["owner"], s["round"] = owner, jnp.asarray(r, jnp.int32)
+    s["trainable"] = self._trainable(ctx.params, s, k, classes, compact)
+    return s
+
+  def end_params(self, ctx):
+    """The weights compaction released are zeroed (free for later tasks;
+    weights of units not yet available keep their initial values)."""
+    s, params = ctx.method_state, ctx.params
+    avail = self._available(params, s)
+    for i, key in enumerate(unit_layers(params)):
+      layer = layer_at(params, key)
+      released = (s["owner"][i] == 0) & (avail[i] > 0)
+      params = with_layer(params, key, {
+          **layer, "kernel": jnp.where(released, 0.0, layer["kernel"])})
+    return params, ctx.batch_stats
+
+  def on_task_end(self, ctx):
+    s, k = ctx.method_state, ctx.index
+    picks = {i: s["picks"][i].at[k].set(p > THRESHOLD)
+             for i, p in ctx.params["pick"].items()}
+    return {**s, "picks": picks}
+
+  def eval_params(self, s, params, batch_stats, task, current):
+    if task >= current:
+      return self._training(params, s, current, compact=False), batch_stats
+    own = [s["owner"][i] == task + 1 for i in sorted(s["owner"])]
+    picks = [s["picks"][i][task] for i in sorted(s["picks"])]
+    return self._effective(params, s, task, own, picks), batch_stats
+
+  def network_use(self, s, num_tasks):
+    """The fraction of the (pre-allocated) backbone weights each task
+    keeps."""
+    owned = np.concatenate([np.ravel(o) for o in s["owner"].values()])
+    return [float(np.mean(owned == k + 1)) for k in range(num_tasks)]
