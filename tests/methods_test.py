@@ -22,7 +22,8 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.E2EIL(60, balanced_passes=2), methods.PackNet(),
        methods.DGR(z_dim=4, gen_units=16),
        methods.DGRDistill(z_dim=4, gen_units=16), methods.HAT(),
-       methods.PathNet(population=4, steps_per_path=2), methods.CPG()]
+       methods.PathNet(population=4, steps_per_path=2), methods.CPG(),
+       methods.DEN(ex_k=4)]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,9 @@ def test_every_method_runs_and_compiles_once(stream, method):
   res = train.run_stream(stream, m, model, optax.sgd(0.05, momentum=0.9),
                          epochs=2, batch_size=32, progress=False)
   # eval_shape + the one compilation of the step (PackNet: of each of its
-  # two phases' steps, both around the same loss)
-  assert traces[0] == (4 if isinstance(method, methods.PackNet) else 2)
+  # two phases' steps, both around the same loss; DEN: of its five)
+  assert traces[0] == {methods.PackNet: 4, methods.DEN: 10}.get(
+      type(method), 2)
   for fn in ("_fisher", "_omega", "_add", "_select"):  # end-of-task: once
     if hasattr(m, fn):
       assert getattr(m, fn)._cache_size() == 1

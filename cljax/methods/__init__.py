@@ -14,6 +14,7 @@ from cljax.methods.bic import BiC
 from cljax.methods.cpg import CPG
 from cljax.methods.distill import KD
 from cljax.methods.distill import LwF
+from cljax.methods.den import DEN
 from cljax.methods.der import DER
 from cljax.methods.der import DERpp
 from cljax.methods.dgr import DGR

@@ -211,6 +211,12 @@ class Method:
     methods."""
     return None
 
+  def phase_params(self, ctx: TaskContext, phase: Phase):
+    """``(params, batch_stats)`` to start ``phase`` from (after
+    ``on_phase_start``, e.g. DEN's duplicated units), or ``None`` to go on
+    from the current ones."""
+    return None
+
   def predictors(self, model: FunctionalModel) -> dict:
     """Classifiers besides the network's argmax, evaluated too (each gets an
     accuracy matrix of its own): ``{name: (prepare, predict)}`` with

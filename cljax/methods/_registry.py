@@ -10,6 +10,7 @@ from cljax.methods._base import Method
 from cljax.methods.bic import BiC
 from cljax.methods.cpg import CPG
 from cljax.methods.distill import KD, LwF
+from cljax.methods.den import DEN
 from cljax.methods.der import DER, DERpp
 from cljax.methods.dgr import DGR, DGRDistill
 from cljax.methods.e2eil import E2EIL
@@ -37,7 +38,7 @@ METHODS = {cls.name: cls for cls in (FineTune, Joint, L2, EWC, OnlineEWC, SI,
                                      ER, DER, DERpp, ICaRL, E2EIL, UCIR,
                                      BiC, IL2M, WA, RWalk, MIR, GSS,
                                      DGR, DGRDistill, PackNet, HAT,
-                                     PathNet, CPG)}
+                                     PathNet, CPG, DEN)}
 
 
 def hyperparameters(cls: type) -> dict:

@@ -400,6 +400,11 @@ class _Run:
         self.state = self.state._replace(method_state=_own(self._each(
             lambda m, st: m.on_phase_start(self._ctx(i, masks, st),
                                            phases[p]))))
+        moved = self._each(lambda m, st: m.phase_params(
+            self._ctx(i, masks, st), phases[p]))
+        if moved is not None:
+          self.state = self.state._replace(params=_own(moved[0]),
+                                           batch_stats=_own(moved[1]))
       if own_opt:  # a phase's own optimizer state; the main one is stashed
         if resuming:
           main_opt_state = stash

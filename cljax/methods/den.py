@@ -1,0 +1,363 @@
+"""Dynamically Expandable Networks (Yoon, Yang, Lee & Hwang 2018,
+"Lifelong Learning with Dynamically Expandable Networks", ICLR)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cljax import _validate
+from cljax.data._streamed import materialise
+from cljax.losses._cross_entropy import masked_cross_entropy
+from cljax.methods._base import Method, Phase, TaskContext
+from cljax.methods.hat import apply_gates
+from cljax.methods.packnet import scale_by_tree
+from cljax.models._heads import example_masks
+from cljax.models._units import connection_min
+
+
+def soft_threshold(w, threshold):
+  """L1's proximal step (the authors' code, after each optimizer step):
+  ``sign(w) max(|w| - t, 0)``."""
+  return jnp.sign(w) * jnp.maximum(jnp.abs(w) - threshold, 0.0)
+
+
+def group_soft_threshold(kernel, threshold, groups):
+  """Group lasso's proximal step on the columns (a unit's incoming
+  weights) where ``groups`` holds: ``w (1 - t / ||w||)``, or 0 when
+  ``||w|| < t``."""
+  norm = jnp.sqrt(jnp.sum(kernel ** 2, axis=0, keepdims=True))
+  shrunk = kernel * jnp.maximum(1 - threshold / jnp.maximum(norm, 1e-12), 0)
+  return jnp.where(groups, shrunk, kernel)
+
+
+def selected_units(kernels, head_rows):
+  """Selective retraining's subnetwork (Alg. 2): from the hidden units of
+  the last layer with a nonzero weight into the task's head (``head_rows``,
+  bool ``(units_L,)``), down the network through nonzero weights: a unit
+  of layer ``l`` is selected when any weight from it into a selected unit
+  of layer ``l + 1`` is nonzero. ``kernels``: the hidden layers' ``(in,
+  out)`` kernels, bottom-up. Returns bool ``(units_l,)`` per layer."""
+  sel = [None] * len(kernels)
+  sel[-1] = head_rows
+  for l in range(len(kernels) - 1, 0, -1):
+    sel[l - 1] = jnp.any((kernels[l] != 0) & sel[l][None, :], axis=1)
+  return sel
+
+
+def _proximal(l1, gl):
+  """After the optimizer: the L1 proximal step on every trainable weight
+  (``trainable`` extra argument > 0) and the group-lasso step on the
+  incoming columns of the units being added (``groups``: a ``{layer:
+  (units,) bool}``)."""
+  def update(updates, state, params=None, *, trainable=None, groups=None,
+             **extra):
+    new = optax.apply_updates(params, updates)
+    new = jax.tree.map(lambda w, m: jnp.where(m > 0, soft_threshold(w, l1),
+                                              w), new, trainable)
+    layers = {i: {**layer, "kernel": group_soft_threshold(
+        layer["kernel"], gl, groups[i][None, :])}
+              for i, layer in new["layers"].items()}
+    new = {**new, "layers": layers}
+    return jax.tree.map(lambda n, p: n - p, new, params), state
+  return optax.GradientTransformationExtraArgs(
+      lambda params: optax.EmptyState(), update)
+
+
+class DEN(Method):
+  """DEN: selective retraining, dynamic expansion with group sparsity, and
+  splitting of drifting units, with units timestamped so that each task is
+  predicted by the units that existed when it was learnt (task-IL, MLP).
+
+  Hidden units are pre-allocated (``model.hidden`` is the ceiling;
+  ``initial_units`` of each layer exist at first), each with a timestamp
+  (the task that added it, 0: not yet). The first task trains the network
+  with L1 sparsity. Task ``k > 0``, as in the authors' code:
+
+  * ``top``: the task's head alone, L1-sparse, for ``top_epochs``;
+  * ``select``: the subnetwork reached from the head's nonzero weights
+    through nonzero weights (``selected_units``) retrains, L1-sparse and
+    ``regular/2 ||W - W_{k-1}||^2`` to the weights before the task;
+  * ``expand``: if the task's training loss is still ``>= loss_thr``,
+    ``ex_k`` units per hidden layer are added and trained alone (with the
+    head) under L1 and group lasso on their incoming weights
+    (``group_soft_threshold``), for ``expand_epochs``; added units whose
+    incoming weights all reach 0 are removed;
+  * ``split``: every older unit whose incoming weights drifted by more than
+    ``spl_thr`` (L2 norm) since the task began is duplicated (at most the
+    free slots, most drifted first): the copy, timestamped ``k``, takes the
+    drifted weights, the original gets its old ones back; then every
+    existing unit retrains with the drift penalty for ``split_epochs``.
+
+  Every step adds ``l2/2 ||W||^2`` and applies the L1 proximal step
+  ``soft_threshold`` (threshold ``l1``) after the optimizer, as the
+  authors' code. Task ``j`` is predicted by the units with timestamps
+  ``<= j`` and its own head. Cross-entropy over the task's classes (the
+  code's per-class sigmoids are for its one-vs-rest tasks).
+
+  Args:
+    l1, l2, gl, regular: the code's l1_lambda (1e-5), l2_lambda (1e-4),
+      gl_lambda (1e-3) and regular_lambda (0.5).
+    ex_k: units added per layer (10).
+    loss_thr: expansion when the training loss is at or above it (0.01).
+    spl_thr: the drift that splits a unit (0.05).
+    initial_units: the fraction of each hidden layer that exists at first
+      (the rest is room to grow).
+    top_epochs, expand_epochs, split_epochs: the lengths of those phases
+      (``select`` takes the task's training budget).
+  """
+
+  name = "den"
+
+  def __init__(self, l1: float = 1e-5, l2: float = 1e-4, gl: float = 1e-3,
+               regular: float = 0.5, ex_k: int = 10, loss_thr: float = 0.01,
+               spl_thr: float = 0.05, initial_units: float = 0.5,
+               top_epochs: int = 1, expand_epochs: int = 1,
+               split_epochs: int = 1):
+    for name, value in (("l1", l1), ("l2", l2), ("gl", gl),
+                        ("regular", regular), ("loss_thr", loss_thr),
+                        ("spl_thr", spl_thr)):
+      _validate.check_nonnegative(name, value)
+    for name, value in (("ex_k", ex_k), ("top_epochs", top_epochs),
+                        ("expand_epochs", expand_epochs),
+                        ("split_epochs", split_epochs)):
+      _validate.check_integer(name, value, 1)
+    _validate.check_value("initial_units", initial_units,
+                          lambda v: (v > 0) & (v <= 1), "in (0, 1]")
+    self.l1, self.l2, self.gl = float(l1), float(l2), float(gl)
+    self.regular, self.ex_k = float(regular), int(ex_k)
+    self.loss_thr, self.spl_thr = float(loss_thr), float(spl_thr)
+    self.initial_units = float(initial_units)
+    self.top_epochs, self.expand_epochs = int(top_epochs), int(expand_epochs)
+    self.split_epochs = int(split_epochs)
+
+  def check(self, stream):
+    if stream.kind != "task":
+      raise ValueError(f"den predicts each task with its own units and "
+                       f"head: it needs a task-incremental stream, not "
+                       f"{stream.kind!r}-incremental")
+
+  def init_state(self, model, stream):
+    layers = model.params.get("layers")
+    if layers is None or np.ndim(layers[0]["kernel"]) != 2 or jax.tree.leaves(
+        model.batch_stats):
+      raise ValueError("den expands fully connected layers: it needs an "
+                       "mlp (model.name='mlp', the linear head)")
+    stamps = {}
+    for i, layer in layers.items():
+      n = layer["kernel"].shape[-1]
+      st = np.zeros(n, np.int32)
+      st[:max(1, int(round(self.initial_units * n)))] = 1
+      stamps[i] = jnp.asarray(st)
+    zeros = {i: jnp.zeros(s.shape, bool) for i, s in stamps.items()}
+    return {"stamps": stamps, "prev": model.params, "groups": zeros,
+            "source": {i: -jnp.ones(s.shape, jnp.int32)
+                       for i, s in stamps.items()},
+            "trainable": jax.tree.map(jnp.ones_like, model.params),
+            "regular": jnp.zeros(())}
+
+  def phases(self, index):
+    if index == 0:
+      return (Phase("train"),)
+    return (Phase("top", epochs=self.top_epochs), Phase("select"),
+            Phase("expand", epochs=self.expand_epochs),
+            Phase("split", epochs=self.split_epochs))
+
+  # -- the network ---------------------------------------------------------
+
+  def _units(self, s, upto):
+    """Per layer, 1.0 for units with a timestamp in ``[1, upto]``."""
+    return [((st >= 1) & (st <= upto)).astype(jnp.float32)
+            for _, st in sorted(s["stamps"].items())]
+
+  def loss_fn(self, model):
+
+    def loss(params, batch_stats, s, batch, masks, rng):
+      live = self._units(s, jnp.iinfo(jnp.int32).max)
+      (logits, _), new_stats = model.apply(apply_gates(params, live),
+                                           batch_stats, batch["x"],
+                                           train=True)
+      ce = jnp.mean(masked_cross_entropy(logits, batch["y"], example_masks(
+          masks, batch["t"])))
+      decay = 0.5 * sum(jnp.sum(w ** 2 * m) for w, m in zip(
+          jax.tree.leaves(params), jax.tree.leaves(s["trainable"])))
+      drift = 0.5 * sum(jnp.sum((w - p) ** 2 * m) for w, p, m in zip(
+          jax.tree.leaves(params["layers"]), jax.tree.leaves(s["prev"]["layers"]),
+          jax.tree.leaves(s["trainable"]["layers"])))
+      total = ce + self.l2 * decay + s["regular"] * drift
+      return total, ({"ce": ce, "drift": drift}, new_stats)
+
+    return loss
+
+  def optimizer(self, base, params):
+    return optax.chain(base, scale_by_tree("trainable"),
+                       _proximal(self.l1, self.gl))
+
+  @property
+  def extra_args(self):
+    return lambda params, batch_stats, s, *_: {"trainable": s["trainable"],
+                                               "groups": s["groups"]}
+
+  def eval_params(self, s, params, batch_stats, task, current):
+    upto = task + 1 if task < current else jnp.iinfo(jnp.int32).max
+    return apply_gates(params, self._units(s, upto)), batch_stats
+
+  # -- the task's stages ---------------------------------------------------
+
+  def on_task_start(self, ctx):
+    return {**ctx.method_state, "prev": ctx.params}
+
+  def _mask_tree(self, params, units, head_cols, biases=True):
+    """1 on the weights between ``units`` (per hidden layer, bool) and on
+    their biases, on the head rows of the last layer's ``units`` in the
+    columns ``head_cols``, 0 elsewhere."""
+    conn = connection_min(params, [u.astype(jnp.float32) for u in units])
+    layers = {i: {"kernel": c["kernel"], "bias": c["bias"] * biases}
+              for i, c in zip(sorted(params["layers"]), conn)}
+    rows = units[-1].astype(jnp.float32)[:, None]
+    head = {"kernel": rows * head_cols[None, :], "bias": head_cols}
+    return {**jax.tree.map(jnp.zeros_like, params), "layers": layers,
+            "head": head}
+
+  def _task_loss(self, ctx: TaskContext) -> float:
+    """The task's mean training cross-entropy now (the expansion test)."""
+    k, s = ctx.index, ctx.method_state
+    split = ctx.stream.tasks[k].train
+    net = apply_gates(ctx.params, self._units(s, k + 1))
+    fn = jax.jit(lambda x, y: jnp.sum(masked_cross_entropy(
+        ctx.model.apply(net, ctx.batch_stats, x)[0][0], y,
+        jnp.asarray(ctx.masks[k]))))
+    total = sum(float(fn(materialise(split.x[i:i + 1000]),
+                         jnp.asarray(split.y[i:i + 1000])))
+                for i in range(0, len(split), 1000))
+    return total / len(split)
+
+  def on_phase_start(self, ctx, phase):
+    s, k, params = dict(ctx.method_state), ctx.index, ctx.params
+    cols = np.zeros(np.shape(params["head"]["kernel"])[-1], np.float32)
+    cols[ctx.stream.tasks[k].classes] = 1.0
+    cols = jnp.asarray(cols)
+    exist = [st >= 1 for _, st in sorted(s["stamps"].items())]
+    no_groups = {i: jnp.zeros(st.shape, bool) for i, st in s["stamps"].items()}
+    s["groups"], s["regular"] = no_groups, jnp.asarray(
+        0.0 if k == 0 or phase.name in ("top", "expand") else self.regular)
+    if phase.name == "train":  # the first task: everything that exists
+      s["trainable"] = self._mask_tree(params, exist, cols)
+    elif phase.name == "top":
+      none = [jnp.zeros_like(e) for e in exist]
+      head_only = self._mask_tree(params, none, cols)
+      head_only["head"] = {"kernel": jnp.broadcast_to(
+          jnp.asarray(exist[-1], jnp.float32)[:, None] * cols[None, :],
+          params["head"]["kernel"].shape), "bias": cols}
+      s["trainable"] = head_only
+    elif phase.name == "select":
+      head = np.asarray(params["head"]["kernel"])[:, np.asarray(cols) > 0]
+      kernels = [params["layers"][i]["kernel"] for i in sorted(
+          params["layers"])]
+      sel = selected_units(kernels, jnp.asarray(np.any(head != 0, axis=1)))
+      sel = [a & e for a, e in zip(sel, exist)]
+      s["trainable"] = self._mask_tree(params, sel, cols)
+    elif phase.name == "expand":
+      s = self._expand(ctx, s, exist, cols)
+    elif phase.name == "split":
+      s = self._split(ctx, self._drop_useless(s, params, k), params, k, cols)
+    return s
+
+  def _expand(self, ctx, s, exist, cols):
+    """Adds ``ex_k`` units per layer (timestamp ``k + 1``) if the task's
+    loss is at or above ``loss_thr``; they train alone, with the head."""
+    k = ctx.index
+    new = [jnp.zeros_like(e) for e in exist]
+    if self._task_loss(ctx) >= self.loss_thr:
+      stamps = {}
+      for (i, st), n in zip(sorted(s["stamps"].items()), range(len(new))):
+        st = np.asarray(st).copy()
+        free = np.flatnonzero(st == 0)[:self.ex_k]
+        st[free] = k + 1
+        new[n] = jnp.asarray(np.isin(np.arange(st.size), free))
+        stamps[i] = jnp.asarray(st)
+      s["stamps"] = stamps
+    # The new units' incoming and outgoing weights: a connection trains
+    # when either end is new (and both exist).
+    params = ctx.params
+    exist = [st >= 1 for _, st in sorted(s["stamps"].items())]
+    both = self._mask_tree(params, exist, cols)
+    old = self._mask_tree(params, [e & ~n for e, n in zip(exist, new)],
+                          cols)
+    trainable = jax.tree.map(lambda b, o: b - o, both, old)
+    trainable["head"] = both["head"]
+    s["trainable"] = trainable
+    s["groups"] = {i: n for i, n in zip(sorted(s["stamps"]), new)}
+    return s
+
+  def _drop_useless(self, s, params, k):
+    """Units added this task whose incoming weights are all 0 are removed
+    (timestamp 0)."""
+    stamps = {}
+    for i, st in s["stamps"].items():
+      dead = np.all(np.asarray(params["layers"][i]["kernel"]) == 0, axis=0)
+      st = np.asarray(st).copy()
+      st[(st == k + 1) & dead] = 0
+      stamps[i] = jnp.asarray(st)
+    return {**s, "stamps": stamps}
+
+  def _split(self, ctx, s, params, k, cols):
+    """Plans the duplication of the older units whose incoming weights
+    drifted more than ``spl_thr`` since the task began (most drifted first,
+    as many as there are free slots): ``source[l][m] = i`` makes slot ``m``
+    (timestamp ``k + 1``) a copy of unit ``i``; ``phase_params`` carries it
+    out. Then the whole existing network trains."""
+    stamps, source = {}, {}
+    for i in sorted(params["layers"]):
+      cur = np.asarray(params["layers"][i]["kernel"])
+      old = np.asarray(s["prev"]["layers"][i]["kernel"])
+      st = np.asarray(s["stamps"][i]).copy()
+      drift = np.linalg.norm(cur - old, axis=0)
+      drift[~((st >= 1) & (st <= k))] = -np.inf
+      over = np.flatnonzero(drift > self.spl_thr)
+      over = over[np.argsort(-drift[over], kind="stable")]
+      free = np.flatnonzero(st == 0)[:len(over)]
+      src = np.full(st.size, -1, np.int32)
+      src[free] = over[:len(free)]
+      st[free] = k + 1
+      stamps[i], source[i] = jnp.asarray(st), jnp.asarray(src)
+    s = {**s, "stamps": stamps, "source": source}
+    exist = [st >= 1 for _, st in sorted(stamps.items())]
+    s["trainable"] = self._mask_tree(params, exist, cols)
+    return s
+
+  def phase_params(self, ctx, phase):
+    """At ``split``: each planned copy ``m`` of unit ``i`` takes ``i``'s
+    current incoming weights and bias (reading from the copies of the
+    split units below) and its outgoing weights; ``i`` gets its weights
+    from before the task back."""
+    if phase.name != "split":
+      return None
+    s, params = ctx.method_state, jax.device_get(ctx.params)
+    prev = jax.device_get(s["prev"])
+    keys = sorted(params["layers"])
+    layers, below = {}, []  # below: the (original, copy) pairs of the layer under
+    for i in keys:
+      cur, old = params["layers"][i], prev["layers"][i]
+      k_new, b_new = np.array(cur["kernel"]), np.array(cur["bias"])
+      for j, n in below:  # rows: the copy sends what the original sent
+        k_new[n], k_new[j] = cur["kernel"][j], old["kernel"][j]
+      pairs = [(int(src), m) for m, src in enumerate(
+          np.asarray(s["source"][i])) if src >= 0]
+      for orig, m in pairs:
+        col = np.array(cur["kernel"][:, orig])
+        restored = np.array(old["kernel"][:, orig])
+        for j, n in below:
+          col[n], col[j] = cur["kernel"][j, orig], 0.0
+          restored[n] = 0.0
+        k_new[:, m], k_new[:, orig] = col, restored
+        b_new[m], b_new[orig] = cur["bias"][orig], old["bias"][orig]
+      layers[i] = {"kernel": k_new, "bias": b_new}
+      below = pairs
+    head = np.array(params["head"]["kernel"])
+    for j, n in below:
+      head[n], head[j] = params["head"]["kernel"][j], prev["head"]["kernel"][j]
+    return ({**params, "layers": layers,
+             "head": {**params["head"], "kernel": head}}, ctx.batch_stats)
