@@ -84,7 +84,7 @@ def _task0_logits(stream, method, tasks):
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(64, 64),
                              head=method.head)
   res = train.run_stream(stream._replace(tasks=stream.tasks[:tasks]), method,
-                         model, optax.sgd(0.05), epochs=10, batch_size=32,
+                         model, optax.adam(1e-3), epochs=10, batch_size=32,
                          progress=False)
   fs = res["final_state"]
   params, stats = method.eval_params(fs.method_state, fs.params,
@@ -122,14 +122,14 @@ def test_old_tasks_keep_their_outputs(stream):
 def test_fully_used_units_do_not_move(stream):
   # With every unit taken by earlier tasks, a step moves only the head and
   # the embeddings (clamped to [-6, 6]).
-  m = methods.HAT()
+  m = methods.HAT(lr=100.0)  # a step that would carry gates past 6
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,),
                              head="gated")
-  o = m.optimizer(optax.sgd(1.0), model.params)
+  o = m.optimizer(optax.adam(1.0), model.params)  # HAT's own SGD instead
   s = m.init_state(model, stream)
   s = {**s, "previous": jax.tree.map(jnp.ones_like, s["previous"]),
        "n_train": jnp.asarray(100, jnp.int32)}
-  params = {**model.params, "gates": {0: jnp.full((16,), 5.9)}}
+  params = {**model.params, "gates": {0: jnp.full((16,), 0.5)}}
   state = train.init_train_state(params, {}, o, s, stream.logit_masks(1))
   step = jax.jit(train.make_train_step(
       m.loss_fn(model), o, update_method_state=m.update_method_state,
@@ -144,6 +144,7 @@ def test_fully_used_units_do_not_move(stream):
                                 old["layers"][0]["bias"])
   assert not np.allclose(got["head"]["kernel"], old["head"]["kernel"])
   assert np.all(np.abs(got["gates"][0]) <= 6.0)
+  assert np.any(np.abs(got["gates"][0]) == 6.0)  # clamped
   assert int(new.method_state["count"]) == 1
 
 

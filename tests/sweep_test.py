@@ -298,6 +298,24 @@ def test_run_sweep_equals_run_stream_member_by_member(stream, name):
           jax.tree.leaves(got[1]["final_state"].params)))
 
 
+def test_run_sweep_predicts_with_each_members_hyperparameters(digits):
+  # HAT's smax sets the gates it predicts with: each member's evaluation
+  # uses its own (a sweep's member equals the run alone).
+  stream = data.class_splits(digits, 2, task_sizes=(5, 5),
+                             incremental="task")
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,),
+                             head="gated")
+  members = [dict(smax=1.0), dict(smax=400.0)]
+  got = train.run_sweep(stream, methods.HAT(), members, model,
+                        optax.sgd(0.05), **_run_settings("scan"))
+  for hp, res in zip(members, got):
+    alone = train.run_stream(stream, methods.HAT(**hp), model,
+                             optax.sgd(0.05), **_run_settings("scan"))
+    np.testing.assert_allclose(res["accuracy_matrix"],
+                               alone["accuracy_matrix"], atol=1e-6)
+  assert got[0]["accuracy_matrix"] != got[1]["accuracy_matrix"]
+
+
 def test_run_sweep_reports_a_diverged_member_and_goes_on(stream):
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
   opt = optax.sgd(0.05)

@@ -105,6 +105,10 @@ class HAT(Method):
     c: the regularisation strength (0.75, the paper's; it reports a wide
       plateau over 0.1-2.5).
     smax: the largest scale (400, the paper's; 25-800 work about equally).
+    lr: the learning rate of the plain SGD HAT trains with in place of the
+      run's optimizer (0.05, the authors' code; no momentum, no weight
+      decay: see ``optimizer``). ``train.first_task_lr`` still sets it per
+      task; ``train.schedule`` does not apply.
   """
 
   name = "hat"
@@ -112,10 +116,11 @@ class HAT(Method):
   data_hparams = ("c", "smax")
   CLAMP = 6.0  # the embeddings' bound, the authors' code's thres_emb
 
-  def __init__(self, c: float = 0.75, smax: float = 400.0):
+  def __init__(self, c: float = 0.75, smax: float = 400.0, lr: float = 0.05):
     _validate.check_nonnegative("c", c)
     _validate.check_value("smax", smax, lambda v: v >= 1, ">= 1")
-    self.c, self.smax = float(c), float(smax)
+    _validate.check_positive("lr", lr)
+    self.c, self.smax, self.lr = float(c), float(smax), float(lr)
 
   def check(self, stream):
     if stream.kind != "task":
@@ -136,8 +141,13 @@ class HAT(Method):
             "n_train": jnp.zeros((), jnp.int32)}
 
   def optimizer(self, base, params):
-    return optax.chain(scale_by_tree("scale"), base,
-                       clamp_gates(self.CLAMP))
+    """Plain SGD at ``lr``, whatever the run's optimizer: the compensation
+    (eq. 5) and the conditioning (eq. 2) scale gradients, which an adaptive
+    optimizer such as Adam divides out (the embeddings then barely move
+    and protected weights drift)."""
+    del base
+    sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=self.lr)
+    return optax.chain(scale_by_tree("scale"), sgd, clamp_gates(self.CLAMP))
 
   def start_params(self, ctx):
     key = jax.random.fold_in(jax.random.key(ctx.seed), 0x686174 + ctx.index)

@@ -193,10 +193,13 @@ class _Run:
   def _eval_params(self, j, current):
     """The parameters the method predicts task ``j`` with."""
     st, method = self.state, self.method
-    fn = lambda ms, p, s: method.eval_params(ms, p, s, j, current)
-    if self.k is not None:
-      fn = jax.vmap(fn)
-    return fn(st.method_state, st.params, st.batch_stats)
+    if self.k is None:
+      return method.eval_params(st.method_state, st.params, st.batch_stats,
+                                j, current)
+    # Each member predicts with its own hyperparameters (e.g. HAT's smax).
+    fn = lambda hp, ms, p, s: method.with_hparams(**hp).eval_params(
+        ms, p, s, j, current)
+    return jax.vmap(fn)(self.hp, st.method_state, st.params, st.batch_stats)
 
   def _on_device(self, splits) -> bool:
     """Whether evaluation runs as one device computation: one device, the
