@@ -10,6 +10,7 @@ import pytest
 from cljax import data, losses, methods, models, train
 from cljax.methods._base import TaskContext
 from cljax.methods.dgr import replay_groups
+from cljax.train._step import StepInfo
 
 
 def _np_log_softmax(z):
@@ -166,6 +167,42 @@ def test_replay_step_loss_is_the_weighted_sum(digits_streams):
   np.testing.assert_allclose([terms["ce"], terms["replay"]], [ce, rep],
                              rtol=1e-4)
   np.testing.assert_allclose(total, ce / 3 + 2 * rep / 3, rtol=1e-4)
+
+
+def test_generator_step_is_the_weighted_elbo_of_both_batches(digits_streams):
+  stream = digits_streams["class"]
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  m = methods.DGR(z_dim=4, gen_units=16)
+  s = _started(m, stream, model, 1)  # rnt = 1/2
+  m.optimizer(optax.sgd(1.0), model.params)  # update = -gradient
+  s = {**s, "gen_opt": optax.sgd(1.0).init(s["gen"])}
+  x = jnp.asarray(stream.tasks[1].train.x[:8])
+  xr = jnp.asarray(stream.tasks[0].train.x[:8])
+  info = StepInfo({"x": x, "x_replay": xr}, {}, jax.random.key(7),
+                  lambda a: a, (0, 1))
+  got = m.update_method_state(s, None, None, None, info)["gen"]
+
+  def elbo(gen, inputs, key):  # written out: BCE with logits, Gaussian KL
+    u = np.asarray((inputs - s["lo"]) / (s["hi"] - s["lo"])).reshape(8, -1)
+    mean, logvar = models.vae_encode(gen, u)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+    logits = models.vae_decode(gen, z)
+    bce = jnp.sum(jnp.logaddexp(0.0, logits) - u * logits, -1)
+    kl = 0.5 * jnp.sum(jnp.exp(logvar) + mean ** 2 - 1 - logvar, -1)
+    return jnp.mean((bce + kl) / u.shape[1])
+
+  k_cur, k_rep = jax.random.split(info.rng)
+  grad = jax.grad(lambda g: 0.5 * elbo(g, x, k_cur) + 0.5 * elbo(
+      g, xr, k_rep))(s["gen"])
+  jax.tree.map(lambda a, b, g: np.testing.assert_allclose(
+      a, b - g, rtol=1e-4, atol=1e-6), got, s["gen"], grad)
+  # The generator's optimizer state follows the run's reset setting.
+  kept = {**s, "gen_opt": "kept"}
+  ctx = TaskContext(2, stream, model, model.params, {}, kept,
+                    stream.logit_masks(2), 3, None, False)
+  assert m.on_task_start(ctx)["gen_opt"] == "kept"
+  assert m.on_task_start(ctx._replace(reset_optimizer=True))[
+      "gen_opt"] != "kept"
 
 
 @pytest.mark.parametrize("kind", ["task", "class", "domain"])

@@ -9,6 +9,7 @@ import pytest
 
 from cljax import data, methods, models, train
 from cljax.methods.pathnet import apply_path, mutate, path_masks
+from cljax.methods._base import TaskContext
 from cljax.train._step import StepInfo
 
 
@@ -75,7 +76,7 @@ def test_learnt_tasks_never_change(digits):
   m = methods.PathNet(population=8, steps_per_path=4)
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(60, 60),
                              head=m.head)
-  res = train.run_stream(stream, m, model, optax.adam(1e-3), epochs=8,
+  res = train.run_stream(stream, m, model, optax.adam(1e-2), epochs=8,
                          batch_size=32, progress=False)
   r = np.asarray(res["accuracy_matrix"])
   for j in range(3):
@@ -86,6 +87,23 @@ def test_learnt_tasks_never_change(digits):
   np.testing.assert_array_equal(np.asarray(s["frozen"]), paths.any(0))
   assert all(paths[k].sum(-1).max() <= 3 for k in range(3))
   np.testing.assert_allclose(res["network_use"], paths.mean((1, 2)))
+
+
+def test_reinitialised_modules_match_the_initial_scale(digits):
+  stream = data.class_splits(digits, 2, incremental="task")
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(400,),
+                             head="modular")
+  m = methods.PathNet()
+  s = m.init_state(model, stream)
+  s = {**s, "frozen": s["frozen"].at[0, :3].set(True)}
+  ctx = TaskContext(1, stream, model, model.params, {}, s,
+                    stream.logit_masks(1), seed=0)
+  params, _ = m.start_params(ctx)
+  before = np.asarray(model.params["layers"][0]["kernel"])
+  after = np.asarray(params["layers"][0]["kernel"])
+  np.testing.assert_array_equal(after[:3], before[:3])  # frozen: kept
+  assert not np.allclose(after[3:], before[3:])
+  np.testing.assert_allclose(after[3:].std(), before[3:].std(), rtol=0.05)
 
 
 def test_refusals(digits):

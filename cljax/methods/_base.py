@@ -36,6 +36,9 @@ class TaskContext(NamedTuple):
       selection of exemplars).
     mesh: the data-parallel mesh (axis ``"data"``) the run trains on, or
       ``None`` on one device; a hook may split its work over it.
+    reset_optimizer: whether the run resets its optimizer state at each
+      task's start (a method with an optimizer state of its own follows it,
+      e.g. DGR's generator).
   """
   index: int
   stream: Stream
@@ -46,6 +49,7 @@ class TaskContext(NamedTuple):
   masks: Any
   seed: int = 0
   mesh: Any = None
+  reset_optimizer: bool = True
 
 
 def task_cross_entropy(model: FunctionalModel, params, batch_stats, batch,

@@ -13,7 +13,7 @@ import numpy as np
 from cljax import _validate
 from cljax.data._streamed import materialise
 from cljax.losses._generative import replay_loss, vae_loss
-from cljax.methods._base import Method, Phase
+from cljax.methods._base import Method, task_cross_entropy
 from cljax.models._heads import example_masks
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.models._vae import init_vae, vae_decode, vae_encode
@@ -52,9 +52,9 @@ class DGR(Method):
   (1 - 1/t) L_replay``. The generator takes a step on the same batches
   with the same weights, ``(1/t) vae_loss(current) + (1 - 1/t)
   vae_loss(replay)`` (``losses.vae_loss``), with the run's optimizer (as
-  van de Ven & Tolias's same Adam and rate), in a state of its own reset at
-  each task's start (as the classifier's with the default
-  ``train.reset_optimizer``).
+  van de Ven & Tolias's same Adam and rate), in a state of its own, reset
+  at each task's start when the classifier's is (``train.reset_optimizer``;
+  ``train.first_task_lr`` does not reach it).
   At each task's end both models are copied as the next task's teacher and
   generator.
 
@@ -63,8 +63,7 @@ class DGR(Method):
   standardised images, and its samples are mapped back. The current and
   replayed examples share one forward pass of the classifier (BatchNorm
   sees their union; van de Ven & Tolias run two). The first task trains
-  without replay (a step of its own, phase ``first``; later tasks'
-  ``train``).
+  without replay (``lax.cond`` skips its work).
 
   Args:
     z_dim: latent size (100, van de Ven & Tolias's).
@@ -111,15 +110,13 @@ class DGR(Method):
                     int(np.prod(input_shape)),
                     (self.gen_units,) * self.gen_layers, self.z_dim)
 
-  def phases(self, index):
-    return (Phase("first") if index == 0 else Phase(),)
-
   def on_task_start(self, ctx):
     s = ctx.method_state
     if ctx.index == 0:  # the generator's initial weights, from the run's seed
       gen = self._init_generator(ctx.seed, ctx.stream.input_shape)
       s = {**s, "gen": gen, "prev_gen": gen}
-    s = {**s, "gen_opt": self._gen_optimizer.init(s["gen"])}
+    if ctx.index == 0 or ctx.reset_optimizer:  # as the classifier's
+      s = {**s, "gen_opt": self._gen_optimizer.init(s["gen"])}
     student, teacher = replay_groups(ctx.stream, ctx.index)
     return {**s, "student_groups": jnp.asarray(student),
             "teacher_groups": jnp.asarray(teacher),
@@ -152,14 +149,9 @@ class DGR(Method):
     replay = jax.lax.cond(s["rnt"] < 1, draw, lambda: jnp.zeros_like(x))
     return {**batch, "x_replay": replay}
 
-  def phase_loss_fn(self, model, name):
-    if name == "first":  # no replay yet: cross-entropy only
-      return super().loss_fn(model)
-    return self.loss_fn(model)
-
   def loss_fn(self, model):
 
-    def loss(params, batch_stats, s, batch, masks, rng):
+    def with_replay(params, batch_stats, s, batch, masks):
       x, x_replay = batch["x"], batch["x_replay"]
       b = x.shape[0]
       (logits, _), new_stats = model.apply(
@@ -173,6 +165,17 @@ class DGR(Method):
                            self.soft)
       total = s["rnt"] * ce + (1 - s["rnt"]) * replay
       return total, ({"ce": ce, "replay": replay}, new_stats)
+
+    def first_task(params, batch_stats, s, batch, masks):
+      ce, _, new_stats = task_cross_entropy(model, params, batch_stats,
+                                            batch, masks)
+      return ce, ({"ce": ce, "replay": jnp.zeros_like(ce)}, new_stats)
+
+    def loss(params, batch_stats, s, batch, masks, rng):
+      # One step for the whole stream (the same phase, so the same batches
+      # as every other method); the first task skips the replay's work.
+      return jax.lax.cond(s["rnt"] < 1, with_replay, first_task, params,
+                          batch_stats, s, batch, masks)
 
     return loss
 

@@ -140,8 +140,8 @@ class PathNet(Method):
     key = self._key(ctx.seed, ctx.index, 2)
     layers = {}
     for i, layer in ctx.params["layers"].items():
-      fresh = jax.nn.initializers.lecun_normal()(jax.random.fold_in(key, i),
-                                                 layer["kernel"].shape)
+      fresh = jax.nn.initializers.lecun_normal(batch_axis=0)(  # per module
+          jax.random.fold_in(key, i), layer["kernel"].shape)
       keep = frozen[i]
       layers[i] = {"kernel": jnp.where(keep[:, None, None], layer["kernel"],
                                        fresh),

@@ -353,7 +353,8 @@ class _Run:
 
   def _ctx(self, i, masks, st):
     return TaskContext(i, self.stream, self.model, st.params, st.batch_stats,
-                       st.method_state, masks, self.s["seed"], self.mesh)
+                       st.method_state, masks, self.s["seed"], self.mesh,
+                       self.s["reset_optimizer"])
 
   def _check_finite(self, prog, term_names):
     """Raises on NaN/inf (see ``check_finite``); in a sweep, records each
