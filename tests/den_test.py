@@ -90,6 +90,10 @@ def test_a_stream_grows_and_predicts_old_tasks_with_their_units(digits):
   s = jax.device_get(res["final_state"].method_state)
   for st in s["stamps"].values():
     assert np.sum(st == 1) == 16 and np.sum(st >= 2) > 0  # grew
+  stamps = np.concatenate(list(s["stamps"].values()))
+  np.testing.assert_allclose(res["network_use"],
+                             [np.mean(stamps == k) for k in (1, 2, 3)])
+  assert res["network_use"][0] == 0.5
   # Task 0 is predicted without the units added after it: its outputs do
   # not move when their weights do.
   params = jax.device_get(res["final_state"].params)

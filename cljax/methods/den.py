@@ -200,6 +200,12 @@ class DEN(Method):
     return lambda params, batch_stats, s, *_: {"trainable": s["trainable"],
                                                "groups": s["groups"]}
 
+  def network_use(self, s, num_tasks):
+    """The fraction of the pre-allocated hidden units each task added (the
+    first task: those that exist at first)."""
+    stamps = np.concatenate([np.asarray(v) for v in s["stamps"].values()])
+    return [float(np.mean(stamps == k + 1)) for k in range(num_tasks)]
+
   def eval_params(self, s, params, batch_stats, task, current):
     upto = task + 1 if task < current else jnp.iinfo(jnp.int32).max
     return apply_gates(params, self._units(s, upto)), batch_stats

@@ -29,11 +29,13 @@ PAPER["split"].update(dgr=(99.50, 95.72, 90.79),
 NAMES = {"finetune": "none (fine-tune)", "joint": "joint", "ewc": "EWC",
          "online_ewc": "online EWC", "si": "SI", "lwf": "LwF",
          "dgr": "DGR", "dgr_distill": "DGR+distill",
-         "packnet": "PackNet (task-IL only)", "hat": "HAT (task-IL only)"}
-TASK_ONLY = ("packnet", "hat")
+         "packnet": "PackNet (task-IL only)", "hat": "HAT (task-IL only)",
+         "pathnet": "PathNet (task-IL only)", "cpg": "CPG (task-IL only)",
+         "den": "DEN (task-IL only)"}
+TASK_ONLY = ("packnet", "hat", "pathnet", "cpg", "den")
 # Families run in workdirs of their own (``<name>_<suffix>[_tune]``) beside
 # the main final and tune runs.
-SUFFIXES = ("dgr", "packnet", "hat")
+SUFFIXES = ("dgr", "packnet", "hat", "isolation")
 
 
 def _runs(name: str, tune: bool) -> dict:
