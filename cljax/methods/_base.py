@@ -135,10 +135,18 @@ class Method:
     new.__dict__.update(values)
     return new
 
+  # Parameter isolation predicts each task with its own part of the
+  # network, so the task id must be given: task-IL streams only.
+  task_incremental_only = False
+
   def check(self, stream: Stream) -> None:
     """Raises ``ValueError`` (naming the hyperparameter) if this method
     cannot run on ``stream`` (e.g. a memory larger than a task's data);
     called before anything trains."""
+    if self.task_incremental_only and stream.kind != "task":
+      raise ValueError(f"{self.name} predicts each task with its own part "
+                       f"of the network: it needs a task-incremental "
+                       f"stream, not {stream.kind!r}-incremental")
 
   def init_state(self, model: FunctionalModel, stream: Stream) -> Any:
     """The method's initial state: a pytree whose shapes never change over

@@ -80,6 +80,7 @@ class CPG(Method):
   """
 
   name = "cpg"
+  task_incremental_only = True
   head = "picking"
 
   def __init__(self, prune: float = 0.5, rounds: int = 3,
@@ -97,11 +98,6 @@ class CPG(Method):
     self.compact_epochs, self.goal = int(compact_epochs), float(goal)
     self.grow, self.initial_units = float(grow), float(initial_units)
 
-  def check(self, stream):
-    if stream.kind != "task":
-      raise ValueError(f"cpg predicts each task with its own weights: it "
-                       f"needs a task-incremental stream, not "
-                       f"{stream.kind!r}-incremental")
 
   # -- state ---------------------------------------------------------------
 

@@ -110,6 +110,7 @@ class DEN(Method):
   """
 
   name = "den"
+  task_incremental_only = True
 
   def __init__(self, l1: float = 1e-5, l2: float = 1e-4, gl: float = 1e-3,
                regular: float = 0.5, ex_k: int = 10, loss_thr: float = 0.01,
@@ -133,11 +134,6 @@ class DEN(Method):
     self.top_epochs, self.expand_epochs = int(top_epochs), int(expand_epochs)
     self.split_epochs = int(split_epochs)
 
-  def check(self, stream):
-    if stream.kind != "task":
-      raise ValueError(f"den predicts each task with its own units and "
-                       f"head: it needs a task-incremental stream, not "
-                       f"{stream.kind!r}-incremental")
 
   def init_state(self, model, stream):
     layers = model.params.get("layers")

@@ -112,6 +112,7 @@ class HAT(Method):
   """
 
   name = "hat"
+  task_incremental_only = True
   head = "gated"
   data_hparams = ("c", "smax")
   CLAMP = 6.0  # the embeddings' bound, the authors' code's thres_emb
@@ -122,11 +123,6 @@ class HAT(Method):
     _validate.check_positive("lr", lr)
     self.c, self.smax, self.lr = float(c), float(smax), float(lr)
 
-  def check(self, stream):
-    if stream.kind != "task":
-      raise ValueError(f"hat predicts each task with its own gates: it "
-                       f"needs a task-incremental stream, not "
-                       f"{stream.kind!r}-incremental")
 
   def init_state(self, model, stream):
     if "gates" not in model.params:

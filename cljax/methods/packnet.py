@@ -81,6 +81,7 @@ class PackNet(Method):
   """
 
   name = "packnet"
+  task_incremental_only = True
 
   def __init__(self, prune: float = 0.5, retrain_epochs: int = 1,
                retrain_lr_scale: float = 0.1):
@@ -91,11 +92,6 @@ class PackNet(Method):
     self.prune, self.retrain_epochs = float(prune), int(retrain_epochs)
     self.retrain_lr_scale = float(retrain_lr_scale)
 
-  def check(self, stream):
-    if stream.kind != "task":
-      raise ValueError(f"packnet predicts each task with its own weights: "
-                       f"it needs a task-incremental stream, not "
-                       f"{stream.kind!r}-incremental")
 
   def init_state(self, model, stream):
     return {"owner": jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.int32),

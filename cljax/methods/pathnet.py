@@ -72,6 +72,7 @@ class PathNet(Method):
   """
 
   name = "pathnet"
+  task_incremental_only = True
   head = "modular"
 
   def __init__(self, active: int = 3, population: int = 64,
@@ -83,11 +84,6 @@ class PathNet(Method):
     self.active, self.population = int(active), int(population)
     self.steps_per_path, self.mutation = int(steps_per_path), float(mutation)
 
-  def check(self, stream):
-    if stream.kind != "task":
-      raise ValueError(f"pathnet predicts each task through its own path: "
-                       f"it needs a task-incremental stream, not "
-                       f"{stream.kind!r}-incremental")
 
   def _shape(self, params):
     """``(L, M)``: layers and modules of a ``ModularMLP``."""
