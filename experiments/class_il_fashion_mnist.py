@@ -17,7 +17,10 @@ training data held out for validation. The argument sets the memory:
   accuracy), BiC (corrected and uncorrected), IL2M (rectified and plain)
   and WA. They replay in the proportion of the union of new data and
   exemplars (``replay="union"``, as their papers train); ER replays an
-  equal batch, and ``er__union`` as they do.
+  equal batch, and ``er__union`` as they do;
+* ``later``: the families added later, on 3 seeds beside ER: RWalk
+  (regularisation, its default lam), MIR and GSS (rehearsal, K = 2,000,
+  their papers' defaults).
 
 Methods use their papers' defaults (DER alpha 0.3; DER++ alpha 0.1, beta
 0.5; E2EIL T = 2, 30 balanced passes at a tenth of the lr); every
@@ -33,7 +36,8 @@ from cljax.default_config import method_entry
 
 REHEARSAL = ("er", "der", "derpp", "icarl", "e2eil")
 BIAS = ("ucir", "bic", "il2m", "wa")
-VARIANTS = ("k2000", "k200", "k500", "cnn", "bias")
+LATER = ("mir", "gss")  # rehearsal methods added later (the ``later`` run)
+VARIANTS = ("k2000", "k200", "k500", "cnn", "bias", "later")
 
 
 def get_config(arg="k2000"):
@@ -67,6 +71,9 @@ def get_config(arg="k2000"):
     c.train.augment = "crop_flip"
     c.method.icarl.nme_flip = True  # class means over the flips too
     entries = ["er", "icarl", "e2eil"]
+  elif variant == "later":
+    c.seeds = 3
+    entries = ["er", "rwalk", *LATER]
   elif variant == "bias":
     c.seeds = 3
     # ER replaying as they do: the baseline their corrections improve on.
@@ -74,7 +81,7 @@ def get_config(arg="k2000"):
     entries = ["er", "er__union", *BIAS]
   else:
     entries = ["er", "icarl"]
-  for name in REHEARSAL + BIAS:
+  for name in REHEARSAL + BIAS + LATER:
     c.method[name].memory_size = k
   c.method.gem.memory_size = c.method.agem.memory_size = k // 5
   if quick:
@@ -82,7 +89,7 @@ def get_config(arg="k2000"):
     c.train.epochs = 1
     c.scenario.train_per_task = 600
     c.scenario.test_per_task = 200
-    for name in REHEARSAL + BIAS:
+    for name in REHEARSAL + BIAS + LATER:
       c.method[name].memory_size = 100
     c.method.e2eil.balanced_passes = 5
     c.method.gem.memory_size = c.method.agem.memory_size = 20

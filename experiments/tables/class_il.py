@@ -14,7 +14,8 @@ NAMES = {"finetune": "fine-tuning", "joint": "joint (upper bound)",
          "lwf": "LwF.MC (no memory)", "er": "ER", "der": "DER", "derpp":
          "DER++", "icarl": "iCaRL", "e2eil": "End-to-End IL", "agem": "A-GEM",
          "gem": "GEM", "ucir": "UCIR", "bic": "BiC", "il2m": "IL2M",
-         "wa": "WA", "er__union": "ER, union replay"}
+         "wa": "WA", "er__union": "ER, union replay", "rwalk": "RWalk",
+         "mir": "MIR", "gss": "GSS"}
 # A method's own classifiers besides the network's argmax.
 PREDICTORS = (("_nme", " (nearest mean)"), ("_bic", " (bias-corrected)"),
               ("_il2m", " (rectified)"))
@@ -25,7 +26,9 @@ VARIANTS = (("k2000", "MLP 2x400, K = 2,000 exemplars (A-GEM, GEM: 400 per "
             ("cnn", "CNN with random crops and flips, K = 2,000, 1 seed"),
             ("bias", "Bias correction: MLP 2x400, K = 2,000, 3 seeds (ER "
              "again in the same run; BiC and IL2M also without their "
-             "correction, UCIR also by nearest mean)"))
+             "correction, UCIR also by nearest mean)"),
+            ("later", "Later families: MLP 2x400, K = 2,000, 3 seeds (ER "
+             "again in the same run)"))
 
 
 def _cell(metrics, std, key):
