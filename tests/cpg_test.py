@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from cljax import data, methods, models, train
+from cljax.methods._base import Phase, TaskContext
 from cljax.methods.cpg import binarise, cubic_sparsity, release_smallest
 
 
@@ -72,7 +73,24 @@ def test_learnt_tasks_never_change_and_compaction_keeps_its_share(stream):
   want = k * (owner == 2) + k * (owner == 1) * s["picks"][0][1]
   np.testing.assert_allclose(got["layers"][0]["kernel"], want)
   picked = s["picks"][0][1][owner == 1]
-  assert 0 < picked.mean() <= 1  # the mask picked some old weights
+  assert 0 < picked.mean() < 1  # the mask learnt to drop some old weights
+
+
+def test_the_mask_trains_at_its_scale_and_freezes_while_compacting(stream):
+  m = methods.CPG(mask_lr_scale=0.25)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,),
+                             head="picking")
+  s = m.init_state(model, stream)
+  owner = np.zeros((64, 16), np.int32)
+  owner[:, :8] = 1  # task 0 kept half of the first layer
+  s = {**s, "owner": {0: jnp.asarray(owner)}}
+  ctx = TaskContext(1, stream, model, model.params, {}, s,
+                    stream.logit_masks(1))
+  train_ = m.on_phase_start(ctx, Phase("train"))["trainable"]
+  np.testing.assert_array_equal(train_["pick"][0], 0.25 * (owner == 1))
+  np.testing.assert_array_equal(train_["layers"][0]["kernel"], owner == 0)
+  compact = m.on_phase_start(ctx, Phase("compact"))["trainable"]
+  assert np.all(np.asarray(compact["pick"][0]) == 0)
 
 
 def test_growth_when_the_goal_is_missed(stream):
@@ -86,6 +104,9 @@ def test_growth_when_the_goal_is_missed(stream):
   missed._accuracy = below_goal
   _, grown = _run(stream, missed)
   assert len(accuracies) == 2 and all(0.5 < a <= 1 for a in accuracies)
+  r = np.asarray(grown["accuracy_matrix"])
+  for j in range(3):  # growing keeps every learnt task exactly
+    np.testing.assert_array_equal(r[j:, j], r[j, j])
   _, fixed = _run(stream, methods.CPG(initial_units=0.5))
   units = lambda res: [int(np.sum(u)) for u in jax.device_get(
       res["final_state"].method_state["units"]).values()]
