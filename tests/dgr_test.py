@@ -205,7 +205,9 @@ def test_generator_step_is_the_weighted_elbo_of_both_batches(digits_streams):
       "gen_opt"] != "kept"
 
 
-@pytest.mark.parametrize("kind", ["task", "class", "domain"])
+@pytest.mark.parametrize("kind", [  # class-IL in the default suite
+    pytest.param("task", marks=pytest.mark.slow), "class",
+    pytest.param("domain", marks=pytest.mark.slow)])
 def test_generative_replay_keeps_old_tasks(digits_streams, kind):
   stream = digits_streams[kind]
   acc = {}
