@@ -21,7 +21,8 @@ ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.DERpp(memory_size=60), methods.ICaRL(60),
        methods.E2EIL(60, balanced_passes=2), methods.PackNet(),
        methods.DGR(z_dim=4, gen_units=16),
-       methods.DGRDistill(z_dim=4, gen_units=16), methods.HAT(),
+       pytest.param(methods.DGRDistill(z_dim=4, gen_units=16),  # DGR's step
+                    marks=pytest.mark.slow), methods.HAT(),
        methods.PathNet(population=4, steps_per_path=2), methods.CPG(),
        methods.DEN(ex_k=4)]
 

@@ -106,6 +106,16 @@ def test_reinitialised_modules_match_the_initial_scale(digits):
   np.testing.assert_allclose(after[3:].std(), before[3:].std(), rtol=0.05)
 
 
+def test_a_task_shorter_than_a_tournament_warns(digits):
+  stream = data.class_splits(digits, 2, incremental="task")
+  m = methods.PathNet(population=4, steps_per_path=500)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(20,),
+                             head=m.head)
+  with pytest.warns(UserWarning, match="before its first tournament"):
+    train.run_stream(stream, m, model, optax.adam(1e-3), epochs=1,
+                     batch_size=32, progress=False)
+
+
 def test_refusals(digits):
   with pytest.raises(ValueError, match="task-incremental"):
     methods.PathNet().check(data.class_splits(digits, 2))

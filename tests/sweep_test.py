@@ -73,7 +73,14 @@ def test_every_method_declares_its_data_hyperparameters():
                          if c.data_hparams}
 
 
-@pytest.mark.parametrize("name", sorted(SWEEPS))
+# Families whose case repeats another's step (the default suite skips
+# them; -m slow runs them).
+SLOW_SWEEPS = ("dgr_distill", "hat")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SWEEPS else n
+    for n in sorted(SWEEPS)])
 def test_vmapped_sweep_equals_the_members_one_by_one(stream, name):
   structural, members = SWEEPS[name]
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,),

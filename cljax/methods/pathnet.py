@@ -5,6 +5,8 @@ a modular network per task, then the winning path frozen."""
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -211,6 +213,12 @@ class PathNet(Method):
 
   def on_task_end(self, ctx):
     s, k = ctx.method_state, ctx.index
+    if not np.isfinite(np.max(np.asarray(s["fitness"]))):
+      warnings.warn(
+          f"pathnet: task {k} ended before its first tournament finished "
+          f"(2 x steps_per_path = {2 * self.steps_per_path} steps): its path "
+          "is a random one; train longer or lower steps_per_path",
+          stacklevel=2)
     best = self._best(s)
     return {**s, "paths": s["paths"].at[k].set(best),
             "frozen": s["frozen"] | best}
