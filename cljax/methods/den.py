@@ -228,13 +228,11 @@ class DEN(Method):
   def on_task_start(self, ctx):
     return {**ctx.method_state, "prev": ctx.params}
 
-  def _mask_tree(self, params, units, head_cols, biases=True):
+  def _mask_tree(self, params, units, head_cols):
     """1 on the weights between ``units`` (per hidden layer, bool) and on
     their biases, on the head rows of the last layer's ``units`` in the
     columns ``head_cols``, 0 elsewhere."""
-    conn = connection_min(params, [u.astype(jnp.float32) for u in units])
-    layers = {i: {"kernel": c["kernel"], "bias": c["bias"] * biases}
-              for i, c in zip(sorted(params["layers"]), conn)}
+    layers = self._layer_masks(params, units)
     rows = units[-1].astype(jnp.float32)[:, None]
     head = {"kernel": rows * head_cols[None, :], "bias": head_cols}
     return {**jax.tree.map(jnp.zeros_like, params), "layers": layers,

@@ -94,7 +94,9 @@ class DGR(Method):
                          "generator takes the run's optimizer)")
     x = materialise(stream.tasks[0].train.x[:_RANGE_ROWS])
     axes = tuple(range(x.ndim - 1))
-    gen = jax.tree.map(jnp.zeros_like, self._init_generator(0, x.shape[1:]))
+    # Shapes only: on_task_start draws the weights from the run's seed.
+    gen = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+        lambda: self._init_generator(0, x.shape[1:])))
     student, teacher = replay_groups(stream, 0)
     return {"gen": gen, "gen_opt": self._gen_optimizer.init(gen),
             "prev_gen": gen, "teacher": model.params,
