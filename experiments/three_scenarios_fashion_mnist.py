@@ -63,6 +63,14 @@ PERMUTED_GRIDS = {
     "si": ("c", (0.1, 1.0, 10.0, 100.0)),
     "lwf": ("lam", (0.1, 0.25, 0.5, 2.0, 8.0, 16.0)),
 }
+# Extensions past the shared permuted grid's edges, per scenario, where that
+# scenario's winner sat on an edge (domain-IL: EWC and LwF at their lowest
+# value; class-IL: online EWC at its lowest, LwF at its highest). EWC in
+# domain-IL also gets 3, between its flat 0.1-1 and its falling 10.
+PERMUTED_EXTENSIONS = {
+    "domain": {"ewc": (0.01, 3.0), "lwf": (0.01, 0.025)},
+    "class": {"online_ewc": (0.1, 1.0), "lwf": (32.0, 64.0)},
+}
 # Parameter isolation needs the task id: task-IL only. PackNet's released
 # fraction per task on validation (0.5, 0.75, 0.9 first: 0.5 won, at the
 # edge, so the grid was extended down).
@@ -121,7 +129,10 @@ def get_config(arg="split_class"):
   # as the classifier, z of 100): in the final stage only.
   for kind in GENERATIVE:
     c.method[kind] = method_entry(kind, gen_units=c.model.hidden[0])
-  grids = GRIDS if protocol == "split" else PERMUTED_GRIDS
+  grids = GRIDS if protocol == "split" else {
+      kind: (key, tuple(sorted(values + PERMUTED_EXTENSIONS.get(
+          scenario, {}).get(kind, ()))))
+      for kind, (key, values) in PERMUTED_GRIDS.items()}
   if scenario == "task":
     grids = {**grids, **TASK_GRIDS}
   for kind, (key, values) in grids.items():
