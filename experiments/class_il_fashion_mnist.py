@@ -20,7 +20,13 @@ training data held out for validation. The argument sets the memory:
   equal batch, and ``er__union`` as they do;
 * ``later``: the families added later, on 3 seeds beside ER: RWalk
   (regularisation, its default lam), MIR and GSS (rehearsal, K = 2,000,
-  their papers' defaults).
+  their papers' defaults);
+* ``tune``: DER's alpha and DER++'s alpha and beta over grids around
+  their papers' values, beside ER, one seed, chosen on the final mean
+  *validation* accuracy (``selection.md`` flags edge winners); the stream's
+  recipe (lr, epochs) is shared, not tuned;
+* ``tuned``: ER and the ``tune`` run's winners on 3 seeds (reads its
+  ``results.json`` from ``experiments/results/class_il_tune``).
 
 Methods use their papers' defaults (DER alpha 0.3; DER++ alpha 0.1, beta
 0.5; E2EIL T = 2, 30 balanced passes at a tenth of the lr); every
@@ -28,8 +34,16 @@ rehearsal method replays an equally sized batch of exemplars each step.
 
     cljax run --config experiments/class_il_fashion_mnist.py \
         --config.workdir=experiments/results/class_il_k2000
+    cljax run --config experiments/class_il_fashion_mnist.py:tune \
+        --config.workdir=experiments/results/class_il_tune
+    cljax run --config experiments/class_il_fashion_mnist.py:tuned \
+        --config.workdir=experiments/results/class_il_tuned
     cljax run --config experiments/class_il_fashion_mnist.py:runlocal
 """
+
+import itertools
+import json
+import os
 
 from cljax.default_config import get_config as base
 from cljax.default_config import method_entry
@@ -37,7 +51,48 @@ from cljax.default_config import method_entry
 REHEARSAL = ("er", "der", "derpp", "icarl", "e2eil")
 BIAS = ("ucir", "bic", "il2m", "wa")
 LATER = ("mir", "gss")  # rehearsal methods added later (the ``later`` run)
-VARIANTS = ("k2000", "k200", "k500", "cnn", "bias", "later")
+VARIANTS = ("k2000", "k200", "k500", "cnn", "bias", "later", "tune", "tuned")
+# The ``tune`` grids, around the papers' values (DER alpha 0.3; DER++
+# alpha 0.1, beta 0.5).
+TUNE_GRIDS = {
+    "der": {"alpha": (0.03, 0.1, 0.3, 1.0, 3.0)},
+    "derpp": {"alpha": (0.03, 0.1, 0.3, 1.0), "beta": (0.25, 0.5, 1.0)},
+}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _entry(kind: str, values: dict) -> str:
+  """``derpp__alpha0p3_beta0p5``: the kind and its grid point."""
+  point = "_".join(f"{k}{v:g}" for k, v in values.items())
+  return f"{kind}__{point}".replace(".", "p")
+
+
+def _tune_entries(c) -> list[str]:
+  entries = ["er"]
+  for kind, grid in TUNE_GRIDS.items():
+    for point in itertools.product(*grid.values()):
+      values = dict(zip(grid, point))
+      entry = _entry(kind, values)
+      c.method[entry] = method_entry(kind, **values)
+      entries.append(entry)
+  return entries
+
+
+def _tuned_entries(c) -> list[str]:
+  """The ``tune`` run's winners, one per family, with their settings."""
+  path = os.path.join(RESULTS, "class_il_tune", "results.json")
+  if not os.path.exists(path):
+    raise ValueError(f"no tune run at {path}; run the tune variant first")
+  with open(path) as f:
+    results = json.load(f)
+  entries = [sel["entry"] for fam, sel in results["selection"].items()
+             if fam in TUNE_GRIDS]
+  for entry in entries:
+    kind = entry.split("__")[0]
+    values = {k: results["config"]["method"][entry][k]
+              for k in TUNE_GRIDS[kind]}
+    c.method[entry] = method_entry(kind, **values)
+  return ["er", *entries]
 
 
 def get_config(arg="k2000"):
@@ -79,9 +134,18 @@ def get_config(arg="k2000"):
     # ER replaying as they do: the baseline their corrections improve on.
     c.method.er__union = method_entry("er", replay="union")
     entries = ["er", "er__union", *BIAS]
+  elif variant == "tune":
+    c.select = "val_acc"
+    entries = _tune_entries(c)
+  elif variant == "tuned":
+    c.seeds = 3
+    entries = _tuned_entries(c)
   else:
     entries = ["er", "icarl"]
-  for name in REHEARSAL + BIAS + LATER:
+  rehearsing = [name for name in {*REHEARSAL, *BIAS, *LATER, *entries}
+                if "memory_size" in c.method[name]
+                and c.method[name].kind not in ("agem", "gem")]
+  for name in rehearsing:
     c.method[name].memory_size = k
   c.method.gem.memory_size = c.method.agem.memory_size = k // 5
   if quick:
@@ -89,7 +153,7 @@ def get_config(arg="k2000"):
     c.train.epochs = 1
     c.scenario.train_per_task = 600
     c.scenario.test_per_task = 200
-    for name in REHEARSAL + BIAS + LATER:
+    for name in rehearsing:
       c.method[name].memory_size = 100
     c.method.e2eil.balanced_passes = 5
     c.method.gem.memory_size = c.method.agem.memory_size = 20

@@ -449,6 +449,21 @@ def test_edge_winners_are_flagged():
   assert sel["ewc"]["edge"] == "edge: the lowest c (0.1) of the grid"
 
 
+def test_edge_winners_of_a_product_grid_are_flagged_per_setting():
+  # DER++'s alpha x beta: each setting is judged along the line through the
+  # winner (a two-setting grid was reported as no grid at all).
+  def runs(best):
+    return {f"derpp__a{a:g}_b{b:g}": {
+        "hparams": {"alpha": a, "beta": b}, "lr": 0.1, "metrics": {},
+        "val_accuracy_matrix": [[0.9 if (a, b) == best else 0.5]]}
+            for a in (0.1, 0.3, 1.0) for b in (0.25, 0.5, 1.0)}
+  edge = lambda best: report.select(runs(best), "val_acc")["derpp"]["edge"]
+  assert edge((0.3, 0.5)) is None
+  assert edge((0.3, 1.0)) == "edge: the highest beta (1) of the grid"
+  assert edge((0.1, 0.25)) == ("edge: the lowest alpha (0.1) and the lowest "
+                               "beta (0.25) of the grid")
+
+
 def _lrs(train_cfg, steps):
   import jax.numpy as jnp
   opt = experiment.build_optimizer(train_cfg, 0.1, steps)

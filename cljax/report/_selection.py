@@ -41,41 +41,54 @@ def validation_value(run: dict, criterion: str) -> float:
   raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
 
 
-def _grid_key(records: dict) -> str | None:
-  """The one numeric setting (a hyperparameter or ``lr``) in which a
-  family's entries differ, or ``None``."""
-  settings = {e: {**r.get("hparams", {}), "lr": r.get("lr")}
-              for e, r in records.items()}
-  keys = set().union(*map(set, settings.values()))
-  varying = [k for k in keys if len({repr(v.get(k)) for v in
-                                     settings.values()}) > 1]
-  if len(varying) != 1 or not all(
-      isinstance(v.get(varying[0]), (int, float)) for v in settings.values()):
-    return None
-  return varying[0]
+def _setting(record: dict, key: str):
+  return {**record.get("hparams", {}), "lr": record.get("lr")}.get(key)
+
+
+def _grid_keys(records: dict) -> list[str]:
+  """The numeric settings (hyperparameters or ``lr``) in which a family's
+  entries differ; ``[]`` if none, or if one that differs is not numeric."""
+  keys = set().union(*({*r.get("hparams", {}), "lr"} for r in
+                       records.values()))
+  varying = sorted(k for k in keys if len({repr(_setting(r, k)) for r in
+                                           records.values()}) > 1)
+  if not all(isinstance(_setting(r, k), (int, float))
+             for k in varying for r in records.values()):
+    return []
+  return varying
 
 
 def _edge(records: dict, best: str, diverged: dict) -> str | None:
   """Whether ``best`` sits at an edge of its family's grid, in words, and
   whether the next value beyond that edge diverged; ``None`` if interior
-  (or the family is no one-setting grid)."""
+  (or the family is no grid of numeric settings). In a grid over several
+  settings (a product grid), each setting is judged along the line through
+  ``best`` in which only that setting varies."""
   grid = {**records, **diverged}
-  key = _grid_key(grid)
-  if key is None or len(records) < 2:
+  keys = _grid_keys(grid)
+  if not keys or len(records) < 2:
     return None
-  value = lambda e: grid[e].get("hparams", {}).get(key, grid[e].get("lr")) \
-      if key != "lr" else grid[e]["lr"]
-  ran = sorted(records, key=value)
-  if best not in (ran[0], ran[-1]):
+  parts = []
+  for key in keys:
+    line = lambda entries: [e for e in entries if all(
+        _setting(grid[e], k) == _setting(grid[best], k)
+        for k in keys if k != key)]
+    at = lambda e: _setting(grid[e], key)
+    ran = sorted(line(records), key=at)
+    if len(ran) < 2 or best not in (ran[0], ran[-1]):
+      continue
+    side = "lowest" if best == ran[0] else "highest"
+    part = f"the {side} {key} ({at(best):g})"
+    beyond = [e for e in line(diverged) if (
+        at(e) < at(best) if side == "lowest" else at(e) > at(best))]
+    if beyond:
+      nxt = min(beyond, key=lambda e: abs(at(e) - at(best)))
+      part += f" of the grid; the next value, {at(nxt):g}, diverged"
+    parts.append(part)
+  if not parts:
     return None
-  side = "lowest" if best == ran[0] else "highest"
-  text = f"edge: the {side} {key} ({value(best):g}) of the grid"
-  beyond = [e for e in diverged if (value(e) < value(best) if side == "lowest"
-                                    else value(e) > value(best))]
-  if beyond:
-    nxt = min(beyond, key=lambda e: abs(value(e) - value(best)))
-    text += f"; the next value, {value(nxt):g}, diverged"
-  return text
+  text = "edge: " + " and ".join(parts)
+  return text if text.endswith("diverged") else text + " of the grid"
 
 
 def select(runs: dict, criterion: str, diverged: dict | None = None) -> dict:
