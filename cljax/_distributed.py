@@ -11,11 +11,50 @@ lock, logs, plots and ``results.json`` belong to process 0 alone.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
+
+
+# The data-parallel axis of the per-shard train step being traced (``None``
+# outside one, or on one device); set by ``cljax.train.make_train_step``
+# around the method's ``extra_args``.
+_DATA_AXIS = contextvars.ContextVar("cljax_data_axis", default=None)
+
+
+@contextlib.contextmanager
+def data_axis(axis_name: str | None):
+  """Within: method-side work traced for the per-shard step may split over
+  ``axis_name`` (``rows_mean``)."""
+  token = _DATA_AXIS.set(axis_name)
+  try:
+    yield
+  finally:
+    _DATA_AXIS.reset(token)
+
+
+def rows_mean(fn, rows: tuple, axis: int = 0):
+  """``fn(*rows)`` for an ``fn`` that averages equally over the rows (axis
+  ``axis`` of every array in ``rows``), e.g. the gradient of a mean loss.
+
+  Inside a data-parallel step (``data_axis``) whose device count divides
+  the rows, each shard applies ``fn`` to its own contiguous share and the
+  shares' results are averaged (``jax.lax.pmean``): the same mean as one
+  device's, to float tolerance, at ``1 / devices`` of the work per device.
+  Otherwise (one device, or rows that do not divide) ``fn(*rows)`` whole.
+  """
+  name = _DATA_AXIS.get()
+  n = rows[0].shape[axis]
+  if name is None or n % jax.lax.axis_size(name):
+    return fn(*rows)
+  per = n // jax.lax.axis_size(name)
+  start = jax.lax.axis_index(name) * per
+  share = [jax.lax.dynamic_slice_in_dim(r, start, per, axis) for r in rows]
+  return jax.lax.pmean(fn(*share), name)
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 0,

@@ -97,9 +97,37 @@ try:
 except ValueError as e:
   assert "6 examples does not split over 4 devices" in str(e), e
 
+# rows_mean: under the data axis each of the 4 shards averages its own
+# quarter of the rows (shapes seen while tracing), and the mean equals one
+# device's; rows that do not divide are averaged whole.
+from cljax import _distributed  # noqa: E402
+from jax.sharding import PartitionSpec  # noqa: E402
+
+seen = []
+
+
+def traced_mean(x):
+  seen.append(x.shape)
+  return x.mean(axis=1)
+
+
+rows = np.random.default_rng(3).normal(size=(3, 12, 5)).astype(np.float32)
+for n_rows in (12, 10):
+  seen.clear()
+
+  def per_shard(x, n_rows=n_rows):
+    with _distributed.data_axis("data"):
+      return _distributed.rows_mean(traced_mean, (x[:, :n_rows],), axis=1)
+
+  got = jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=PartitionSpec(),
+                              out_specs=PartitionSpec(), check_vma=False))(rows)
+  np.testing.assert_allclose(got, rows[:, :n_rows].mean(axis=1), rtol=1e-6)
+  assert seen == [(3, n_rows // 4 if n_rows % 4 == 0 else n_rows, 5)], seen
+
 # GEM and A-GEM: the memory is replicated and A-GEM's reference sample uses
-# the step key shared by all shards, so the projected update is the same on
-# every shard and equals one device's.
+# the step key shared by all shards; each shard computes the memory
+# gradients over its share of the rows (rows_mean), so the projected update
+# is the same on every shard and equals one device's.
 from cljax import data  # noqa: E402
 from cljax.methods import TaskContext  # noqa: E402
 

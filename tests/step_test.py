@@ -259,6 +259,27 @@ def test_forward_transfer_compares_like_with_like(digits, incremental):
     assert np.all(r[np.triu_indices(5, 1)] > 0)  # measurable before training
 
 
+def test_random_init_accuracy_predicts_as_the_method_does(digits):
+  # b[j] is compared with R[j-1][j], which the method predicts through its
+  # eval_params (HAT's gates, PathNet's path); b[j] was measured with the
+  # raw parameters. Here eval_params answers every task j with the first
+  # class of task j, so b[j] is that class's share of task j's test split.
+  stream = data.class_splits(digits, 5, incremental="task")
+
+  class FirstClass(methods.FineTune):
+    def eval_params(self, s, params, batch_stats, task, current):
+      first = stream.tasks[task].classes[0]
+      head = {"kernel": jnp.zeros_like(params["head"]["kernel"]),
+              "bias": jnp.zeros(10).at[first].set(1.0)}
+      return {**params, "head": head}, batch_stats
+
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  res = train.run_stream(stream, FirstClass(), model, optax.sgd(0.1),
+                         epochs=1, batch_size=32, progress=False)
+  want = [float(np.mean(t.test.y == t.classes[0])) for t in stream.tasks]
+  np.testing.assert_allclose(res["random_init_accuracy"], want)
+
+
 def test_steps_per_task_instead_of_epochs(digits):
   stream = data.class_splits(digits, 2)
   per_epoch = [len(t.train) // 32 for t in stream.tasks]

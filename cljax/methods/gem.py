@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from cljax import constraints, memory
+from cljax._distributed import rows_mean
 from cljax.data._batching import eval_batches
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._base import Method
@@ -70,7 +71,10 @@ class GEM(_Episodic):
   of the loss on every past task's memory (one ``vmap`` over the fixed
   ``T`` memory rows, unfilled rows masked) constrain the new gradient ``g``
   to ``<g~, G_k> >= 0``; ``g~`` solves GEM's QP on the device
-  (``cljax.constraints.gem_project``, chained before the optimizer).
+  (``cljax.constraints.gem_project``, chained before the optimizer). On a
+  data-parallel mesh each device computes the memory gradients over its
+  share of every task's memory rows, averaged over the devices
+  (``rows_mean``), when the device count divides ``memory_size``.
 
   Args:
     memory_size: examples per task (paper: 256).
@@ -103,8 +107,9 @@ class GEM(_Episodic):
         if b == 0:
           return jax.tree.map(
               lambda p: jnp.zeros((t_count, *p.shape), p.dtype), params)
-        g = jax.vmap(grad, in_axes=(None, 0, 0, 0))(params, mem.x[:b],
-                                                    mem.y[:b], mem.t[:b])
+        g = rows_mean(lambda x, y, t: jax.vmap(
+            grad, in_axes=(None, 0, 0, 0))(params, x, y, t),
+                      (mem.x[:b], mem.y[:b], mem.t[:b]), axis=1)
         return jax.tree.map(
             lambda a: jnp.pad(a, [(0, t_count - b)] + [(0, 0)] * (a.ndim - 1)),
             g)
@@ -126,7 +131,9 @@ class AGEM(_Episodic):
   A-GEM (Chaudhry et al. 2019, eq. 11): the reference gradient is the
   gradient on ``ref_size`` examples drawn uniformly from the memory of all
   past tasks; ``g~ = g - min(0, g.g_ref)/(g_ref.g_ref) g_ref``
-  (``cljax.constraints.agem_project``, chained before the optimizer).
+  (``cljax.constraints.agem_project``, chained before the optimizer). The
+  sample is drawn with the key every shard shares; on a data-parallel mesh
+  each device computes the gradient over its share of it (``rows_mean``).
 
   Args:
     memory_size: examples per task.
@@ -190,9 +197,10 @@ class AGEM(_Episodic):
     p = jnp.where(on, weight, 1.0)  # nothing stored yet: any index, unused
     idx = jax.random.choice(rng, len(weight), (self.ref_size,), p=p / p.sum())
     # No memory pass while nothing is stored (the first task).
+    grad = lambda x, y, t: jax.grad(memory_loss, argnums=1)(
+        self._model, params, batch_stats, x, y, t, masks)
     ref = jax.lax.cond(
-        on, lambda: jax.grad(memory_loss, argnums=1)(
-            self._model, params, batch_stats, flat(mem.x)[idx],
-            flat(mem.y)[idx], flat(mem.t)[idx], masks),
+        on, lambda: rows_mean(grad, (flat(mem.x)[idx], flat(mem.y)[idx],
+                                     flat(mem.t)[idx])),
         lambda: jax.tree.map(jnp.zeros_like, params))
     return {"ref_grad": ref}

@@ -258,9 +258,11 @@ class _Run:
       prog = {"identity": ident, "done": 0, "position": None, "rows": [],
               "val_rows": [], "curves": [], "train_s": [], "eval_s": [],
               "compile_s": [], "diverged": {},
-              # b[j]: random-init accuracy on task j, heads masked as at j.
-              "random_init": [evaluate(self.eval_step, self.state.params,
-                                       self.state.batch_stats,
+              # b[j]: random-init accuracy on task j, heads masked as at j
+              # and predicted as R[j-1][j] is (the method's eval_params
+              # after task j-1: e.g. HAT's gates, PathNet's path).
+              "random_init": [evaluate(self.eval_step,
+                                       *self._eval_params(j, max(j - 1, 0)),
                                        self._members(stream.logit_masks(j)),
                                        task.test, self.s["eval_batch_size"])
                               for j, task in enumerate(stream.tasks)]}

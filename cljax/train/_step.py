@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cljax._distributed import process_share, replicate
+from cljax._distributed import data_axis, process_share, replicate
 from cljax.models._functional import sync_batch_norm
 
 
@@ -148,8 +148,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     args = (state.batch_stats, state.method_state, batch, state.masks, rng)
     (_, (terms, batch_stats, *outputs)), grads = grad_fn(state.params, *args)
     grads, terms, batch_stats = mean((grads, terms, batch_stats))
-    kwargs = (extra_args(state.params, *args[:-1], shared_rng) if extra_args
-              else {})
+    kwargs = {}
+    if extra_args:  # which may split its own work over the axis (rows_mean)
+      with data_axis(axis_name):
+        kwargs = extra_args(state.params, *args[:-1], shared_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state,
                                           state.params, **kwargs)
     params = optax.apply_updates(state.params, updates)
