@@ -53,10 +53,11 @@ BIAS = ("ucir", "bic", "il2m", "wa")
 LATER = ("mir", "gss")  # rehearsal methods added later (the ``later`` run)
 VARIANTS = ("k2000", "k200", "k500", "cnn", "bias", "later", "tune", "tuned")
 # The ``tune`` grids, around the papers' values (DER alpha 0.3; DER++
-# alpha 0.1, beta 0.5).
+# alpha 0.1, beta 0.5); DER++'s beta was extended to 2 after 1 won at the
+# grid's edge.
 TUNE_GRIDS = {
     "der": {"alpha": (0.03, 0.1, 0.3, 1.0, 3.0)},
-    "derpp": {"alpha": (0.03, 0.1, 0.3, 1.0), "beta": (0.25, 0.5, 1.0)},
+    "derpp": {"alpha": (0.03, 0.1, 0.3, 1.0), "beta": (0.25, 0.5, 1.0, 2.0)},
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
