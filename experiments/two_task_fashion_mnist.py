@@ -27,6 +27,10 @@ from cljax.default_config import method_entry
 LRS = {"": (0.01, 5), "_lowlr": (0.001, 20)}  # task B's lr and epochs
 EWC_LAMBDAS = (10.0, 100.0, 1000.0, 10000.0)
 KD_LAMBDAS = (0.5, 1.0, 2.0, 4.0)
+# Past the grids' edges where a winner sat on one (KD's highest weight in
+# both setups; low-lr EWC's highest lambda with the shared head).
+EXTENSIONS = {"kd": (8.0, 16.0), "kd_lowlr": (8.0, 16.0)}
+SHARED_EXTENSIONS = {**EXTENSIONS, "ewc_lowlr": (1e5,)}
 
 
 def get_config(arg=None):
@@ -55,8 +59,9 @@ def get_config(arg=None):
     fam = "finetune" + suffix
     c.method[fam] = method_entry("finetune", lr=lr, epochs=epochs)
     entries.append(fam)
+    extensions = SHARED_EXTENSIONS if "shared" in tokens else EXTENSIONS
     for kind, lams in (("ewc", EWC_LAMBDAS), ("kd", KD_LAMBDAS)):
-      for lam in lams:
+      for lam in lams + extensions.get(kind + suffix, ()):
         entry = f"{kind}{suffix}__lam{lam:g}".replace(".", "p")
         c.method[entry] = method_entry(kind, lr=lr, lam=lam, epochs=epochs)
         entries.append(entry)
