@@ -101,7 +101,7 @@ except ValueError as e:
 # quarter of the rows (shapes seen while tracing), and the mean equals one
 # device's; rows that do not divide are averaged whole.
 from cljax import _distributed  # noqa: E402
-from jax.sharding import PartitionSpec  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 seen = []
 
@@ -197,6 +197,33 @@ for model in (models.build_model("mlp", digits.input_shape, 10,
     assert diff < 1e-5 * max(scale, 1.0), (diff, scale)
     fn = getattr(method, "_fisher", getattr(method, "_omega", None))
     assert mesh in _regularized._SHARDED[fn], "not the sharded path"
+
+# Herding's and the nearest-mean classifier's forward passes split over the
+# mesh (rowwise): the same exemplars and class means as one device, and
+# their compiled programs gather the features from the devices.
+icarl = methods.ICaRL(40)
+for model in (models.build_model("mlp", digits.input_shape, 10,
+                                 hidden=(16,)), bn):
+  s0 = icarl.init_state(model, digits)
+  ctx = TaskContext(0, digits, model, model.params, model.batch_stats, s0,
+                    digits.logit_masks(0), 0)
+  one, four = (jax.device_get(icarl.on_task_end(ctx._replace(mesh=m)))
+               for m in (None, mesh))
+  np.testing.assert_array_equal(four["memory"].x, one["memory"].x)
+  prepare = icarl.predictors(model)["nme"][0]
+  means = [jax.device_get(prepare(one, model.params, model.batch_stats))]
+  rep = lambda t: _distributed.replicate(t, NamedSharding(
+      mesh, PartitionSpec()))
+  args = rep((one, model.params, model.batch_stats))
+  with _distributed.data_axis_mesh(mesh):
+    means.append(jax.device_get(jax.jit(prepare)(*args)))
+    text = jax.jit(prepare).lower(*args).compile().as_text()
+    x = one["memory"].x
+    herd = jax.jit(icarl._features).lower(*args[1:], x).compile().as_text()
+  for a, b in zip(jax.tree.leaves(means[0]), jax.tree.leaves(means[1])):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  assert "all-gather" in text and "all-gather" in herd
+  print("icarl herding and class means split over 4 devices, equal to one")
 
 # Whole runs on the mesh: methods whose hooks' outputs the step and the
 # evaluation read back (iCaRL's memory and class means, BiC's bias layer,

@@ -15,6 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cljax._distributed import data_axis_mesh, replicate, rowwise
 from cljax.data._streamed import materialise
 from cljax import memory as mem
 from cljax.losses._cross_entropy import masked_cross_entropy
@@ -48,8 +52,8 @@ def nme_predictors(model, flip: bool = False) -> dict:
 
   num_classes = np.shape(model.params["head"]["kernel"])[-1]
 
-  def features(params, batch_stats, x):
-    return model.apply(params, batch_stats, x)[0][1]
+  def features(params, batch_stats, x):  # split over a data axis if any
+    return rowwise(lambda r: model.apply(params, batch_stats, r)[0][1], x)
 
   def prepare(s, params, batch_stats):
     m = s["memory"]
@@ -263,13 +267,14 @@ class Rehearsal(Method):
 
   def _outputs(self, params, batch_stats, x):
     """``(logits (N, C), features (N, D))`` in eval mode, in chunks of up
-    to 512 examples (the last padded)."""
+    to 512 examples (the last padded); each chunk split over the devices of
+    a data-parallel mesh (``on_task_end``) by ``rowwise``."""
     n = x.shape[0]
     size = min(n, 512)
     x = jnp.concatenate([x, jnp.zeros((-n % size, *x.shape[1:]), x.dtype)])
     chunks = x.reshape(-1, size, *x.shape[1:])
-    logits, f = jax.lax.map(
-        lambda c: self._model.apply(params, batch_stats, c)[0], chunks)
+    logits, f = jax.lax.map(lambda c: rowwise(
+        lambda r: self._model.apply(params, batch_stats, r)[0], c), chunks)
     return logits.reshape(-1, logits.shape[-1])[:n], f.reshape(
         -1, f.shape[-1])[:n]
 
@@ -322,8 +327,8 @@ class Rehearsal(Method):
     logits = None
     if self.num_logits:
       flat = chosen.reshape(-1, *x.shape[2:])
-      logits = self._model.apply(params, batch_stats, flat)[0][0].reshape(
-          g, self._m_max, -1)
+      logits = rowwise(lambda r: self._model.apply(params, batch_stats, r)[
+          0][0], flat).reshape(g, self._m_max, -1)
     memory = mem.shrink(memory, m)
     return mem.add_exemplars(memory, chosen, y, t, jnp.minimum(counts, m),
                              logits)
@@ -338,9 +343,19 @@ class Rehearsal(Method):
     state = ctx.method_state
     keys = jax.random.split(jax.random.key(ctx.seed * 1000 + ctx.index),
                             len(y))
-    select = lambda memory, x, counts, y, keys: self._select(
-        self.selection == "herding", ctx.params, ctx.batch_stats, memory, x,
-        counts, y, np.full(len(y), ctx.index), m, keys)
+    params, batch_stats = ctx.params, ctx.batch_stats
+    # On a data-parallel mesh the selection's forward passes split over it
+    # (``rowwise``): its inputs go onto the mesh.
+    on_mesh = ((lambda tree: tree) if ctx.mesh is None else
+               (lambda tree: replicate(tree, NamedSharding(ctx.mesh, P()))))
+    params, batch_stats, state = on_mesh((params, batch_stats, state))
+
+    def select(memory, x, counts, y, keys):
+      with data_axis_mesh(ctx.mesh):
+        return self._select(self.selection == "herding", params, batch_stats,
+                            memory, on_mesh(x), counts, y,
+                            np.full(len(y), ctx.index), m, keys)
+
     if isinstance(x, np.ndarray):  # every class at once
       return {**state, "memory": select(state["memory"], x, counts, y, keys)}
     # Streamed: one class's images decoded at a time (the same memory).

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from cljax import metrics
-from cljax._distributed import one_device, replicate
+from cljax._distributed import data_axis_mesh, one_device, replicate
 from cljax.data._batching import batch_indices, num_batches
 from cljax.methods._base import Method, Phase, TaskContext
 from cljax.train._checkpoint import Checkpoints, check_identity
@@ -171,7 +171,8 @@ class _Run:
     step = self.eval_step if top_k == 1 else self.top_k_step
     if predictor is not None:
       prepare, step = self.predictors[predictor]
-      aux = prepare(st.method_state, st.params, st.batch_stats)
+      with data_axis_mesh(self.mesh):  # e.g. NME's means, split over it
+        aux = prepare(st.method_state, st.params, st.batch_stats)
     splits = [getattr(task, kind) for task in self.stream.tasks]
     masks = self._members(jax.numpy.asarray(masks))
     if self._on_device(splits):
