@@ -66,7 +66,11 @@ PERMUTED_GRIDS = {
 # Extensions past the shared permuted grid's edges, per scenario, where that
 # scenario's winner sat on an edge (domain-IL: EWC and LwF at their lowest
 # value; class-IL: online EWC at its lowest, LwF at its highest). EWC in
-# domain-IL also gets 3, between its flat 0.1-1 and its falling 10.
+# domain-IL also gets 3, between its flat 0.1-1 and its falling 10. The
+# domain-IL tune's checkpoints predate a config rename, so its extensions
+# ran in a workdir of their own (``three_scenarios_permuted_domain_tune_ext``,
+# with fine-tuning again: it reproduced the tune's numbers exactly) and
+# their winners' 3-seed final in ``three_scenarios_permuted_domain_ext``.
 PERMUTED_EXTENSIONS = {
     "domain": {"ewc": (0.01, 3.0), "lwf": (0.01, 0.025)},
     "class": {"online_ewc": (0.1, 1.0), "lwf": (32.0, 64.0)},

@@ -34,8 +34,9 @@ NAMES = {"finetune": "none (fine-tune)", "joint": "joint", "ewc": "EWC",
          "den": "DEN (task-IL only)"}
 TASK_ONLY = ("packnet", "hat", "pathnet", "cpg", "den")
 # Families run in workdirs of their own (``<name>_<suffix>[_tune]``) beside
-# the main final and tune runs.
-SUFFIXES = ("dgr", "packnet", "hat", "isolation")
+# the main final and tune runs; a later suffix's entry of a family replaces
+# an earlier one (``ext``: winners of grids extended after the final ran).
+SUFFIXES = ("dgr", "packnet", "hat", "isolation", "ext")
 
 
 def _runs(name: str, tune: bool) -> dict:
