@@ -8,10 +8,10 @@ The argument names the protocol and the scenario, ``split_task``,
 * ``tune`` (default): every method's strength over a grid, on one seed,
   chosen on the final mean *validation* accuracy (10% of each task's
   training data held out);
-* ``final``: the winners of the ``tune`` run (read from its
-  ``results.json``, which must exist: ``--config.workdir`` of the tune run
-  defaults to ``experiments/results/three_scenarios_<protocol>_<scenario>_tune``)
-  on 3 seeds, mean ± std.
+* ``final``: the winners of the ``tune`` runs (``selection``: over the
+  ``results.json`` of ``experiments/results/three_scenarios_<protocol>_<scenario>_tune``
+  and of the runs beside it, ``..._<suffix>_tune``, which must exist) on 3
+  seeds, mean ± std.
 
 Split: 5 tasks x 2 classes, MLP 784-400-400, Adam lr 1e-3, batch 128,
 2,000 iterations per task (the paper's). Permuted: 10 tasks (all
@@ -33,9 +33,11 @@ phase as long as a task's training) and HAT.
     cljax run --config experiments/three_scenarios_fashion_mnist.py:runlocal
 """
 
+import glob
 import json
 import os
 
+from cljax import report
 from cljax.default_config import get_config as base
 from cljax.default_config import method_entry
 
@@ -68,9 +70,10 @@ PERMUTED_GRIDS = {
 # value; class-IL: online EWC at its lowest, LwF at its highest). EWC in
 # domain-IL also gets 3, between its flat 0.1-1 and its falling 10. The
 # domain-IL tune's checkpoints predate a config rename, so its extensions
-# ran in a workdir of their own (``three_scenarios_permuted_domain_tune_ext``,
-# with fine-tuning again: it reproduced the tune's numbers exactly) and
-# their winners' 3-seed final in ``three_scenarios_permuted_domain_ext``.
+# ran in a workdir of their own (``three_scenarios_permuted_domain_ext_tune``,
+# with fine-tuning again: it reproduced the tune's numbers exactly; its
+# entries are candidates with the tune's, ``selection``) and their
+# winners' 3-seed final in ``three_scenarios_permuted_domain_ext``.
 PERMUTED_EXTENSIONS = {
     "domain": {"ewc": (0.01, 3.0), "lwf": (0.01, 0.025)},
     "class": {"online_ewc": (0.1, 1.0), "lwf": (32.0, 64.0)},
@@ -143,7 +146,7 @@ def get_config(arg="split_class"):
     # hidden layer's units at first, a quarter more whenever a task's
     # validation accuracy misses 99% (set so that the harder pairs miss it
     # on the narrow network: a demonstration of growth, not a tuned goal).
-    c.method["cpg__growing"] = method_entry("cpg", initial_units=0.25,
+    c.method["cpg_growing"] = method_entry("cpg", initial_units=0.25,
                                             goal=0.99)
   for kind, (key, values) in grids.items():
     for v in values:
@@ -164,13 +167,35 @@ def get_config(arg="split_class"):
   return c
 
 
+def tune_runs(name: str) -> dict:
+  """``{entry: record}`` of every tune run of ``name`` (e.g.
+  ``split_task``): ``three_scenarios_<name>_tune`` and the runs beside it,
+  ``three_scenarios_<name>_<suffix>_tune`` (a family tuned on its own, or a
+  grid's extension); they share the stream and seed, so their entries are
+  candidates together. ``{}`` if there is none."""
+  runs = {}
+  pattern = os.path.join(RESULTS, f"three_scenarios_{name}_*tune",
+                         "results.json")
+  for path in sorted(glob.glob(pattern)):
+    with open(path) as f:
+      runs.update(json.load(f)["runs"])
+  return runs
+
+
+def selection(name: str) -> dict:
+  """``cljax.report.select`` over ``tune_runs(name)`` on validation
+  accuracy: each family's winner among all its tuned entries."""
+  runs = tune_runs(name)
+  done = {e: r for e, r in runs.items() if "diverged" not in r}
+  return report.select(done, "val_acc",
+                       {e: r for e, r in runs.items() if e not in done})
+
+
 def _winners(name: str) -> list[str]:
-  """The entries the tune run chose, one per family."""
-  path = os.path.join(RESULTS, f"three_scenarios_{name}_tune", "results.json")
-  if not os.path.exists(path):
-    raise ValueError(f"no tune run for {name} at {path}; run the tune stage "
-                     "first")
-  with open(path) as f:
-    selection = json.load(f)["selection"]
-  return [sel["entry"] for fam, sel in selection.items()
+  """The entries the tune runs chose, one per tuned family."""
+  chosen = selection(name)
+  if not chosen:
+    raise ValueError(f"no tune run for {name} under {RESULTS}; run the tune "
+                     "stage first")
+  return [sel["entry"] for fam, sel in chosen.items()
           if fam in GRIDS or fam in TASK_GRIDS]

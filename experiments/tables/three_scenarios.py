@@ -8,8 +8,13 @@ hold). Writes ``experiments/results/three_scenarios.md``.
 
 import json
 import os
+import sys
 
 from _markdown import RESULTS, write
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+import three_scenarios_fashion_mnist as protocol_config  # noqa: E402
 SCENARIOS = ("task", "domain", "class")
 # van de Ven & Tolias 2019 (split MNIST; permuted MNIST), final average
 # accuracy in percent, task / domain / class.
@@ -31,47 +36,56 @@ NAMES = {"finetune": "none (fine-tune)", "joint": "joint", "ewc": "EWC",
          "dgr": "DGR", "dgr_distill": "DGR+distill",
          "packnet": "PackNet (task-IL only)", "hat": "HAT (task-IL only)",
          "pathnet": "PathNet (task-IL only)", "cpg": "CPG (task-IL only)",
-         "den": "DEN (task-IL only)"}
-TASK_ONLY = ("packnet", "hat", "pathnet", "cpg", "den")
-# Families run in workdirs of their own (``<name>_<suffix>[_tune]``) beside
-# the main final and tune runs; a later suffix's entry of a family replaces
-# an earlier one (``ext``: winners of grids extended after the final ran).
-SUFFIXES = ("dgr", "packnet", "hat", "isolation", "ext")
+         "den": "DEN (task-IL only)",
+         "cpg_growing": "CPG growing from 25% (task-IL only)"}
+TASK_ONLY = ("packnet", "hat", "pathnet", "cpg", "den", "cpg_growing")
+# Final runs of families run in workdirs of their own
+# (``<name>_<suffix>``) beside the main final run.
+SUFFIXES = ("dgr", "packnet", "hat", "isolation", "ext", "growing")
+# Validation accuracies this close are a tie (the same count of correct
+# predictions, summed in another order).
+TIE = 1e-9
 
 
-def _runs(name: str, tune: bool) -> dict:
-  """A final run's entries, or the entries a tune run chose; ``{}`` if
-  there is none (yet)."""
-  path = os.path.join(RESULTS, name + ("_tune" if tune else ""),
-                      "results.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    result = json.load(f)
-  if not tune:
-    return result["runs"]
-  return {sel["entry"]: result["runs"][sel["entry"]]
-          for sel in result.get("selection", {}).values()}
+def _finals(name: str) -> dict:
+  """``{entry: record}`` of the final runs of ``name`` (3 seeds)."""
+  runs = {}
+  for n in (name, *(f"{name}_{suffix}" for suffix in SUFFIXES)):
+    path = os.path.join(RESULTS, n, "results.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        runs.update(json.load(f)["runs"])
+  return runs
 
 
 def _ours(protocol, scenario):
-  """``{family: (cell, chosen entry)}`` of the final run (3 seeds); a family
-  it does not have (yet) from the tune run's chosen entry (one seed, marked
-  with a dagger); ``None`` if neither exists."""
-  name = f"three_scenarios_{protocol}_{scenario}"
-  final, chosen = {}, {}
-  for n in (name, *(f"{name}_{suffix}" for suffix in SUFFIXES)):
-    final.update(_runs(n, False))
-    chosen.update(_runs(n, True))
-  fam = lambda entry: entry.split("__")[0]
-  have = {fam(e) for e in final}
-  runs = {**final, **{e: {**r, "tune": True} for e, r in chosen.items()
-                      if fam(e) not in have}}
+  """``{family: (cell, entry)}``: each tuned family's winner over all its
+  tune runs (``protocol.selection``: validation accuracy), from the final
+  runs (3 seeds) if one of them ran it or an entry tied with it, else from
+  the tune run (one seed, marked with a dagger); families never tuned from
+  the final runs. ``None`` if there is nothing yet."""
+  name = f"{protocol}_{scenario}"
+  final = _finals(f"three_scenarios_{name}")
+  chosen = protocol_config.selection(name)
+  tuned = protocol_config.tune_runs(name)
+  runs = {}
+  for fam, sel in chosen.items():
+    best = sel["value"]
+    tied = [e for e, v in sel["candidates"].items() if v >= best - TIE]
+    done = [e for e in tied if e in final]
+    runs[fam] = ((done[0], final[done[0]]) if done else
+                 (sel["entry"], {**tuned[sel["entry"]], "tune": True}))
+  for entry, run in final.items():
+    fam = entry.split("__")[0]
+    if fam not in chosen:
+      if fam in runs:
+        raise ValueError(f"{name}: two untuned final entries of {fam}: "
+                         f"{runs[fam][0]}, {entry}")
+      runs[fam] = (entry, run)
   if not runs:
     return None
   out = {}
-  for entry, run in runs.items():
-    fam = entry.split("__")[0]
+  for fam, (entry, run) in runs.items():
     if "diverged" in run:
       out[fam] = ("diverged", entry)
       continue
@@ -108,10 +122,12 @@ def main():
   text = ["# Three scenarios (van de Ven & Tolias 2019) on Fashion-MNIST",
           "",
           "Final average test accuracy (%), mean ± std over 3 seeds of the "
-          "entries chosen on one seed's validation accuracy (the `tune` "
-          "runs' `selection.md`); † marks an entry whose 3-seed final run "
-          "is still to do: the tune run's chosen entry, one seed. The "
-          "paper's numbers are on MNIST.", ""]
+          "entries chosen on one seed's validation accuracy over all the "
+          "scenario's tune runs (`selection()` in "
+          "`experiments/three_scenarios_fashion_mnist.py`; an exact tie "
+          "resolves to a tied entry that has a final run); † marks an entry "
+          "whose 3-seed final run is still to do: the tune run's chosen "
+          "entry, one seed. The paper's numbers are on MNIST.", ""]
   for protocol, what in (("split", "Split (5 tasks x 2 classes, MLP 2x400, "
                           "Adam 1e-3, 2,000 iterations a task)"),
                          ("permuted", "Permuted (10 tasks, MLP 2x1000, Adam "
