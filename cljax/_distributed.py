@@ -3,9 +3,11 @@
 Every process runs the same program on the same data (the same stream,
 batch order and keys); the train step's global batch is split over all
 processes' devices (``cljax.train.data_parallel``), each process gathering
-only its own rows, and everything else (evaluation, end-of-task work) is
-computed redundantly on replicated arrays, so every process holds the same
-state. Checkpoints are written collectively through orbax; the workdir's
+only its own rows; the rest (evaluation, end-of-task work) runs on
+replicated arrays, so every process holds the same state, with some of it
+split over the devices too (``rows_mean`` inside the step: GEM's memory
+gradients; ``rowwise`` under ``jax.set_mesh``: herding, nearest-mean class
+means; EWC's and MAS's importances: ``methods._regularized``). Checkpoints are written collectively through orbax; the workdir's
 lock, logs, plots and ``results.json`` belong to process 0 alone.
 """
 

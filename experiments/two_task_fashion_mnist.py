@@ -55,11 +55,11 @@ def get_config(arg=None):
   c.train.eval_every = 50
   c.select = "val_score"
   entries = []
+  extensions = SHARED_EXTENSIONS if "shared" in tokens else EXTENSIONS
   for suffix, (lr, epochs) in LRS.items():
     fam = "finetune" + suffix
     c.method[fam] = method_entry("finetune", lr=lr, epochs=epochs)
     entries.append(fam)
-    extensions = SHARED_EXTENSIONS if "shared" in tokens else EXTENSIONS
     for kind, lams in (("ewc", EWC_LAMBDAS), ("kd", KD_LAMBDAS)):
       for lam in lams + extensions.get(kind + suffix, ()):
         entry = f"{kind}{suffix}__lam{lam:g}".replace(".", "p")

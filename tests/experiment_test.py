@@ -444,7 +444,8 @@ def test_edge_winners_are_flagged():
       "lam": 1000.0, "form": "transform"}, "lr": 0.1}}
   sel = report.select(_runs([(1.0, 0.5), (10.0, 0.6), (100.0, 0.7)]),
                       "val_acc", diverged)
-  assert sel["ewc"]["edge"].endswith("the next value, 1000, diverged")
+  assert sel["ewc"]["edge"] == ("edge: the highest lam (100) of the grid "
+                                "(the next lam, 1000, diverged)")
   sel = report.select(_runs([(0.1, 0.9), (1.0, 0.6)], key="c"), "val_acc")
   assert sel["ewc"]["edge"] == "edge: the lowest c (0.1) of the grid"
 
@@ -460,8 +461,24 @@ def test_edge_winners_of_a_product_grid_are_flagged_per_setting():
   edge = lambda best: report.select(runs(best), "val_acc")["derpp"]["edge"]
   assert edge((0.3, 0.5)) is None
   assert edge((0.3, 1.0)) == "edge: the highest beta (1) of the grid"
-  assert edge((0.1, 0.25)) == ("edge: the lowest alpha (0.1) and the lowest "
-                               "beta (0.25) of the grid")
+  assert edge((0.1, 0.25)) == ("edge: the lowest alpha (0.1) of the grid; "
+                               "the lowest beta (0.25) of the grid")
+  # A line through the winner that lacks a value the setting takes
+  # elsewhere, and a diverged neighbour on one of two edges.
+  partial = runs((0.3, 1.0))
+  del partial["derpp__a1_b1"]
+  diverged = {"derpp__a0p3_b2": {"diverged": "nan", "lr": 0.1,
+                                 "hparams": {"alpha": 0.3, "beta": 2.0}}}
+  assert report.select(partial, "val_acc", diverged)["derpp"]["edge"] == (
+      "edge: the highest alpha (0.3) of its line; the highest beta (1) of "
+      "the grid (the next beta, 2, diverged)")
+  # Entries differing along no single line (a diagonal) cannot be judged.
+  diagonal = {f"derpp__{v:g}": {"hparams": {"alpha": v, "beta": v},
+                                "lr": 0.1, "metrics": {},
+                                "val_accuracy_matrix": [[v]]}
+              for v in (0.1, 0.3, 1.0)}
+  assert report.select(diagonal, "val_acc")["derpp"]["edge"] == (
+      report.NOT_JUDGED)
 
 
 def _lrs(train_cfg, steps):

@@ -88,6 +88,34 @@ def test_sampled_fisher_converges_to_expected():
   np.testing.assert_allclose(smp["w2"], exp["w2"], rtol=0.1, atol=1e-3)
 
 
+def test_per_example_keys_draw_what_one_key_does():
+  # A device's share of a sample carries its examples' keys: fold_in(key, i)
+  # for example i, so a split sample draws the whole one's labels.
+  params = _mlp(jax.random.key(4))
+  xs, ys = _data(7, seed=4)
+  key = jax.random.key(5)
+  keys = reg.example_keys(key, 7)
+  np.testing.assert_array_equal(
+      jax.random.key_data(keys),
+      np.stack([jax.random.key_data(jax.random.fold_in(key, i))
+                for i in range(7)]))
+  fisher = lambda k, n: reg.fisher_diagonal(
+      _nll, params, xs[:n], ys[:n], estimator="sampled", num_classes=3,
+      key=k, chunk_size=3)
+  jax.tree.map(np.testing.assert_array_equal, fisher(keys, 7),
+               fisher(key, 7))
+  # The first 4 and the last 3 examples with their own keys: weighted by
+  # their counts, their means make the whole sample's.
+  part = lambda sl: reg.fisher_diagonal(
+      _nll, params, xs[sl], ys[sl], estimator="sampled", num_classes=3,
+      key=keys[sl])
+  jax.tree.map(lambda a, b, w: np.testing.assert_allclose(
+      (4 * a + 3 * b) / 7, w, rtol=1e-5), part(slice(0, 4)),
+               part(slice(4, 7)), fisher(key, 7))
+  with pytest.raises(ValueError, match="one per example"):
+    fisher(keys[:5], 7)
+
+
 def test_fisher_bad_input():
   params = _mlp(jax.random.key(0))
   xs, ys = _data(4)

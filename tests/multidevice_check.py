@@ -172,7 +172,8 @@ for method in (methods.GEM(16, 0.5), methods.AGEM(16, 8), methods.ER(24),
   print(method.name, getattr(method, "selection", ""), "max abs diff", diff)
   assert diff < 1e-5, diff
 
-# EWC's Fisher (empirical, expected) and MAS's importance with the task's
+# EWC's Fisher (empirical, expected, sampled: each example's key travels
+# with it) and MAS's importance with the task's
 # examples split over the 4 devices (a sample that does not divide by 4:
 # padded with weight 0) equal one device's, for an MLP and a BN model.
 from cljax.methods import _regularized  # noqa: E402
@@ -184,6 +185,7 @@ for model in (models.build_model("mlp", digits.input_shape, 10,
                                  hidden=(16,)), bn):
   for method in (methods.EWC(fisher_samples=50),
                  methods.EWC(fisher_samples=None, estimator="expected"),
+                 methods.EWC(fisher_samples=50, estimator="sampled"),
                  methods.MAS(samples=37)):
     s0 = method.init_state(model, digits)
     one, four = (jax.device_get(method.on_task_end(TaskContext(
@@ -224,6 +226,20 @@ for model in (models.build_model("mlp", digits.input_shape, 10,
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
   assert "all-gather" in text and "all-gather" in herd
   print("icarl herding and class means split over 4 devices, equal to one")
+
+# rowwise on a mesh of Auto axes (a user's jax.sharding.Mesh; cljax builds
+# Explicit ones) splits the rows too; rows that do not divide the devices
+# are computed whole.
+auto = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+feats = lambda x: jax.nn.relu(x @ np.ones((5, 3), np.float32))
+for m, n_rows in ((auto, 8), (mesh, 6), (auto, 6)):
+  x = np.random.default_rng(4).normal(size=(n_rows, 5)).astype(np.float32)
+  f = jax.jit(lambda x: _distributed.rowwise(feats, x))
+  with _distributed.data_axis_mesh(m):
+    got, text = f(x), f.lower(x).compile().as_text()
+  np.testing.assert_allclose(got, feats(x), rtol=1e-6)
+  assert ("all-gather" in text) == (n_rows % 4 == 0), (m, n_rows)
+print("rowwise: Auto mesh split, rows that do not divide computed whole")
 
 # Whole runs on the mesh: methods whose hooks' outputs the step and the
 # evaluation read back (iCaRL's memory and class means, BiC's bias layer,

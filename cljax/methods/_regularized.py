@@ -17,8 +17,8 @@ from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.methods._base import Method, TaskContext, task_cross_entropy
 from cljax.models._functional import FunctionalModel
 from cljax.regularizers import (FISHER_ESTIMATORS, add_quadratic_penalty,
-                                ewc_penalty, ewc_penalty_grad, fisher_diagonal,
-                                layerwise_fisher_diagonal,
+                                ewc_penalty, ewc_penalty_grad, example_keys,
+                                fisher_diagonal, layerwise_fisher_diagonal,
                                 layerwise_mas_importance, mas_importance)
 
 
@@ -57,9 +57,11 @@ def importance_function(model: FunctionalModel, kind: str, *,
                         chunk_size: int, path: str = "layerwise",
                         estimator: str = "empirical"):
   """A function jitted once: ``(params, batch_stats, xs, ys, weights, mask,
-  key) -> importance`` (a pytree like params), for ``kind`` ``"fisher"``
-  (``estimator`` as in ``fisher_diagonal``) or ``"mas"``, over the logits in
-  ``mask`` (``(C,)`` bool), in eval mode.
+  key_data) -> importance`` (a pytree like params), for ``kind``
+  ``"fisher"`` (``estimator`` as in ``fisher_diagonal``) or ``"mas"``, over
+  the logits in ``mask`` (``(C,)`` bool), in eval mode; ``key_data`` holds
+  one key per example (``jax.random.key_data``: raw, so that it splits over
+  devices like the examples).
 
   ``path="layerwise"`` (default) uses the model's layer taps
   (``layerwise_fisher_diagonal``); ``"vmap"`` (or a model without taps) uses
@@ -68,7 +70,8 @@ def importance_function(model: FunctionalModel, kind: str, *,
   check_importance_options(path, estimator)
   taps = model.taps if path == "layerwise" else None
 
-  def fn(params, batch_stats, xs, ys, weights, mask, key):
+  def fn(params, batch_stats, xs, ys, weights, mask, key_data):
+    key = jax.random.wrap_key_data(key_data)  # (N,) keys, one per example
     if taps is not None and kind == "fisher":
       return layerwise_fisher_diagonal(
           taps, params, batch_stats, xs, ys, mask=mask, estimator=estimator,
@@ -93,27 +96,31 @@ def importance_function(model: FunctionalModel, kind: str, *,
   return jax.jit(fn)
 
 
-def task_importance(fn, ctx: TaskContext, samples: int | None,
-                    shard: bool = True):
+def task_importance(fn, ctx: TaskContext, samples: int | None):
   """``fn`` (from ``importance_function``) on up to ``samples`` training
-  examples of task ``ctx.index``, over that task's active logits.
+  examples of task ``ctx.index``, over that task's active logits; example
+  ``i`` of the sample gets the key ``fold_in(key(ctx.index), i)`` (EWC's
+  ``"sampled"`` estimator draws its label with it).
 
-  On a data-parallel mesh (``ctx.mesh``) and with ``shard`` the examples are
-  split over the mesh's devices (``sharded_mean``), equal to one device's
-  result to float tolerance. (EWC's ``"sampled"`` estimator does not shard:
-  its per-example keys follow the example's position in the sample.)"""
+  On a data-parallel mesh (``ctx.mesh``) the examples, with their keys, are
+  split over the mesh's devices (``sharded_mean``): equal to one device's
+  result to float tolerance, for every estimator."""
   x, y, w = padded_task_sample(ctx, samples)
-  args = (jnp.asarray(ctx.masks[ctx.index]), jax.random.key(ctx.index))
-  if ctx.mesh is None or not shard:
-    return fn(ctx.params, ctx.batch_stats, x, y, w, *args)
+  keys = np.asarray(jax.random.key_data(
+      example_keys(jax.random.key(ctx.index), len(w))))
+  mask = jnp.asarray(ctx.masks[ctx.index])
+  if ctx.mesh is None:
+    return fn(ctx.params, ctx.batch_stats, x, y, w, mask, keys)
   pad = -len(w) % ctx.mesh.shape["data"]
-  x, y = (np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in (x, y))
+  x, y, keys = (np.concatenate([a, np.repeat(a[-1:], pad, 0)])
+                for a in (x, y, keys))
   w = np.concatenate([w, np.zeros(pad, w.dtype)])
   replicated = NamedSharding(ctx.mesh, P())
   out = sharded_mean(fn, ctx.mesh)(
       *replicate((ctx.params, ctx.batch_stats), replicated),
       *split_rows((x, y, w), NamedSharding(ctx.mesh, P("data"))),
-      *replicate(args, replicated))
+      replicate(mask, replicated),
+      split_rows(keys, NamedSharding(ctx.mesh, P("data"))))
   return one_device(out)
 
 
@@ -131,13 +138,13 @@ def sharded_mean(fn, mesh):
 
 
 def _sharded_mean(fn, mesh):
-  """``fn(params, batch_stats, xs, ys, weights, mask, key)``, a weighted mean
-  over examples (as ``importance_function``'s), with the examples split
-  over ``mesh``'s ``"data"`` axis: ``sum_d W_d m_d / sum_d W_d`` from each
+  """``fn(params, batch_stats, xs, ys, weights, mask, keys)``, a weighted
+  mean over examples (as ``importance_function``'s), with the examples and
+  their keys split over ``mesh``'s ``"data"`` axis: ``sum_d W_d m_d / sum_d W_d`` from each
   device's mean ``m_d`` of its share and the share's weight ``W_d`` (a
   share that is all padding counts 0)."""
-  def shard(params, batch_stats, xs, ys, weights, mask, key):
-    local = fn(params, batch_stats, xs, ys, weights, mask, key)
+  def shard(params, batch_stats, xs, ys, weights, mask, keys):
+    local = fn(params, batch_stats, xs, ys, weights, mask, keys)
     own = jnp.sum(weights)
     total = jax.lax.psum(own, "data")
     return jax.tree.map(lambda m: jax.lax.psum(
@@ -145,7 +152,7 @@ def _sharded_mean(fn, mesh):
 
   return jax.jit(jax.shard_map(
       shard, mesh=mesh, in_specs=(P(), P(), P("data"), P("data"), P("data"),
-                                  P(), P()),
+                                  P(), P("data")),
       out_specs=P(), check_vma=False))
 
 

@@ -92,8 +92,7 @@ class EWC(PenalisedFineTune):
                                        path=self.path, estimator=self.estimator)
 
   def fisher(self, ctx):
-    return task_importance(self._fisher, ctx, self.fisher_samples,
-                           shard=self.estimator != "sampled")
+    return task_importance(self._fisher, ctx, self.fisher_samples)
 
   def init_state(self, model, stream):
     self.build_fisher(model)

@@ -133,7 +133,8 @@ class AGEM(_Episodic):
   past tasks; ``g~ = g - min(0, g.g_ref)/(g_ref.g_ref) g_ref``
   (``cljax.constraints.agem_project``, chained before the optimizer). The
   sample is drawn with the key every shard shares; on a data-parallel mesh
-  each device computes the gradient over its share of it (``rows_mean``).
+  each device computes the gradient over its share of it (``rows_mean``),
+  when the device count divides ``ref_size``.
 
   Args:
     memory_size: examples per task.

@@ -98,8 +98,12 @@ class PathNet(Method):
       raise ValueError("pathnet needs the modular network (model.head="
                        "'modular' on an mlp)")
     layers, modules = self._shape(model.params)
-    return {"genes": jnp.zeros((self.population, layers, self.active),
-                               jnp.int32),
+    # Random paths of ``active`` modules (each task draws its own at its
+    # start): what the untrained network predicts through for FWT's
+    # random-init baseline.
+    return {"genes": jax.random.randint(
+                self._key(0, -1, 0), (self.population, layers, self.active),
+                0, modules, jnp.int32),
             "fitness": jnp.full((self.population,), -jnp.inf),
             "pair": jnp.array([0, 1], jnp.int32),
             "slot": jnp.zeros((), jnp.int32),

@@ -1,6 +1,7 @@
 """Parameter-space regularisation: importance estimates and penalties."""
 
 from cljax.regularizers._importance import FISHER_ESTIMATORS
+from cljax.regularizers._importance import example_keys
 from cljax.regularizers._importance import fisher_diagonal
 from cljax.regularizers._importance import mas_importance
 from cljax.regularizers._importance import mean_per_example

@@ -20,8 +20,8 @@ FISHER_ESTIMATORS = ("empirical", "sampled", "expected")
 def chunk_examples(data, chunk_size: int | None):
   """Splits arrays with a common leading axis ``N`` into
   ``(n_chunks, chunk, ...)`` chunks, the last padded by repeating the final
-  example. Returns ``(chunks, weight (n_chunks, chunk), index (n_chunks *
-  chunk,))`` where ``weight`` is 0 on padding."""
+  example. Returns ``(chunks, weight (n_chunks, chunk))`` where ``weight``
+  is 0 on padding."""
   n = len(data[0])
   if n == 0:
     raise ValueError("no examples")
@@ -37,8 +37,20 @@ def chunk_examples(data, chunk_size: int | None):
   weight = (idx < n).astype(jnp.float32).reshape(n_chunks, chunk)
   padded = [jnp.concatenate([d, jnp.repeat(d[-1:], pad, 0)]) if pad else
             jnp.asarray(d) for d in data]
-  return ([d.reshape(n_chunks, chunk, *d.shape[1:]) for d in padded], weight,
-          idx)
+  return [d.reshape(n_chunks, chunk, *d.shape[1:]) for d in padded], weight
+
+
+def example_keys(key: jax.Array, n: int) -> jax.Array:
+  """``(n,)`` per-example keys: ``fold_in(key, i)`` for example ``i`` from
+  one key, or ``key`` itself when it already holds ``n`` keys (e.g. a
+  device's share of a sample's keys, so that a split sample draws what the
+  whole one does)."""
+  if key.shape == (n,):
+    return key
+  if key.shape:
+    raise ValueError(f"key must be one key or {n} keys (one per example), "
+                     f"got shape {key.shape}")
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
 def mean_per_example(fn: Callable, params, *data, chunk_size: int | None = None,
@@ -52,18 +64,17 @@ def mean_per_example(fn: Callable, params, *data, chunk_size: int | None = None,
     params: passed unchanged to every call.
     *data: arrays with a leading example axis ``N``.
     chunk_size: examples per vmapped chunk (default: all at once).
-    key: if given, a distinct key ``fold_in(key, i)`` is passed to example i.
+    key: if given, a distinct key is passed to example i: ``fold_in(key,
+      i)``, or ``key[i]`` for ``(N,)`` keys (``example_keys``).
     weights: ``(N,)`` example weights (e.g. 0 on padding); default all 1.
   """
   n = len(data[0])
   w_all = jnp.ones((n,)) if weights is None else jnp.asarray(weights,
                                                              jnp.float32)
-  (w_chunks, *chunks), weight, idx = chunk_examples((w_all, *data),
-                                                    chunk_size)
-  weight = weight * w_chunks
   if key is not None:
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-    chunks.append(keys.reshape(*weight.shape, *keys.shape[1:]))
+    data = (*data, example_keys(key, n))
+  (w_chunks, *chunks), weight = chunk_examples((w_all, *data), chunk_size)
+  weight = weight * w_chunks
 
   def one_chunk(args):
     *xs, w = args
@@ -102,7 +113,8 @@ def fisher_diagonal(per_example_loss: Callable, params, xs, ys, *,
     chunk_size: examples per vmapped chunk (bounds memory).
     estimator: one of ``FISHER_ESTIMATORS``.
     num_classes: needed by ``"sampled"`` and ``"expected"``.
-    key: PRNG key, needed by ``"sampled"``.
+    key: PRNG key, needed by ``"sampled"`` (example ``i`` draws with
+      ``fold_in(key, i)``), or ``(N,)`` keys, one per example.
     weights: ``(N,)`` in {0, 1}: which examples count (e.g. 0 on padding).
   Returns:
     A pytree like ``params``.

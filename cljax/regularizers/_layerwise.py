@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from cljax.losses._cross_entropy import masked_cross_entropy
 from cljax.models._heads import mask_logits
 from cljax.models._taps import LayerTaps, layer_params
-from cljax.regularizers._importance import FISHER_ESTIMATORS, chunk_examples
+from cljax.regularizers._importance import (FISHER_ESTIMATORS, chunk_examples,
+                                            example_keys)
 
 _REDUCE = {"square": jnp.square, "abs": jnp.abs}
 
@@ -81,7 +82,7 @@ def per_example_grad_sum(taps: LayerTaps, params, batch_stats, xs, *aux,
   n = len(xs)
   w_all = jnp.ones((n,)) if weights is None else jnp.asarray(weights,
                                                              jnp.float32)
-  chunks, pad_w, _ = chunk_examples((xs, w_all, *aux), chunk_size)
+  chunks, pad_w = chunk_examples((xs, w_all, *aux), chunk_size)
 
   def one_chunk(args):
     x, w, *a = args
@@ -118,7 +119,7 @@ def layerwise_fisher_diagonal(taps: LayerTaps, params, batch_stats, xs, ys, *,
     xs: ``(N, ...)``. ys: ``(N,)`` int (ignored unless ``"empirical"``).
     mask: ``(C,)`` bool active logits, or ``None`` for all.
     estimator: one of ``FISHER_ESTIMATORS``.
-    key: PRNG key for ``"sampled"``.
+    key: PRNG key for ``"sampled"``, or ``(N,)`` keys, one per example.
     weights: ``(N,)`` in {0, 1}: the mean is over examples with weight 1.
     chunk_size: examples per backward pass.
   Returns:
@@ -140,7 +141,7 @@ def layerwise_fisher_diagonal(taps: LayerTaps, params, batch_stats, xs, ys, *,
   if estimator == "empirical":
     total = sums((ys,), lambda z, y: masked_cross_entropy(z, y, mask))
   elif estimator == "sampled":
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+    keys = example_keys(key, n)
 
     def sampled(z, k):
       lp = log_probs(z)

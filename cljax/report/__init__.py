@@ -7,6 +7,7 @@ from cljax.report._table import accuracy_table
 from cljax.report._table import summary_table
 from cljax.report._seeds import aggregate_seeds
 from cljax.report._selection import CRITERIA
+from cljax.report._selection import NOT_JUDGED
 from cljax.report._selection import select
 from cljax.report._selection import selection_table
 from cljax.report._writers import CSVWriter

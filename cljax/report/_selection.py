@@ -45,59 +45,75 @@ def _setting(record: dict, key: str):
   return {**record.get("hparams", {}), "lr": record.get("lr")}.get(key)
 
 
+def _comparable(v):
+  """A setting as compared between entries (1 and 1.0 are one value)."""
+  return float(v) if isinstance(v, (int, float)) else repr(v)
+
+
 def _grid_keys(records: dict) -> list[str]:
   """The numeric settings (hyperparameters or ``lr``) in which a family's
   entries differ; ``[]`` if none, or if one that differs is not numeric."""
   keys = set().union(*({*r.get("hparams", {}), "lr"} for r in
                        records.values()))
-  varying = sorted(k for k in keys if len({repr(_setting(r, k)) for r in
-                                           records.values()}) > 1)
+  varying = sorted(k for k in keys if len({_comparable(_setting(r, k))
+                                           for r in records.values()}) > 1)
   if not all(isinstance(_setting(r, k), (int, float))
              for k in varying for r in records.values()):
     return []
   return varying
 
 
+# A family of several entries whose winner no setting varies alone through
+# (not a grid of numeric settings, or a design with no such line).
+NOT_JUDGED = "not judged: no setting varies alone through the winner"
+
+
 def _edge(records: dict, best: str, diverged: dict) -> str | None:
   """Whether ``best`` sits at an edge of its family's grid, in words, and
-  whether the next value beyond that edge diverged; ``None`` if interior
-  (or the family is no grid of numeric settings). In a grid over several
-  settings (a product grid), each setting is judged along the line through
-  ``best`` in which only that setting varies."""
+  whether the next value beyond that edge diverged; ``None`` if interior,
+  ``NOT_JUDGED`` if that cannot be told. In a grid over several settings
+  (a product grid), each setting is judged along the line through ``best``
+  in which only that setting varies ("of its line" where that line lacks
+  values the setting takes elsewhere in the family)."""
+  if len(records) < 2:
+    return None
   grid = {**records, **diverged}
   keys = _grid_keys(grid)
-  if not keys or len(records) < 2:
-    return None
-  parts = []
+  parts, lines = [], 0
   for key in keys:
     line = lambda entries: [e for e in entries if all(
         _setting(grid[e], k) == _setting(grid[best], k)
         for k in keys if k != key)]
     at = lambda e: _setting(grid[e], key)
     ran = sorted(line(records), key=at)
-    if len(ran) < 2 or best not in (ran[0], ran[-1]):
+    if len(ran) < 2:
+      continue
+    lines += 1
+    if best not in (ran[0], ran[-1]):
       continue
     side = "lowest" if best == ran[0] else "highest"
-    part = f"the {side} {key} ({at(best):g})"
+    whole = {at(e) for e in ran} == {at(e) for e in records}
+    part = (f"the {side} {key} ({at(best):g}) of "
+            + ("the grid" if whole else "its line"))
     beyond = [e for e in line(diverged) if (
         at(e) < at(best) if side == "lowest" else at(e) > at(best))]
     if beyond:
       nxt = min(beyond, key=lambda e: abs(at(e) - at(best)))
-      part += f" of the grid; the next value, {at(nxt):g}, diverged"
+      part += f" (the next {key}, {at(nxt):g}, diverged)"
     parts.append(part)
-  if not parts:
-    return None
-  text = "edge: " + " and ".join(parts)
-  return text if text.endswith("diverged") else text + " of the grid"
+  if not lines:
+    return NOT_JUDGED
+  return "edge: " + "; ".join(parts) if parts else None
 
 
 def select(runs: dict, criterion: str, diverged: dict | None = None) -> dict:
   """``{family: {"entry", "value", "candidates": {entry: value}, "edge"}}``.
 
   ``edge`` is ``None`` when the chosen entry is interior to its family's
-  grid (the one setting its entries differ in), else says which edge and
-  whether the next value beyond it (among ``diverged``, entry -> record)
-  diverged: a selection at an edge is not a tuned result.
+  grid (along every numeric setting that varies alone through it), else
+  says which edges and whether the next value beyond one (among
+  ``diverged``, entry -> record) diverged: a selection at an edge is not a
+  tuned result (``NOT_JUDGED`` where no setting varies alone through it).
   """
   diverged = diverged or {}
   out = {}

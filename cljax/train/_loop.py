@@ -260,8 +260,10 @@ class _Run:
               "val_rows": [], "curves": [], "train_s": [], "eval_s": [],
               "compile_s": [], "diverged": {},
               # b[j]: random-init accuracy on task j, heads masked as at j
-              # and predicted as R[j-1][j] is (the method's eval_params
-              # after task j-1: e.g. HAT's gates, PathNet's path).
+              # and predicted through the method's eval_params as R[j-1][j]
+              # is (current = j - 1), on the initial state: e.g. DEN's
+              # initial units, CPG's available ones, a random PathNet path,
+              # HAT's untrained (half-open) gates.
               "random_init": [evaluate(self.eval_step,
                                        *self._eval_params(j, max(j - 1, 0)),
                                        self._members(stream.logit_masks(j)),
