@@ -388,7 +388,13 @@ def _main(argv: list[str]) -> int:
 
 def main():
   """Console entry point."""
-  sys.exit(_main(sys.argv[1:]))
+  try:
+    sys.exit(_main(sys.argv[1:]))
+  except BrokenPipeError:  # e.g. ``cljax run --help | head``: not an error
+    # Python flushes stdout at exit, to the closed pipe again: point it at
+    # /dev/null first.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -792,14 +792,17 @@ def _summarise(results, config, workdir) -> dict:
                     f", mean ± std over {config.seeds} seeds" if
                     config.seeds > 1 else "") + f".\n\n{table}\n")
     print("\n" + table)
+  curves = os.path.join(workdir, "curves_selected.png" if sweep else
+                        "curves.png")
   _plot(report.plot_curves, {e: r["curves"] for e, r in shown.items()},
-        os.path.join(workdir, "curves_selected.png" if sweep else
-                     "curves.png"), stream_name)
+        curves, stream_name)
   _plot(report.plot_over_tasks,
         {e: r["accuracy_matrix"] for e, r in shown.items()},
         os.path.join(workdir, "over_tasks.png"), stream_name)
+  # (no curves without evaluations during training: train.eval_every = 0)
   print(f"\nresults: {path}\nplots:   {workdir}/accuracy_*.png, "
-        f"{workdir}/over_tasks.png, {workdir}/curves*.png")
+        f"{workdir}/over_tasks.png"
+        + (f", {curves}" if os.path.exists(curves) else ""))
   return results
 
 

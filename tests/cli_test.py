@@ -34,6 +34,18 @@ def test_help_and_version_exit_zero(args):
     assert "config.method.ewc.lam = 100.0" in out.stdout
 
 
+def test_output_piped_into_a_closed_pipe_is_not_an_error():
+  # `cljax run --help | head` ended in a BrokenPipeError traceback, exit 1
+  # (its 300-odd lines outlast the reader; this test fails without the fix).
+  proc = subprocess.Popen([sys.executable, "-m", "cljax.cli", "run", "--help"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  proc.stdout.readline()
+  proc.stdout.close()  # as head does after its lines
+  err = proc.stderr.read().decode()
+  assert proc.wait(timeout=120) == 0, err
+  assert "Traceback" not in err, err
+
+
 def test_list_everything_from_the_code():
   out = _cli("list")
   assert out.returncode == 0, out.stderr
