@@ -198,10 +198,10 @@ class AGEM(_Episodic):
     p = jnp.where(on, weight, 1.0)  # nothing stored yet: any index, unused
     idx = jax.random.choice(rng, len(weight), (self.ref_size,), p=p / p.sum())
     # No memory pass while nothing is stored (the first task).
-    grad = lambda x, y, t: jax.grad(memory_loss, argnums=1)(
-        self._model, params, batch_stats, x, y, t, masks)
-    ref = jax.lax.cond(
-        on, lambda: rows_mean(grad, (flat(mem.x)[idx], flat(mem.y)[idx],
-                                     flat(mem.t)[idx])),
-        lambda: jax.tree.map(jnp.zeros_like, params))
+    # Each shard gathers only its share of the sample's rows.
+    grad = lambda i: jax.grad(memory_loss, argnums=1)(
+        self._model, params, batch_stats, flat(mem.x)[i], flat(mem.y)[i],
+        flat(mem.t)[i], masks)
+    ref = jax.lax.cond(on, lambda: rows_mean(grad, (idx,)),
+                       lambda: jax.tree.map(jnp.zeros_like, params))
     return {"ref_grad": ref}
