@@ -13,12 +13,16 @@ same stream: permuted Fashion-MNIST domain-IL, 5 tasks, MLP 784-400-400
 (gamma = 1) over the same lambda grid, chosen on validation, one seed.
 
 The argument is ``short`` (500 iterations a task, default) or ``long``
-(5,000):
+(5,000), optionally with ``,predicted``: EWC's and online EWC's Fisher at
+the labels the model predicts (van de Ven & Tolias's code) rather than the
+data's (the empirical Fisher, our default), in a run named ``..._predicted``:
 
     cljax run --config experiments/ewc_anchors_fashion_mnist.py:short \
         --config.workdir=experiments/results/ewc_anchors_short
     cljax run --config experiments/ewc_anchors_fashion_mnist.py:long \
         --config.workdir=experiments/results/ewc_anchors_long
+    cljax run --config experiments/ewc_anchors_fashion_mnist.py:short,predicted \
+        --config.workdir=experiments/results/ewc_anchors_short_predicted
     cljax run --config experiments/ewc_anchors_fashion_mnist.py:runlocal
 """
 
@@ -32,12 +36,15 @@ STEPS = {"short": 500, "long": 5000}
 def get_config(arg="short"):
   tokens = [a for a in (arg or "").split(",") if a]
   quick = "runlocal" in tokens
-  lengths = [t for t in tokens if t != "runlocal"] or ["short"]
+  predicted = "predicted" in tokens
+  lengths = [t for t in tokens if t not in ("runlocal", "predicted")
+             ] or ["short"]
   if len(lengths) > 1 or lengths[0] not in STEPS:
     raise ValueError(f"config arg: one of {sorted(STEPS)}, optionally with "
-                     f"',runlocal', got {arg!r}")
+                     f"',predicted' and ',runlocal', got {arg!r}")
   c = base()
-  c.name = f"ewc_anchors_{lengths[0]}" + ("_runlocal" if quick else "")
+  c.name = (f"ewc_anchors_{lengths[0]}" + ("_predicted" if predicted else "")
+            + ("_runlocal" if quick else ""))
   c.data.name = "fashion_mnist"
   c.scenario.kind = "permuted"
   c.scenario.num_tasks = 5
@@ -54,7 +61,8 @@ def get_config(arg="short"):
   for kind in ("ewc", "online_ewc"):
     for lam in LAMBDAS:
       entry = f"{kind}__lam{lam:g}".replace(".", "p").replace("+", "")
-      c.method[entry] = method_entry(kind, lam=lam)
+      c.method[entry] = method_entry(
+          kind, lam=lam, **({"estimator": "predicted"} if predicted else {}))
       entries.append(entry)
   if quick:
     c.train.steps_per_task = 20

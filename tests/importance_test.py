@@ -75,6 +75,24 @@ def test_expected_fisher_against_loop():
                                                        atol=1e-8), got, want)
 
 
+def test_predicted_fisher_against_loop():
+  # Each example's gradient at the label the model predicts (its argmax),
+  # whatever the data's label; masked-out classes are never predicted.
+  params = _mlp(jax.random.key(6))
+  xs, ys = _data(11, seed=6)
+  got = reg.fisher_diagonal(_nll, params, xs, ys, estimator="predicted",
+                            num_classes=3, chunk_size=4)
+  g = jax.grad(_nll)
+  pred = [int(np.argmax(np.asarray(_logits(params, x)))) for x in xs]
+  assert pred != ys.tolist()  # differs from the empirical Fisher's labels
+  want = _loop_mean(lambda i: jax.tree.map(np.square, g(params, xs[i],
+                                                        pred[i])), 11)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-8), got, want)
+  with pytest.raises(ValueError, match="num_classes"):
+    reg.fisher_diagonal(_nll, params, xs, ys, estimator="predicted")
+
+
 def test_sampled_fisher_converges_to_expected():
   params = _mlp(jax.random.key(2))
   xs, _ = _data(1, seed=2)

@@ -38,7 +38,8 @@ def _assert_trees_close(got, want, rtol=2e-5):
 
 @pytest.mark.parametrize("name,estimator", [
     ("mlp", "empirical"), ("mlp", "sampled"), ("mlp", "expected"),
-    ("cnn", "empirical"), ("cnn", "sampled"), ("cnn", "expected"),
+    ("mlp", "predicted"), ("cnn", "empirical"), ("cnn", "sampled"),
+    ("cnn", "expected"), ("cnn", "predicted"),
     ("resnet32", "empirical"), ("reduced_resnet18", "empirical"),
     ("reduced_resnet18", "expected")])
 def test_layerwise_fisher_equals_vmap_path(name, estimator):

@@ -59,8 +59,9 @@ class EWC(PenalisedFineTune):
   Args:
     lam: ``lambda >= 0``.
     fisher_samples: examples per task for the Fisher (``None``: all).
-    estimator: ``"empirical"``, ``"sampled"`` (true Fisher) or
-      ``"expected"`` (see ``cljax.regularizers.fisher_diagonal``).
+    estimator: ``"empirical"``, ``"sampled"`` (true Fisher),
+      ``"expected"`` or ``"predicted"`` (see
+      ``cljax.regularizers.fisher_diagonal``).
     chunk_size: examples per backward pass (bounds memory).
     path: ``"layerwise"`` (one backward pass per chunk, from the model's
       layer taps; the default) or ``"vmap"`` (``vmap(grad)`` over the

@@ -14,7 +14,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-FISHER_ESTIMATORS = ("empirical", "sampled", "expected")
+FISHER_ESTIMATORS = ("empirical", "sampled", "expected", "predicted")
 
 
 def chunk_examples(data, chunk_size: int | None):
@@ -101,6 +101,10 @@ def fisher_diagonal(per_example_loss: Callable, params, xs, ys, *,
     ``y~_i ~ p(. | x_i)``, ``F = (1/N) sum_i (grad l(theta, x_i, y~_i))^2``.
   * ``"expected"``: the exact expectation over the model's predictive
     distribution, ``F = (1/N) sum_i sum_c p(c | x_i) (grad l(theta, x_i, c))^2``.
+  * ``"predicted"``: the model's most probable label,
+    ``y^_i = argmax_c p(c | x_i)``, ``F = (1/N) sum_i (grad l(theta, x_i, y^_i))^2``
+    (van de Ven & Tolias 2019's EWC code, ``--fisher-labels=pred`` in
+    van de Ven's ``continual-learning``).
 
   ``p(c | x)`` is recovered as ``exp(-l(theta, x, c))``, so ``per_example_loss``
   must be a normalised negative log-likelihood (e.g. masked cross-entropy).
@@ -112,7 +116,7 @@ def fisher_diagonal(per_example_loss: Callable, params, xs, ys, *,
     xs: ``(N, ...)`` inputs. ys: ``(N,)`` int labels.
     chunk_size: examples per vmapped chunk (bounds memory).
     estimator: one of ``FISHER_ESTIMATORS``.
-    num_classes: needed by ``"sampled"`` and ``"expected"``.
+    num_classes: needed by every estimator but ``"empirical"``.
     key: PRNG key, needed by ``"sampled"`` (example ``i`` draws with
       ``fold_in(key, i)``), or ``(N,)`` keys, one per example.
     weights: ``(N,)`` in {0, 1}: which examples count (e.g. 0 on padding).
@@ -145,6 +149,10 @@ def fisher_diagonal(per_example_loss: Callable, params, xs, ys, *,
       return sq(grad(p, x, y))
 
     return mean(sampled, params, xs, key=key)
+
+  if estimator == "predicted":
+    return mean(lambda p, x: sq(grad(p, x, jnp.argmax(probs(p, x)))),
+                params, xs)
 
   def expected(p, x):
     pr = jax.lax.stop_gradient(probs(p, x))

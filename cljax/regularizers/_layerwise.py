@@ -110,7 +110,8 @@ def layerwise_fisher_diagonal(taps: LayerTaps, params, batch_stats, xs, ys, *,
 
   ``p(c | x) = softmax(mask_logits(logits, mask))``. ``"empirical"`` uses the
   labels ``ys``; ``"sampled"`` draws ``y~_i ~ p(. | x_i)`` with key
-  ``fold_in(key, i)``; ``"expected"`` sums over classes
+  ``fold_in(key, i)``; ``"predicted"`` takes ``y^_i = argmax_c p(c | x_i)``;
+  ``"expected"`` sums over classes
   ``sum_c p_c (grad l_c)^2 = sum_c (grad (sqrt(p_c) l_c))^2`` (``p`` held
   constant), one backward pass per class.
 
@@ -149,6 +150,14 @@ def layerwise_fisher_diagonal(taps: LayerTaps, params, batch_stats, xs, ys, *,
       return -jnp.take_along_axis(lp, y[:, None], axis=-1)[:, 0]
 
     total = sums((keys,), sampled)
+  elif estimator == "predicted":
+
+    def predicted(z):
+      lp = log_probs(z)
+      y = jnp.argmax(jax.lax.stop_gradient(lp), axis=-1)
+      return -jnp.take_along_axis(lp, y[:, None], axis=-1)[:, 0]
+
+    total = sums((), predicted)
   else:
     num_classes = jax.eval_shape(
         lambda: taps.run(params, batch_stats, xs[:1])[0]).shape[-1]
