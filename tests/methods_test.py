@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +8,7 @@ import pytest
 
 from cljax import data, losses, methods, models, regularizers, train
 from cljax.methods._base import TaskContext
+from cljax.train import StepInfo
 
 ALL = [methods.FineTune(), methods.Joint(), methods.L2(1.0),
        methods.EWC(10.0, fisher_samples=64),
@@ -231,12 +234,39 @@ def test_si_accumulates_the_task_loss_gradient(stream):
   ce_g = jax.grad(lambda p: loss(p, model.batch_stats, s, batch, masks,
                                  None)[1][0]["ce"])(model.params)
   new_params = jax.tree.map(lambda p, g: p - 0.1 * g, model.params, total_g)
-  out = m.update_method_state(s, model.params, new_params, total_g, None)
+  out = m.update_method_state(s, model.params, new_params, total_g, StepInfo(
+      batch, {}, None, lambda x: x, (0, 1),
+      updates=jax.tree.map(jnp.subtract, new_params, model.params)))
   want = jax.tree.map(lambda g, a, b: -g * (b - a), ce_g, model.params,
                       new_params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
                                                        atol=1e-9),
                out["omega"], want)
+
+
+def test_si_step_updates_parameters_in_place(stream):
+  # SI reads the step's change from the optimizer's updates: read from the
+  # old parameters, it made XLA copy every parameter array each step
+  # (fine-tuning's compiled step copies none).
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(32, 32))
+  shapes = {tuple(a.shape) for a in jax.tree.leaves(model.params)}
+  batch = {k: getattr(stream.tasks[0].train, k)[:16] for k in "xyt"}
+
+  def param_copies(m):
+    opt = m.optimizer(optax.adam(1e-3), model.params)
+    step = train.make_train_step(m.loss_fn(model), opt,
+                                 update_method_state=m.update_method_state,
+                                 extra_args=m.extra_args)
+    state = train.init_train_state(model.params, model.batch_stats, opt,
+                                   m.init_state(model, stream),
+                                   stream.logit_masks(0))
+    text = jax.jit(step, donate_argnums=0).lower(
+        state, batch, jax.random.key(0)).compile().as_text()
+    copied = re.findall(r"= f32\[([\d,]*)\]\S* copy\(", text)
+    return sum(tuple(int(d) for d in c.split(",") if d) in shapes
+               for c in copied)
+
+  assert param_copies(methods.SI(1.0)) <= param_copies(methods.FineTune())
 
 
 def test_distillation_off_on_first_task_on_after(stream):

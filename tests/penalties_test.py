@@ -88,7 +88,7 @@ def test_online_ewc_and_si_updates():
   with pytest.raises(ValueError, match="gamma"):
     reg.online_ewc_update(a, b, -0.5)
   omega, g, old, new = _tree(2), _tree(3), _tree(4), _tree(5)
-  got = reg.si_accumulate(omega, g, old, new)
+  got = reg.si_accumulate(omega, g, jax.tree.map(np.subtract, new, old))
   jax.tree.map(lambda r, w, gg, o, n: np.testing.assert_allclose(
       r, w - gg * (n - o), rtol=1e-5, atol=1e-6), got, omega, g, old, new)
   big = reg.si_consolidate(omega, omega, new, old, 0.1)
@@ -107,7 +107,8 @@ def test_si_path_integral_is_exact_for_a_quadratic():
   for _ in range(2000):
     g = theta
     new = jax.tree.map(lambda t, gg: t - 1e-3 * gg, theta, g)
-    omega = reg.si_accumulate(omega, g, theta, new)
+    omega = reg.si_accumulate(omega, g, jax.tree.map(jnp.subtract, new,
+                                                     theta))
     theta = new
   loss = lambda t: 0.5 * sum(jnp.sum(x ** 2) for x in jax.tree.leaves(t))
   total = sum(jnp.sum(w) for w in jax.tree.leaves(omega))

@@ -100,7 +100,8 @@ def test_state_after_two_tasks_matches_a_loop_of_the_equations(form):
       seen = grad if form == "transform" else jax.tree.map(
           np.add, grad, method.penalty_grad(theta, s))
       s = method.update_method_state(s, theta, new, seen, StepInfo(
-          {}, {}, None, lambda x: x, (0, 1)))
+          {}, {}, None, lambda x: x, (0, 1),
+          updates=jax.tree.map(np.subtract, new, theta)))
       theta = new
     tasks.append(steps)
     s = method.on_task_end(TaskContext(t, None, None, theta, {}, s, None))

@@ -83,11 +83,10 @@ class RWalk(PenalisedFineTune):
             "window_steps": jnp.zeros((), jnp.int32)}
 
   def update_method_state(self, s, old_params, new_params, grads, info):
-    del info
     g = grads
     if self.form == "loss":
       g = jax.tree.map(jnp.subtract, grads, self.penalty_grad(old_params, s))
-    s = {**s, "omega": si_accumulate(s["omega"], g, old_params, new_params),
+    s = {**s, "omega": si_accumulate(s["omega"], g, info.updates),
          "window_sq": jax.tree.map(lambda a, b: a + jnp.square(b),
                                    s["window_sq"], g),
          "window_steps": s["window_steps"] + 1}

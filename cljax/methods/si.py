@@ -44,13 +44,15 @@ class SI(PenalisedFineTune):
     return {"omega": z, "importance": z, "anchor": model.params}
 
   def update_method_state(self, s, old_params, new_params, grads, info):
-    del info
+    """``omega += -g * delta`` with ``delta = info.updates`` (the step's
+    parameter change, read from the updates so that the parameters are
+    updated in place)."""
     task_grads = grads
     if self.form == "loss":
       task_grads = jax.tree.map(jax.numpy.subtract, grads,
                                 self.penalty_grad(old_params, s))
-    return {**s, "omega": si_accumulate(s["omega"], task_grads, old_params,
-                                        new_params)}
+    return {**s, "omega": si_accumulate(s["omega"], task_grads,
+                                        info.updates)}
 
   def on_task_end(self, ctx):
     s = ctx.method_state

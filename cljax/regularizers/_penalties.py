@@ -125,12 +125,12 @@ def online_ewc_update(fisher_running, fisher_new, gamma):
   return jax.tree.map(lambda a, b: gamma * a + b, fisher_running, fisher_new)
 
 
-def si_accumulate(omega, grads, old_params, new_params):
+def si_accumulate(omega, grads, delta):
   """SI path integral, one step (Zenke et al. 2017, eq. 3):
-  ``omega_k += -g_k * (theta_k(t+1) - theta_k(t))``, with ``g`` the gradient
-  of the task loss at ``theta(t)``."""
-  return jax.tree.map(lambda w, g, a, b: w - g * (b - a), omega, grads,
-                      old_params, new_params)
+  ``omega_k += -g_k * delta_k``, with ``g`` the gradient of the task loss at
+  ``theta(t)`` and ``delta = theta(t+1) - theta(t)`` the step's update (in a
+  train step, optax's ``updates``: ``StepInfo.updates``)."""
+  return jax.tree.map(lambda w, g, d: w - g * d, omega, grads, delta)
 
 
 def si_consolidate(big_omega, omega, params, task_start_params, xi):

@@ -87,6 +87,10 @@ class StepInfo(NamedTuple):
     shard: ``(index, count)`` of this shard (``(0, 1)`` on one device).
     masks: the ``(T, C)`` active-logit table.
     batch_stats: the BatchNorm statistics after the step.
+    updates: the optimizer's updates, ``new_params - old_params`` (up to
+      float rounding). A method that needs the step's parameter change
+      reads it here: reading ``old_params`` after the update makes XLA
+      copy every parameter array (it can no longer update them in place).
   """
   batch: dict
   outputs: dict
@@ -95,6 +99,7 @@ class StepInfo(NamedTuple):
   shard: tuple
   masks: Any = None
   batch_stats: Any = None
+  updates: Any = None
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
@@ -161,7 +166,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
           method_state, state.params, params, grads,
           StepInfo(batch, outputs[0] if outputs else {},
                    jax.random.fold_in(shared_rng, 2), gather, shard,
-                   state.masks, batch_stats))
+                   state.masks, batch_stats, updates))
     # One reduction per step, over the new parameters (finite before, so
     # finite after iff the update is); the gradient is looked at only when
     # that fails, to say which it was. (The check costs ~7% of a fine-tuning
