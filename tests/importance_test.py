@@ -29,6 +29,11 @@ def _data(n, d=5, c=3, seed=0):
           rng.integers(0, c, n).astype(np.int32))
 
 
+def _assert_tree_close(got, want):
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-8), got, want)
+
+
 def _loop_mean(fn, n):
   outs = [fn(i) for i in range(n)]
   return jax.tree.map(lambda *a: np.mean(np.stack(a), 0), *outs)
@@ -44,8 +49,7 @@ def test_empirical_fisher_against_loop(n, chunk):
   g = jax.grad(_nll)
   want = _loop_mean(lambda i: jax.tree.map(np.square, g(params, xs[i], ys[i])),
                     n)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-8), got, want)
+  _assert_tree_close(got, want)
 
 
 def test_empirical_fisher_is_not_squared_batch_gradient():
@@ -71,13 +75,12 @@ def test_expected_fisher_against_loop():
                         *[g(params, xs[i], c) for c in range(3)])
 
   want = _loop_mean(one, 9)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-8), got, want)
+  _assert_tree_close(got, want)
 
 
 def test_predicted_fisher_against_loop():
   # Each example's gradient at the label the model predicts (its argmax),
-  # whatever the data's label; masked-out classes are never predicted.
+  # whatever the data's label.
   params = _mlp(jax.random.key(6))
   xs, ys = _data(11, seed=6)
   got = reg.fisher_diagonal(_nll, params, xs, ys, estimator="predicted",
@@ -87,8 +90,7 @@ def test_predicted_fisher_against_loop():
   assert pred != ys.tolist()  # differs from the empirical Fisher's labels
   want = _loop_mean(lambda i: jax.tree.map(np.square, g(params, xs[i],
                                                         pred[i])), 11)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-8), got, want)
+  _assert_tree_close(got, want)
   with pytest.raises(ValueError, match="num_classes"):
     reg.fisher_diagonal(_nll, params, xs, ys, estimator="predicted")
 
@@ -156,8 +158,7 @@ def test_mas_importance_against_loop():
   got = reg.mas_importance(_logits, params, xs, chunk_size=5)
   g = jax.grad(lambda p, x: jnp.sum(_logits(p, x) ** 2))
   want = _loop_mean(lambda i: jax.tree.map(np.abs, g(params, xs[i])), 11)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-8), got, want)
+  _assert_tree_close(got, want)
   # Finite-difference check of the inner gradient on one coordinate.
   eps = 1e-3
   f = lambda p: float(jnp.sum(_logits(p, xs[0]) ** 2))
