@@ -77,6 +77,9 @@ PERMUTED_GRIDS = {
 PERMUTED_EXTENSIONS = {
     "domain": {"ewc": (0.01, 3.0), "lwf": (0.01, 0.025)},
     "class": {"online_ewc": (0.1, 1.0), "lwf": (32.0, 64.0)},
+    # Task-IL: PackNet's best release, 0.9, was its grid's highest (ten
+    # tasks leave each little room at lower ones).
+    "task": {"packnet": (0.95,)},
 }
 # Parameter isolation needs the task id: task-IL only. PackNet's released
 # fraction per task on validation (0.5, 0.75, 0.9 first: 0.5 won, at the
@@ -136,10 +139,7 @@ def get_config(arg="split_class"):
   # as the classifier, z of 100): in the final stage only.
   for kind in GENERATIVE:
     c.method[kind] = method_entry(kind, gen_units=c.model.hidden[0])
-  grids = GRIDS if protocol == "split" else {
-      kind: (key, tuple(sorted(values + PERMUTED_EXTENSIONS.get(
-          scenario, {}).get(kind, ()))))
-      for kind, (key, values) in PERMUTED_GRIDS.items()}
+  grids = GRIDS if protocol == "split" else PERMUTED_GRIDS
   if scenario == "task":
     grids = {**grids, **TASK_GRIDS}
     # CPG growing (run by name, outside the grids): a quarter of each
@@ -148,6 +148,10 @@ def get_config(arg="split_class"):
     # on the narrow network: a demonstration of growth, not a tuned goal).
     c.method["cpg_growing"] = method_entry("cpg", initial_units=0.25,
                                             goal=0.99)
+  if protocol == "permuted":
+    extra = PERMUTED_EXTENSIONS.get(scenario, {})
+    grids = {kind: (key, tuple(sorted(values + extra.get(kind, ()))))
+             for kind, (key, values) in grids.items()}
   for kind, (key, values) in grids.items():
     for v in values:
       entry = _entry(kind, key, v)
