@@ -4,12 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from cljax import regularizers as reg
-from cljax.losses import masked_cross_entropy
 from flax import nnx
 
 from cljax import models
+from cljax import regularizers as reg
+from cljax.losses import masked_cross_entropy
 from cljax.models import build_model
 
 # Every registry model, and two small ResNets with the same layers (BatchNorm,

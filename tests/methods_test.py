@@ -269,6 +269,35 @@ def test_si_step_updates_parameters_in_place(stream):
   assert param_copies(methods.SI(1.0)) <= param_copies(methods.FineTune())
 
 
+@pytest.mark.parametrize("form", ["transform", "loss"])
+def test_si_step_accumulates_the_parameter_change(stream, form):
+  # Through the train step: omega gains -g * (new - old), with g the task
+  # loss's gradient at the old parameters.
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  m = methods.SI(c=2.0, form=form)
+  rng = np.random.default_rng(1)
+  s = m.init_state(model, stream)
+  s = {**s, "importance": jax.tree.map(
+      lambda a: jnp.asarray(rng.uniform(size=a.shape), a.dtype), s["omega"]),
+       "anchor": jax.tree.map(lambda a: a + 0.05, model.params)}
+  opt = m.optimizer(optax.sgd(0.1), model.params)
+  step = train.make_train_step(m.loss_fn(model), opt,
+                               update_method_state=m.update_method_state,
+                               extra_args=m.extra_args)
+  state = train.init_train_state(model.params, model.batch_stats, opt, s,
+                                 stream.logit_masks(0))
+  batch = {k: getattr(stream.tasks[0].train, k)[:16] for k in "xyt"}
+  new, _ = jax.jit(step)(state, batch, jax.random.key(0))
+  masks = jnp.asarray(stream.logit_masks(0))
+  ce_g = jax.grad(lambda p: m.loss_fn(model)(
+      p, model.batch_stats, s, batch, masks, None)[1][0]["ce"])(model.params)
+  want = jax.tree.map(lambda g, a, b: -g * (b - a), ce_g, model.params,
+                      new.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3,
+                                                       atol=1e-9),
+               new.method_state["omega"], want)
+
+
 def test_distillation_off_on_first_task_on_after(stream):
   model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
   for m in (methods.KD(1.0, 2.0), methods.LwF(1.0, 2.0)):

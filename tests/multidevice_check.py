@@ -191,17 +191,19 @@ def memory():
 
 def importance():
   """EWC's Fisher (empirical, expected, sampled: each example's key travels
-  with it) and MAS's importance with the task's examples split over the 4
-  devices (a sample that does not divide by 4: padded with weight 0) equal
-  one device's; the sampled Fisher, whose keys are the subtle part, on a
-  BatchNorm model as well."""
+  with it, predicted) and MAS's importance with the task's examples split
+  over the 4 devices (a sample that does not divide by 4: padded with
+  weight 0) equal one device's; the sampled Fisher, whose keys are the
+  subtle part, and MAS on a BatchNorm model as well."""
   digits = data.class_splits(data.load_digits(), 2)
   mlp = models.build_model("mlp", digits.input_shape, 10, hidden=(16,))
   cases = [(mlp, methods.EWC(fisher_samples=50)),
            (mlp, methods.EWC(fisher_samples=None, estimator="expected")),
            (mlp, methods.EWC(fisher_samples=50, estimator="sampled")),
+           (mlp, methods.EWC(fisher_samples=50, estimator="predicted")),
            (mlp, methods.MAS(samples=37)),
-           (bn_resnet(1), methods.EWC(fisher_samples=50, estimator="sampled"))]
+           (bn_resnet(1), methods.EWC(fisher_samples=50, estimator="sampled")),
+           (bn_resnet(1), methods.MAS(samples=37))]
   for model, method in cases:
     s0 = method.init_state(model, digits)
     one, four = (jax.device_get(method.on_task_end(TaskContext(

@@ -46,8 +46,8 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
     # Masked logits, not optax's ``where``: with ``where`` a label outside
     # the mask gets a finite loss as if it were possible, while here its
     # probability is 0 (a loss of ~1e38). Estimators that read a model's
-    # distribution as exp(-loss) over all labels (the sampled and expected
-    # Fisher) rely on that.
+    # distribution as exp(-loss) over all labels (the sampled, expected and
+    # predicted Fisher) rely on that.
     logits = mask_logits(logits, mask)
   return optax.losses.softmax_cross_entropy_with_integer_labels(
       jnp.asarray(logits), jnp.asarray(labels, jnp.int32))

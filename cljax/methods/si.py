@@ -45,12 +45,16 @@ class SI(PenalisedFineTune):
 
   def update_method_state(self, s, old_params, new_params, grads, info):
     """``omega += -g * delta`` with ``delta = info.updates`` (the step's
-    parameter change, read from the updates so that the parameters are
-    updated in place)."""
+    parameter change). Nothing here reads ``old_params`` after the update
+    (the loss form's penalty gradient is taken at ``new - delta``), which
+    lets XLA update the parameters in place where the updates themselves
+    do not read them (Adam, momentum SGD; plain SGD's and AdamW's are
+    recomputed from the parameters, and then they are copied)."""
     task_grads = grads
     if self.form == "loss":
+      old = jax.tree.map(jax.numpy.subtract, new_params, info.updates)
       task_grads = jax.tree.map(jax.numpy.subtract, grads,
-                                self.penalty_grad(old_params, s))
+                                self.penalty_grad(old, s))
     return {**s, "omega": si_accumulate(s["omega"], task_grads,
                                         info.updates)}
 

@@ -90,7 +90,10 @@ class StepInfo(NamedTuple):
     updates: the optimizer's updates, ``new_params - old_params`` (up to
       float rounding). A method that needs the step's parameter change
       reads it here: reading ``old_params`` after the update makes XLA
-      copy every parameter array (it can no longer update them in place).
+      copy every parameter array (it can no longer update them in place),
+      unless the updates are themselves an elementwise function of the
+      parameters (plain SGD with a penalty, weight decay), which XLA
+      recomputes from them.
   """
   batch: dict
   outputs: dict
