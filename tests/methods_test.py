@@ -269,6 +269,15 @@ def test_si_step_updates_parameters_in_place(stream):
   assert param_copies(methods.SI(1.0)) <= param_copies(methods.FineTune())
 
 
+def test_path_integral_methods_need_the_step_updates(stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  for m in (methods.SI(1.0), methods.RWalk(1.0)):
+    s = m.init_state(model, stream)
+    with pytest.raises(ValueError, match="needs StepInfo.updates"):
+      m.update_method_state(s, model.params, model.params, model.params,
+                            StepInfo({}, {}, None, lambda x: x, (0, 1)))
+
+
 @pytest.mark.parametrize("form", ["transform", "loss"])
 def test_si_step_accumulates_the_parameter_change(stream, form):
   # Through the train step: omega gains -g * (new - old), with g the task

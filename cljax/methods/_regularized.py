@@ -53,6 +53,16 @@ def check_importance_options(path: str, estimator: str = "empirical"):
                      f"{estimator!r}")
 
 
+def step_delta(info, who: str):
+  """The step's parameter change, ``info.updates`` (``StepInfo``), for the
+  path-integral methods; a clear error where a caller built the
+  ``StepInfo`` without it."""
+  if info is None or getattr(info, "updates", None) is None:
+    raise ValueError(f"{who}.update_method_state needs StepInfo.updates "
+                     "(the optimizer's updates, new_params - old_params)")
+  return info.updates
+
+
 def importance_function(model: FunctionalModel, kind: str, *,
                         chunk_size: int, path: str = "layerwise",
                         estimator: str = "empirical"):

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from cljax import _validate
-from cljax.methods._regularized import PenalisedFineTune, zeros_like_tree
+from cljax.methods._regularized import (PenalisedFineTune, step_delta,
+                                        zeros_like_tree)
 from cljax.regularizers import (check_strength, minmax_normalise,
                                 rwalk_fisher, rwalk_score_step,
                                 si_accumulate)
@@ -86,7 +87,7 @@ class RWalk(PenalisedFineTune):
     g = grads
     if self.form == "loss":
       g = jax.tree.map(jnp.subtract, grads, self.penalty_grad(old_params, s))
-    s = {**s, "omega": si_accumulate(s["omega"], g, info.updates),
+    s = {**s, "omega": si_accumulate(s["omega"], g, step_delta(info, "RWalk")),
          "window_sq": jax.tree.map(lambda a, b: a + jnp.square(b),
                                    s["window_sq"], g),
          "window_steps": s["window_steps"] + 1}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import jax
 
-from cljax.methods._regularized import PenalisedFineTune, zeros_like_tree
+from cljax.methods._regularized import (PenalisedFineTune, step_delta,
+                                        zeros_like_tree)
 from cljax.regularizers import check_strength, si_accumulate, si_consolidate
 
 
@@ -50,13 +51,13 @@ class SI(PenalisedFineTune):
     lets XLA update the parameters in place where the updates themselves
     do not read them (Adam, momentum SGD; plain SGD's and AdamW's are
     recomputed from the parameters, and then they are copied)."""
+    delta = step_delta(info, "SI")
     task_grads = grads
     if self.form == "loss":
-      old = jax.tree.map(jax.numpy.subtract, new_params, info.updates)
+      old = jax.tree.map(jax.numpy.subtract, new_params, delta)
       task_grads = jax.tree.map(jax.numpy.subtract, grads,
                                 self.penalty_grad(old, s))
-    return {**s, "omega": si_accumulate(s["omega"], task_grads,
-                                        info.updates)}
+    return {**s, "omega": si_accumulate(s["omega"], task_grads, delta)}
 
   def on_task_end(self, ctx):
     s = ctx.method_state
