@@ -7,8 +7,10 @@ only its own rows; the rest (evaluation, end-of-task work) runs on
 replicated arrays, so every process holds the same state, with some of it
 split over the devices too (``rows_mean`` inside the step: GEM's memory
 gradients; ``rowwise`` under ``jax.set_mesh``: herding, nearest-mean class
-means; EWC's and MAS's importances: ``methods._regularized``). Checkpoints are written collectively through orbax; the workdir's
-lock, logs, plots and ``results.json`` belong to process 0 alone.
+means, IL2M's statistics, BiC's validation pass, UCIR's imprinting; EWC's
+and MAS's importances: ``methods._regularized``). Checkpoints are written
+collectively through orbax; the workdir's lock, logs, plots and
+``results.json`` belong to process 0 alone.
 """
 
 from __future__ import annotations

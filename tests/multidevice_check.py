@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from cljax import _distributed, data, models, methods, train  # noqa: E402
 from cljax.methods import TaskContext, _regularized  # noqa: E402
+from cljax.methods._rehearsal import Rehearsal  # noqa: E402
 
 assert jax.device_count() == 4, jax.devices()
 key = jax.random.key(0)
@@ -246,6 +247,46 @@ def herding():
       np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     assert "all-gather" in text and "all-gather" in herd
   print("icarl herding and class means split over 4 devices, equal to one")
+  statistics(digits)
+
+
+def statistics(digits):
+  """IL2M's class statistics, BiC's validation pass (its bias layer's fit)
+  and UCIR's imprinting at the start of task 2: on the mesh the same
+  results as one device, from programs that split the forward passes over
+  the devices and gather the outputs (the function of every
+  ``Rehearsal.on_devices`` call compiled where that call runs it)."""
+  texts = []
+  on_devices = Rehearsal.on_devices
+
+  def spying(ctx, fn, *args):
+    def compiled_first(*placed):  # as on_devices calls it
+      if ctx.mesh is not None:
+        texts.append(jax.jit(fn).lower(*placed).compile().as_text())
+      return fn(*placed)
+    return on_devices(ctx, compiled_first, *args)
+
+  Rehearsal.on_devices = staticmethod(spying)
+  try:
+    for method, hook, head in (
+        (methods.IL2M(40), "on_task_end", "linear"),
+        (methods.BiC(60, val_size=20), "on_task_end", "linear"),
+        (methods.UCIR(40), "start_params", "cosine")):
+      model = models.build_model("mlp", digits.input_shape, 10, hidden=(16,),
+                                 head=head)
+      ctx = TaskContext(0, digits, model, model.params, model.batch_stats,
+                        method.init_state(model, digits),
+                        digits.logit_masks(0), 0)
+      ctx = ctx._replace(index=1, masks=digits.logit_masks(1),
+                         method_state=method.on_task_end(ctx))
+      del texts[:]
+      one, four = (jax.device_get(getattr(method, hook)(ctx._replace(
+          mesh=m))) for m in (None, mesh))
+      assert max_diff(one, four) < 1e-5, (method.name, max_diff(one, four))
+      assert texts and all("all-gather" in t for t in texts), method.name
+      print(method.name, hook, "split over 4 devices, equal to one")
+  finally:
+    Rehearsal.on_devices = staticmethod(on_devices)
 
 
 def runs():

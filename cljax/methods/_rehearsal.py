@@ -11,6 +11,8 @@ split among the devices, so any number of devices trains on what one would.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cljax._distributed import data_axis_mesh, replicate, rowwise
+from cljax._distributed import data_axis_mesh, one_device, replicate, rowwise
 from cljax.data._streamed import materialise
 from cljax import memory as mem
 from cljax.losses._cross_entropy import masked_cross_entropy
@@ -281,6 +283,19 @@ class Rehearsal(Method):
   def _features(self, params, batch_stats, x):
     return self._outputs(params, batch_stats, x)[1]
 
+  @staticmethod
+  def on_devices(ctx, fn, *args):
+    """``fn(*args)``, end-of-task work whose forward passes go through
+    ``_outputs`` or ``rowwise``: on ``ctx``'s data-parallel mesh, ``args``
+    placed replicated on it (``on_mesh``) and ``fn`` traced under
+    ``data_axis_mesh``, so those passes split their rows over the devices;
+    its outputs come back on one device (``one_device``), as the hook's
+    ``ctx`` holds its arrays. Without a mesh, ``fn(*args)``."""
+    if ctx.mesh is None:
+      return fn(*args)
+    with data_axis_mesh(ctx.mesh):
+      return one_device(fn(*on_mesh(ctx.mesh, args)))
+
   def grouped(self, stream, index: int):
     """Task ``index``'s training examples (``train_split``) by class, padded
     to shapes fixed for the stream: ``(x (G, N, ...), counts (G,), y
@@ -340,21 +355,13 @@ class Rehearsal(Method):
     m = mem.per_class_budget(self.capacity, seen, self.budget,
                              self.per_class)
     x, counts, y = self.grouped(ctx.stream, ctx.index)
-    state = ctx.method_state
     keys = jax.random.split(jax.random.key(ctx.seed * 1000 + ctx.index),
                             len(y))
-    params, batch_stats = ctx.params, ctx.batch_stats
-    # On a data-parallel mesh the selection's forward passes split over it
-    # (``rowwise``): its inputs go onto the mesh.
-    on_mesh = ((lambda tree: tree) if ctx.mesh is None else
-               (lambda tree: replicate(tree, NamedSharding(ctx.mesh, P()))))
-    params, batch_stats, state = on_mesh((params, batch_stats, state))
-
-    def select(memory, x, counts, y, keys):
-      with data_axis_mesh(ctx.mesh):
-        return self._select(self.selection == "herding", params, batch_stats,
-                            memory, on_mesh(x), counts, y,
-                            np.full(len(y), ctx.index), m, keys)
+    state = ctx.method_state
+    select = lambda memory, x, counts, y, keys: self.on_devices(
+        ctx, functools.partial(self._select, self.selection == "herding"),
+        ctx.params, ctx.batch_stats, memory, x, counts, y,
+        np.full(len(y), ctx.index), m, keys)
 
     if isinstance(x, np.ndarray):  # every class at once
       return {**state, "memory": select(state["memory"], x, counts, y, keys)}
@@ -363,6 +370,12 @@ class Rehearsal(Method):
     for _, args in _by_class(x, counts, y, keys):
       memory = select(memory, *args)
     return {**state, "memory": memory}
+
+
+def on_mesh(mesh, tree):
+  """``tree``'s arrays placed replicated on ``mesh`` (``None``: ``tree``
+  as it is), where work traced under ``data_axis_mesh(mesh)`` reads them."""
+  return tree if mesh is None else replicate(tree, NamedSharding(mesh, P()))
 
 
 def _by_class(x, counts, *group_args):

@@ -174,10 +174,12 @@ class BiC(DistilledRehearsal):
     new = np.zeros(ctx.stream.num_classes, bool)
     new[list(held)] = True
     v = next(iter(held.values())).shape[0]
-    val, alpha, beta = self._stage2(
-        ctx.params, ctx.batch_stats, s["val"], materialise(split.x[rows]), y,
-        np.full(g, k), keep, v, jnp.asarray(ctx.masks[k]), new, s["alpha"],
-        s["beta"], k > 0)
+    # The validation rows' forward pass splits over a data-parallel mesh
+    # (``on_devices``).
+    val, alpha, beta = self.on_devices(
+        ctx, self._stage2, ctx.params, ctx.batch_stats, s["val"],
+        materialise(split.x[rows]), y, np.full(g, k), keep, v,
+        np.asarray(ctx.masks[k]), new, s["alpha"], s["beta"], k > 0)
     s = {**s, "val": val, "alpha": alpha, "beta": beta}
     return super().on_task_end(ctx._replace(method_state=s))
 

@@ -86,12 +86,14 @@ class IL2M(ER):
     s, k = ctx.method_state, ctx.index
     classes = np.asarray(ctx.stream.tasks[k].classes)
     x, counts, y = self.grouped(ctx.stream, k)
-    active = jnp.asarray(ctx.masks[k])
+    active = np.asarray(ctx.masks[k])
+    # The forward passes split over a data-parallel mesh (``on_devices``).
     class_mean, top_sum = self.per_group(
-        lambda x, counts, y: self._stats(ctx.params, ctx.batch_stats, x,
-                                         counts, y, active), x, counts, y)
-    exemplar_mean = self._exemplar_means(ctx.params, ctx.batch_stats,
-                                         s["memory"], active)
+        lambda x, counts, y: self.on_devices(
+            ctx, self._stats, ctx.params, ctx.batch_stats, x, counts, y,
+            active), x, counts, y)
+    exemplar_mean = self.on_devices(ctx, self._exemplar_means, ctx.params,
+                                    ctx.batch_stats, s["memory"], active)
     g = len(classes)
     init_means = s["init_means"].at[classes].set(class_mean[:g])
     confidence = s["confidence"].at[k].set(jnp.sum(top_sum) / counts.sum())

@@ -126,8 +126,10 @@ class UCIR(Rehearsal):
     if ctx.index == 0 or not self.imprint:
       return None
     x, counts, y = self.grouped(ctx.stream, ctx.index)
-    mean = self.per_group(lambda x, counts: self._means(
-        ctx.params, ctx.batch_stats, x, counts), x, counts)
+    # The features' forward pass splits over a data-parallel mesh
+    # (``on_devices``).
+    mean = self.per_group(lambda x, counts: self.on_devices(
+        ctx, self._means, ctx.params, ctx.batch_stats, x, counts), x, counts)
     return self._imprinted(ctx.params, mean, counts, y), ctx.batch_stats
 
   def on_task_end(self, ctx):
