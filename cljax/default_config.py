@@ -54,6 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # tfds only: > 0 streams the images, decoded on access at this size
   # (ImageNet), never whole in memory; 0 loads the dataset into memory.
   c.data.image_size = 0
+  # tfds only, with image_size 0: a dataset whose float32 copy in memory
+  # (train and test splits) would exceed this many MB is streamed at its
+  # images' own size, standardised as in memory (0: always streamed).
+  c.data.stream_above_mb = 8192.0
   c.data.classes = ()       # tfds only: labels (or class names) to keep
   c.data.test_split = "test"  # tfds only: the split tested on
 

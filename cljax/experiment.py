@@ -142,6 +142,8 @@ def validate(config) -> None:
   _check(_validate.check_unit_interval, "train.warmup", t.warmup)
   _int("parallel.data", config.parallel.data, 0)
   _int("data.image_size", config.data.image_size, 0)
+  _check(_validate.check_nonnegative, "data.stream_above_mb",
+         config.data.stream_above_mb)
   if (config.data.image_size or config.data.classes or
       config.data.test_split != "test") and not config.data.name.startswith(
           "tfds:"):
@@ -269,9 +271,26 @@ def _mesh(config):
                                            devices=devices[:n])
 
 
+def _streams(d) -> bool:
+  """Whether data config ``d`` streams its dataset: at ``image_size``, or
+  a tfds dataset too large for memory (``stream_above_mb``) at its own."""
+  if d.image_size:
+    return True
+  if not d.name.startswith("tfds:"):
+    return False
+  from cljax.data._tfds import in_memory_mb
+  mb = in_memory_mb(d.name[len("tfds:"):], d.data_dir or None,
+                    splits=("train", d.test_split))
+  if mb <= d.stream_above_mb:
+    return False
+  print(f"{d.name}: {mb:.0f} MB as float32, above data.stream_above_mb="
+        f"{d.stream_above_mb:g}: streamed (decoded on access)")
+  return True
+
+
 def build_stream(config) -> cl_data.Stream:
   d, s = config.data, config.scenario
-  if d.image_size:
+  if _streams(d):
     from cljax.data._tfds import load_tfds_streamed
     ds = load_tfds_streamed(d.name[len("tfds:"):], d.data_dir or None,
                             d.image_size, classes=tuple(d.classes),

@@ -74,7 +74,8 @@ def test_views_are_lazy_and_digests_follow_content(subset, monkeypatch):
   decoded = []
   image = _streamed._Source.image
   monkeypatch.setattr(_streamed._Source, "image",
-                      lambda self, i: decoded.append(i) or image(self, i))
+                      lambda self, i, rgb=True: decoded.append(i) or image(
+                          self, i, rgb))
   stream = data.class_splits(subset, 2, class_order=tuple(range(100)),
                              val_fraction=0.2, seed=3)
   stream.check()
@@ -171,3 +172,66 @@ def test_exemplar_selection_streams_class_by_class_as_in_memory(subset,
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                got["streamed"], got["in_memory"])
   assert got["streamed"].valid.sum() == 100
+
+
+BUILDS = os.path.join(ROOT, "tests", "data", "tfds", "array_record")
+
+
+@pytest.mark.parametrize("name", ["cljax_digits", "cifar100"])
+def test_native_streaming_gives_the_arrays_loading_in_memory_gives(name):
+  """``image_size=0``: each image at its stored size and channels (8x8x1
+  digits, 32x32x3 CIFAR), standardised with the training split's channel
+  statistics from one decoding pass: the arrays of ``load_tfds``, for whole
+  splits, rows in any order, and the training batches (no host
+  augmentation)."""
+  from cljax.data._tfds import load_tfds
+  want = load_tfds(name, BUILDS)
+  got = load_tfds_streamed(name, BUILDS, 0)
+  assert isinstance(got.train.x, _streamed.StreamedImages)
+  assert got.num_classes == want.num_classes
+  rows = np.random.default_rng(0).permutation(len(want.test))[:37]
+  for part in ("train", "test"):
+    g, w = getattr(got, part), getattr(want, part)
+    assert g.x.shape == w.x.shape
+    np.testing.assert_array_equal(g.y, w.y)
+    np.testing.assert_allclose(np.asarray(g.x), w.x, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(g.x[rows]), w.x[rows], atol=1e-6)
+    np.testing.assert_allclose(g.x[rows].augmented(), w.x[rows], atol=1e-6)
+  assert got.train.x.digest() != load_tfds_streamed(
+      name, BUILDS, 8).train.x.digest()
+
+
+def test_a_dataset_above_the_threshold_streams_with_the_same_results(
+    tmp_path, capsys):
+  """``data.stream_above_mb``: the digits build (0.44 MB as float32) loads
+  into memory by default and streams above 0.1 MB, and a run on it gives
+  the same accuracy matrix both ways (the same batches and evaluation)."""
+  from cljax import experiment
+  from cljax.default_config import get_config
+  results = {}
+  for key, above in (("memory", 8192.0), ("streamed", 0.1)):
+    c = get_config()
+    c.data.name = "tfds:cljax_digits"
+    c.data.data_dir = BUILDS
+    c.data.stream_above_mb = above
+    c.scenario.num_tasks = 2
+    c.model.hidden = (16,)
+    c.train.epochs = 1
+    c.methods = "finetune"
+    c.progress = False
+    c.workdir = str(tmp_path / key)
+    stream = experiment.build_stream(c)
+    assert isinstance(stream.tasks[0].train.x, _streamed.StreamedImages) == (
+        key == "streamed")
+    results[key] = experiment.run_experiment(c)["runs"]["finetune"]
+  assert "streamed (decoded on access)" in capsys.readouterr().out
+  np.testing.assert_array_equal(results["streamed"]["accuracy_matrix"],
+                                results["memory"]["accuracy_matrix"])
+
+
+def test_images_of_varying_size_need_an_image_size():
+  from cljax.data._tfds import in_memory_mb
+  with pytest.raises(ValueError, match="vary in size.*data.image_size"):
+    in_memory_mb("imagenet2012", BUILDS, splits=("train", "validation"))
+  with pytest.raises(ValueError, match="vary in size"):
+    load_tfds_streamed("imagenet2012", BUILDS, 0, test_split="validation")

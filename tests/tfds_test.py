@@ -70,6 +70,25 @@ def test_tfds_build_equals_idx_files(data_dir, fashion_mnist):
   _same_examples(ds, fashion_mnist)
 
 
+@pytest.mark.slow  # decodes 70,000 images (about 2 minutes)
+def test_fashion_mnist_streams_as_it_loads(data_dir):
+  """The build streamed at its own size (``image_size=0``, what a dataset
+  above ``data.stream_above_mb`` gets): the arrays and batches of loading
+  it into memory."""
+  from cljax import data
+  from cljax.data import load_dataset
+  want = load_dataset("tfds:fashion_mnist", data_dir=str(data_dir))
+  got = _tfds.load_tfds_streamed("fashion_mnist", str(data_dir), 0)
+  np.testing.assert_allclose(np.asarray(got.test.x), want.test.x, atol=1e-6)
+  streams = [data.class_splits(d, 5, val_fraction=0.1, seed=3)
+             for d in (got, want)]
+  rows = np.random.default_rng(0).permutation(10800)[:128]  # a batch
+  for g, w in zip(*(s.tasks for s in streams)):
+    np.testing.assert_array_equal(g.train.y, w.train.y)
+    np.testing.assert_allclose(g.train.x[rows].augmented(), w.train.x[rows],
+                               atol=1e-6)
+
+
 DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
                       "tfds")  # built by tests/data/build_tfds_digits.py
 

@@ -22,7 +22,11 @@ and PODNet's ImageNet code uses them):
   the view's ``seed`` (so a resumed run draws the same crops);
 
 then scaling to [0, 1] and standardising with ImageNet's channel mean and
-standard deviation.
+standard deviation. A view with a ``Native`` recipe instead keeps the images
+at their stored size and channels, scales them to [0, 1] and standardises
+them with the dataset's own channel statistics, as loading it whole does
+(``load_tfds``), with no augmentation on the host: the streamed form of a
+dataset too large for memory (``load_tfds_streamed`` with ``image_size=0``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import concurrent.futures
 import hashlib
 import io
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,12 +68,17 @@ class _Source:
     key = self.label_key
     return np.asarray([int(r[key]) for r in self.dataset], np.int64)
 
-  def image(self, i: int) -> np.ndarray:
-    """Example ``i``'s image, decoded: ``(H, W, 3)`` uint8."""
+  def image(self, i: int, rgb: bool = True) -> np.ndarray:
+    """Example ``i``'s image, decoded: ``(H, W, 3)`` uint8, or with
+    ``rgb=False`` ``(H, W, C)`` with its stored channels (1 for grayscale;
+    other modes than grayscale and RGB are converted to RGB)."""
     from PIL import Image
     raw = self.dataset[int(i)][self.image_key]
     with Image.open(io.BytesIO(raw)) as img:
-      return np.asarray(img.convert("RGB"))
+      if rgb or img.mode not in ("L", "RGB"):
+        return np.asarray(img.convert("RGB"))
+      a = np.asarray(img)
+    return a[..., None] if a.ndim == 2 else a
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -110,22 +120,36 @@ def train_transform(img: np.ndarray, size: int,
   return out[:, ::-1] if rng.random() < 0.5 else out
 
 
+class Native(NamedTuple):
+  """The recipe of a dataset streamed as it is stored: every image of
+  ``shape`` ``(H, W, C)``, scaled to [0, 1] and standardised with the
+  training split's channel ``mean`` and ``std`` (float64 ``(C,)``, the
+  standard deviation plus 1e-8), as ``load_tfds`` loads it into memory."""
+  shape: tuple
+  mean: np.ndarray
+  std: np.ndarray
+
+
 class StreamedImages:
   """A lazy ``(N, S, S, 3)`` float32 array of a source's images (see the
   module docstring). ``indices`` may have any shape (e.g. ``(G, R)`` rows
-  of classes); the view's shape is ``indices.shape + (S, S, 3)``."""
+  of classes); the view's shape is ``indices.shape + (S, S, 3)``, or
+  ``indices.shape + native.shape`` with a ``Native`` recipe (``size`` is
+  then 0)."""
 
   def __init__(self, source: _Source, indices, size: int, seed: int = 0,
-               threads: int = 8):
+               threads: int = 8, native: Native | None = None):
     self._source, self.size, self.seed = source, int(size), int(seed)
     self.indices = np.asarray(indices, np.int64)
-    self.threads = threads
+    self.threads, self.native = threads, native
 
   # -- array-like --------------------------------------------------------------
 
   @property
   def shape(self) -> tuple:
-    return (*self.indices.shape, self.size, self.size, 3)
+    image = (tuple(self.native.shape) if self.native else
+             (self.size, self.size, 3))
+    return (*self.indices.shape, *image)
 
   @property
   def ndim(self) -> int:
@@ -144,25 +168,30 @@ class StreamedImages:
   def __getitem__(self, idx) -> "StreamedImages":
     """A lazy view of ``indices[idx]`` (an int array, a slice, ...)."""
     return StreamedImages(self._source, self.indices[idx], self.size,
-                          self.seed, self.threads)
+                          self.seed, self.threads, self.native)
 
   def __array__(self, dtype=None, copy=None):
-    out = self._decode(lambda img, i: eval_transform(img, self.size))
+    out = self._decode(self._eval)
     return out if dtype is None else out.astype(dtype)
 
   @staticmethod
   def concat(views) -> "StreamedImages":
-    """The views (of one source, size and seed) one after another."""
+    """The views (of one source, size, recipe and seed) one after another."""
     first = views[0]
     if any(v._source is not first._source or v.size != first.size
-           for v in views):
+           or v.native is not first.native for v in views):
       raise ValueError("can only concatenate views of one streamed source")
     return StreamedImages(first._source, np.concatenate(
-        [v.indices for v in views]), first.size, first.seed, first.threads)
+        [v.indices for v in views]), first.size, first.seed, first.threads,
+                          first.native)
 
   def digest(self) -> str:
-    """The source build's identity, the indices and the image size."""
-    h = hashlib.sha256(f"{self._source.digest}|{self.size}|".encode())
+    """The source build's identity, the indices and the image size (or the
+    native recipe's shape and statistics)."""
+    recipe = self.size if self.native is None else (
+        f"native{tuple(self.native.shape)}{self.native.mean.tolist()}"
+        f"{self.native.std.tolist()}")
+    h = hashlib.sha256(f"{self._source.digest}|{recipe}|".encode())
     h.update(np.ascontiguousarray(self.indices).tobytes())
     h.update(str(self.indices.shape).encode())
     return h.hexdigest()
@@ -174,7 +203,11 @@ class StreamedImages:
     augmentation (random-resized crop and flip), each drawn from a
     generator seeded by ``seed``, the whole view's indices and its
     position: a process decoding its part of a global batch draws what one
-    process decoding all of it would."""
+    process decoding all of it would. A ``Native`` view's images as they
+    are (augmentation, if any, is the train step's, as for data in
+    memory)."""
+    if self.native is not None:
+      return self._decode(self._eval, np.arange(self.indices.size)[part])
     key = int.from_bytes(hashlib.sha256(
         np.ascontiguousarray(self.indices).tobytes()).digest()[:8], "little")
     rngs = np.random.default_rng([self.seed, key]).spawn(self.indices.size)
@@ -182,21 +215,38 @@ class StreamedImages:
     return self._decode(lambda img, i: train_transform(img, self.size,
                                                        rngs[i]), positions)
 
+  def _eval(self, img: np.ndarray, i: int) -> np.ndarray:
+    """The evaluation transform (``Native``: none, the image's shape
+    checked against the recipe's)."""
+    if self.native is None:
+      return eval_transform(img, self.size)
+    if img.shape != tuple(self.native.shape):
+      raise ValueError(f"streamed image {self.indices.reshape(-1)[i]} has "
+                       f"shape {img.shape}, not the build's "
+                       f"{tuple(self.native.shape)}")
+    return img
+
   def _decode(self, transform, positions=None) -> np.ndarray:
     flat = self.indices.reshape(-1)
     whole = positions is None
     positions = np.arange(flat.size) if whole else positions
-    mean = np.asarray(IMAGENET_MEAN, np.float32)
-    std = np.asarray(IMAGENET_STD, np.float32)
+    rgb = self.native is None
+    imagenet_mean = np.asarray(IMAGENET_MEAN, np.float32)
+    imagenet_std = np.asarray(IMAGENET_STD, np.float32)
 
     def one(i):
-      img = transform(self._source.image(flat[i]), i)
-      return (img.astype(np.float32) / 255.0 - mean) / std
+      img = transform(self._source.image(flat[i], rgb), i)
+      if rgb:
+        return (img.astype(np.float32) / 255.0 - imagenet_mean) / imagenet_std
+      # As ``load_tfds`` then ``_standardise``: float32 in [0, 1], then
+      # standardised in float64.
+      return ((img.astype(np.float32) / 255.0 - self.native.mean) /
+              self.native.std).astype(np.float32)
 
     with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
       images = list(pool.map(one, positions))
     out = (np.stack(images) if images else
-           np.zeros((0, self.size, self.size, 3), np.float32))
+           np.zeros((0, *self.shape[self.indices.ndim:]), np.float32))
     return out.reshape(self.shape) if whole else out
 
 

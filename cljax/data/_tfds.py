@@ -135,6 +135,47 @@ def _version_dir(name: str, data_dir: str | None) -> str:
   return os.path.join(root, latest)
 
 
+def in_memory_mb(name: str, data_dir: str | None, *,
+                 splits=("train", "test"), image_key: str = "image") -> float:
+  """The size in MB (2**20 bytes) of ``splits`` of a prepared build loaded
+  whole as float32 (``load_tfds``), from the build's metadata (nothing
+  decoded). ``ValueError`` if its images vary in size (only streaming at a
+  fixed ``image_size`` reads those)."""
+  import tensorflow_datasets as tfds
+  info = tfds.builder_from_directory(_version_dir(name, data_dir)).info
+  shape = _fixed_shape(info, image_key, name)
+  return sum(info.splits[s].num_examples for s in splits) * int(
+      np.prod(shape)) * 4 / 2**20
+
+
+def _fixed_shape(info, image_key: str, name: str) -> tuple:
+  shape = tuple(info.features[image_key].shape)
+  if None in shape:
+    raise ValueError(f"tfds:{name}'s images vary in size {shape}: stream "
+                     "them at a fixed size (data.image_size)")
+  return shape
+
+
+def _channel_stats(source, n: int, shape: tuple, chunk: int = 4096):
+  """The channel mean and standard deviation (plus 1e-8) of a split's
+  ``n`` images scaled to [0, 1] (float32), in float64 as ``_standardise``
+  computes them for data in memory, from sums over chunks decoded one at a
+  time (one pass)."""
+  from cljax.data._streamed import Native, StreamedImages
+  c = shape[-1]
+  raw = Native(shape, np.zeros(c), np.ones(c))  # x / 255 as it is
+  total, squares = np.zeros(c), np.zeros(c)
+  for start in range(0, n, chunk):
+    x = np.asarray(StreamedImages(source, np.arange(start, min(n, start +
+                                                               chunk)), 0,
+                                  native=raw))
+    total += x.sum(axis=(0, 1, 2), dtype=np.float64)
+    squares += np.square(x, dtype=np.float64).sum(axis=(0, 1, 2))
+  count = n * shape[0] * shape[1]
+  mean = total / count
+  return mean, np.sqrt(np.maximum(squares / count - mean**2, 0)) + 1e-8
+
+
 def load_tfds_streamed(name: str, data_dir: str | None, image_size: int, *,
                        classes=(), train_split: str = "train",
                        test_split: str = "test", image_key: str = "image",
@@ -144,9 +185,15 @@ def load_tfds_streamed(name: str, data_dir: str | None, image_size: int, *,
   never whole in memory. Only the labels are read up front (every record
   is read once, no image decoded).
 
+  With ``image_size=0`` the images keep their stored size and channels and
+  are standardised as ``load_tfds`` does in memory (``Native``; the
+  training split's channel statistics come from one decoding pass over
+  it): the same arrays as ``load_tfds`` gives, to float rounding, for a
+  dataset too large to load.
+
   Args:
     name, data_dir: as ``load_tfds`` (an array_record build).
-    image_size: the side of the decoded square images.
+    image_size: the side of the decoded square images, or 0 (their own).
     classes: optional labels (ints or the dataset's class names) to keep,
       relabelled ``0..len(classes)-1`` in the order given (e.g. the 100
       classes of ImageNet-100).
@@ -156,7 +203,7 @@ def load_tfds_streamed(name: str, data_dir: str | None, image_size: int, *,
   """
   import tensorflow_datasets as tfds
   from cljax.data._datasets import Split
-  from cljax.data._streamed import StreamedImages, _Source
+  from cljax.data._streamed import Native, StreamedImages, _Source
   version_dir = _version_dir(name, data_dir)
   info = tfds.builder_from_directory(version_dir).info
   fmt = str(getattr(info.file_format, "value", info.file_format))
@@ -178,15 +225,19 @@ def load_tfds_streamed(name: str, data_dir: str | None, image_size: int, *,
     relabel = np.full(num_classes, -1, np.int64)
     relabel[keep] = np.arange(len(keep))
     num_classes = len(keep)
-  splits = []
+  splits, native = [], None
   for split in (train_split, test_split):
     source = _Source(version_dir, split, image_key, label_key)
     y = source.labels()
+    if not image_size and native is None:  # the training split's statistics
+      shape = _fixed_shape(info, image_key, name)
+      native = Native(shape, *_channel_stats(source, len(y), shape))
     idx = np.arange(len(y))
     if classes:
       idx = idx[relabel[y] >= 0]
       y = relabel[y[idx]]
-    splits.append(Split(StreamedImages(source, idx, image_size, seed),
+    splits.append(Split(StreamedImages(source, idx, image_size, seed,
+                                       native=native),
                         y.astype(np.int32), np.zeros(len(y), np.int32)))
   return Dataset(name, *splits, num_classes)
 
