@@ -21,6 +21,9 @@ training data held out for validation. The argument sets the memory:
 * ``later``: the families added later, on 3 seeds beside ER: RWalk
   (regularisation, its default lam), MIR and GSS (rehearsal, K = 2,000,
   their papers' defaults);
+* ``reservoir``: ER with DER's memory (reservoir sampling, online) beside
+  ER's default (herding at each task's end), on 3 seeds: DER and DER++
+  against ER with the same memory policy;
 * ``tune``: DER's alpha and DER++'s alpha and beta over grids around
   their papers' values, beside ER, one seed, chosen on the final mean
   *validation* accuracy (``selection.md`` flags edge winners); the stream's
@@ -51,7 +54,8 @@ from cljax.default_config import method_entry
 REHEARSAL = ("er", "der", "derpp", "icarl", "e2eil")
 BIAS = ("ucir", "bic", "il2m", "wa")
 LATER = ("mir", "gss")  # rehearsal methods added later (the ``later`` run)
-VARIANTS = ("k2000", "k200", "k500", "cnn", "bias", "later", "tune", "tuned")
+VARIANTS = ("k2000", "k200", "k500", "cnn", "bias", "later", "reservoir",
+            "tune", "tuned")
 # The ``tune`` grids, around the papers' values (DER alpha 0.3; DER++
 # alpha 0.1, beta 0.5); DER++'s beta was extended to 2 after 1 won at the
 # grid's edge.
@@ -135,6 +139,10 @@ def get_config(arg="k2000"):
     # ER replaying as they do: the baseline their corrections improve on.
     c.method.er__union = method_entry("er", replay="union")
     entries = ["er", "er__union", *BIAS]
+  elif variant == "reservoir":
+    c.seeds = 3
+    c.method.er__reservoir = method_entry("er", selection="reservoir")
+    entries = ["er", "er__reservoir"]
   elif variant == "tune":
     c.select = "val_acc"
     entries = _tune_entries(c)
