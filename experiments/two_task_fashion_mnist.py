@@ -16,8 +16,11 @@ evaluations made while training task B; see ``cljax.metrics.score``). Test
 accuracies are reported for the chosen runs.
 
     cljax run --config experiments/two_task_fashion_mnist.py \
-        --config.workdir=experiments/results/two_task_fashion_mnist
-    cljax run --config experiments/two_task_fashion_mnist.py:shared
+        --config.workdir=experiments/results/two_task_fashion_mnist \
+        --config.sweep.vmap=True
+    cljax run --config experiments/two_task_fashion_mnist.py:shared \
+        --config.workdir=experiments/results/two_task_fashion_mnist_shared \
+        --config.sweep.vmap=True
     cljax run --config experiments/two_task_fashion_mnist.py:runlocal
 """
 
@@ -28,9 +31,11 @@ LRS = {"": (0.01, 5), "_lowlr": (0.001, 20)}  # task B's lr and epochs
 EWC_LAMBDAS = (10.0, 100.0, 1000.0, 10000.0)
 KD_LAMBDAS = (0.5, 1.0, 2.0, 4.0)
 # Past the grids' edges where a winner sat on one (KD's highest weight in
-# both setups; low-lr EWC's highest lambda with the shared head).
+# both setups; low-lr EWC's highest lambda with the shared head; then, on 3
+# seeds, low-lr KD's 16 with the shared head).
 EXTENSIONS = {"kd": (8.0, 16.0), "kd_lowlr": (8.0, 16.0)}
-SHARED_EXTENSIONS = {**EXTENSIONS, "ewc_lowlr": (1e5,)}
+SHARED_EXTENSIONS = {**EXTENSIONS, "ewc_lowlr": (1e5,),
+                     "kd_lowlr": (8.0, 16.0, 32.0, 64.0)}
 
 
 def get_config(arg=None):
