@@ -283,8 +283,9 @@ def _streams(d) -> bool:
                     splits=("train", d.test_split))
   if mb <= d.stream_above_mb:
     return False
-  print(f"{d.name}: {mb:.0f} MB as float32, above data.stream_above_mb="
-        f"{d.stream_above_mb:g}: streamed (decoded on access)")
+  if _distributed.is_primary():
+    print(f"{d.name}: {mb:.0f} MB as float32, above data.stream_above_mb="
+          f"{d.stream_above_mb:g}: streamed (decoded on access)")
   return True
 
 

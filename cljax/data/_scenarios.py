@@ -301,6 +301,11 @@ def _domain_stream(name, data, num_tasks, transforms, train_per_task,
   if incremental not in ("domain", "task", "class"):
     raise ValueError("incremental must be 'domain', 'task' or 'class', got "
                      f"{incremental!r}")
+  if not isinstance(data.train.x, np.ndarray):
+    raise ValueError(f"{name} streams transform every image up front and "
+                     f"need {data.name} in memory; it is streamed (data."
+                     "image_size > 0, or above data.stream_above_mb: raise "
+                     "that)")
   data.check()
   rng = np.random.default_rng(seed)
   c = data.num_classes

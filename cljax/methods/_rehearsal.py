@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cljax._distributed import data_axis_mesh, one_device, replicate, rowwise
+from cljax._distributed import data_axis_mesh, replicate, rowwise
 from cljax.data._streamed import materialise
 from cljax import memory as mem
 from cljax.losses._cross_entropy import masked_cross_entropy
@@ -287,14 +287,17 @@ class Rehearsal(Method):
   def on_devices(ctx, fn, *args):
     """``fn(*args)``, end-of-task work whose forward passes go through
     ``_outputs`` or ``rowwise``: on ``ctx``'s data-parallel mesh, ``args``
-    placed replicated on it (``on_mesh``) and ``fn`` traced under
-    ``data_axis_mesh``, so those passes split their rows over the devices;
-    its outputs come back on one device (``one_device``), as the hook's
-    ``ctx`` holds its arrays. Without a mesh, ``fn(*args)``."""
+    placed replicated on it (``on_mesh``; arrays placed so already, e.g.
+    the parameters placed once for a hook's calls class by class, are
+    kept) and ``fn`` traced under ``data_axis_mesh``, so those passes
+    split their rows over the devices when their count divides them
+    (``rowwise``). The outputs stay replicated on the mesh: a hook doing
+    eager work on them beside ``ctx``'s arrays takes them back with
+    ``one_device``. Without a mesh, ``fn(*args)``."""
     if ctx.mesh is None:
       return fn(*args)
     with data_axis_mesh(ctx.mesh):
-      return one_device(fn(*on_mesh(ctx.mesh, args)))
+      return fn(*on_mesh(ctx.mesh, args))
 
   def grouped(self, stream, index: int):
     """Task ``index``'s training examples (``train_split``) by class, padded
@@ -358,15 +361,18 @@ class Rehearsal(Method):
     keys = jax.random.split(jax.random.key(ctx.seed * 1000 + ctx.index),
                             len(y))
     state = ctx.method_state
+    # Placed on a data-parallel mesh once; the memory stays there from
+    # class to class when the task streams.
+    params, batch_stats, memory = on_mesh(ctx.mesh, (
+        ctx.params, ctx.batch_stats, state["memory"]))
     select = lambda memory, x, counts, y, keys: self.on_devices(
         ctx, functools.partial(self._select, self.selection == "herding"),
-        ctx.params, ctx.batch_stats, memory, x, counts, y,
+        params, batch_stats, memory, x, counts, y,
         np.full(len(y), ctx.index), m, keys)
 
     if isinstance(x, np.ndarray):  # every class at once
-      return {**state, "memory": select(state["memory"], x, counts, y, keys)}
+      return {**state, "memory": select(memory, x, counts, y, keys)}
     # Streamed: one class's images decoded at a time (the same memory).
-    memory = state["memory"]
     for _, args in _by_class(x, counts, y, keys):
       memory = select(memory, *args)
     return {**state, "memory": memory}

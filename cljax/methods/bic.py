@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax._distributed import one_device
 from cljax.data._streamed import materialise
 from cljax import memory as mem
 from cljax.data._datasets import Split
@@ -175,11 +176,11 @@ class BiC(DistilledRehearsal):
     new[list(held)] = True
     v = next(iter(held.values())).shape[0]
     # The validation rows' forward pass splits over a data-parallel mesh
-    # (``on_devices``).
-    val, alpha, beta = self.on_devices(
+    # (``on_devices``); its results come back to the hook's device.
+    val, alpha, beta = one_device(self.on_devices(
         ctx, self._stage2, ctx.params, ctx.batch_stats, s["val"],
         materialise(split.x[rows]), y, np.full(g, k), keep, v,
-        np.asarray(ctx.masks[k]), new, s["alpha"], s["beta"], k > 0)
+        np.asarray(ctx.masks[k]), new, s["alpha"], s["beta"], k > 0))
     s = {**s, "val": val, "alpha": alpha, "beta": beta}
     return super().on_task_end(ctx._replace(method_state=s))
 

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax._distributed import one_device
+from cljax.methods._rehearsal import on_mesh
 from cljax.methods.er import ER
 from cljax.models import il2m_ratio, il2m_rectify, mask_logits
 
@@ -87,13 +89,16 @@ class IL2M(ER):
     classes = np.asarray(ctx.stream.tasks[k].classes)
     x, counts, y = self.grouped(ctx.stream, k)
     active = np.asarray(ctx.masks[k])
-    # The forward passes split over a data-parallel mesh (``on_devices``).
+    # The forward passes split over a data-parallel mesh (``on_devices``,
+    # the network placed there once); the statistics come back to the
+    # hook's device.
+    params, batch_stats = on_mesh(ctx.mesh, (ctx.params, ctx.batch_stats))
     class_mean, top_sum = self.per_group(
-        lambda x, counts, y: self.on_devices(
-            ctx, self._stats, ctx.params, ctx.batch_stats, x, counts, y,
-            active), x, counts, y)
-    exemplar_mean = self.on_devices(ctx, self._exemplar_means, ctx.params,
-                                    ctx.batch_stats, s["memory"], active)
+        lambda x, counts, y: one_device(self.on_devices(
+            ctx, self._stats, params, batch_stats, x, counts, y, active)),
+        x, counts, y)
+    exemplar_mean = one_device(self.on_devices(
+        ctx, self._exemplar_means, params, batch_stats, s["memory"], active))
     g = len(classes)
     init_means = s["init_means"].at[classes].set(class_mean[:g])
     confidence = s["confidence"].at[k].set(jnp.sum(top_sum) / counts.sum())

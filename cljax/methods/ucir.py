@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax._distributed import one_device
 from cljax.losses import less_forget_loss, margin_ranking_loss
-from cljax.methods._rehearsal import (nme_predictors, Rehearsal,
+from cljax.methods._rehearsal import (nme_predictors, on_mesh, Rehearsal,
                                       teacher_state, weighted_cross_entropy,
                                       with_teacher)
 from cljax.regularizers import check_strength
@@ -127,9 +128,11 @@ class UCIR(Rehearsal):
       return None
     x, counts, y = self.grouped(ctx.stream, ctx.index)
     # The features' forward pass splits over a data-parallel mesh
-    # (``on_devices``).
-    mean = self.per_group(lambda x, counts: self.on_devices(
-        ctx, self._means, ctx.params, ctx.batch_stats, x, counts), x, counts)
+    # (``on_devices``, the network placed there once); the means come back
+    # to the hook's device.
+    params, batch_stats = on_mesh(ctx.mesh, (ctx.params, ctx.batch_stats))
+    mean = self.per_group(lambda x, counts: one_device(self.on_devices(
+        ctx, self._means, params, batch_stats, x, counts)), x, counts)
     return self._imprinted(ctx.params, mean, counts, y), ctx.batch_stats
 
   def on_task_end(self, ctx):
