@@ -153,6 +153,13 @@ def replicate(tree, replicated: NamedSharding):
   return jax.tree.map(place, tree)
 
 
+def on_mesh(mesh: jax.sharding.Mesh | None, tree):
+  """``tree``'s arrays placed replicated on ``mesh`` (``replicate``;
+  ``None``: ``tree`` as it is), where work traced under
+  ``data_axis_mesh(mesh)`` reads them."""
+  return tree if mesh is None else replicate(tree, NamedSharding(mesh, P()))
+
+
 def split_rows(tree, split: NamedSharding):
   """Arrays with a common leading axis, every process holding all rows,
   placed with ``split`` (rows along the mesh's data axis): each process

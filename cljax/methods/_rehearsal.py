@@ -17,10 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-
-from cljax._distributed import data_axis_mesh, replicate, rowwise
+from cljax._distributed import data_axis_mesh, on_mesh, rowwise
 from cljax.data._streamed import materialise
 from cljax import memory as mem
 from cljax.losses._cross_entropy import masked_cross_entropy
@@ -376,12 +373,6 @@ class Rehearsal(Method):
     for _, args in _by_class(x, counts, y, keys):
       memory = select(memory, *args)
     return {**state, "memory": memory}
-
-
-def on_mesh(mesh, tree):
-  """``tree``'s arrays placed replicated on ``mesh`` (``None``: ``tree``
-  as it is), where work traced under ``data_axis_mesh(mesh)`` reads them."""
-  return tree if mesh is None else replicate(tree, NamedSharding(mesh, P()))
 
 
 def _by_class(x, counts, *group_args):

@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax._distributed import one_device
-from cljax.methods._rehearsal import on_mesh
+from cljax._distributed import on_mesh, one_device
 from cljax.methods.er import ER
 from cljax.models import il2m_ratio, il2m_rectify, mask_logits
 

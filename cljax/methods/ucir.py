@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax._distributed import one_device
+from cljax._distributed import on_mesh, one_device
 from cljax.losses import less_forget_loss, margin_ranking_loss
-from cljax.methods._rehearsal import (nme_predictors, on_mesh, Rehearsal,
+from cljax.methods._rehearsal import (nme_predictors, Rehearsal,
                                       teacher_state, weighted_cross_entropy,
                                       with_teacher)
 from cljax.regularizers import check_strength
