@@ -13,8 +13,13 @@ after the other, both with the scan loop: training plus per-task
 evaluation, compilation excluded (the runs' own timings), median of
 ``--reps``. Target on CPU: no slower (>= 1x).
 
+And seeds (``--seeds N``): N seeds of EWC on the same stream, each with
+its own permutations and initialisation, as one ``run_sweep`` (a seed,
+stream and model per member) against the N ``run_stream`` runs one after
+the other, timed the same way.
+
     python benchmarks/sweep.py [--ks 8,16 --blocks 20 --steps 20]
-                               [--streams --reps 3] [--update]
+                               [--streams --reps 3] [--seeds 3] [--update]
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def main():
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--streams", action="store_true",
                   help="also time whole GEM-protocol streams (Fashion-MNIST)")
+  ap.add_argument("--seeds", type=int, default=0,
+                  help="also time N seeds of a GEM-protocol stream")
   ap.add_argument("--reps", type=int, default=3)
   args = ap.parse_args()
   stream = synthetic_stream("mlp", 1000)
@@ -87,6 +94,8 @@ def main():
          "results": results}
   if args.streams:
     out["streams"] = streams(args.reps)
+  if args.seeds:
+    out["seeds"] = seeds(args.reps, args.seeds)
   write("sweep", out, args)
 
 
@@ -113,6 +122,34 @@ def streams(reps: int, k: int = 8) -> dict:
   print(f"GEM-protocol stream, K={k} EWC strengths: one after the other "
         f"{seq:.2f} s, run_sweep {vm:.2f} s: {seq / vm:.2f}x")
   return {"k": k, "lams": lams, "sequential_s": seq, "vmapped_s": vm,
+          "speedup": seq / vm, "runs": times}
+
+
+def seeds(reps: int, n: int) -> dict:
+  """N seeds of EWC (lam 0.1) on the GEM protocol's stream, each its own
+  permutations and initialisation: one ``run_sweep`` against the N runs one
+  after the other (scan loop both)."""
+  from loops import STREAMS, wall
+  spec = STREAMS["gem_protocol"]
+  ds = data.load_fashion_mnist()
+  sts = [data.permuted(ds, spec["tasks"], train_per_task=1000,
+                       test_per_task=2000, seed=s) for s in range(n)]
+  mds = [models.build_model("mlp", sts[0].input_shape, sts[0].num_classes,
+                            hidden=spec["hidden"], seed=s) for s in range(n)]
+  kw = dict(epochs=1, batch_size=spec["batch"], progress=False, loop="scan")
+  opt = optax.sgd(spec["lr"])
+  times = {"sequential": [], "vmapped": []}
+  for _ in range(reps):
+    times["sequential"].append(sum(wall(train.run_stream(
+        sts[s], methods.EWC(0.1), mds[s], opt, seed=s, **kw))
+                                   for s in range(n)))
+    res = train.run_sweep(sts, methods.EWC(0.1), [{}] * n, mds, opt,
+                          seed=list(range(n)), **kw)
+    times["vmapped"].append(wall(res[0]))
+  seq, vm = (float(np.median(times[t])) for t in ("sequential", "vmapped"))
+  print(f"GEM-protocol stream, {n} seeds of EWC: one after the other "
+        f"{seq:.2f} s, run_sweep {vm:.2f} s: {seq / vm:.2f}x")
+  return {"seeds": n, "sequential_s": seq, "vmapped_s": vm,
           "speedup": seq / vm, "runs": times}
 
 

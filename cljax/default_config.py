@@ -119,8 +119,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # sweep.vmap: entries that differ only in hyperparameters their method
   # reads as data (e.g. ewc__lam1, ewc__lam100) train as one vmapped
   # program (cljax.train.run_sweep), not one after the other.
+  # sweep.vmap_seeds: the `seeds` seeds of an entry (of a sweep group, with
+  # sweep.vmap) train as one vmapped program, each member with its own
+  # stream, initialisation and batches; every seed's stream is in memory
+  # at once.
   c.sweep = ml_collections.ConfigDict()
   c.sweep.vmap = False
+  c.sweep.vmap_seeds = False
 
   # Data parallelism: the global batch split over this many devices (1: one
   # device; 0: all of them, every process's in a distributed run).

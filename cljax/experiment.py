@@ -38,7 +38,7 @@ PRESENTATION_KEYS = ("name", "workdir", "progress", "select",
                      "distributed", "cluster",
                      # the same results one by one or vmapped (tested); a
                      # group checkpoints in its own directory
-                     "sweep.vmap")
+                     "sweep.vmap", "sweep.vmap_seeds")
 
 
 class NoResults(RuntimeError):
@@ -153,8 +153,10 @@ def validate(config) -> None:
   if config.data.classes and not config.data.image_size:
     _fail("data.classes", "selects classes of a streamed dataset: set "
           "data.image_size too")
-  if not isinstance(config.sweep.vmap, bool):
-    _fail("sweep.vmap", f"must be True or False, got {config.sweep.vmap!r}")
+  for key in ("vmap", "vmap_seeds"):
+    if not isinstance(config.sweep[key], bool):
+      _fail(f"sweep.{key}", f"must be True or False, got "
+            f"{config.sweep[key]!r}")
   _check_distributed(config)
   if t.loop not in train.LOOPS:
     _fail("train.loop", f"unknown {t.loop!r}; one of {train.LOOPS}")
@@ -252,9 +254,10 @@ def resolve_devices(config) -> ml_collections.ConfigDict:
     if n > 1 and replay and replay % n:
       _fail(f"method.{e.name}.replay_size", f"{replay} does not divide by "
             f"config.parallel.data={n} devices")
-  if n > 1 and config.sweep.vmap:
-    _fail("sweep.vmap", f"a vmapped sweep runs on one device; set "
-          f"config.parallel.data=1 (now {n})")
+  for key in ("vmap", "vmap_seeds"):
+    if n > 1 and config.sweep[key]:
+      _fail(f"sweep.{key}", f"a vmapped sweep runs on one device; set "
+            f"config.parallel.data=1 (now {n})")
   c = config.copy_and_resolve_references()
   c.parallel.data = n
   return c
@@ -584,43 +587,62 @@ def _with_seed(config, seed: int):
 
 def _run_locked(config, workdir) -> dict:
   seeds = [config.seed + k for k in range(config.seeds)]
+  # Seeds whose streams are in memory together: all of them when they
+  # train as one program (sweep.vmap_seeds), else one at a time.
+  rounds = [seeds] if config.sweep.vmap_seeds else [[s] for s in seeds]
   results, per_seed = None, {}
   started, done_units = time.perf_counter(), 0
-  for s in seeds:  # one stream in memory at a time
-    cs = _with_seed(config, s)
+  for round_seeds in rounds:
+    cs = [_with_seed(config, s) for s in round_seeds]
     t_load = time.perf_counter()
-    stream = build_stream(cs)
-    load_s = time.perf_counter() - t_load
-    entries = _prepare_entries(cs, stream, workdir,
-                               f"seed{s}" if len(seeds) > 1 else "")
+    streams = [build_stream(c) for c in cs]
+    load_s = (time.perf_counter() - t_load) / len(streams)
+    # entries[r][i]: entry i under the round's seed r
+    entries = [_prepare_entries(c, st, workdir,
+                                f"seed{c.seed}" if len(seeds) > 1 else "")
+               for c, st in zip(cs, streams)]
     if results is None:
-      results = _results_header(config, stream, load_s)
-    groups = (sweep_groups(entries) if config.sweep.vmap else
-              [[e] for e in entries])
-    for group in groups:
-      if len(group) > 1:
-        _check_group(group, stream, cs, workdir)
-    for group in groups:
-      names = ", ".join(e["entry"] for e in group)
-      if config.progress and len(entries) * len(seeds) > 1:
-        print(_entry_progress(done_units, len(entries) * len(seeds),
-                              names + (f" (seed {s})" if len(seeds) > 1
-                                       else ""),
+      results = _results_header(config, streams[0], load_s)
+    index = {id(e): i for i, e in enumerate(entries[0])}
+    groups = ([[index[id(e)] for e in g] for g in sweep_groups(entries[0])]
+              if config.sweep.vmap else [[i] for i in index.values()])
+    # A program's units: (entry, its seed's config, stream) per member.
+    programs = [[(entries[r][i], cs[r], streams[r])
+                 for r in range(len(cs)) for i in group] for group in groups]
+    for units in programs:
+      if len(units) > 1:
+        _check_group(units, workdir)
+    for units in programs:
+      names = ", ".join(dict.fromkeys(u[0]["entry"] for u in units))
+      if config.progress and len(entries[0]) * len(seeds) > 1:
+        print(_entry_progress(done_units, len(entries[0]) * len(seeds),
+                              names + _seeds_label(units, seeds),
                               time.perf_counter() - started), file=sys.stderr)
-      done_units += len(group)
-      outs = ([_run_entry(group[0], stream, cs, workdir)] if len(group) == 1
-              else _run_group(group, stream, cs, workdir))
-      for e, res in zip(group, outs):
+      done_units += len(units)
+      outs = ([_run_entry(*units[0], workdir)] if len(units) == 1
+              else _run_group(units, workdir))
+      for (e, c, stream), res in zip(units, outs):
         entry = e["entry"]
         per_seed.setdefault(entry, []).append(res)
         results["runs"][entry] = _combine(per_seed[entry], seeds)
         if "diverged" not in res:
           print(report.accuracy_table(
               res["accuracy_matrix"], f"\n{entry} on {stream.name}" +
-              (f", seed {s}" if len(seeds) > 1 else "") + " (accuracy %)"))
+              (f", seed {c.seed}" if len(seeds) > 1 else "") +
+              " (accuracy %)"))
       _write(results, workdir)
-    del stream
+    del streams
   return _summarise(results, config, workdir)
+
+
+def _seeds_label(units, seeds) -> str:
+  """`` (seed s)`` or `` (seeds s0-s1)`` of a program's units, if the run
+  has several seeds."""
+  mine = sorted({c.seed for _, c, _ in units})
+  if len(seeds) == 1:
+    return ""
+  return (f" (seed {mine[0]})" if len(mine) == 1 else
+          f" (seeds {mine[0]}-{mine[-1]})")
 
 
 def _results_header(config, stream, load_s) -> dict:
@@ -684,7 +706,7 @@ def _finish(e, res, members: int = 1) -> dict:
   return res
 
 
-def _run_entry(e, stream, config, workdir) -> dict:
+def _run_entry(e, config, stream, workdir) -> dict:
   """One entry under one seed: its result, or a record of its divergence."""
   sub = os.path.relpath(e["checkpoint_dir"], os.path.join(workdir,
                                                           "checkpoints"))
@@ -699,33 +721,46 @@ def _run_entry(e, stream, config, workdir) -> dict:
   return _finish(e, res)
 
 
-def _group_plan(group, config, workdir):
-  """``(checkpoint dir, members, identity)`` of a sweep group: its
-  checkpoints under ``checkpoints/<first entry>+<K - 1>[/seed<s>]``; its
-  identity the entries' shared resolved config (their hyperparameters are
-  the run's ``members`` and the method's own) and the entries' names."""
-  first = group[0]
+def _group_plan(units, workdir):
+  """``(checkpoint dir, settings, identity)`` of a program of several
+  units (``(entry, config, stream)``: a sweep group's entries, under one
+  seed or all of a round's): its checkpoints under
+  ``checkpoints/<first entry>+<entries - 1>[/seed<s> or /seeds<s0>-<s1>]``;
+  its settings the first unit's with the members' hyperparameters (and,
+  over several seeds, each member's seed, stream and model:
+  ``member_settings``); its identity the units' shared resolved config
+  (their hyperparameters and seeds are the members') and the entries'
+  names."""
+  first, config, _ = units[0]
+  names = list(dict.fromkeys(e["entry"] for e, _, _ in units))
+  seeds = sorted({c.seed for _, c, _ in units})
+  sub = ("" if config.seeds == 1 else f"seed{seeds[0]}" if len(seeds) == 1
+         else f"seeds{seeds[0]}-{seeds[-1]}")
   ckdir = os.path.normpath(os.path.join(
-      workdir, "checkpoints", f"{first['entry']}+{len(group) - 1}",
-      f"seed{config.seed}" if config.seeds > 1 else ""))
-  members = [e["method"].hparams() for e in group]
+      workdir, "checkpoints", f"{first['entry']}+{len(names) - 1}", sub))
+  settings = {**first["settings"],
+              "members": [e["method"].hparams() for e, _, _ in units]}
   identity = {k: v for k, v in first["identity"].items()
               if not k.startswith("config.entry.hparams")}
-  identity["sweep.entries"] = [e["entry"] for e in group]
-  return ckdir, members, identity
+  identity["sweep.entries"] = names
+  if len(seeds) > 1:
+    settings.update(train.member_settings(
+        [st for _, _, st in units], [e["model"] for e, _, _ in units],
+        [c.seed for _, c, _ in units]))
+    identity["config.seed"] = seeds
+  return ckdir, settings, identity
 
 
-def _check_group(group, stream, config, workdir) -> None:
-  """Before anything trains: the group's checkpoint directory is writable
-  and holds no checkpoint of another run (as ``_prepare_entries`` checks
-  each entry's)."""
-  ckdir, members, identity = _group_plan(group, config, workdir)
-  first = group[0]
+def _check_group(units, workdir) -> None:
+  """Before anything trains: the program's checkpoint directory is
+  writable and holds no checkpoint of another run (as
+  ``_prepare_entries`` checks each entry's)."""
+  ckdir, settings, identity = _group_plan(units, workdir)
+  first, _, stream = units[0]
   for d in (os.path.dirname(ckdir), ckdir):
     _check_writable(d)
   _refuse_other_run(ckdir, stream, first["method"], first["model"],
-                    first["opt"], {**first["settings"], "members": members},
-                    identity)
+                    first["opt"], settings, identity)
 
 
 def _refuse_other_run(ckdir, stream, method, model, opt, settings,
@@ -745,22 +780,27 @@ def _refuse_other_run(ckdir, stream, method, model, opt, settings,
                    train.identity_defaults(method, _config_defaults()))
 
 
-def _run_group(group, stream, config, workdir) -> list[dict]:
-  """A sweep group (``sweep_groups``) under one seed, as one vmapped
-  program (``_group_plan``): each entry's result or record of its
-  divergence."""
-  first = group[0]
-  ckdir, members, identity = _group_plan(group, config, workdir)
+def _run_group(units, workdir) -> list[dict]:
+  """A program of several units (``_group_plan``) as one vmapped
+  ``run_sweep``: each unit's result or record of its divergence."""
+  first, config, _ = units[0]
+  ckdir, settings, identity = _group_plan(units, workdir)
   writers = [_writer(config.log, workdir, os.path.relpath(
       e["checkpoint_dir"], os.path.join(workdir, "checkpoints")))
-             for e in group]
+             for e, _, _ in units]
+  stream, model, seed = units[0][2], first["model"], config.seed
+  if "member_streams" in settings:  # several seeds: each member's own
+    stream = [st for _, _, st in units]
+    model = [e["model"] for e, _, _ in units]
+    seed = [c.seed for _, c, _ in units]
+  run = {k: v for k, v in first["settings"].items() if k != "seed"}
   outs = train.run_sweep(
-      stream, first["method"], members, first["model"], first["opt"],
-      **first["settings"], checkpoint_dir=ckdir, identity=identity,
+      stream, first["method"], settings["members"], model, first["opt"],
+      **run, seed=seed, checkpoint_dir=ckdir, identity=identity,
       writer=None if any(w is None for w in writers) else writers,
       **_run_options(config))
-  return [_diverged(e, config, res["diverged"]) if "diverged" in res else
-          _finish(e, res, len(group)) for e, res in zip(group, outs)]
+  return [_diverged(e, c, res["diverged"]) if "diverged" in res else
+          _finish(e, res, len(units)) for (e, c, _), res in zip(units, outs)]
 
 
 def _combine(runs: list, seeds: list) -> dict:

@@ -519,7 +519,7 @@ def test_sweep_vmap_groups_entries_and_matches_one_by_one(tmp_path):
   as one program (one checkpoint directory per group and seed), with the
   results, the diverged record and the selection of running them one by
   one; an entry with another structural setting runs on its own."""
-  def config(sub, vmap, methods="ewc__a,ewc__b,ewc__c"):
+  def config(sub, vmap, methods="ewc__a,ewc__b,ewc__c", seeds=False):
     c = _config(tmp_path / sub)
     c.scenario.num_tasks = 2
     c.scenario.val_fraction = 0.2
@@ -530,6 +530,7 @@ def test_sweep_vmap_groups_entries_and_matches_one_by_one(tmp_path):
     c.method.ewc__c = {"kind": "ewc", "lam": 1e38}
     c.method.ewc__other = {"kind": "ewc", "fisher_samples": 16}
     c.sweep.vmap = vmap
+    c.sweep.vmap_seeds = seeds
     return c
 
   c = config("g", True, "ewc__a,ewc__b,ewc__c,ewc__other")
@@ -555,6 +556,22 @@ def test_sweep_vmap_groups_entries_and_matches_one_by_one(tmp_path):
   again = experiment.run_experiment(config("v", True))  # resumed: no training
   assert again["runs"]["ewc__a"]["accuracy_matrix"] == \
       swept["runs"]["ewc__a"]["accuracy_matrix"]
+  # sweep.vmap_seeds: both seeds of the group as one program of 6 members
+  # (each seed's stream and initialisation), with the same results again.
+  both = experiment.run_experiment(config("w", True, seeds=True))
+  assert "diverged" in both["runs"]["ewc__c"]
+  for entry in ("ewc__a", "ewc__b"):
+    a, b = both["runs"][entry], alone["runs"][entry]
+    for key in ("accuracy_matrix", "val_accuracy_matrix",
+                "accuracy_matrix_std"):
+      np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
+    assert [r["sweep_members"] for r in a["per_seed"]] == [6, 6]
+  assert both["selection"] == alone["selection"]
+  ck = os.path.join(str(tmp_path / "w" / "run"), "checkpoints")
+  assert os.listdir(os.path.join(ck, "ewc__a+2")) == ["seeds0-1"]
+  again = experiment.run_experiment(config("w", True, seeds=True))
+  assert again["runs"]["ewc__b"]["per_seed"] == both["runs"]["ewc__b"][
+      "per_seed"]  # resumed from the program's checkpoint
 
 
 _PARALLEL_SCRIPT = """

@@ -1,6 +1,8 @@
 """Hyperparameters as data: a vmapped sweep equals its members run one by
 one, for every method that reads hyperparameters as data."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -391,3 +393,65 @@ def test_bad_run_sweeps_are_refused(stream):
     run([dict(fisher_samples=3)])
   with pytest.raises(ValueError, match="one per member"):
     run([dict(lam=1.0)], writer=[])
+
+
+# Seeds as members: (method, structural settings, loop).
+SEED_RUNS = {"ewc": ("ewc", dict(fisher_samples=40), "scan"),
+             "derpp": ("derpp", dict(memory_size=30), "host"),
+             "bic": ("bic", dict(memory_size=40, val_size=10), "scan"),
+             "icarl": ("icarl", dict(memory_size=30), "scan")}
+
+
+@pytest.mark.parametrize("name", [
+    n if n in ("ewc", "bic") else pytest.param(n, marks=pytest.mark.slow)
+    for n in sorted(SEED_RUNS)])
+def test_members_with_seeds_of_their_own_equal_their_runs_alone(digits,
+                                                                 name):
+  """``run_sweep`` with a seed, stream and initialisation per member (here
+  each seed's validation carve-out and model) gives each member the results
+  ``run_stream`` gives it alone: its own data, batches, keys and hooks."""
+  kind, structural, loop = SEED_RUNS[name]
+  seeds = [3, 5, 3]  # the third: member 0's seed with other data
+  streams = [data.class_splits(digits, 3, task_sizes=(4, 3, 3),
+                               val_fraction=0.25, seed=s) for s in (3, 5, 7)]
+  head = methods.METHODS[kind].head
+  models_ = [models.build_model("mlp", streams[0].input_shape, 10,
+                                hidden=(16,), head=head, seed=s)
+             for s in seeds]
+  opt = optax.sgd(0.05, momentum=0.5)
+  settings = dict(_run_settings(loop), seed=seeds)
+  got = train.run_sweep(streams, methods.build_method(kind, **structural),
+                        [{}] * 3, models_, opt, **settings)
+  for m, res in enumerate(got):
+    alone = train.run_stream(streams[m], methods.build_method(
+        kind, **structural), models_[m], opt,
+                             **dict(settings, seed=seeds[m]))
+    for key in alone:
+      if key.startswith(("accuracy_matrix", "val_accuracy", "random_init")):
+        np.testing.assert_allclose(res[key], alone[key], atol=1e-6,
+                                   err_msg=f"member {m}: {key}")
+    np.testing.assert_allclose([c["acc"] for c in res["curves"]],
+                               [c["acc"] for c in alone["curves"]],
+                               atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-4, atol=1e-5), res["final_state"].params,
+                 alone["final_state"].params)
+  # The members did differ (seeds, data).
+  assert len({json.dumps(r["accuracy_matrix"]) for r in got}) == 3
+
+
+def test_bad_member_seeds_and_streams_are_refused(digits, stream):
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  run = lambda s, md, seed: train.run_sweep(
+      s, methods.EWC(), [{}, {}], md, optax.sgd(0.1),
+      **{**_run_settings("scan"), "seed": seed})
+  with pytest.raises(ValueError, match="one per member"):
+    run(stream, model, [1, 2, 3])
+  with pytest.raises(ValueError, match="seed must be finite and an integer"):
+    run(stream, model, [1, -2])
+  other = data.class_splits(digits, 3, task_sizes=(3, 4, 3))
+  with pytest.raises(ValueError, match="member 1's stream"):
+    run([stream, other], model, [0, 1])
+  wide = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  with pytest.raises(ValueError, match="member 1's model"):
+    run(stream, [model, wide], [0, 1])

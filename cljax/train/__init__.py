@@ -7,6 +7,7 @@ from cljax.train._lock import directory_lock
 from cljax.train._lock import LockedError
 from cljax.train._run import check_run
 from cljax.train._run import LOOPS
+from cljax.train._run import member_settings
 from cljax.train._run import run_stream
 from cljax.train._run import run_sweep
 from cljax.train._step import check_finite

@@ -13,6 +13,11 @@ epoch's end is due, so those stay live). Two engines:
   segment as one jitted ``lax.scan`` of the same step over the rows, with no
   host round trip per step. A scan of the step gives the same parameters as
   the host loop (tested bit for bit on CPU).
+
+A sweep whose members have data of their own (``run_sweep`` with a stream
+and seed per member) hands either engine a list of splits, one per member,
+and rows ``(steps, K, B)``; each step's batch is every member's, stacked on
+a leading member axis.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ from cljax.data._datasets import Split
 from cljax.data._streamed import augmented_or_plain
 
 
-def _take(split: Split, rows: np.ndarray, part: slice = slice(None)
+def _take(split: Split | list, rows: np.ndarray, part: slice = slice(None)
           ) -> dict:
   """Rows ``part`` of the training batch ``rows``: a streamed split's
   images decoded with their training augmentation (drawn for the whole
-  batch), an array's gathered."""
+  batch), an array's gathered; with a list of members' splits (``rows``
+  ``(K, B)``), each member's batch, stacked."""
+  if isinstance(split, list):
+    parts = [_take(sp, r, part) for sp, r in zip(split, rows)]
+    return {k: np.stack([b[k] for b in parts]) for k in parts[0]}
   local = rows[part]
   x = (split.x[local] if isinstance(split.x, np.ndarray) else
        augmented_or_plain(split.x[rows], part))
@@ -62,16 +71,20 @@ class HostEngine:
     return state, terms
 
 
-def _scan(step, terms_shape, state, data, rows, active, key):
-  """``step`` over ``rows`` (``(L, B)`` indices), skipping the rows that are
-  not ``active`` (padding: every segment has the same length ``L``, so one
-  compilation serves all)."""
+def _gather(data: dict, idx) -> dict:
+  return {k: v[idx] for k, v in data.items()}
+
+
+def _scan(step, terms_shape, gather, state, data, rows, active, key):
+  """``step`` over ``rows`` (``(L, B)`` indices, or ``(L, K, B)`` into
+  members' data), skipping the rows that are not ``active`` (padding: every
+  segment has the same length ``L``, so one compilation serves all)."""
   empty = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), terms_shape)
 
   def body(carry, inp):
     st, last = carry
     idx, on = inp
-    batch = {k: v[idx] for k, v in data.items()}
+    batch = gather(data, idx)
     return jax.lax.cond(on, lambda: step(st, batch, key),
                         lambda: (st, last)), None
 
@@ -90,28 +103,35 @@ class ScanEngine:
       largest training split of the stream), so one compilation serves
       every task.
     chunk: steps per scan; shorter segments are padded with skipped steps.
+    members: the split is a list of members' splits, held stacked.
   """
 
-  def __init__(self, step, terms_shape, size: int, chunk: int):
+  def __init__(self, step, terms_shape, size: int, chunk: int,
+               members: bool = False):
     self.size, self.chunk = size, chunk
-    self._run = jax.jit(functools.partial(_scan, step, terms_shape),
+    gather = jax.vmap(_gather) if members else _gather
+    self._run = jax.jit(functools.partial(_scan, step, terms_shape, gather),
                         donate_argnums=0)
     self._split, self._data = None, None
 
-  def _device(self, split: Split) -> dict:
+  def _device(self, split: Split | list) -> dict:
     if split is not self._split:  # one transfer per task
       pad = lambda a: np.concatenate([a, np.zeros(
           (self.size - len(a), *a.shape[1:]), a.dtype)])
-      self._data = {k: jax.device_put(pad(getattr(split, k)))
-                    for k in "xyt"}
+      if isinstance(split, list):
+        self._data = {k: jax.device_put(np.stack([
+            pad(getattr(sp, k)) for sp in split])) for k in "xyt"}
+      else:
+        self._data = {k: jax.device_put(pad(getattr(split, k)))
+                      for k in "xyt"}
       self._split = split
     return self._data
 
-  def run(self, state, split: Split, rows: np.ndarray, key):
+  def run(self, state, split: Split | list, rows: np.ndarray, key):
     """``(state, loss terms of the last step)`` after one step per row
     (at most ``chunk`` rows)."""
     n = len(rows)
-    padded = np.zeros((self.chunk, rows.shape[1]), np.int32)
+    padded = np.zeros((self.chunk, *rows.shape[1:]), np.int32)
     padded[:n] = rows
     return self._run(state, self._device(split), jnp.asarray(padded),
                      jnp.arange(self.chunk) < n, key)

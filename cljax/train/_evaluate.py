@@ -49,7 +49,8 @@ def hits(apply: Callable, predict: Callable | None = None, top_k: int = 1):
 
 
 def make_eval_step(apply: Callable, predict: Callable | None = None,
-                   members: bool = False, top_k: int = 1) -> Callable:
+                   members: bool = False, top_k: int = 1,
+                   member_data: bool = False) -> Callable:
   """Jitted ``(params, batch_stats, masks, batch, aux=()) -> (correct,
   count)``.
 
@@ -57,7 +58,8 @@ def make_eval_step(apply: Callable, predict: Callable | None = None,
   prediction is as ``hits``' (e.g. iCaRL's nearest mean of exemplars,
   ``aux`` its class means; or top-``top_k``). With ``members``, ``params``,
   ``batch_stats``, ``masks`` and ``aux`` are a sweep's, stacked on a
-  leading member axis, and ``correct`` and ``count`` have that axis.
+  leading member axis, and ``correct`` and ``count`` have that axis; with
+  ``member_data`` too, so does ``batch`` (each member's own examples).
   """
   hit = hits(apply, predict, top_k)
 
@@ -66,16 +68,23 @@ def make_eval_step(apply: Callable, predict: Callable | None = None,
             jnp.sum(batch["w"]))
 
   if members:
-    eval_step = jax.vmap(eval_step, in_axes=(0, 0, 0, None, 0))
+    eval_step = jax.vmap(eval_step, in_axes=(
+        0, 0, 0, 0 if member_data else None, 0))
   return jax.jit(eval_step)
 
 
 def evaluate(eval_step, params, batch_stats, masks, split, batch_size,
              aux=()):
   """Accuracy on a whole split, in fixed-size (padded) batches: a float,
-  or a list of each member's for a sweep's ``eval_step``."""
+  or a list of each member's for a sweep's ``eval_step``; ``split`` may be
+  a list of the members' own splits (of one size; ``member_data``)."""
+  if isinstance(split, list):
+    batches = (jax.tree.map(lambda *a: np.stack(a), *parts) for parts in
+               zip(*[eval_batches(sp, batch_size) for sp in split]))
+  else:
+    batches = eval_batches(split, batch_size)
   parts = jax.device_get([eval_step(params, batch_stats, masks, b, aux)
-                          for b in eval_batches(split, batch_size)])
+                          for b in batches])
   correct = total = 0.0
   for c, n in parts:
     correct = correct + np.asarray(c, np.float64)
@@ -93,26 +102,23 @@ class DeviceEvaluator:
   one ``(T,)`` array. The hits are ``hits(apply, predict, top_k)``'s in
   batches of the same size as ``evaluate``'s, so the accuracies are the
   same. With ``members``, the model, masks and ``aux`` are a sweep's,
-  stacked on a leading member axis, and each member gets its accuracies.
+  stacked on a leading member axis, and each member gets its accuracies;
+  with ``member_data`` too, ``splits[j]`` is a list of the members' own
+  splits of task ``j`` (of one size), held stacked.
   """
 
   def __init__(self, splits, batch_size: int, apply: Callable,
                predict: Callable | None = None, members: bool = False,
-               top_k: int = 1):
+               top_k: int = 1, member_data: bool = False):
     t = len(splits)
-    n = sum(len(s) for s in splits)
-    pad = -(-n // batch_size) * batch_size - n
-    cat = lambda f, fill: np.concatenate(
-        [getattr(s, f) for s in splits] +
-        [np.repeat(getattr(splits[0], f)[:1], pad, axis=0)])
-    task = np.concatenate([np.full(len(s), j, np.int32)
-                           for j, s in enumerate(splits)] +
-                          [np.zeros(pad, np.int32)])
-    w = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    shape = lambda a: a.reshape(-1, batch_size, *a.shape[1:])
-    self._data = jax.device_put({
-        "x": shape(cat("x", 0)), "y": shape(cat("y", 0)),
-        "t": shape(cat("t", 0)), "w": shape(w), "task": shape(task)})
+    if member_data:  # each member's batches, stacked
+      each = [self._batches([s[m] for s in splits], batch_size)
+              for m in range(len(splits[0]))]
+      data = jax.tree.map(lambda *a: np.stack(a), *each)
+      splits = [s[0] for s in splits]
+    else:
+      data = self._batches(splits, batch_size)
+    self._data = jax.device_put(data)
     self._counts = np.asarray([len(s) for s in splits], np.float64)
     hit = hits(apply, predict, top_k)
 
@@ -123,8 +129,27 @@ class DeviceEvaluator:
       return jnp.sum(jax.lax.map(one, data), axis=0)
 
     if members:
-      correct = jax.vmap(correct, in_axes=(0, 0, 0, None, 0))
+      correct = jax.vmap(correct, in_axes=(
+          0, 0, 0, 0 if member_data else None, 0))
     self._correct = jax.jit(correct)
+
+  @staticmethod
+  def _batches(splits, batch_size: int) -> dict:
+    """The splits concatenated, padded to whole batches (weight ``w`` 0,
+    ``task`` the split's index) and cut into ``(batches, batch_size,
+    ...)``."""
+    n = sum(len(s) for s in splits)
+    pad = -(-n // batch_size) * batch_size - n
+    cat = lambda f: np.concatenate(
+        [getattr(s, f) for s in splits] +
+        [np.repeat(getattr(splits[0], f)[:1], pad, axis=0)])
+    task = np.concatenate([np.full(len(s), j, np.int32)
+                           for j, s in enumerate(splits)] +
+                          [np.zeros(pad, np.int32)])
+    w = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    shape = lambda a: a.reshape(-1, batch_size, *a.shape[1:])
+    return {"x": shape(cat("x")), "y": shape(cat("y")), "t": shape(cat("t")),
+            "w": shape(w), "task": shape(task)}
 
   def __call__(self, params, batch_stats, masks, aux=()) -> list:
     """Every task's accuracy (a list of floats; a list of those per member

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from cljax import metrics
 from cljax._distributed import data_axis_mesh, one_device, replicate
 from cljax.data._batching import batch_indices, num_batches
+from cljax.data._datasets import Split
 from cljax.methods._base import Method, Phase, TaskContext
 from cljax.train._checkpoint import Checkpoints, check_identity
 from cljax.train._epochs import HostEngine, ScanEngine
@@ -51,11 +52,18 @@ class _Run:
   """One ``run_stream`` (or ``run_sweep``) call: the compiled steps and the
   task loop. With ``members`` (a sweep) the train state is stacked on a
   leading member axis, the steps and evaluation are vmapped over it, the
-  hooks run member by member, and accuracies carry the member axis first."""
+  hooks run member by member, and accuracies carry the member axis first.
+  With ``own`` (``(streams, models)``, one per member, and
+  ``settings["seed"]`` a seed per member), each member also has its own
+  data, initialisation, batches and keys: the engines and evaluators take
+  a split per member (``self.splits``), stacked on the member axis."""
 
   def __init__(self, stream, method, model, optimizer, settings, *, members,
-               mesh, progress, writer, log_every, scan, device_eval_mb):
+               own, mesh, progress, writer, log_every, scan, device_eval_mb):
     self.stream, self.method, self.model = stream, method, model
+    self.own = own is not None
+    self.streams, self.models = own if self.own else ([stream], [model])
+    self.seeds = settings["seed"] if self.own else [settings["seed"]]
     self.s, self.mesh, self.progress = settings, mesh, progress
     self.scan = scan  # (data size, chunk) for the scan engine, or None
     # Evaluation on the device (None: split by split), and its evaluators.
@@ -71,23 +79,30 @@ class _Run:
     self.hp = None if members is None else stack_hparams(method, members)
     self.writers = [] if writer is None else (
         [writer] if members is None else list(writer))
-    self.eval_step = make_eval_step(model.apply, members=self.k is not None)
+    sweep = dict(members=self.k is not None, member_data=self.own)
+    self.eval_step = make_eval_step(model.apply, **sweep)
     self.top_k = settings.get("top_k", 1)
-    self.top_k_step = make_eval_step(model.apply, members=self.k is not None,
-                                     top_k=self.top_k)
+    self.top_k_step = make_eval_step(model.apply, top_k=self.top_k, **sweep)
     # The method's other classifiers: name -> (jitted prepare, eval step).
     self.predictors = {
         name: (jax.jit(prepare if members is None else jax.vmap(prepare)),
-               make_eval_step(model.apply, predict,
-                              members=self.k is not None))
+               make_eval_step(model.apply, predict, **sweep))
         for name, (prepare, predict) in method.predictors(model).items()}
-    self.key = jax.random.PRNGKey(settings["seed"])
+    keys = [jax.random.PRNGKey(sd) for sd in self.seeds]
+    self.key = stack(keys) if self.own else keys[0]
     self.compiled = {}  # one train step per distinct phase, compiled once
     # Hooks may return arrays that alias the params (e.g. an anchor); the
     # step donates its state, so the method state gets buffers of its own.
-    self.state = self._members(init_train_state(
-        model.params, model.batch_stats, self.opt,
-        _own(method.init_state(model, stream)), stream.logit_masks(0)))
+    init = [init_train_state(md.params, md.batch_stats, self.opt,
+                             _own(method.init_state(md, st)),
+                             stream.logit_masks(0))
+            for st, md in zip(self.streams, self.models)]
+    self.state = stack(init) if self.own else self._members(init[0])
+
+  def _of_streams(self, get):
+    """``get(stream)`` of the run's stream, or a list of each member's
+    (members with streams of their own)."""
+    return [get(st) for st in self.streams] if self.own else get(self.stream)
 
   def _members(self, tree):
     """``tree`` as every member's (stacked K times in a sweep)."""
@@ -99,19 +114,20 @@ class _Run:
             jax.vmap(optimizer.init)(params))
 
   def _each(self, hook):
-    """``hook(method, state)`` of the run, or of each member with its own
-    method and state, stacked (``None`` where the hook returns ``None``)."""
+    """``hook(method, state, k)`` of the run (``k`` = 0), or of each member
+    ``k`` with its own method and state, stacked (``None`` where the hook
+    returns ``None``)."""
     if self.k is None:
       if self.mesh is None:
-        return hook(self.method, self.state)
+        return hook(self.method, self.state, 0)
       # The hook works on one device's copy; what it returns goes back to
       # the mesh, replicated, where the step and the evaluation find it.
-      return replicate(hook(self.method, one_device(self.state)),
+      return replicate(hook(self.method, one_device(self.state), 0),
                        NamedSharding(self.mesh, PartitionSpec()))
     # Copies made now share what the method has set up (init_state).
     outs = [hook(self.method.with_hparams(**{
-        n: float(v[i]) for n, v in self.hp.items()}), member(self.state, i))
-            for i in range(self.k)]
+        n: float(v[i]) for n, v in self.hp.items()}), member(self.state, i),
+                 i) for i in range(self.k)]
     return None if outs[0] is None else stack(outs)
 
   def _host_step(self) -> int:
@@ -138,12 +154,13 @@ class _Run:
 
       shape = jax.eval_shape(terms, model.params, model.batch_stats,
                              state.method_state, example, state.masks,
-                             self.key)
+                             member(self.key, 0) if self.own else self.key)
       names = list(shape)
       if self.k is not None:  # one vmapped step of every member
+        each = 0 if self.own else None  # batches and keys of its own
         vstep = jax.vmap(member_step(method, model, self.base_opt, phase,
                                      self.s["augment"]),
-                         in_axes=(0, 0, None, None))
+                         in_axes=(0, 0, each, each))
         plain = lambda st, batch, key: vstep(self.hp, st, batch, key)
         shape = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
             (self.k, *a.shape), a.dtype), shape)
@@ -154,7 +171,7 @@ class _Run:
             loss_fn, o, axis_name="data", **kwargs), self.mesh),
                           prefetch=False)
       elif self.scan is not None:
-        step = ScanEngine(plain, shape, *self.scan)
+        step = ScanEngine(plain, shape, *self.scan, members=self.own)
       else:
         step = HostEngine(jax.jit(plain, donate_argnums=0))
       self.compiled[cache_key] = (step, o, names)
@@ -173,7 +190,8 @@ class _Run:
       prepare, step = self.predictors[predictor]
       with data_axis_mesh(self.mesh):  # e.g. NME's means, split over it
         aux = prepare(st.method_state, st.params, st.batch_stats)
-    splits = [getattr(task, kind) for task in self.stream.tasks]
+    splits = [self._of_streams(lambda st, j=j: getattr(st.tasks[j], kind))
+              for j in range(self.stream.num_tasks)]
     masks = self._members(jax.numpy.asarray(masks))
     if self._on_device(splits):
       key = (kind, predictor, top_k)
@@ -182,7 +200,7 @@ class _Run:
                    self.method.predictors(self.model)[predictor][1])
         self.evaluators[key] = DeviceEvaluator(
             splits, self.s["eval_batch_size"], self.model.apply, predict,
-            members=self.k is not None, top_k=top_k)
+            members=self.k is not None, member_data=self.own, top_k=top_k)
       return self.evaluators[key](st.params, st.batch_stats, masks, aux)
     out = []
     for j, split in enumerate(splits):
@@ -207,7 +225,9 @@ class _Run:
     method predicts every task with the one model, and the splits fit."""
     return (self.mesh is None and self.device_eval_mb is not None and
             type(self.method).eval_params is Method.eval_params and
-            DeviceEvaluator.nbytes(splits) <= self.device_eval_mb * 2 ** 20)
+            DeviceEvaluator.nbytes(jax.tree.leaves(
+                splits, is_leaf=lambda s: isinstance(s, Split))) <=
+            self.device_eval_mb * 2 ** 20)
 
   def _templates(self, record):
     """What a checkpoint's pytrees restore into: the train state (with the
@@ -267,8 +287,10 @@ class _Run:
               "random_init": [evaluate(self.eval_step,
                                        *self._eval_params(j, max(j - 1, 0)),
                                        self._members(stream.logit_masks(j)),
-                                       task.test, self.s["eval_batch_size"])
-                              for j, task in enumerate(stream.tasks)]}
+                                       self._of_streams(
+                                           lambda st, j=j: st.tasks[j].test),
+                                       self.s["eval_batch_size"])
+                              for j in range(t_count)]}
     for writer in self.writers:  # what a killed attempt logged after this
       writer.truncate(self._host_step())
 
@@ -343,8 +365,8 @@ class _Run:
     self.state = self.state._replace(
         masks=self._members(jax.numpy.asarray(masks)))
     self.state = self.state._replace(method_state=_own(self._each(
-        lambda m, st: m.on_task_start(self._ctx(i, masks, st)))))
-    start = self._each(lambda m, st: m.start_params(self._ctx(i, masks, st)))
+        lambda m, st, k: m.on_task_start(self._ctx(i, masks, st, k)))))
+    start = self._each(lambda m, st, k: m.start_params(self._ctx(i, masks, st, k)))
     if start is not None:  # e.g. a fresh network per task
       self.state = self.state._replace(
           params=_own(start[0]), batch_stats=_own(start[1]),
@@ -356,10 +378,13 @@ class _Run:
       self.state = self.state._replace(opt_state=set_learning_rate(
           self.state.opt_state, s["task_lrs"][i]))
 
-  def _ctx(self, i, masks, st):
-    return TaskContext(i, self.stream, self.model, st.params, st.batch_stats,
-                       st.method_state, masks, self.s["seed"], self.mesh,
-                       self.s["reset_optimizer"])
+  def _ctx(self, i, masks, st, k):
+    """Task ``i``'s context for member ``k`` (its stream, model and seed
+    where it has its own) in state ``st``."""
+    k = k if self.own else 0
+    return TaskContext(i, self.streams[k], self.models[k], st.params,
+                       st.batch_stats, st.method_state, masks, self.seeds[k],
+                       self.mesh, self.s["reset_optimizer"])
 
   def _check_finite(self, prog, term_names):
     """Raises on NaN/inf (see ``check_finite``); in a sweep, records each
@@ -383,9 +408,10 @@ class _Run:
       self._start_task(i, masks)
       pos = {"task": i, "phase": 0, "epoch": 0, "batch": 0, "elapsed": 0.0,
              "stash": False}
-    split = method.train_split(stream, i)
+    split = self._of_streams(lambda st: method.train_split(st, i))
+    size = len(method.train_split(stream, i))  # every member's
     phases = method.phases(i)
-    per_epoch = num_batches(len(split), s["batch_size"])
+    per_epoch = num_batches(size, s["batch_size"])
     epochs = s["epochs"] if s["task_epochs"] is None else s["task_epochs"][i]
     # Steps of each phase: its own examples or epochs, else the task's steps
     # budget (the last epoch cut short), else the task's epochs.
@@ -407,10 +433,10 @@ class _Run:
       resuming = p == pos["phase"] and done > 0
       if not resuming:
         self.state = self.state._replace(method_state=_own(self._each(
-            lambda m, st: m.on_phase_start(self._ctx(i, masks, st),
+            lambda m, st, k: m.on_phase_start(self._ctx(i, masks, st, k),
                                            phases[p]))))
-        moved = self._each(lambda m, st: m.phase_params(
-            self._ctx(i, masks, st), phases[p]))
+        moved = self._each(lambda m, st, k: m.phase_params(
+            self._ctx(i, masks, st, k), phases[p]))
         if moved is not None:
           self.state = self.state._replace(params=_own(moved[0]),
                                            batch_stats=_own(moved[1]))
@@ -425,9 +451,13 @@ class _Run:
         first = pos["batch"] if resuming and epoch == pos["epoch"] else 0
         extra = [] if phases[p].name == "train" else list(
             map(ord, phases[p].name))
-        rng = np.random.default_rng([s["seed"], i, epoch, *extra])
-        rows = batch_indices(len(split), s["batch_size"], rng, start=first,
-                             stop=budget[p] - per_epoch * epoch)
+        # (steps, B) rows of indices; (steps, K, B) with seeds of their own
+        rows = np.stack([batch_indices(
+            size, s["batch_size"], np.random.default_rng(
+                [seed, i, epoch, *extra]), start=first,
+            stop=budget[p] - per_epoch * epoch) for seed in self.seeds],
+                        axis=1)
+        rows = rows if self.own else rows[:, 0]
         b = 0
         while b < len(rows):  # segments end where something is due
           n = min(len(rows) - b, self._until_due(host_step, checkpoint_every
@@ -459,12 +489,12 @@ class _Run:
       if own_opt:
         self.state = self.state._replace(opt_state=main_opt_state)
     bar.close()
-    end = self._each(lambda m, st: m.end_params(self._ctx(i, masks, st)))
+    end = self._each(lambda m, st, k: m.end_params(self._ctx(i, masks, st, k)))
     if end is not None:  # e.g. a corrected head
       self.state = self.state._replace(params=_own(end[0]),
                                        batch_stats=_own(end[1]))
     self.state = self.state._replace(method_state=_own(self._each(
-        lambda m, st: m.on_task_end(self._ctx(i, masks, st)))))
+        lambda m, st, k: m.on_task_end(self._ctx(i, masks, st, k)))))
     jax.block_until_ready(self.state)
     t1, c1 = time.perf_counter(), self.compile_s[0]
     prog["rows"].append(self.accuracies("test", masks, i))

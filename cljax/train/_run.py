@@ -17,7 +17,7 @@ from cljax.data._streamed import materialise
 from cljax.methods._base import Method
 from cljax.models._functional import FunctionalModel
 from cljax.train import _identity
-from cljax.train._checkpoint import Checkpoints
+from cljax.train._checkpoint import Checkpoints, tree_digest
 from cljax.train._epochs import fits, loops_are_slow
 from cljax.train._identity import run_identity
 from cljax.train._lock import directory_lock
@@ -155,10 +155,12 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
       locals()))
 
 
-def run_sweep(stream: Stream, method: Method, members: Sequence[Mapping],
-              model: FunctionalModel,
+def run_sweep(stream: Stream | Sequence[Stream], method: Method,
+              members: Sequence[Mapping],
+              model: FunctionalModel | Sequence[FunctionalModel],
               optimizer: optax.GradientTransformation, *, epochs: int,
-              batch_size: int, seed: int = 0, eval_every: int = 0,
+              batch_size: int, seed: int | Sequence[int] = 0,
+              eval_every: int = 0,
               eval_batch_size: int = 1000, reset_optimizer: bool = True,
               augment: Callable | None = None,
               checkpoint_dir: str | None = None, checkpoint_every: int = 0,
@@ -181,10 +183,21 @@ def run_sweep(stream: Stream, method: Method, members: Sequence[Mapping],
   goes NaN/inf stops updating (its own ``TrainState.nonfinite_step``) and is
   returned as ``{"diverged": message}``; the others go on.
 
-  Arguments are ``run_stream``'s (one seed, one model initialisation, no
-  ``mesh``), with ``writer`` a sequence of one metric writer per member
-  (or ``None``). The members are part of the run's identity: a checkpoint
-  of another sweep is refused.
+  Seeds are members too: ``seed``, ``stream`` and ``model`` may each be a
+  sequence with one per member (e.g. N seeds of one entry: each seed's
+  stream, initialisation and seed; a single value is every member's). Then
+  each member draws its own batches and keys from its own seed, trains on
+  its own stream's data from its own initial parameters, is evaluated on
+  its own stream's splits, and its hooks see its own stream: as
+  ``run_stream`` with those would. The streams must be alike in every
+  shape (tasks, split sizes, inputs, classes per task) and the models in
+  their parameters' shapes; on the device each member's data is held
+  (``device_data_mb`` counts all members').
+
+  Arguments are otherwise ``run_stream``'s (no ``mesh``), with ``writer``
+  a sequence of one metric writer per member (or ``None``). The members
+  (their hyperparameters, seeds, streams' and initial models' digests) are
+  part of the run's identity: a checkpoint of another sweep is refused.
 
   Returns:
     One dict per member: ``run_stream``'s results (its ``timings`` are the
@@ -197,6 +210,56 @@ def run_sweep(stream: Stream, method: Method, members: Sequence[Mapping],
   args.pop("members")
   return _run_stream(stream, method, model, optimizer, members, mesh=None,
                      **args)
+
+
+def _per_member(name: str, value, k: int, single: Callable) -> list:
+  """``value`` as one per member: a sequence of ``k``, or a single value
+  (``single(value)``) repeated."""
+  if single(value):
+    return [value] * k
+  if isinstance(value, (str, bytes)) or not isinstance(
+      value, (Sequence, np.ndarray)):
+    raise ValueError(f"{name}: one, or a sequence of one per member, got "
+                     f"{type(value).__name__}")
+  if len(value) != k:
+    raise ValueError(f"{name}: one per member ({k}), got {len(value)}")
+  return list(value)
+
+
+def member_settings(streams: Sequence[Stream],
+                    models: Sequence[FunctionalModel],
+                    seeds: Sequence[int]) -> dict:
+  """The settings (part of the identity) of a ``run_sweep`` whose members
+  have a stream, model and seed of their own: each member's seed, and the
+  digests of its data and initialisation."""
+  return dict(seed=[int(np.asarray(sd)) for sd in seeds],
+              member_streams=[s.digest for s in streams],
+              member_models=[tree_digest((md.params, md.batch_stats))
+                             for md in models])
+
+
+def _check_alike(streams, models) -> None:
+  """Raises ``ValueError`` unless the members' streams have the same
+  shapes (tasks, classes per task, split sizes, inputs) and their models'
+  parameters the same structure and shapes: what stacking them needs."""
+  def shapes(s):
+    return (s.kind, s.num_classes, s.input_shape, [
+        (t.classes.tolist(), len(t.train), len(t.val), len(t.test))
+        for t in s.tasks])
+  first = shapes(streams[0])
+  for m, s in enumerate(streams[1:], 1):
+    if shapes(s) != first:
+      raise ValueError(f"member {m}'s stream {s.name!r} differs in shape "
+                       f"from member 0's {streams[0].name!r} (tasks, "
+                       "classes, split sizes or inputs): members' streams "
+                       "must be alike")
+  spec = lambda md: jax.tree.map(lambda a: (a.shape, a.dtype),
+                                 (md.params, md.batch_stats))
+  for m, md in enumerate(models[1:], 1):
+    if spec(md) != spec(models[0]):
+      raise ValueError(f"member {m}'s model differs in its parameters' "
+                       "shapes from member 0's: members' models must be "
+                       "alike")
 
 
 def _locals(names: dict) -> dict:
@@ -218,8 +281,25 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
                   task_epochs=None if task_epochs is None else [
                       int(e) for e in task_epochs],
                   task_steps=int(task_steps))
-  check_run(stream, method, model, checkpoint_every=checkpoint_every,
-            log_every=log_every, **settings)
+  own = members is not None and not (isinstance(stream, Stream) and
+                                     isinstance(model, FunctionalModel) and
+                                     np.ndim(seed) == 0)
+  if own:  # a stream, model and seed of each member's own
+    k = len(members)
+    streams = _per_member("stream", stream, k,
+                          lambda v: isinstance(v, Stream))
+    models = _per_member("model", model, k,
+                         lambda v: isinstance(v, FunctionalModel))
+    seeds = _per_member("seed", seed, k, lambda v: np.ndim(v) == 0)
+    for s, md, sd in zip(streams, models, seeds):
+      check_run(s, method, md, checkpoint_every=checkpoint_every,
+                log_every=log_every, **{**settings, "seed": sd})
+    _check_alike(streams, models)
+    stream, model = streams[0], models[0]
+    settings.update(member_settings(streams, models, seeds))
+  else:
+    check_run(stream, method, model, checkpoint_every=checkpoint_every,
+              log_every=log_every, **settings)
   if loop not in LOOPS:
     raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
   if loop == "scan" and mesh is not None:
@@ -236,8 +316,9 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
   if loop == "scan" and not all(sp.in_memory for sp in splits):
     raise ValueError("loop='scan' needs the training data in memory; "
                      "streamed data runs with loop='host' or 'auto'")
+  copies = len(members) if own else 1  # each member's data on the device
   scan = loop == "scan" or (loop == "auto" and mesh is None and not slow and
-                            fits(splits, device_data_mb))
+                            fits(splits, device_data_mb / copies))
   # One scan length for the run: the chunk, or the shortest period at which
   # something is due (so segments are mostly full).
   chunk = min([int(scan_chunk)] + [e for e in (
@@ -249,7 +330,7 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
   if members is not None:
     settings["members"] = [dict(m) for m in members]  # part of the identity
   run = _Run(stream, method, model, optimizer, settings, members=members,
-             mesh=mesh,
+             own=(streams, models) if own else None, mesh=mesh,
              progress=progress, writer=writer, log_every=log_every,
              scan=(max(len(sp) for sp in splits), chunk) if scan else None,
              device_eval_mb=None if loop == "host" or slow else
