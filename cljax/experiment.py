@@ -590,49 +590,59 @@ def _run_locked(config, workdir) -> dict:
   # Seeds whose streams are in memory together: all of them when they
   # train as one program (sweep.vmap_seeds), else one at a time.
   rounds = [seeds] if config.sweep.vmap_seeds else [[s] for s in seeds]
-  results, per_seed = None, {}
-  started, done_units = time.perf_counter(), 0
-  for round_seeds in rounds:
-    cs = [_with_seed(config, s) for s in round_seeds]
-    t_load = time.perf_counter()
-    streams = [build_stream(c) for c in cs]
-    load_s = (time.perf_counter() - t_load) / len(streams)
-    # entries[r][i]: entry i under the round's seed r
-    entries = [_prepare_entries(c, st, workdir,
-                                f"seed{c.seed}" if len(seeds) > 1 else "")
-               for c, st in zip(cs, streams)]
-    if results is None:
-      results = _results_header(config, streams[0], load_s)
-    index = {id(e): i for i, e in enumerate(entries[0])}
-    groups = ([[index[id(e)] for e in g] for g in sweep_groups(entries[0])]
-              if config.sweep.vmap else [[i] for i in index.values()])
-    # A program's units: (entry, its seed's config, stream) per member.
-    programs = [[(entries[r][i], cs[r], streams[r])
-                 for r in range(len(cs)) for i in group] for group in groups]
-    for units in programs:
-      if len(units) > 1:
-        _check_group(units, workdir)
-    for units in programs:
-      names = ", ".join(dict.fromkeys(u[0]["entry"] for u in units))
-      if config.progress and len(entries[0]) * len(seeds) > 1:
-        print(_entry_progress(done_units, len(entries[0]) * len(seeds),
-                              names + _seeds_label(units, seeds),
-                              time.perf_counter() - started), file=sys.stderr)
-      done_units += len(units)
-      outs = ([_run_entry(*units[0], workdir)] if len(units) == 1
-              else _run_group(units, workdir))
-      for (e, c, stream), res in zip(units, outs):
-        entry = e["entry"]
-        per_seed.setdefault(entry, []).append(res)
-        results["runs"][entry] = _combine(per_seed[entry], seeds)
-        if "diverged" not in res:
-          print(report.accuracy_table(
-              res["accuracy_matrix"], f"\n{entry} on {stream.name}" +
-              (f", seed {c.seed}" if len(seeds) > 1 else "") +
-              " (accuracy %)"))
-      _write(results, workdir)
-    del streams
-  return _summarise(results, config, workdir)
+  state = {"results": None, "per_seed": {}, "done": 0,
+           "started": time.perf_counter()}
+  for round_seeds in rounds:  # (its streams are freed when it returns)
+    _run_round(config, workdir, round_seeds, seeds, state)
+  return _summarise(state["results"], config, workdir)
+
+
+def _run_round(config, workdir, round_seeds, seeds, state) -> None:
+  """Every entry under ``round_seeds`` (whose streams are loaded together),
+  each sweep group (``sweep.vmap``) and the round's seeds as one program;
+  the results go into ``state``."""
+  cs = [_with_seed(config, s) for s in round_seeds]
+  t_load = time.perf_counter()
+  streams = [build_stream(c) for c in cs]
+  load_s = (time.perf_counter() - t_load) / len(streams)
+  # entries[r][i]: entry i under the round's seed r
+  entries = [_prepare_entries(c, st, workdir,
+                              f"seed{c.seed}" if len(seeds) > 1 else "")
+             for c, st in zip(cs, streams)]
+  if state["results"] is None:
+    state["results"] = _results_header(config, streams[0], load_s)
+  results, per_seed = state["results"], state["per_seed"]
+  names = [e["entry"] for e in entries[0]]
+  groups = ([[names.index(e["entry"]) for e in g]
+             for g in sweep_groups(entries[0])] if config.sweep.vmap else
+            [[i] for i in range(len(names))])
+  # A program's units: (entry, its seed's config, stream) per member.
+  programs = [[(entries[r][i], cs[r], streams[r])
+               for r in range(len(cs)) for i in group] for group in groups]
+  for units in programs:
+    if len(units) > 1:
+      _check_group(units, workdir)
+  total = len(names) * len(seeds)
+  for units in programs:
+    if config.progress and total > 1:
+      label = ", ".join(dict.fromkeys(u[0]["entry"] for u in units))
+      print(_entry_progress(state["done"], total,
+                            label + _seeds_label(units, seeds),
+                            time.perf_counter() - state["started"]),
+            file=sys.stderr)
+    state["done"] += len(units)
+    outs = ([_run_entry(*units[0], workdir)] if len(units) == 1
+            else _run_group(units, workdir))
+    for (e, c, st), res in zip(units, outs):
+      entry = e["entry"]
+      per_seed.setdefault(entry, []).append(res)
+      results["runs"][entry] = _combine(per_seed[entry], seeds)
+      if "diverged" not in res:
+        print(report.accuracy_table(
+            res["accuracy_matrix"], f"\n{entry} on {st.name}" +
+            (f", seed {c.seed}" if len(seeds) > 1 else "") +
+            " (accuracy %)"))
+    _write(results, workdir)
 
 
 def _seeds_label(units, seeds) -> str:
@@ -725,7 +735,8 @@ def _group_plan(units, workdir):
   """``(checkpoint dir, settings, identity)`` of a program of several
   units (``(entry, config, stream)``: a sweep group's entries, under one
   seed or all of a round's): its checkpoints under
-  ``checkpoints/<first entry>+<entries - 1>[/seed<s> or /seeds<s0>-<s1>]``;
+  ``checkpoints/<first entry>+<entries - 1>[/seed<s> or /seeds<s0>-<s1>]``
+  (one entry over several seeds: ``checkpoints/<entry>/seeds<s0>-<s1>``);
   its settings the first unit's with the members' hyperparameters (and,
   over several seeds, each member's seed, stream and model:
   ``member_settings``); its identity the units' shared resolved config
@@ -736,8 +747,9 @@ def _group_plan(units, workdir):
   seeds = sorted({c.seed for _, c, _ in units})
   sub = ("" if config.seeds == 1 else f"seed{seeds[0]}" if len(seeds) == 1
          else f"seeds{seeds[0]}-{seeds[-1]}")
-  ckdir = os.path.normpath(os.path.join(
-      workdir, "checkpoints", f"{first['entry']}+{len(names) - 1}", sub))
+  group = (first["entry"] if len(names) == 1 else
+           f"{first['entry']}+{len(names) - 1}")
+  ckdir = os.path.normpath(os.path.join(workdir, "checkpoints", group, sub))
   settings = {**first["settings"],
               "members": [e["method"].hparams() for e, _, _ in units]}
   identity = {k: v for k, v in first["identity"].items()

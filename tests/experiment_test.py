@@ -572,6 +572,13 @@ def test_sweep_vmap_groups_entries_and_matches_one_by_one(tmp_path):
   again = experiment.run_experiment(config("w", True, seeds=True))
   assert again["runs"]["ewc__b"]["per_seed"] == both["runs"]["ewc__b"][
       "per_seed"]  # resumed from the program's checkpoint
+  # vmap_seeds alone: an entry's two seeds as one program.
+  one = experiment.run_experiment(config("x", False, "ewc__a", seeds=True))
+  np.testing.assert_allclose(one["runs"]["ewc__a"]["accuracy_matrix"],
+                             alone["runs"]["ewc__a"]["accuracy_matrix"],
+                             atol=1e-6)
+  assert os.listdir(os.path.join(str(tmp_path / "x" / "run"), "checkpoints",
+                                 "ewc__a")) == ["seeds0-1"]
 
 
 _PARALLEL_SCRIPT = """

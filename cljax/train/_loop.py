@@ -10,6 +10,7 @@ name.
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import time
 
@@ -56,7 +57,10 @@ class _Run:
   With ``own`` (``(streams, models)``, one per member, and
   ``settings["seed"]`` a seed per member), each member also has its own
   data, initialisation, batches and keys: the engines and evaluators take
-  a split per member (``self.splits``), stacked on the member axis."""
+  a split per member (``_of_streams``), stacked on the member axis, and
+  its hooks run on its own copy of the method, set up on its own stream
+  (what ``init_state`` keeps on the method, e.g. a rehearsal method's
+  padded class size, is each stream's)."""
 
   def __init__(self, stream, method, model, optimizer, settings, *, members,
                own, mesh, progress, writer, log_every, scan, device_eval_mb):
@@ -64,6 +68,9 @@ class _Run:
     self.own = own is not None
     self.streams, self.models = own if self.own else ([stream], [model])
     self.seeds = settings["seed"] if self.own else [settings["seed"]]
+    # Each member's method (the run's own first: the steps trace it).
+    self.methods = [method] + [copy.copy(method)
+                               for _ in self.streams[1:]]
     self.s, self.mesh, self.progress = settings, mesh, progress
     self.scan = scan  # (data size, chunk) for the scan engine, or None
     # Evaluation on the device (None: split by split), and its evaluators.
@@ -94,9 +101,9 @@ class _Run:
     # Hooks may return arrays that alias the params (e.g. an anchor); the
     # step donates its state, so the method state gets buffers of its own.
     init = [init_train_state(md.params, md.batch_stats, self.opt,
-                             _own(method.init_state(md, st)),
+                             _own(m.init_state(md, st)),
                              stream.logit_masks(0))
-            for st, md in zip(self.streams, self.models)]
+            for m, st, md in zip(self.methods, self.streams, self.models)]
     self.state = stack(init) if self.own else self._members(init[0])
 
   def _of_streams(self, get):
@@ -124,8 +131,8 @@ class _Run:
       # the mesh, replicated, where the step and the evaluation find it.
       return replicate(hook(self.method, one_device(self.state), 0),
                        NamedSharding(self.mesh, PartitionSpec()))
-    # Copies made now share what the method has set up (init_state).
-    outs = [hook(self.method.with_hparams(**{
+    # Copies made now share what their method has set up (init_state).
+    outs = [hook(self.methods[i if self.own else 0].with_hparams(**{
         n: float(v[i]) for n, v in self.hp.items()}), member(self.state, i),
                  i) for i in range(self.k)]
     return None if outs[0] is None else stack(outs)
@@ -312,16 +319,16 @@ class _Run:
       if checkpoints is not None:
         save({"state": self.state}, None)
     if self.k is None:
-      return self._results(prog, lambda x: x, self.state)
+      return self._results(prog, lambda x: x, self.state, self.stream)
     return [{"diverged": prog["diverged"][str(m)]}
             if str(m) in prog["diverged"] else
-            self._results(prog, lambda x, m=m: x[m], member(self.state, m))
+            self._results(prog, lambda x, m=m: x[m], member(self.state, m),
+                          self.streams[m if self.own else 0])
             for m in range(self.k)]
 
-  def _results(self, prog, pick, state) -> dict:
+  def _results(self, prog, pick, state, stream) -> dict:
     """The results of the run, or of the member that ``pick`` takes from
-    each per-member value."""
-    stream = self.stream
+    each per-member value (on its ``stream``)."""
     rows = [pick(row) for row in prog["rows"]]
     random_init = [pick(a) for a in prog["random_init"]]
     r = np.asarray(rows)
@@ -408,8 +415,10 @@ class _Run:
       self._start_task(i, masks)
       pos = {"task": i, "phase": 0, "epoch": 0, "batch": 0, "elapsed": 0.0,
              "stash": False}
-    split = self._of_streams(lambda st: method.train_split(st, i))
-    size = len(method.train_split(stream, i))  # every member's
+    split = ([m.train_split(st, i) for m, st in zip(self.methods,
+                                                    self.streams)]
+             if self.own else method.train_split(stream, i))
+    size = len(split[0] if self.own else split)  # every member's
     phases = method.phases(i)
     per_epoch = num_batches(size, s["batch_size"])
     epochs = s["epochs"] if s["task_epochs"] is None else s["task_epochs"][i]

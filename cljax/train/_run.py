@@ -38,6 +38,9 @@ def check_run(stream: Stream, method: Method, model: FunctionalModel, *,
   hyperparameters for this stream), without training. Other keyword
   arguments of ``run_stream`` are accepted and ignored."""
   stream.check()
+  if not _scalar(seed):
+    raise ValueError(f"seed must be one integer (a seed per member is "
+                     f"run_sweep's), got {seed!r}")
   for key, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1),
                           ("eval_batch_size", eval_batch_size, 1),
                           ("eval_every", eval_every, 0), ("seed", seed, 0),
@@ -212,6 +215,11 @@ def run_sweep(stream: Stream | Sequence[Stream], method: Method,
                      **args)
 
 
+def _scalar(value) -> bool:
+  """Whether ``value`` is one value, not a sequence or array of several."""
+  return not isinstance(value, Sequence) and np.ndim(value) == 0
+
+
 def _per_member(name: str, value, k: int, single: Callable) -> list:
   """``value`` as one per member: a sequence of ``k``, or a single value
   (``single(value)``) repeated."""
@@ -223,6 +231,10 @@ def _per_member(name: str, value, k: int, single: Callable) -> list:
                      f"{type(value).__name__}")
   if len(value) != k:
     raise ValueError(f"{name}: one per member ({k}), got {len(value)}")
+  for m, v in enumerate(value):
+    if not single(v):
+      raise ValueError(f"{name}: member {m}'s is not one {name}, got "
+                       f"{type(v).__name__}")
   return list(value)
 
 
@@ -239,27 +251,35 @@ def member_settings(streams: Sequence[Stream],
 
 
 def _check_alike(streams, models) -> None:
-  """Raises ``ValueError`` unless the members' streams have the same
-  shapes (tasks, classes per task, split sizes, inputs) and their models'
-  parameters the same structure and shapes: what stacking them needs."""
+  """Raises ``ValueError`` unless the members' streams are in memory with
+  the same shapes (tasks, classes per task, split sizes, inputs and their
+  dtype) and their models the same parameter structure and shapes, compute
+  dtype and taps: what stacking them needs (the steps are traced with
+  member 0's model)."""
   def shapes(s):
     return (s.kind, s.num_classes, s.input_shape, [
-        (t.classes.tolist(), len(t.train), len(t.val), len(t.test))
-        for t in s.tasks])
+        (t.classes.tolist(), len(t.train), len(t.val), len(t.test),
+         str(t.train.x.dtype)) for t in s.tasks])
   first = shapes(streams[0])
-  for m, s in enumerate(streams[1:], 1):
+  for m, s in enumerate(streams):
+    if not all(sp.in_memory for t in s.tasks
+               for sp in (t.train, t.val, t.test)):
+      raise ValueError(f"member {m}'s stream {s.name!r} is streamed: "
+                       "members with streams of their own need them in "
+                       "memory")
     if shapes(s) != first:
       raise ValueError(f"member {m}'s stream {s.name!r} differs in shape "
                        f"from member 0's {streams[0].name!r} (tasks, "
                        "classes, split sizes or inputs): members' streams "
                        "must be alike")
-  spec = lambda md: jax.tree.map(lambda a: (a.shape, a.dtype),
-                                 (md.params, md.batch_stats))
+  spec = lambda md: (jax.tree.map(lambda a: (a.shape, a.dtype),
+                                  (md.params, md.batch_stats)),
+                     getattr(md, "dtype", "float32"), md.taps is None)
   for m, md in enumerate(models[1:], 1):
     if spec(md) != spec(models[0]):
-      raise ValueError(f"member {m}'s model differs in its parameters' "
-                       "shapes from member 0's: members' models must be "
-                       "alike")
+      raise ValueError(f"member {m}'s model differs from member 0's in its "
+                       "parameters' shapes, its compute dtype or its taps: "
+                       "members' models must be alike")
 
 
 def _locals(names: dict) -> dict:
@@ -281,16 +301,18 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
                   task_epochs=None if task_epochs is None else [
                       int(e) for e in task_epochs],
                   task_steps=int(task_steps))
+  if members is not None and not members:
+    raise ValueError("a sweep needs at least one member")
   own = members is not None and not (isinstance(stream, Stream) and
                                      isinstance(model, FunctionalModel) and
-                                     np.ndim(seed) == 0)
+                                     _scalar(seed))
   if own:  # a stream, model and seed of each member's own
     k = len(members)
     streams = _per_member("stream", stream, k,
                           lambda v: isinstance(v, Stream))
     models = _per_member("model", model, k,
                          lambda v: isinstance(v, FunctionalModel))
-    seeds = _per_member("seed", seed, k, lambda v: np.ndim(v) == 0)
+    seeds = _per_member("seed", seed, k, _scalar)
     for s, md, sd in zip(streams, models, seeds):
       check_run(s, method, md, checkpoint_every=checkpoint_every,
                 log_every=log_every, **{**settings, "seed": sd})
