@@ -23,13 +23,15 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(nproc: int, workdir: str, crash_after: int = 0) -> list:
-  """Runs ``multihost_check.py`` as ``nproc`` processes; their outputs."""
+def _launch(nproc: int, workdir: str, crash_after: int = 0,
+            extra: tuple = ()) -> list:
+  """Runs ``multihost_check.py`` as ``nproc`` processes (``extra``: its
+  further arguments); their outputs."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   port = str(_free_port())
   procs = [subprocess.Popen(
       [sys.executable, SCRIPT, str(p), str(nproc), port, workdir,
-       str(crash_after)], env=env, stdout=subprocess.PIPE,
+       str(crash_after), *extra], env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for p in range(nproc)]
   try:
     return [(p.communicate(timeout=600)[0], p.returncode) for p in procs]
@@ -42,6 +44,8 @@ def _launch(nproc: int, workdir: str, crash_after: int = 0) -> list:
 def _matrices(workdir):
   with open(os.path.join(workdir, "results.json")) as f:
     runs = json.load(f)["runs"]
+  bad = {m: r["diverged"] for m, r in runs.items() if "diverged" in r}
+  assert not bad, bad
   return {m: r["accuracy_matrix"] for m, r in runs.items()}
 
 
@@ -60,17 +64,74 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(tmp_path):
   assert code0 == 0 and code1 == 0, out0[-3000:] + out1[-3000:]
   assert _matrices(two) == _matrices(one)
   assert set(_matrices(one)) == {"finetune", "ewc", "er", "gem"}
-  a = np.load(str(tmp_path / "one" / "params-1procs.npz"))
-  b = np.load(str(tmp_path / "two" / "params-2procs.npz"))
-  assert sorted(a.files) == sorted(b.files)
-  for k in a.files:
-    np.testing.assert_allclose(b[k], a[k], atol=1e-5, err_msg=k)
+  _same_params(tmp_path)
   # Process 0 alone prints (and writes the workdir's files and lock).
   assert "accuracy %" in out0 and "accuracy %" not in out1
   listing = lambda d: sorted(
       os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d)
       for f in fs if "checkpoints" not in r and "tensorboard" not in r)
   assert listing(two) == listing(one)
+
+
+def _same_params(tmp_path, atol=1e-5):
+  """Process 0's final parameters and BatchNorm statistics of each entry
+  equal the one process's."""
+  a = np.load(str(tmp_path / "one" / "params-1procs.npz"))
+  b = np.load(str(tmp_path / "two" / "params-2procs.npz"))
+  assert sorted(a.files) == sorted(b.files)
+  for k in a.files:
+    np.testing.assert_allclose(b[k], a[k], atol=atol, err_msg=k)
+
+
+# Every family beside the default test's (per-step state, distillation,
+# bias correction, iCaRL's herding and nearest mean, DER++, cosine
+# classifier, generative replay) on the MLP; then BatchNorm (ResNet-32,
+# cross-replica statistics) with a regulariser and rehearsal.
+FAMILIES = {
+    "mlp": ("--config.methods=si,lwf,derpp,icarl,bic,ucir,dgr",
+            "--config.method.derpp.memory_size=60",
+            "--config.method.icarl.memory_size=60",
+            "--config.method.bic.memory_size=100",
+            "--config.method.ucir.memory_size=60",
+            # (replayed rows split over the 4 devices)
+            "--config.method.icarl.replay_size=8",
+            "--config.method.bic.replay_size=8",
+            "--config.method.ucir.replay_size=8"),
+    "resnet32": ("--config.methods=finetune,ewc,er",
+                 "--config.model.name=resnet32",
+                 # (stronger penalties diverge at this lr)
+                 "--config.method.ewc.lam=0.01",
+                 "--config.train.batch_size=16",
+                 "--config.scenario.train_per_task=96"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [
+    "mlp", pytest.param("resnet32", marks=pytest.mark.xfail(strict=True, reason=(
+        "open defect: on these digits tasks a data-parallel ResNet-32 "
+        "step with synchronised BatchNorm departs from one device's at the "
+        "second task's first step (its gradient by up to 6% on a conv "
+        "kernel; the first step agrees to 4e-7, and one device is stable "
+        "under permuting the batch), in one process with 4 devices as "
+        "across 2 processes; random batches agree (multidevice_check)")))])
+def test_every_family_trains_across_two_processes_as_one(tmp_path, model):
+  """2 processes x 2 devices = 1 process x 4 devices (accuracy matrices,
+  final parameters and BatchNorm statistics) for the families the default
+  test leaves out, and for a BatchNorm model."""
+  extra = FAMILIES[model]
+  one = str(tmp_path / "one" / "run")
+  two = str(tmp_path / "two" / "run")
+  [(out, code)] = _launch(1, one, extra=extra)
+  assert code == 0, out[-3000:]
+  (out0, code0), (out1, code1) = _launch(2, two, extra=extra)
+  assert code0 == 0 and code1 == 0, out0[-3000:] + out1[-3000:]
+  want = extra[0].split("=")[1].split(",")
+  assert sorted(_matrices(one)) == sorted(want)
+  for entry, matrix in _matrices(one).items():
+    np.testing.assert_allclose(_matrices(two)[entry], matrix, atol=0.01,
+                               err_msg=entry)
+  _same_params(tmp_path, atol=1e-4)
 
 
 def test_a_locked_workdir_stops_every_process(tmp_path):

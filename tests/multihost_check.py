@@ -3,10 +3,12 @@ CPU devices in all (``jax.distributed`` over localhost when there are 2
 processes). (Not collected by pytest: no test_ prefix.)
 
   python multihost_check.py PROCESS_ID NUM_PROCESSES PORT WORKDIR CRASH_AFTER
+                            [--config.KEY=VALUE ...]
 
 CRASH_AFTER > 0 kills the process right after its CRASH_AFTER-th checkpoint
 save (what a kill at that moment leaves). Process 0 saves each entry's final
-parameters to WORKDIR/../params-<n>procs.npz.
+parameters to WORKDIR/../params-<n>procs.npz. Further arguments replace the
+run's settings of the same key (e.g. other methods, another model).
 """
 
 import os
@@ -42,7 +44,8 @@ run_stream = train.run_stream
 
 def keeping_run_stream(stream, method, *args, **kwargs):
   res = run_stream(stream, method, *args, **kwargs)
-  params[method.name] = jax.device_get(res["final_state"].params)
+  params[method.name] = jax.device_get((res["final_state"].params,
+                                       res["final_state"].batch_stats))
   return res
 
 
@@ -55,6 +58,9 @@ args = ["--config.data.name=digits", "--config.scenario.num_tasks=3",
         "--config.method.er.memory_size=60",
         "--config.method.gem.memory_size=30", "--config.parallel.data=0",
         "--config.progress=False", f"--config.workdir={workdir}"]
+for extra in sys.argv[6:]:  # replaces the setting of the same key
+  key = extra.split("=")[0] + "="
+  args = [a for a in args if not a.startswith(key)] + [extra]
 if nproc > 1:
   args += ["--config.distributed=True",
            f"--config.cluster.coordinator_address=localhost:{port}",
