@@ -107,14 +107,7 @@ FAMILIES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [
-    "mlp", pytest.param("resnet32", marks=pytest.mark.xfail(strict=True, reason=(
-        "open defect: on these digits tasks a data-parallel ResNet-32 "
-        "step with synchronised BatchNorm departs from one device's at the "
-        "second task's first step (its gradient by up to 6% on a conv "
-        "kernel; the first step agrees to 4e-7, and one device is stable "
-        "under permuting the batch), in one process with 4 devices as "
-        "across 2 processes; random batches agree (multidevice_check)")))])
+@pytest.mark.parametrize("model", sorted(FAMILIES))
 def test_every_family_trains_across_two_processes_as_one(tmp_path, model):
   """2 processes x 2 devices = 1 process x 4 devices (accuracy matrices,
   final parameters and BatchNorm statistics) for the families the default

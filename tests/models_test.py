@@ -124,3 +124,26 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(name, shape):
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(g))
   with pytest.raises(ValueError, match="dtype"):
     models.build_model(name, shape, 10, dtype="float16")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batch_norm_variance_is_two_pass(seed):
+  """Training-mode BatchNorm normalises with the two-pass variance
+  ``mean((x - mean)^2)`` (a NumPy float64 computation here): channels
+  whose mean is large against their spread (here 1e3 against 1) lose
+  their variance to cancellation in ``E[x^2] - E[x]^2``, flax's default.
+  A ResNet's BatchNorm layers are such layers."""
+  from flax import nnx
+  from cljax.models._networks import _bn
+  rng = np.random.default_rng(seed)
+  x = (1e3 * rng.uniform(0.5, 1.5, 4) +
+       rng.normal(size=(64, 4))).astype(np.float32)
+  bn = _bn(4, nnx.Rngs(0))
+  got = np.asarray(bn(jnp.asarray(x)), np.float64)
+  x64 = x.astype(np.float64)
+  want = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + 1e-5)
+  np.testing.assert_allclose(got, want, atol=1e-3)
+  net = models.ResNet(3, 10, widths=(8, 16), blocks=(1, 1), shortcut="A",
+                      rngs=nnx.Rngs(0))
+  layers = [m for _, m in nnx.iter_modules(net) if isinstance(m, nnx.BatchNorm)]
+  assert layers and not any(m.use_fast_variance for m in layers)

@@ -136,6 +136,10 @@ def run_identity(stream, method, model, optimizer, settings: Mapping,
       "method.class": jsonable(type(method)),
       **flatten(hparams, "method."),
       "model.digest": tree_digest((model.params, model.batch_stats)),
+      # (BatchNorm's variance has been two-pass since this key: a
+      # checkpoint of a BN model without it computed another one)
+      **({"model.batch_norm_variance": "two-pass"}
+         if jax.tree.leaves(model.batch_stats) else {}),
       # (absent for float32, as before the key existed)
       **({"model.dtype": model.dtype} if getattr(
           model, "dtype", "float32") != "float32" else {}),
