@@ -93,28 +93,118 @@ def test_the_mask_trains_at_its_scale_and_freezes_while_compacting(stream):
   assert np.all(np.asarray(compact["pick"][0]) == 0)
 
 
-def test_growth_when_the_goal_is_missed(stream):
-  # A goal every task misses: each grows by a quarter of the layer until
-  # it is full; no goal: the network keeps its initial half.
+def _scripted(method, grow=None, compact=None):
+  """``method`` with its accuracies scripted: ``grow`` answers the growth
+  checks, ``compact`` (a list, in call order) the pruning choices; ``None``:
+  the real accuracy. Returns the list of (kind, real accuracy) calls."""
+  calls, real = [], type(method)._accuracy
+  answers = list(compact or [])
+  def accuracy(ctx, params, s, compacted):
+    acc = real(method, ctx, params, s, compacted)
+    calls.append(("compact" if compacted else "grow", acc))
+    script = answers.pop(0) if compacted and compact else (
+        grow if not compacted else None)
+    return acc if script is None else script
+  method._accuracy = accuracy
+  return calls
+
+
+def test_growth_until_the_goal_is_met(stream):
+  # A goal every task misses: the first task grows by a quarter of the
+  # layer twice, until it is full; no goal: the network keeps its half.
   missed = methods.CPG(initial_units=0.5, goal=0.9, grow=0.25)
-  accuracies = []
-  def below_goal(ctx):
-    accuracies.append(methods.CPG._accuracy(missed, ctx))
-    return 0.5
-  missed._accuracy = below_goal
+  calls = _scripted(missed, grow=0.5)
   _, grown = _run(stream, missed)
-  assert len(accuracies) == 2 and all(0.5 < a <= 1 for a in accuracies)
+  checks = [a for kind, a in calls if kind == "grow"]
+  assert len(checks) == 2 and all(0.5 < a <= 1 for a in checks)
   r = np.asarray(grown["accuracy_matrix"])
   for j in range(3):  # growing keeps every learnt task exactly
     np.testing.assert_array_equal(r[j:, j], r[j, j])
-  _, fixed = _run(stream, methods.CPG(initial_units=0.5))
+  fixed = methods.CPG(initial_units=0.5, retrain_epochs=0)
+  _, fixed_res = _run(stream, fixed)
   units = lambda res: [int(np.sum(u)) for u in jax.device_get(
       res["final_state"].method_state["units"]).values()]
-  assert units(fixed) == [20, 20]
-  assert units(grown) == [40, 40]  # 20 + 10 + 10: full after two tasks
-  s = jax.device_get(fixed["final_state"].method_state)
+  assert units(fixed_res) == [20, 20]
+  assert units(grown) == [40, 40]  # 20 + 10 + 10 in the first task
+  s = jax.device_get(fixed_res["final_state"].method_state)
   k = s["owner"][1]
   assert np.all(k[20:, :] == 0) and np.all(k[:, 20:] == 0)  # never used
+  # A goal every task meets: its four growth phases are skipped, and the
+  # run is the no-goal run's, step for step.
+  met = methods.CPG(initial_units=0.5, goal=0.9, grow=0.25,
+                    retrain_epochs=0)
+  _scripted(met, grow=1.0, compact=[1.0] * 12)
+  _, met_res = _run(stream, met)
+  assert len(met.phases(1)) == 1 + 4 + 3
+  assert int(met_res["final_state"].step) == int(
+      fixed_res["final_state"].step)
+  np.testing.assert_array_equal(met_res["accuracy_matrix"],
+                                fixed_res["accuracy_matrix"])
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(met_res["final_state"].params),
+               jax.device_get(fixed_res["final_state"].params))
+
+
+def test_the_largest_pruning_ratio_that_meets_the_goal(stream):
+  # Per task: unpruned, then rounds 1-3 (goal 0.9). Task 0 keeps round 1
+  # (rounds 2 and 3 miss); task 1 round 2 (the largest that meets it);
+  # task 2 misses the goal unpruned with the layers full: the last round.
+  m = methods.CPG(prune=0.6, rounds=3, goal=0.9, retrain_epochs=0)
+  calls = _scripted(m, compact=[0.95, 0.93, 0.85, 0.8,
+                                0.95, 0.8, 0.92, 0.85,
+                                0.85, 0.5, 0.5, 0.5])
+  _, res = _run(stream, m)
+  assert [kind for kind, _ in calls] == ["compact"] * 12
+  s = jax.device_get(res["final_state"].method_state)
+  for i, owner in s["owner"].items():
+    total, counts = owner.size, []
+    for chosen in (1, 2, 3):  # each task keeps its share of the free ones
+      released = int(np.floor(cubic_sparsity(0.6, chosen, 3) * total))
+      counts.append(total - released)
+      total = released
+    np.testing.assert_array_equal(
+        [np.sum(owner == k + 1) for k in range(3)], counts)
+    k = jax.device_get(res["final_state"].params)["layers"][i]["kernel"]
+    assert np.all(k[owner == 0] == 0)  # released: zeroed
+  r = np.asarray(res["accuracy_matrix"])
+  for j in range(3):
+    np.testing.assert_array_equal(r[j:, j], r[j, j])
+  # No ratio meets the goal: nothing is released.
+  none = methods.CPG(prune=0.6, rounds=3, goal=0.9, retrain_epochs=0)
+  _scripted(none, compact=[0.95, 0.5, 0.5, 0.5] * 3)
+  _, kept = _run(stream, none)
+  owner = jax.device_get(kept["final_state"].method_state)["owner"][0]
+  assert np.all(owner == 1)  # the first task kept every weight
+
+
+def test_retraining_the_mask_is_kept_only_if_it_helps(stream):
+  # With goal 0 every round is kept; the retrain stage (tasks 1 and 2)
+  # starts the mask afresh and is kept when it is more accurate.
+  plain = methods.CPG(retrain_epochs=0)
+  _, base = _run(stream, plain)
+  worse = methods.CPG(retrain_epochs=2)
+  _scripted(worse, compact=[0.5] * 4 + [0.5] * 5 + [0.5] * 5)
+  _, rejected = _run(stream, worse)
+  assert [p.name for p in worse.phases(1)][-1] == "retrain"
+  assert [p.name for p in worse.phases(0)][-1] == "compact"
+  # Rejected: the compacted network, exactly as without the stage.
+  np.testing.assert_array_equal(rejected["accuracy_matrix"],
+                                base["accuracy_matrix"])
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(rejected["final_state"].params),
+               jax.device_get(base["final_state"].params))
+  better = methods.CPG(retrain_epochs=2)
+  _scripted(better, compact=[0.5] * 4 + [0.5] * 4 + [0.6] + [0.5] * 5)
+  _, kept = _run(stream, better)
+  p0 = jax.device_get(base["final_state"].method_state)["picks"][0][1]
+  p1 = jax.device_get(kept["final_state"].method_state)["picks"][0][1]
+  assert np.any(p0 != p1)  # task 1's mask retrained (task 2's rejected)
+  learnt = lambda res: np.minimum(jax.device_get(
+      res["final_state"].method_state)["owner"][0], 3) % 3  # tasks 0, 1
+  np.testing.assert_array_equal(learnt(kept), learnt(base))
+  r = np.asarray(kept["accuracy_matrix"])
+  for j in range(3):
+    np.testing.assert_array_equal(r[j:, j], r[j, j])
 
 
 def test_refusals(stream, digits):
@@ -127,6 +217,24 @@ def test_refusals(stream, digits):
     models.build_model("resnet32", (32, 32, 3), 10, head="picking")
   for kw, match in ((dict(prune=1.0), "prune"), (dict(rounds=0), "rounds"),
                     (dict(initial_units=0.0), "initial_units"),
-                    (dict(goal=2.0), "goal")):
+                    (dict(goal=2.0), "goal"), (dict(grow=0.0), "grow"),
+                    (dict(retrain_epochs=-1), "retrain_epochs")):
     with pytest.raises(ValueError, match=match):
       methods.CPG(**kw)
+
+
+def test_every_phase_compiles_once(stream):
+  traces = {}
+
+  class Counted(methods.CPG):
+    def _loss(self, model, compact):
+      f = super()._loss(model, compact)
+      def loss(*a):
+        traces[compact] = traces.get(compact, 0) + 1
+        return f(*a)
+      return loss
+
+  _run(stream, Counted(initial_units=0.5, goal=0.99, retrain_epochs=1))
+  # eval_shape and one compilation of each phase's step for the whole
+  # stream: train and grow around one loss, compact and retrain the other.
+  assert traces == {False: 4, True: 4}

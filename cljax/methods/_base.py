@@ -199,7 +199,9 @@ class Method:
   def end_params(self, ctx: TaskContext):
     """``(params, batch_stats)`` the task ends with, set after its training
     and before ``on_task_end`` and the evaluation (e.g. WA's aligned head),
-    or ``None`` to keep the trained ones."""
+    or ``None`` to keep the trained ones; ``(params, batch_stats,
+    method_state)`` sets the method state too (e.g. CPG's chosen pruning
+    ratio)."""
     return None
 
   def eval_params(self, method_state, params, batch_stats, task: int,
@@ -222,6 +224,13 @@ class Method:
     the results' ``network_use`` after the stream; ``None`` for the other
     methods."""
     return None
+
+  def phase_skipped(self, ctx: TaskContext, phase: Phase) -> bool:
+    """Whether ``phase`` is skipped, asked after ``on_phase_start`` (e.g.
+    CPG's growth once the task meets its goal). A sweep skips it only when
+    every member does, so a member that would skip must find the phase a
+    no-op (default: ``False``)."""
+    return False
 
   def phase_params(self, ctx: TaskContext, phase: Phase):
     """``(params, batch_stats)`` to start ``phase`` from (after

@@ -45,53 +45,72 @@ def cubic_sparsity(final: float, step: int, steps: int) -> float:
 
 class CPG(Method):
   """CPG: each task trains the free weights and a picking mask over the
-  weights earlier tasks kept, grows the network when an accuracy goal is
-  not met, then is compacted by gradual pruning; what it keeps is frozen
+  weights earlier tasks kept, grows the network until an accuracy goal is
+  met, is compacted by gradual pruning to the largest ratio that still
+  meets the goal, and retrains its picking mask; what it keeps is frozen
   (task-IL).
 
-  Task ``k``, phase ``train``: the free weights (of the available units)
-  train together with a real-valued mask over the weights tasks ``< k``
-  kept, binarised at ``5e-3`` (``binarise``; from ``1e-2``, all picked;
-  its updates scaled by ``mask_lr_scale``, as the authors give the mask a
-  rate of its own): the network computes ``W_free + m_k * W_kept``. When
-  growing is possible (``goal > 0`` and ``initial_units < 1``), a phase
-  ``grow`` follows: if the task's accuracy (validation split, else
-  training) is below ``goal`` and units are left, ``grow`` more units per
-  hidden layer become available (sizes are pre-allocated: ``model.hidden``
-  is the ceiling), and the task trains on for ``grow_epochs`` (the task's
-  budget by default) on the wider network, or on the same one if nothing
-  grew. Then ``rounds`` phases ``compact``: each releases the task's
-  smallest-magnitude weights up to the cubic schedule's fraction of them
-  (``cubic_sparsity``, ending at ``prune``) and retrains the rest for
-  ``compact_epochs``, the mask frozen (the authors'); the released weights
-  are zeroed and free for later tasks. Task ``j`` is predicted with its own
-  weights plus its picked earlier ones. Biases train with the first task
-  only; the head trains its task's classes (task-IL's masked
-  cross-entropy). Needs a network without BatchNorm (mlp or cnn; model
-  head ``"picking"``, built by ``cljax run``) and one device.
+  Task ``k``, as the authors' scripts run it:
+
+  * ``train``: the free weights (of the available units) train together
+    with a real-valued mask over the weights tasks ``< k`` kept, binarised
+    at ``5e-3`` (``binarise``; from ``1e-2``, all picked; its updates
+    scaled by ``mask_lr_scale``, as the authors give the mask a rate of its
+    own): the network computes ``W_free + m_k * W_kept``.
+  * ``grow`` (when growing is possible: ``goal > 0`` and ``initial_units <
+    1``), up to ``ceil(1 / grow)`` times: while the task's accuracy
+    (validation split, else training; ``_accuracy``) is below ``goal`` and
+    units are left, ``grow`` more units per hidden layer become available
+    (sizes are pre-allocated: ``model.hidden`` is the ceiling) and the task
+    trains on for ``grow_epochs`` (the task's budget by default) on the
+    wider network; once the goal is met or the layers are full, the
+    remaining ``grow`` phases are skipped.
+  * ``compact``, ``rounds`` times: each releases the task's smallest-
+    magnitude weights up to the cubic schedule's fraction of them
+    (``cubic_sparsity``, ending at ``prune``) and retrains the rest for
+    ``compact_epochs``, the mask frozen. The accuracy after each round is
+    measured; the task keeps the largest pruning ratio whose accuracy is at
+    least ``goal`` (the authors' ``choose_appropriate_pruning_ratio``, with
+    no accuracy loss allowed), or none if no ratio meets it; if the task
+    missed the goal before pruning with the layers full, the last round's
+    (the authors prune regardless then). ``goal = 0`` keeps every round.
+  * ``retrain`` (tasks ``k > 0``, ``retrain_epochs > 0``): the picking mask
+    restarts at ``1e-2`` and retrains with the task's kept weights (the
+    mask at a fifth of its ``train`` scale: the authors' 1e-4 against
+    5e-4); the task keeps the result only if its accuracy improves on the
+    compacted one (the authors' ``choose_retrain_or_not``).
+
+  The weights a task released are zeroed and free for later tasks. Task
+  ``j`` is predicted with its own weights plus its picked earlier ones.
+  Biases train with the first task only; the head trains its task's
+  classes (task-IL's masked cross-entropy). Needs a network without
+  BatchNorm (mlp or cnn; model head ``"picking"``, built by ``cljax run``)
+  and one device.
 
   Departures from the authors' code, for static shapes and one budget: the
-  released fraction is the fixed ``prune`` (they prune step by step up to
-  0.95 and keep the largest ratio whose validation accuracy still meets
-  the baseline); at most one growth per task (they grow and retrain until
-  the goal is met); no separate stage retraining the mask from ``1e-2``
-  after compaction; no per-task biases; the optimizer state carries over
-  between a task's phases.
+  pruning ratios are the cubic schedule's ``rounds`` points up to
+  ``prune`` (they step by 0.1 up to 0.9, then 0.95); a task that grows
+  trains on from where it was (they retrain it from the previous task's
+  network); the phases have fixed lengths (they stop retraining the mask
+  after 5 epochs without improvement); no per-task biases; the optimizer
+  state carries over between a task's phases.
 
   Args:
-    prune: the fraction of a task's weights released by compaction.
+    prune: the largest fraction of a task's weights compaction releases.
     rounds: pruning rounds of the gradual schedule.
     compact_epochs: epochs of training after each round.
     goal: the accuracy a task must reach before compaction, else the
-      network grows (0: never grows).
+      network grows, and that a pruning ratio must keep (0: never grows,
+      every ratio kept).
     grow: units added per hidden layer when it grows (as a fraction of the
       layer's pre-allocated units).
     initial_units: the fraction of each hidden layer's units available at
       the first task.
-    grow_epochs: the length of the ``grow`` phase (0: the task's budget).
+    grow_epochs: the length of each ``grow`` phase (0: the task's budget).
     mask_lr_scale: the picking mask's updates relative to the weights'
       (the authors: Adam at 5e-4 for the mask; 0.5 of a run's Adam at
       1e-3).
+    retrain_epochs: the length of the ``retrain`` phase (0: none).
   """
 
   name = "cpg"
@@ -101,13 +120,15 @@ class CPG(Method):
   def __init__(self, prune: float = 0.5, rounds: int = 3,
                compact_epochs: int = 1, goal: float = 0.0,
                grow: float = 0.25, initial_units: float = 1.0,
-               grow_epochs: int = 0, mask_lr_scale: float = 0.5):
+               grow_epochs: int = 0, mask_lr_scale: float = 0.5,
+               retrain_epochs: int = 1):
     if not 0 < prune < 1:
       raise ValueError(f"prune must be in (0, 1), got {prune}")
     _validate.check_integer("rounds", rounds, 1)
     _validate.check_integer("compact_epochs", compact_epochs, 1)
     _validate.check_unit_interval("goal", goal)
-    _validate.check_unit_interval("grow", grow)
+    _validate.check_value("grow", grow, lambda v: (v > 0) & (v <= 1),
+                          "in (0, 1]")
     _validate.check_value("initial_units", initial_units,
                           lambda v: (v > 0) & (v <= 1), "in (0, 1]")
     self.prune, self.rounds = float(prune), int(rounds)
@@ -115,9 +136,10 @@ class CPG(Method):
     self.grow, self.initial_units = float(grow), float(initial_units)
     _validate.check_integer("grow_epochs", grow_epochs, 0)
     _validate.check_positive("mask_lr_scale", mask_lr_scale)
+    _validate.check_integer("retrain_epochs", retrain_epochs, 0)
     self.grow_epochs, self.mask_lr_scale = int(grow_epochs), float(
         mask_lr_scale)
-
+    self.retrain_epochs = int(retrain_epochs)
 
   # -- state ---------------------------------------------------------------
 
@@ -140,14 +162,24 @@ class CPG(Method):
             "units": units,
             "total": {i: jnp.zeros((), jnp.int32) for i in units},
             "round": jnp.zeros((), jnp.int32),
-            "trainable": jax.tree.map(jnp.ones_like, model.params)}
+            "trainable": jax.tree.map(jnp.ones_like, model.params),
+            "skip": jnp.zeros((), bool),
+            # The task's network at the largest pruning ratio kept so far,
+            # its owners and accuracy; whether every ratio is kept.
+            "best": {"params": model.params,
+                     "owner": {i: jnp.zeros(k.shape, jnp.int32)
+                               for i, k in enumerate(kernels)},
+                     "acc": jnp.zeros((), jnp.float32)},
+            "keep_any": jnp.zeros((), bool)}
 
   def phases(self, index):
-    grow = (Phase("grow", epochs=self.grow_epochs or None),) if (
-        self.goal > 0 and self.initial_units < 1) else ()
-    return (Phase("train"), *grow) + tuple(
-        Phase("compact", epochs=self.compact_epochs)
-        for _ in range(self.rounds))
+    grow = (Phase("grow", epochs=self.grow_epochs or None),) * int(
+        np.ceil(1 / self.grow)) if (self.goal > 0
+                                    and self.initial_units < 1) else ()
+    retrain = (Phase("retrain", epochs=self.retrain_epochs),) if (
+        index > 0 and self.retrain_epochs) else ()
+    return (Phase("train"), *grow, *(Phase(
+        "compact", epochs=self.compact_epochs),) * self.rounds, *retrain)
 
   def start_params(self, ctx):
     """Every task's picking mask starts at ``1e-2`` (all picked)."""
@@ -208,8 +240,8 @@ class CPG(Method):
     return self._loss(model, compact=False)
 
   def phase_loss_fn(self, model, name):
-    return self._loss(model, True) if name == "compact" else self.loss_fn(
-        model)
+    return self._loss(model, True) if name in ("compact", "retrain") else (
+        self.loss_fn(model))
 
   @property
   def extra_args(self):
@@ -220,11 +252,12 @@ class CPG(Method):
 
   # -- phases ----------------------------------------------------------------
 
-  def _trainable(self, params, s, task: int, classes, compact: bool):
+  def _trainable(self, params, s, task: int, classes, compact: bool,
+                 mask_scale: float):
     """1 where the phase trains: the task's weights (``compact``) or the
-    free ones of available units; the picking mask over kept weights
-    (``mask_lr_scale``; not while compacting); the biases with the first
-    task only; the head's columns of ``classes``."""
+    free ones of available units; the picking mask over kept weights at
+    ``mask_scale``; the biases with the first task only; the head's columns
+    of ``classes``."""
     avail = self._available(params, s)
     out = jax.tree.map(lambda p: jnp.full(p.shape, float(task == 0)), params)
     cols = np.zeros(np.shape(params["head"]["kernel"])[-1], np.float32)
@@ -238,17 +271,19 @@ class CPG(Method):
       layer = layer_at(out, key)
       out = with_layer(out, key, {**layer, "kernel": train.astype(
           jnp.float32)})
-      kept = (owner >= 1) & (owner <= task) & (not compact)  # frozen then
-      out["pick"] = {**out["pick"], i: kept * self.mask_lr_scale}
+      kept = (owner >= 1) & (owner <= task)
+      out["pick"] = {**out["pick"], i: kept * mask_scale}
     return out
 
-  def _accuracy(self, ctx: TaskContext) -> float:
-    """The task's accuracy now (validation split, else training)."""
+  def _accuracy(self, ctx: TaskContext, params, s, compact: bool) -> float:
+    """The accuracy of task ``ctx.index``'s network in ``params`` and ``s``
+    (its own and free weights, or its own only: ``compact``) on its
+    validation split, else its training split."""
     k = ctx.index
     split = ctx.stream.tasks[k].val
     if not len(split):
       split = ctx.stream.tasks[k].train
-    net = self._training(ctx.params, ctx.method_state, k, compact=False)
+    net = self._training(params, s, k, compact)
     apply = jax.jit(lambda x: ctx.model.apply(net, ctx.batch_stats, x)[0][0])
     active = np.asarray(ctx.masks[k])
     correct = 0
@@ -270,44 +305,94 @@ class CPG(Method):
       units[i] = jnp.asarray(u)
     return units
 
+  def _full(self, s) -> bool:
+    return all(np.all(u) for u in s["units"].values())
+
+  def _snapshot(self, params, s, acc):
+    return {"params": params, "owner": s["owner"],
+            "acc": jnp.asarray(acc, jnp.float32)}
+
   def on_phase_start(self, ctx, phase):
-    s, k = dict(ctx.method_state), ctx.index
+    s, k, params = dict(ctx.method_state), ctx.index, ctx.params
     classes = ctx.stream.tasks[k].classes
-    compact = phase.name == "compact"
-    if phase.name == "grow" and not all(np.all(u) for u in
-                                        s["units"].values()):
-      if self._accuracy(ctx) < self.goal:  # the goal is missed: grow
+    s["skip"] = jnp.zeros((), bool)
+    if phase.name == "grow":  # grow while the goal is missed
+      grows = not self._full(s) and self._accuracy(
+          ctx, params, s, False) < self.goal
+      if grows:
         s["units"] = self._grown(s)
-    if compact:
-      r = int(s["round"]) + 1
-      if r == 1:  # the end of training: the task's weights
-        avail = self._available(ctx.params, s)
-        s["owner"] = {i: jnp.where((o == 0) & (avail[i] > 0), k + 1, o)
-                      for i, o in s["owner"].items()}
-        s["total"] = {i: jnp.sum(o == k + 1) for i, o in s["owner"].items()}
-      target = cubic_sparsity(self.prune, r, self.rounds)
+      s["skip"] = jnp.asarray(not grows)
+    r = int(s["round"])
+    if phase.name in ("compact", "retrain") and r == 0:
+      # The end of training: the task's weights, their accuracy unpruned.
+      avail = self._available(params, s)
+      s["owner"] = {i: jnp.where((o == 0) & (avail[i] > 0), k + 1, o)
+                    for i, o in s["owner"].items()}
+      s["total"] = {i: jnp.sum(o == k + 1) for i, o in s["owner"].items()}
+      acc = self._accuracy(ctx, params, s, True)
+      s["best"] = self._snapshot(params, s, acc)
+      s["keep_any"] = jnp.asarray(acc < self.goal and self._full(s))
+    elif phase.name in ("compact", "retrain"):
+      s = self._chosen(ctx, s, False)[1]  # the last round's, if it is kept
+    if phase.name == "compact":
+      target = cubic_sparsity(self.prune, r + 1, self.rounds)
       owner = {}
-      for i, key in enumerate(unit_layers(ctx.params)):
+      for i, key in enumerate(unit_layers(params)):
         o = s["owner"][i]
         want = int(np.floor(target * int(s["total"][i])))
         have = int(s["total"][i]) - int(jnp.sum(o == k + 1))
-        owner[i] = release_smallest(layer_at(ctx.params, key)["kernel"], o,
-                                    k, want - have)
-      s["owner"], s["round"] = owner, jnp.asarray(r, jnp.int32)
-    s["trainable"] = self._trainable(ctx.params, s, k, classes, compact)
+        owner[i] = release_smallest(layer_at(params, key)["kernel"], o, k,
+                                    want - have)
+      s["owner"], s["round"] = owner, jnp.asarray(r + 1, jnp.int32)
+    if phase.name == "retrain":  # from the chosen ratio
+      s["owner"] = s["best"]["owner"]
+    mask_scale = {"train": self.mask_lr_scale, "grow": self.mask_lr_scale,
+                  "retrain": self.mask_lr_scale / 5}.get(phase.name, 0.0)
+    trainable = self._trainable(params, s, k, classes, phase.name not in (
+        "train", "grow"), mask_scale)
+    s["trainable"] = jax.tree.map(jnp.zeros_like, trainable) if bool(
+        s["skip"]) else trainable  # a skipped phase changes nothing
     return s
 
+  def phase_skipped(self, ctx, phase):
+    return bool(ctx.method_state["skip"])
+
+  def phase_params(self, ctx, phase):
+    """``retrain`` starts from the chosen ratio's network, the picking mask
+    at ``1e-2``."""
+    if phase.name != "retrain":
+      return None
+    params = ctx.method_state["best"]["params"]
+    return ({**params, "pick": jax.tree.map(
+        lambda p: jnp.full_like(p, PICK_INIT), params["pick"])},
+            ctx.batch_stats)
+
+  def _chosen(self, ctx, s, retrained: bool):
+    """``(params, s)`` with ``s["best"]`` the network now if it is kept
+    (after a pruning round: it meets the goal, or any ratio is kept; after
+    ``retrain``: it is more accurate than the compacted one), and the
+    network and owners of ``s["best"]``."""
+    s = dict(s)
+    acc = self._accuracy(ctx, ctx.params, s, True)
+    if (acc > float(s["best"]["acc"]) if retrained else
+        acc >= self.goal or bool(s["keep_any"])):
+      s["best"] = self._snapshot(ctx.params, s, acc)
+    s["owner"] = s["best"]["owner"]
+    return s["best"]["params"], s
+
   def end_params(self, ctx):
-    """The weights compaction released are zeroed (free for later tasks;
-    weights of units not yet available keep their initial values)."""
-    s, params = ctx.method_state, ctx.params
+    """The network chosen (``_chosen``), with the weights compaction
+    released zeroed (free for later tasks; weights of units not yet
+    available keep their initial values)."""
+    params, s = self._chosen(ctx, ctx.method_state, any(
+        p.name == "retrain" for p in self.phases(ctx.index)))
     avail = self._available(params, s)
     for i, key in enumerate(unit_layers(params)):
       layer = layer_at(params, key)
       released = (s["owner"][i] == 0) & (avail[i] > 0)
       params = with_layer(params, key, {
           **layer, "kernel": jnp.where(released, 0.0, layer["kernel"])})
-    return params, ctx.batch_stats
+    return params, ctx.batch_stats, s
 
   def on_task_end(self, ctx):
     s, k = ctx.method_state, ctx.index

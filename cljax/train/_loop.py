@@ -449,6 +449,10 @@ class _Run:
         if moved is not None:
           self.state = self.state._replace(params=_own(moved[0]),
                                            batch_stats=_own(moved[1]))
+        if np.all(jax.device_get(self._each(lambda m, st, k: m.phase_skipped(
+            self._ctx(i, masks, st, k), phases[p])))):
+          bar.update(budget[p])
+          continue
       if own_opt:  # a phase's own optimizer state; the main one is stashed
         if resuming:
           main_opt_state = stash
@@ -502,6 +506,8 @@ class _Run:
     if end is not None:  # e.g. a corrected head
       self.state = self.state._replace(params=_own(end[0]),
                                        batch_stats=_own(end[1]))
+      if len(end) == 3:
+        self.state = self.state._replace(method_state=_own(end[2]))
     self.state = self.state._replace(method_state=_own(self._each(
         lambda m, st, k: m.on_task_end(self._ctx(i, masks, st, k)))))
     jax.block_until_ready(self.state)
