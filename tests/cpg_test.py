@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from cljax import data, methods, models, train
+from cljax.data._batching import num_batches
 from cljax.methods._base import Phase, TaskContext
 from cljax.methods.cpg import binarise, cubic_sparsity, release_smallest
 
@@ -238,3 +239,16 @@ def test_every_phase_compiles_once(stream):
   # eval_shape and one compilation of each phase's step for the whole
   # stream: train and grow around one loss, compact and retrain the other.
   assert traces == {False: 4, True: 4}
+
+
+def test_each_stage_after_training_has_a_fresh_optimizer(stream):
+  # Adam's step count after the stream is the last task's ``train`` phase's
+  # alone: compaction and retraining each ran on a state of their own.
+  _, res = _run(stream, methods.CPG(retrain_epochs=1))
+  per_epoch = num_batches(len(stream.tasks[2].train), 32)
+  counts = [int(c) for c in jax.tree.leaves(jax.tree.map(
+      lambda s: s.count, res["final_state"].opt_state,
+      is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState)))
+            if np.ndim(c) == 0]
+  assert counts and set(counts) == {6 * per_epoch}
+  assert int(res["final_state"].step) > 3 * 6 * per_epoch

@@ -78,12 +78,17 @@ class Phase(NamedTuple):
     examples: if set, the phase lasts ``ceil(examples / batch size)``
       steps instead of ``epochs`` (e.g. passes over a memory rather than
       over the task's data).
+    fresh_optimizer: an optimizer state of its own, new at the phase's
+      start, as a new training run's (e.g. CPG's stages, each a run of
+      its own in the authors' scripts); ``head_only`` and ``lr_scale`` imply
+      it.
   """
   name: str = "train"
   epochs: int | None = None
   head_only: bool = False
   lr_scale: float = 1.0
   examples: int | None = None
+  fresh_optimizer: bool = False
 
 
 def head_labels(params) -> dict:

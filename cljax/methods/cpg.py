@@ -92,8 +92,7 @@ class CPG(Method):
   ``prune`` (they step by 0.1 up to 0.9, then 0.95); a task that grows
   trains on from where it was (they retrain it from the previous task's
   network); the phases have fixed lengths (they stop retraining the mask
-  after 5 epochs without improvement); no per-task biases; the optimizer
-  state carries over between a task's phases.
+  after 5 epochs without improvement); no per-task biases.
 
   Args:
     prune: the largest fraction of a task's weights compaction releases.
@@ -173,13 +172,18 @@ class CPG(Method):
             "keep_any": jnp.zeros((), bool)}
 
   def phases(self, index):
-    grow = (Phase("grow", epochs=self.grow_epochs or None),) * int(
-        np.ceil(1 / self.grow)) if (self.goal > 0
-                                    and self.initial_units < 1) else ()
-    retrain = (Phase("retrain", epochs=self.retrain_epochs),) if (
-        index > 0 and self.retrain_epochs) else ()
+    """``train``, the ``grow`` phases, the ``compact`` rounds and
+    ``retrain``, each after ``train`` with a fresh optimizer state (each a
+    run of its own in the authors' scripts)."""
+    grow = (Phase("grow", epochs=self.grow_epochs or None,
+                  fresh_optimizer=True),) * int(np.ceil(1 / self.grow)) if (
+                      self.goal > 0 and self.initial_units < 1) else ()
+    retrain = (Phase("retrain", epochs=self.retrain_epochs,
+                     fresh_optimizer=True),) if (
+                         index > 0 and self.retrain_epochs) else ()
     return (Phase("train"), *grow, *(Phase(
-        "compact", epochs=self.compact_epochs),) * self.rounds, *retrain)
+        "compact", epochs=self.compact_epochs, fresh_optimizer=True),) *
+            self.rounds, *retrain)
 
   def start_params(self, ctx):
     """Every task's picking mask starts at ``1e-2`` (all picked)."""

@@ -143,7 +143,8 @@ class _Run:
   def phase_step(self, phase: Phase):
     """``(engine, optimizer, term names)`` of ``phase``; the engine runs
     its train step over rows of batch indices (``_epochs``)."""
-    cache_key = (phase.name, phase.head_only, phase.lr_scale)
+    cache_key = (phase.name, phase.head_only, phase.lr_scale,
+                 phase.fresh_optimizer)
     if cache_key not in self.compiled:
       model, method = self.model, self.method
       loss_fn, o = phase_parts(method, model, self.opt, phase,

@@ -36,6 +36,8 @@ def phase_parts(method: Method, model: FunctionalModel,
   o = head_only(optimizer, model.params) if phase.head_only else optimizer
   if phase.lr_scale != 1.0:
     o = optax.chain(o, optax.scale(phase.lr_scale))
+  elif phase.fresh_optimizer and o is optimizer:
+    o = optax.chain(o)  # another transformation: a state of its own
   return loss_fn, o
 
 

@@ -40,8 +40,10 @@ NAMES = {"finetune": "none (fine-tune)", "joint": "joint", "ewc": "EWC",
          "cpg_growing": "CPG growing from 25% (task-IL only)"}
 TASK_ONLY = ("packnet", "hat", "pathnet", "cpg", "den", "cpg_growing")
 # Final runs of families run in workdirs of their own
-# (``<name>_<suffix>``) beside the main final run.
-SUFFIXES = ("dgr", "packnet", "hat", "isolation", "ext", "growing")
+# (``<name>_<suffix>``) beside the main final run; a later suffix's entry
+# replaces an earlier one's (``cpg``: CPG rerun with the ratio choice and
+# the mask's retraining).
+SUFFIXES = ("dgr", "packnet", "hat", "isolation", "ext", "growing", "cpg")
 # Validation accuracies this close are a tie (the same count of correct
 # predictions, summed in another order).
 TIE = 1e-9
