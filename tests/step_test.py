@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from cljax import data, methods, models, train
+from cljax.methods._base import Phase
 
 
 def _counting(method_cls):
@@ -192,6 +193,29 @@ def test_task_lrs_change_the_lr_without_recompiling(digits):
                          methods.FineTune(), model, opt, epochs=1,
                          batch_size=32, progress=False)
   assert traces[0] == 2  # eval_shape + one compilation
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               full["final_state"].params, one["final_state"].params)
+
+
+def test_task_lrs_hold_in_phases_with_an_optimizer_state_of_their_own(
+    digits):
+  # A phase with a fresh optimizer state (or a scaled rate) starts at the
+  # task's rate too: at lr ~0 in task 2, nothing moves in either phase.
+  stream = data.class_splits(digits, 2)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(8,))
+  opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
+
+  class TwoPhases(methods.FineTune):
+    def phases(self, index):
+      return (Phase(), Phase("again", fresh_optimizer=True),
+              Phase("scaled", lr_scale=0.5))
+
+  full = train.run_stream(stream, TwoPhases(), model, opt, epochs=1,
+                          batch_size=32, progress=False, task_lrs=[0.1, 1e-30])
+  one = train.run_stream(data.Stream(stream.name, stream.kind,
+                                     stream.tasks[:1], stream.num_classes),
+                         TwoPhases(), model, opt, epochs=1,
+                         batch_size=32, progress=False)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                full["final_state"].params, one["final_state"].params)
 

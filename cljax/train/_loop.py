@@ -459,8 +459,10 @@ class _Run:
           main_opt_state = stash
         else:
           main_opt_state = self.state.opt_state
-          self.state = self.state._replace(
-              opt_state=self._init_opt(phase_opt, self.state.params))
+          fresh = self._init_opt(phase_opt, self.state.params)
+          if s["task_lrs"] is not None:  # the task's rate, as the main one
+            fresh = set_learning_rate(fresh, s["task_lrs"][i])
+          self.state = self.state._replace(opt_state=fresh)
       for epoch in range(pos["epoch"] if resuming else 0, n_epochs[p]):
         first = pos["batch"] if resuming and epoch == pos["epoch"] else 0
         extra = [] if phases[p].name == "train" else list(
