@@ -52,7 +52,7 @@ def _run(stream, method, hidden=(40, 40)):
 
 
 def test_learnt_tasks_never_change_and_compaction_keeps_its_share(stream):
-  m = methods.CPG(prune=0.5, rounds=3)
+  m = methods.CPG(prune=0.5, rounds=3, retrain=False)
   model, res = _run(stream, m)
   r = np.asarray(res["accuracy_matrix"])
   for j in range(3):
@@ -121,19 +121,21 @@ def test_growth_until_the_goal_is_met(stream):
   r = np.asarray(grown["accuracy_matrix"])
   for j in range(3):  # growing keeps every learnt task exactly
     np.testing.assert_array_equal(r[j:, j], r[j, j])
-  fixed = methods.CPG(initial_units=0.5, retrain_epochs=0)
+  fixed = methods.CPG(initial_units=0.5, retrain=False)
   _, fixed_res = _run(stream, fixed)
   units = lambda res: [int(np.sum(u)) for u in jax.device_get(
       res["final_state"].method_state["units"]).values()]
   assert units(fixed_res) == [20, 20]
   assert units(grown) == [40, 40]  # 20 + 10 + 10 in the first task
+  first = jax.device_get(grown["final_state"].method_state)["owner"][0] == 1
+  assert np.all(first[:, 30:].any(0))  # it trained the last quarter too
   s = jax.device_get(fixed_res["final_state"].method_state)
   k = s["owner"][1]
   assert np.all(k[20:, :] == 0) and np.all(k[:, 20:] == 0)  # never used
   # A goal every task meets: its four growth phases are skipped, and the
   # run is the no-goal run's, step for step.
   met = methods.CPG(initial_units=0.5, goal=0.9, grow=0.25,
-                    retrain_epochs=0)
+                    retrain=False)
   _scripted(met, grow=1.0, compact=[1.0] * 12)
   _, met_res = _run(stream, met)
   assert len(met.phases(1)) == 1 + 4 + 3
@@ -150,12 +152,22 @@ def test_the_largest_pruning_ratio_that_meets_the_goal(stream):
   # Per task: unpruned, then rounds 1-3 (goal 0.9). Task 0 keeps round 1
   # (rounds 2 and 3 miss); task 1 round 2 (the largest that meets it);
   # task 2 misses the goal unpruned with the layers full: the last round.
-  m = methods.CPG(prune=0.6, rounds=3, goal=0.9, retrain_epochs=0)
+  m = methods.CPG(prune=0.6, rounds=3, goal=0.9, retrain=False)
   calls = _scripted(m, compact=[0.95, 0.93, 0.85, 0.8,
                                 0.95, 0.8, 0.92, 0.85,
                                 0.85, 0.5, 0.5, 0.5])
+  rounds, start = [], m.on_phase_start
+  def recorded(ctx, phase):
+    s = start(ctx, phase)
+    if phase.name == "compact":
+      rounds.append((ctx.index, jax.device_get(s["owner"][0])))
+    return s
+  m.on_phase_start = recorded
   _, res = _run(stream, m)
   assert [kind for kind, _ in calls] == ["compact"] * 12
+  for (k, a), (j, b) in zip(rounds, rounds[1:]):  # each round goes on
+    if k == j:                                     # from the last one
+      assert np.all(b[a != k + 1] == a[a != k + 1])
   s = jax.device_get(res["final_state"].method_state)
   for i, owner in s["owner"].items():
     total, counts = owner.size, []
@@ -171,7 +183,7 @@ def test_the_largest_pruning_ratio_that_meets_the_goal(stream):
   for j in range(3):
     np.testing.assert_array_equal(r[j:, j], r[j, j])
   # No ratio meets the goal: nothing is released.
-  none = methods.CPG(prune=0.6, rounds=3, goal=0.9, retrain_epochs=0)
+  none = methods.CPG(prune=0.6, rounds=3, goal=0.9, retrain=False)
   _scripted(none, compact=[0.95, 0.5, 0.5, 0.5] * 3)
   _, kept = _run(stream, none)
   owner = jax.device_get(kept["final_state"].method_state)["owner"][0]
@@ -181,10 +193,10 @@ def test_the_largest_pruning_ratio_that_meets_the_goal(stream):
 def test_retraining_the_mask_is_kept_only_if_it_helps(stream):
   # With goal 0 every round is kept; the retrain stage (tasks 1 and 2)
   # starts the mask afresh and is kept when it is more accurate.
-  plain = methods.CPG(retrain_epochs=0)
+  plain = methods.CPG(retrain=False)
   _, base = _run(stream, plain)
   worse = methods.CPG(retrain_epochs=2)
-  _scripted(worse, compact=[0.5] * 4 + [0.5] * 5 + [0.5] * 5)
+  _scripted(worse, compact=[0.5] * 4 + [0.5] * 6 + [0.5] * 6)
   _, rejected = _run(stream, worse)
   assert [p.name for p in worse.phases(1)][-1] == "retrain"
   assert [p.name for p in worse.phases(0)][-1] == "compact"
@@ -195,7 +207,7 @@ def test_retraining_the_mask_is_kept_only_if_it_helps(stream):
                jax.device_get(rejected["final_state"].params),
                jax.device_get(base["final_state"].params))
   better = methods.CPG(retrain_epochs=2)
-  _scripted(better, compact=[0.5] * 4 + [0.5] * 4 + [0.6] + [0.5] * 5)
+  _scripted(better, compact=[0.5] * 4 + [0.5] * 5 + [0.6] + [0.5] * 6)
   _, kept = _run(stream, better)
   p0 = jax.device_get(base["final_state"].method_state)["picks"][0][1]
   p1 = jax.device_get(kept["final_state"].method_state)["picks"][0][1]
@@ -205,6 +217,20 @@ def test_retraining_the_mask_is_kept_only_if_it_helps(stream):
   np.testing.assert_array_equal(learnt(kept), learnt(base))
   r = np.asarray(kept["accuracy_matrix"])
   for j in range(3):
+    np.testing.assert_array_equal(r[j:, j], r[j, j])
+  # Retraining starts from the kept ratio's network, not the last round's:
+  # task 1 keeps round 1 (goal 0.9), retrains and keeps the result.
+  early = methods.CPG(prune=0.6, rounds=3, goal=0.9, retrain_epochs=1)
+  calls = _scripted(early, compact=[0.95] * 4 + [0.95, 0.93, 0.85, 0.8, 0.5,
+                                                 0.6] + [0.95] * 6)
+  _, res = _run(stream, early)
+  assert len(calls) == 16
+  owner = jax.device_get(res["final_state"].method_state)["owner"][0]
+  free = int(np.floor(cubic_sparsity(0.6, 3, 3) * owner.size))
+  assert np.sum(owner == 2) == free - int(np.floor(
+      cubic_sparsity(0.6, 1, 3) * free))
+  for j in range(3):
+    r = np.asarray(res["accuracy_matrix"])
     np.testing.assert_array_equal(r[j:, j], r[j, j])
 
 
@@ -219,7 +245,8 @@ def test_refusals(stream, digits):
   for kw, match in ((dict(prune=1.0), "prune"), (dict(rounds=0), "rounds"),
                     (dict(initial_units=0.0), "initial_units"),
                     (dict(goal=2.0), "goal"), (dict(grow=0.0), "grow"),
-                    (dict(retrain_epochs=-1), "retrain_epochs")):
+                    (dict(retrain_epochs=-1), "retrain_epochs"),
+                    (dict(retrain=1), "retrain")):
     with pytest.raises(ValueError, match=match):
       methods.CPG(**kw)
 
@@ -235,10 +262,14 @@ def test_every_phase_compiles_once(stream):
         return f(*a)
       return loss
 
-  _run(stream, Counted(initial_units=0.5, goal=0.99, retrain_epochs=1))
+  m = Counted(initial_units=0.5, goal=0.99, retrain_epochs=1)
+  _run(stream, m)
   # eval_shape and one compilation of each phase's step for the whole
   # stream: train and grow around one loss, compact and retrain the other.
   assert traces == {False: 4, True: 4}
+  # The accuracy checks: one program each with and without the free
+  # weights, for every task and split size.
+  assert m._logits._cache_size() == 2
 
 
 def test_each_stage_after_training_has_a_fresh_optimizer(stream):

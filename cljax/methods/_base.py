@@ -233,8 +233,8 @@ class Method:
   def phase_skipped(self, ctx: TaskContext, phase: Phase) -> bool:
     """Whether ``phase`` is skipped, asked after ``on_phase_start`` (e.g.
     CPG's growth once the task meets its goal). A sweep skips it only when
-    every member does, so a member that would skip must find the phase a
-    no-op (default: ``False``)."""
+    every member does, so a member that would skip must make the phase's
+    updates zero (its step count still moves on; default: ``False``)."""
     return False
 
   def phase_params(self, ctx: TaskContext, phase: Phase):

@@ -43,7 +43,8 @@ TASK_ONLY = ("packnet", "hat", "pathnet", "cpg", "den", "cpg_growing")
 # (``<name>_<suffix>``) beside the main final run; a later suffix's entry
 # replaces an earlier one's (``cpg``: CPG rerun with the ratio choice and
 # the mask's retraining).
-SUFFIXES = ("dgr", "packnet", "hat", "isolation", "ext", "growing", "cpg")
+SUFFIXES = ("dgr", "packnet", "hat", "isolation", "ext", "growing", "cpg",
+            "cpg_growing")
 # Validation accuracies this close are a tie (the same count of correct
 # predictions, summed in another order).
 TIE = 1e-9
