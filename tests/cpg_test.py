@@ -11,6 +11,8 @@ from cljax import data, methods, models, train
 from cljax.data._batching import num_batches
 from cljax.methods._base import Phase, TaskContext
 from cljax.methods.cpg import binarise, cubic_sparsity, release_smallest
+from cljax.train import _checkpoint
+from checkpoint_test import Crash, _crash_after_saves
 
 
 def test_binarise_is_hard_forward_and_straight_through():
@@ -283,3 +285,37 @@ def test_each_stage_after_training_has_a_fresh_optimizer(stream):
             if np.ndim(c) == 0]
   assert counts and set(counts) == {6 * per_epoch}
   assert int(res["final_state"].step) > 3 * 6 * per_epoch
+
+
+def test_resume_inside_compaction_is_bit_identical(stream, tmp_path,
+                                                   monkeypatch):
+  # Killed inside task 2's compaction, with the kept ratio's snapshot and
+  # the phase's own optimizer state in the checkpoint.
+  def run(ckpt):
+    m = methods.CPG(goal=0.95, initial_units=0.5, retrain_epochs=1)
+    model = models.build_model("mlp", stream.input_shape, 10, hidden=(40, 40),
+                               head=m.head)
+    return train.run_stream(stream, m, model, optax.adam(1e-3), epochs=2,
+                            batch_size=32, progress=False, checkpoint_dir=ckpt,
+                            checkpoint_every=5)
+  positions, real = [], _checkpoint.Checkpoints.save
+  def save(self, items, record):
+    positions.append(record["position"])
+    return real(self, items, record)
+  monkeypatch.setattr(_checkpoint.Checkpoints, "save", save)
+  want = run(str(tmp_path / "full"))
+  monkeypatch.undo()
+  phases = methods.CPG(goal=0.95, initial_units=0.5).phases(1)
+  n = 1 + next(i for i, p in enumerate(positions) if p and p["task"] == 1
+               and phases[p["phase"]].name == "compact" and p["batch"] > 0)
+  ckpt = str(tmp_path / "ck")
+  _crash_after_saves(monkeypatch, n)
+  with pytest.raises(Crash):
+    run(ckpt)
+  monkeypatch.undo()
+  assert _checkpoint.Checkpoints(ckpt).latest_record()["position"]["stash"]
+  got = run(ckpt)
+  assert got["accuracy_matrix"] == want["accuracy_matrix"]
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(got["final_state"].params),
+               jax.device_get(want["final_state"].params))
