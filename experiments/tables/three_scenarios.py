@@ -41,9 +41,9 @@ NAMES = {"finetune": "none (fine-tune)", "joint": "joint", "ewc": "EWC",
 TASK_ONLY = ("packnet", "hat", "pathnet", "cpg", "den", "cpg_growing")
 # Final runs of families run in workdirs of their own
 # (``<name>_<suffix>``) beside the main final run; a later suffix's entry
-# replaces an earlier one's (``cpg``: CPG rerun with the ratio choice and
-# the mask's retraining).
-SUFFIXES = ("dgr", "packnet", "hat", "isolation", "ext", "growing", "cpg",
+# replaces an earlier one's (``cpg``, ``cpg_growing``: CPG rerun with the
+# ratio choice and the mask's retraining, over the ``isolation`` run's).
+SUFFIXES = ("dgr", "packnet", "hat", "isolation", "ext", "cpg",
             "cpg_growing")
 # Validation accuracies this close are a tie (the same count of correct
 # predictions, summed in another order).
