@@ -293,9 +293,9 @@ def test_resume_inside_compaction_is_bit_identical(stream, tmp_path,
   # the phase's own optimizer state in the checkpoint.
   def run(ckpt):
     m = methods.CPG(goal=0.95, initial_units=0.5, retrain_epochs=1)
-    model = models.build_model("mlp", stream.input_shape, 10, hidden=(40, 40),
+    model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,),
                                head=m.head)
-    return train.run_stream(stream, m, model, optax.adam(1e-3), epochs=2,
+    return train.run_stream(stream, m, model, optax.adam(1e-3), epochs=1,
                             batch_size=32, progress=False, checkpoint_dir=ckpt,
                             checkpoint_every=5)
   positions, real = [], _checkpoint.Checkpoints.save
