@@ -201,12 +201,11 @@ class CPG(Method):
             "round": jnp.zeros((), jnp.int32),
             "trainable": jax.tree.map(jnp.ones_like, model.params),
             "skip": jnp.zeros((), bool),
-            # The task's network at the largest pruning ratio kept so far,
-            # its owners and accuracy; whether every ratio is kept.
+            # The task's network at the largest pruning ratio kept so far
+            # and its owners; whether every ratio is kept.
             "best": {"params": model.params,
                      "owner": {i: jnp.zeros(k.shape, jnp.int32)
-                               for i, k in enumerate(kernels)},
-                     "acc": jnp.zeros((), jnp.float32)},
+                               for i, k in enumerate(kernels)}},
             "keep_any": jnp.zeros((), bool),
             # The accuracy retraining starts from (the mask at 1e-2).
             "retrain_from": jnp.zeros((), jnp.float32)}
@@ -219,11 +218,15 @@ class CPG(Method):
                   fresh_optimizer=True),) * int(np.ceil(1 / self.grow)) if (
                       self.goal > 0 and self.initial_units < 1) else ()
     retrain = (Phase("retrain", epochs=self.retrain_epochs or None,
-                     fresh_optimizer=True, lr_scale=self.compact_lr_scale),) if (
-                         index > 0 and self.retrain) else ()
+                     fresh_optimizer=True, lr_scale=self.compact_lr_scale),
+               ) if self._retrains(index) else ()
     return (Phase("train"), *grow, *(Phase(
         "compact", epochs=self.compact_epochs, fresh_optimizer=True,
         lr_scale=self.compact_lr_scale),) * self.rounds, *retrain)
+
+  def _retrains(self, index) -> bool:
+    """Whether task ``index`` has a ``retrain`` phase."""
+    return index > 0 and self.retrain
 
   def start_params(self, ctx):
     """Every task's picking mask starts at ``1e-2`` (all picked)."""
@@ -353,9 +356,6 @@ class CPG(Method):
   def _full(self, s) -> bool:
     return all(np.all(u) for u in s["units"].values())
 
-  def _snapshot(self, params, s, acc):
-    return {"params": params, "owner": s["owner"],
-            "acc": jnp.asarray(acc, jnp.float32)}
 
   def on_phase_start(self, ctx, phase):
     s, k, params = dict(ctx.method_state), ctx.index, ctx.params
@@ -375,7 +375,7 @@ class CPG(Method):
                     for i, o in s["owner"].items()}
       s["total"] = {i: jnp.sum(o == k + 1) for i, o in s["owner"].items()}
       acc = self._accuracy(ctx, params, s, True)
-      s["best"] = self._snapshot(params, s, acc)
+      s["best"] = {"params": params, "owner": s["owner"]}
       s["keep_any"] = jnp.asarray(acc < self.goal and self._full(s))
     elif phase.name in ("compact", "retrain"):
       s = self._kept(ctx, s)  # the last round's ratio, if it is kept
@@ -420,7 +420,7 @@ class CPG(Method):
     goal, or any ratio is kept."""
     acc = self._accuracy(ctx, ctx.params, s, True)
     if acc >= self.goal or bool(s["keep_any"]):
-      s = {**s, "best": self._snapshot(ctx.params, s, acc)}
+      s = {**s, "best": {"params": ctx.params, "owner": s["owner"]}}
     return s
 
   def end_params(self, ctx):
@@ -430,7 +430,7 @@ class CPG(Method):
     released are zeroed (free for later tasks; weights of units not yet
     available keep their initial values)."""
     s = dict(ctx.method_state)
-    if any(p.name == "retrain" for p in self.phases(ctx.index)):
+    if self._retrains(ctx.index):
       better = self._accuracy(ctx, ctx.params, s, True) > float(
           s["retrain_from"])
       params = ctx.params if better else s["best"]["params"]
