@@ -150,6 +150,15 @@ def test_growth_until_the_goal_is_met(stream):
                jax.device_get(fixed_res["final_state"].params))
 
 
+def test_a_small_layer_grows_by_at_least_one_unit(stream):
+  # 5% of 10 units rounds to 0: growth adds one, so the layer fills.
+  m = methods.CPG(initial_units=0.5, goal=0.9, grow=0.05)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(10,),
+                             head="picking")
+  s = m.init_state(model, stream)
+  assert [int(np.sum(u)) for u in m._grown(s).values()] == [6]
+
+
 def test_the_largest_pruning_ratio_that_meets_the_goal(stream):
   # Per task: unpruned, then rounds 1-3 (goal 0.9). Task 0 keeps round 1
   # (rounds 2 and 3 miss); task 1 round 2 (the largest that meets it);
@@ -167,8 +176,12 @@ def test_the_largest_pruning_ratio_that_meets_the_goal(stream):
   m.on_phase_start = recorded
   _, res = _run(stream, m)
   assert [kind for kind, _ in calls] == ["compact"] * 12
-  for (k, a), (j, b) in zip(rounds, rounds[1:]):  # each round goes on
-    if k == j:                                     # from the last one
+  # A weight released stays released in the task's later rounds, a missed
+  # round included. (Starting a round over from the kept ratio's owners
+  # would release the same weights: released ones do not train, so they
+  # stay the smallest. This checks the nesting, not which of the two.)
+  for (k, a), (j, b) in zip(rounds, rounds[1:]):
+    if k == j:
       assert np.all(b[a != k + 1] == a[a != k + 1])
   s = jax.device_get(res["final_state"].method_state)
   for i, owner in s["owner"].items():
