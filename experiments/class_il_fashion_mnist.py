@@ -29,7 +29,13 @@ training data held out for validation. The argument sets the memory:
   *validation* accuracy (``selection.md`` flags edge winners); the stream's
   recipe (lr, epochs) is shared, not tuned;
 * ``tuned``: ER and the ``tune`` run's winners on 3 seeds (reads its
-  ``results.json`` from ``experiments/results/class_il_tune``).
+  ``results.json`` from ``experiments/results/class_il_tune``);
+* ``tune_lr``: the learning rate (0.003-0.3) of ER, iCaRL, and DER and
+  DER++ at the strengths ``tune`` chose, one seed, on validation (iCaRL by
+  its nearest mean, the paper's classifier: its paper trains at lr 2.0, a
+  sigmoid loss at the stream's 0.01 may be far from its best);
+* ``tuned_lr``: the ``tune_lr`` winners on 3 seeds
+  (``experiments/results/class_il_tune_lr``).
 
 Methods use their papers' defaults (DER alpha 0.3; DER++ alpha 0.1, beta
 0.5; E2EIL T = 2, 30 balanced passes at a tenth of the lr); every
@@ -41,6 +47,10 @@ rehearsal method replays an equally sized batch of exemplars each step.
         --config.workdir=experiments/results/class_il_tune
     cljax run --config experiments/class_il_fashion_mnist.py:tuned \
         --config.workdir=experiments/results/class_il_tuned
+    cljax run --config experiments/class_il_fashion_mnist.py:tune_lr \
+        --config.workdir=experiments/results/class_il_tune_lr
+    cljax run --config experiments/class_il_fashion_mnist.py:tuned_lr \
+        --config.workdir=experiments/results/class_il_tuned_lr
     cljax run --config experiments/class_il_fashion_mnist.py:runlocal
 """
 
@@ -55,13 +65,25 @@ REHEARSAL = ("er", "der", "derpp", "icarl", "e2eil")
 BIAS = ("ucir", "bic", "il2m", "wa")
 LATER = ("mir", "gss")  # rehearsal methods added later (the ``later`` run)
 VARIANTS = ("k2000", "k200", "k500", "cnn", "bias", "later", "reservoir",
-            "tune", "tuned")
-# The ``tune`` grids, around the papers' values (DER alpha 0.3; DER++
-# alpha 0.1, beta 0.5); DER++'s beta was extended to 2 after 1 won at the
-# grid's edge.
+            "tune", "tuned", "tune_lr", "tuned_lr")
+LRS = (0.003, 0.01, 0.03, 0.1, 0.3)
+# The grids of each tune variant: ``tune`` around the papers' strengths
+# (DER alpha 0.3; DER++ alpha 0.1, beta 0.5; DER++'s beta was extended to
+# 2 after 1 won at the grid's edge), ER beside them at the stream's lr;
+# ``tune_lr`` the learning rate of ER, iCaRL and, at their ``tune``
+# winners' strengths, DER and DER++.
 TUNE_GRIDS = {
-    "der": {"alpha": (0.03, 0.1, 0.3, 1.0, 3.0)},
-    "derpp": {"alpha": (0.03, 0.1, 0.3, 1.0), "beta": (0.25, 0.5, 1.0, 2.0)},
+    "tune": {
+        "der": {"alpha": (0.03, 0.1, 0.3, 1.0, 3.0)},
+        "derpp": {"alpha": (0.03, 0.1, 0.3, 1.0),
+                  "beta": (0.25, 0.5, 1.0, 2.0)},
+    },
+    "tune_lr": {
+        "er": {"lr": LRS},
+        "der": {"alpha": (1.0,), "lr": LRS},
+        "derpp": {"alpha": (0.3,), "beta": (1.0,), "lr": LRS},
+        "icarl": {"lr": LRS},
+    },
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -72,9 +94,9 @@ def _entry(kind: str, values: dict) -> str:
   return f"{kind}__{point}".replace(".", "p")
 
 
-def _tune_entries(c) -> list[str]:
-  entries = ["er"]
-  for kind, grid in TUNE_GRIDS.items():
+def _tune_entries(c, variant: str) -> list[str]:
+  entries = [] if "er" in TUNE_GRIDS[variant] else ["er"]
+  for kind, grid in TUNE_GRIDS[variant].items():
     for point in itertools.product(*grid.values()):
       values = dict(zip(grid, point))
       entry = _entry(kind, values)
@@ -83,21 +105,22 @@ def _tune_entries(c) -> list[str]:
   return entries
 
 
-def _tuned_entries(c) -> list[str]:
-  """The ``tune`` run's winners, one per family, with their settings."""
-  path = os.path.join(RESULTS, "class_il_tune", "results.json")
+def _tuned_entries(c, tune: str) -> list[str]:
+  """The winners of the ``tune`` variant's run, one per family, with their
+  settings (ER at the stream's lr where that run did not tune it)."""
+  path = os.path.join(RESULTS, f"class_il_{tune}", "results.json")
   if not os.path.exists(path):
-    raise ValueError(f"no tune run at {path}; run the tune variant first")
+    raise ValueError(f"no {tune} run at {path}; run that variant first")
   with open(path) as f:
     results = json.load(f)
+  grids = TUNE_GRIDS[tune]
   entries = [sel["entry"] for fam, sel in results["selection"].items()
-             if fam in TUNE_GRIDS]
+             if fam in grids]
   for entry in entries:
     kind = entry.split("__")[0]
-    values = {k: results["config"]["method"][entry][k]
-              for k in TUNE_GRIDS[kind]}
+    values = {k: results["config"]["method"][entry][k] for k in grids[kind]}
     c.method[entry] = method_entry(kind, **values)
-  return ["er", *entries]
+  return entries if "er" in grids else ["er", *entries]
 
 
 def get_config(arg="k2000"):
@@ -143,12 +166,12 @@ def get_config(arg="k2000"):
     c.seeds = 3
     c.method.er__reservoir = method_entry("er", selection="reservoir")
     entries = ["er", "er__reservoir"]
-  elif variant == "tune":
+  elif variant.startswith("tune_") or variant == "tune":
     c.select = "val_acc"
-    entries = _tune_entries(c)
-  elif variant == "tuned":
+    entries = _tune_entries(c, variant)
+  elif variant.startswith("tuned"):
     c.seeds = 3
-    entries = _tuned_entries(c)
+    entries = _tuned_entries(c, variant.replace("tuned", "tune"))
   else:
     entries = ["er", "icarl"]
   rehearsing = [name for name in {*REHEARSAL, *BIAS, *LATER, *entries}

@@ -450,6 +450,32 @@ def test_edge_winners_are_flagged():
   assert sel["ewc"]["edge"] == "edge: the lowest c (0.1) of the grid"
 
 
+def test_selection_reads_the_methods_own_classifier():
+  # iCaRL's candidates are judged, and reported, by their nearest mean of
+  # exemplars, the paper's classifier, not by the network's argmax (which
+  # would pick the other entry here); over seeds, by the seeds' mean.
+  def run(argmax, nme, test_nme):
+    return {"hparams": {}, "lr": 0.1, "classifier": "nme",
+            "val_accuracy_matrix": [[argmax]],
+            "val_accuracy_matrix_nme": [[nme]],
+            "metrics": {"average_accuracy": 0.1, "backward_transfer": 0.0},
+            "metrics_nme": {"average_accuracy": test_nme,
+                            "backward_transfer": -0.2}}
+  runs = {"icarl__lr0p1": run(0.9, 0.6, 0.55),
+          "icarl__lr1": run(0.5, 0.8, 0.75)}
+  sel = report.select(runs, "val_acc")
+  assert sel["icarl"]["entry"] == "icarl__lr1"
+  assert sel["icarl"]["value"] == pytest.approx(0.8)
+  assert "| icarl | icarl__lr1 | 80.0 | 75.0 | -20.0 |" in (
+      report.selection_table(runs, sel, "val_acc"))
+  per_seed = [{**run(0.9, nme, 0.5), "accuracy_matrix": [[0.1]],
+               "timings": {}, "steps": 1} for nme in (0.6, 0.8)]
+  seeds = report.aggregate_seeds(per_seed, [0, 1])
+  assert seeds["val_accuracy_matrix_nme"] == [[pytest.approx(0.7)]]
+  assert report.select({"icarl": seeds}, "val_acc")["icarl"]["value"] == (
+      pytest.approx(0.7))
+
+
 def test_edge_winners_of_a_product_grid_are_flagged_per_setting():
   # DER++'s alpha x beta: each setting is judged along the line through the
   # winner (a two-setting grid was reported as no grid at all).

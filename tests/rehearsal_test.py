@@ -187,6 +187,13 @@ def test_icarl_reports_nearest_mean_and_argmax(stream):
   pred = memory.nme_predict(feats(test.x), means, present)
   acc = float(np.mean(np.asarray(pred) == test.y))
   assert res["accuracy_matrix_nme"][-1][2] == pytest.approx(acc)
+  # Its validation accuracies too, which selection reads.
+  assert res["classifier"] == "nme"
+  val = stream.tasks[2].val
+  pred = memory.nme_predict(feats(val.x), means, present)
+  assert res["val_accuracy_matrix_nme"][-1][2] == pytest.approx(
+      float(np.mean(np.asarray(pred) == val.y)))
+  assert len(res["val_accuracy_matrix_nme"]) == 5
 
 
 def _soft_ce(zs, zt, classes, temp):

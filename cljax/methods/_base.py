@@ -118,6 +118,10 @@ class Method:
   name = "finetune"
   data_hparams: tuple[str, ...] = ()
   head = "linear"  # the classifier head it needs (cljax.models.HEADS)
+  # The paper's own classifier where it is not the network's argmax: a key
+  # of ``predictors`` (iCaRL's ``"nme"``). Its validation accuracies are
+  # recorded too, and selection on validation reads them.
+  classifier: str | None = None
 
   def hparams(self) -> dict:
     """``{name: value}`` of the float hyperparameters read as data."""

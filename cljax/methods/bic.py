@@ -92,6 +92,7 @@ class BiC(DistilledRehearsal):
   """
 
   name = "bic"
+  classifier = "bic"
 
   def __init__(self, memory_size: int = 2000, temperature: float = 2.0,
                val_size: int = 0, bias_reg: float = 0.1,

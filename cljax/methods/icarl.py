@@ -27,6 +27,7 @@ class ICaRL(Rehearsal):
   """
 
   name = "icarl"
+  classifier = "nme"
 
   def __init__(self, memory_size: int = 2000, selection: str = "herding",
                budget: str = "total", per_class: int = 0,

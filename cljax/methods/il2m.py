@@ -36,6 +36,7 @@ class IL2M(ER):
   """
 
   name = "il2m"
+  classifier = "il2m"
   exemplars_only = True
 
   def __init__(self, memory_size: int = 2000, selection: str = "herding",

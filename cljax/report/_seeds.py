@@ -36,6 +36,10 @@ def aggregate_seeds(runs: Sequence[dict], seeds: Sequence[int]) -> dict:
       timings={k: np.sum([r["timings"][k] for r in runs], axis=0).tolist()
                for k in first["timings"]},
       steps=int(sum(r["steps"] for r in runs)))
+  if "classifier" in first:  # the paper's classifier, for selection
+    key = f"val_accuracy_matrix_{first['classifier']}"
+    vals = [r[key] for r in runs]
+    out[key] = mean(vals).tolist() if all(vals) else []
   if "network_use" in first:  # parameter isolation: the mean per task
     out["network_use"] = mean([r["network_use"] for r in runs]).tolist()
   if "wall_s" in first:

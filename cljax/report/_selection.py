@@ -19,15 +19,17 @@ def family(entry: str) -> str:
 
 
 def validation_value(run: dict, criterion: str) -> float:
-  """``"val_acc"``: the final average validation accuracy over all tasks;
-  ``"val_score"``: the seeds' two-task Score (``metrics.score``) on the
-  validation curves recorded while training the last task. For a run under
-  several seeds (``per_seed``), the mean of the seeds' values."""
+  """``"val_acc"``: the final average validation accuracy over all tasks,
+  by the method's own classifier where its paper has one (``classifier``:
+  iCaRL's nearest mean), else by the network's argmax; ``"val_score"``:
+  the seeds' two-task Score (``metrics.score``) on the validation curves
+  recorded while training the last task. For a run under several seeds
+  (``per_seed``), the mean of the seeds' values."""
   if "per_seed" in run:
     return float(np.mean([validation_value(r, criterion)
                           for r in run["per_seed"]]))
   if criterion == "val_acc":
-    rows = run["val_accuracy_matrix"]
+    rows = run[_own("val_accuracy_matrix", run)]
     if not rows:
       raise ValueError("val_acc needs validation splits (val_fraction > 0)")
     return float(np.mean(rows[-1]))
@@ -39,6 +41,11 @@ def validation_value(run: dict, criterion: str) -> float:
     a, b = np.asarray(points).T
     return metrics.score(a, b)["score"]
   raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+
+
+def _own(key: str, run: dict) -> str:
+  """``key`` of the run's own classifier (``metrics_nme`` for iCaRL)."""
+  return f"{key}_{run['classifier']}" if "classifier" in run else key
 
 
 def _setting(record: dict, key: str):
@@ -142,10 +149,12 @@ def _mean_score(run: dict) -> dict:
 
 
 def _pm(run: dict, key: str) -> str:
-  """A test metric in percent, ``mean ± std`` for a run under seeds."""
-  m = 100 * run["metrics"][key]
-  if key in run.get("metrics_std", {}):
-    return f"{m:.1f} ± {100 * run['metrics_std'][key]:.1f}"
+  """A test metric in percent (by the run's own classifier), ``mean ± std``
+  for a run under seeds."""
+  own = _own("metrics", run)
+  m, std = 100 * run[own][key], run.get(f"{own}_std", {})
+  if key in std:
+    return f"{m:.1f} ± {100 * std[key]:.1f}"
   return f"{m:.1f}"
 
 

@@ -346,6 +346,11 @@ class _Run:
       extra[f"accuracy_matrix_{name}"] = p_rows
       extra[f"metrics_{name}"] = metrics.summary(np.asarray(p_rows), None,
                                                  sizes)
+    if self.method.classifier is not None:  # the paper's own classifier
+      name = self.method.classifier
+      extra["classifier"] = name
+      extra[f"val_accuracy_matrix_{name}"] = [
+          pick(row) for row in prog.get("classifier_val_rows", [])]
     return {
         "method": self.method.name,
         "stream": stream.name,
@@ -528,6 +533,9 @@ class _Run:
                 prog["predictor_rows"][name][-1], i)
     if all(len(task.val) for task in stream.tasks):
       prog["val_rows"].append(self.accuracies("val", masks, i))
+      if self.method.classifier is not None:  # selection reads it
+        prog.setdefault("classifier_val_rows", []).append(self.accuracies(
+            "val", masks, i, predictor=self.method.classifier))
     prog["train_s"].append(t1 - t0 - (c1 - c0))
     prog["eval_s"].append(time.perf_counter() - t1 - (self.compile_s[0] - c1))
     prog["compile_s"].append(self.compile_s[0] - c0)
