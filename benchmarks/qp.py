@@ -8,7 +8,11 @@ Mammoth / the GEM reference code do each step: copy ``G`` and ``g`` to the
 host as float64 numpy, form ``G G^T`` and ``G g``, call
 ``quadprog.solve_qp``, form ``G^T v + g`` and copy back. Also (c) the QP
 iterations alone (``nonneg_qp`` on a precomputed ``t x t`` problem), as a
-share of (a). Agreement: max relative difference of (a) and (b).
+share of (a), and the two Gram matrices alone: (d) XLA's ``G G^T`` in
+float32 inside ``jit``, (e) NumPy's float64 one, as (b) forms it. At
+P = 10^6 (d) is most of (a) and takes 2-3x (e) on a 2-core CPU: XLA:CPU
+runs this short-and-wide product far below the BLAS that NumPy calls.
+Agreement: max relative difference of (a) and (b).
 
     python benchmarks/qp.py [--blocks 7]
 """
@@ -43,9 +47,10 @@ def main():
   args = ap.parse_args()
   proj = jax.jit(lambda g, G: gem_project(g, G, 0.5))
   qp = jax.jit(lambda m, c: nonneg_qp(m, c)[0])
+  gram = jax.jit(lambda G: G @ G.T)
   rows = []
   print(f"{'t':>3}{'P':>9}{'jit ms':>10}{'quadprog ms':>13}{'speed-up':>10}"
-        f"{'QP share':>10}{'rel diff':>10}")
+        f"{'QP share':>10}{'Gram XLA':>10}{'Gram NumPy':>12}{'rel diff':>10}")
   for p in (10**4, 10**5, 10**6):
     for t in (1, 2, 5, 10, 20):
       rng = np.random.default_rng(t)
@@ -53,22 +58,27 @@ def main():
       g = jnp.asarray(rng.normal(size=p), jnp.float32) - G.mean(0) * t
       M = G @ G.T
       c = G @ g + M @ jnp.full((t,), 0.5)
+      G64 = np.asarray(G, np.float64)
       a, b = proj(g, G), quadprog_roundtrip(g, G, 0.5)
       diff = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
       tm = interleaved_medians(
           {"jit": repeat(proj, g, G),
            "quadprog": lambda n: [quadprog_roundtrip(g, G, 0.5)
                                   for _ in range(n)],
-           "qp": repeat(qp, M, c)}, blocks=args.blocks, reps=args.reps,
-          warmup=1)
+           "qp": repeat(qp, M, c), "gram": repeat(gram, G),
+           "gram_numpy": lambda n: [G64 @ G64.T for _ in range(n)]},
+          blocks=args.blocks, reps=args.reps, warmup=1)
       r = {"t": t, "P": p, "jit_ms": tm["jit"]["median_ms"],
            "quadprog_ms": tm["quadprog"]["median_ms"],
-           "qp_only_ms": tm["qp"]["median_ms"], "rel_diff": diff}
+           "qp_only_ms": tm["qp"]["median_ms"],
+           "gram_xla_ms": tm["gram"]["median_ms"],
+           "gram_numpy_ms": tm["gram_numpy"]["median_ms"], "rel_diff": diff}
       r["speedup"] = r["quadprog_ms"] / r["jit_ms"]
       r["qp_share"] = r["qp_only_ms"] / r["jit_ms"]
       rows.append(r)
       print(f"{t:3d}{p:9d}{r['jit_ms']:10.2f}{r['quadprog_ms']:13.2f}"
-            f"{r['speedup']:9.2f}x{100 * r['qp_share']:9.1f}%{diff:10.1e}")
+            f"{r['speedup']:9.2f}x{100 * r['qp_share']:9.1f}%"
+            f"{r['gram_xla_ms']:10.2f}{r['gram_numpy_ms']:12.2f}{diff:10.1e}")
   write("qp", {"blocks": args.blocks, "reps": args.reps, "margin": 0.5,
                "note": "quadprog with the reference code's 1e-3 ridge",
                "results": rows}, args)

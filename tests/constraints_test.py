@@ -121,6 +121,38 @@ def test_gem_is_accurate_for_a_million_parameters(t):
   assert np.linalg.norm(x - want) <= 1e-5 * np.linalg.norm(want)
 
 
+def test_long_rows_are_formed_row_by_row_on_cpu_and_agree():
+  # On CPU a leaf with rows of _LONG_ROW or more is formed one row at a
+  # time (lax.map: a while loop in the lowered program), others as single
+  # products; mixed in one pytree, the projection equals quadprog's on the
+  # flat vector, and each helper equals its float64 value.
+  from cljax.constraints import _project
+  rng = np.random.default_rng(3)
+  t, n = 4, _project._LONG_ROW + 5
+  G = rng.normal(size=(t, n + 40)).astype(np.float32)
+  g = (rng.normal(size=n + 40) - G.mean(0) * t).astype(np.float32)
+  tree = lambda v: {"long": v[..., :n],
+                    "short": v[..., n:].reshape(*v.shape[:-1], 8, 5)}
+  out = gem(tree(g), tree(G), 0.5)
+  x = np.concatenate([np.asarray(out["long"], np.float64),
+                      np.asarray(out["short"], np.float64).reshape(-1)])
+  want = _dual(g.astype(np.float64), G.astype(np.float64), 0.5)
+  assert np.linalg.norm(x - want) <= 1e-5 * np.linalg.norm(want)
+  G64 = G.astype(np.float64)
+  for part in (slice(0, n), slice(n, None)):
+    rows, vec = [jnp.asarray(G[:, part])], [jnp.asarray(g[part])]
+    gram = jax.jit(_project._gram)
+    dots = jax.jit(_project._row_dots)
+    close = lambda got, want, tol: np.testing.assert_allclose(
+        got, want, rtol=0, atol=tol * np.abs(want).max())
+    close(gram(rows), G64[:, part] @ G64[:, part].T, 1e-5)
+    close(dots(rows, vec), G64[:, part] @ g[part], 1e-6)  # the refinement's
+    if jax.default_backend() == "cpu":
+      long = part.start == 0
+      for f, args in ((gram, (rows,)), (dots, (rows, vec))):
+        assert ("while" in f.lower(*args).as_text()) == long
+
+
 def test_mask_equals_dropping_rows_and_pytrees_equal_flat():
   rng = np.random.default_rng(1)
   G = rng.normal(size=(7, 30))
