@@ -238,8 +238,9 @@ def test_ucir_needs_the_cosine_head_and_a_valid_k(stream):
     methods.UCIR(100, k=3).check(stream)
 
 
-def test_union_replay_is_in_the_memory_to_task_proportion(stream):
-  er, union = methods.ER(100), methods.ER(100, replay="union")
+@pytest.mark.parametrize("cls", [methods.ER, methods.ICaRL])
+def test_union_replay_is_in_the_memory_to_task_proportion(stream, cls):
+  er, union = cls(100), cls(100, replay="union")
   model = _model(stream, er)
   task = stream.tasks[1].train
   batch = {k: getattr(task, k)[:32] for k in "xyt"}

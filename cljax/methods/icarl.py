@@ -22,8 +22,9 @@ class ICaRL(Rehearsal):
   mean of exemplars (``accuracy_matrix_nme``, the paper's classifier) and
   the network's argmax (``accuracy_matrix``).
 
-  Args: as ``Rehearsal``; ``nme_flip``: class means also over the exemplars'
-  horizontal flips (when training flips images).
+  Args: as ``Rehearsal`` (``replay="union"`` trains on the union of new
+  data and exemplars, as the paper does); ``nme_flip``: class means also
+  over the exemplars' horizontal flips (when training flips images).
   """
 
   name = "icarl"
@@ -31,8 +32,10 @@ class ICaRL(Rehearsal):
 
   def __init__(self, memory_size: int = 2000, selection: str = "herding",
                budget: str = "total", per_class: int = 0,
-               replay_size: int = 0, nme_flip: bool = False):
-    super().__init__(memory_size, selection, budget, per_class, replay_size)
+               replay_size: int = 0, nme_flip: bool = False,
+               replay: str = "equal"):
+    super().__init__(memory_size, selection, budget, per_class, replay_size,
+                     replay)
     self.nme_flip = bool(nme_flip)
 
   def init_state(self, model, stream):
