@@ -66,7 +66,7 @@ BIAS = ("ucir", "bic", "il2m", "wa")
 LATER = ("mir", "gss")  # rehearsal methods added later (the ``later`` run)
 VARIANTS = ("k2000", "k200", "k500", "cnn", "bias", "later", "reservoir",
             "tune", "tuned", "tune_lr", "tuned_lr")
-LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+LRS = (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3)
 # The grids of each tune variant: ``tune`` around the papers' strengths
 # (DER alpha 0.3; DER++ alpha 0.1, beta 0.5; DER++'s beta was extended to
 # 2 after 1 won at the grid's edge), ER beside them at the stream's lr;

@@ -121,15 +121,18 @@ def test_gem_is_accurate_for_a_million_parameters(t):
   assert np.linalg.norm(x - want) <= 1e-5 * np.linalg.norm(want)
 
 
-def test_long_rows_are_formed_row_by_row_on_cpu_and_agree():
-  # On CPU a leaf with rows of _LONG_ROW or more is formed one row at a
-  # time (lax.map: a while loop in the lowered program), others as single
-  # products; mixed in one pytree, the projection equals quadprog's on the
-  # flat vector, and each helper equals its float64 value.
+def test_long_rows_are_formed_by_vector_dots_on_cpu_and_stay_accurate():
+  # On CPU a leaf with rows of _LONG_ROW or more is formed by vector dots
+  # (lax.map: a while loop in the lowered program), others as single
+  # products, and on GPU always the single products. Mixed in one pytree,
+  # the projection equals quadprog's on the flat vector; each helper equals
+  # its float64 value to a tolerance that one matrix-vector product per
+  # Gram row (3e-6 of the diagonal at this size) would fail.
   from cljax.constraints import _project
   rng = np.random.default_rng(3)
   t, n = 4, _project._LONG_ROW + 5
-  G = rng.normal(size=(t, n + 40)).astype(np.float32)
+  G = (0.9 * rng.normal(size=n + 40)
+       + 0.1 * rng.normal(size=(t, n + 40))).astype(np.float32)
   g = (rng.normal(size=n + 40) - G.mean(0) * t).astype(np.float32)
   tree = lambda v: {"long": v[..., :n],
                     "short": v[..., n:].reshape(*v.shape[:-1], 8, 5)}
@@ -139,18 +142,19 @@ def test_long_rows_are_formed_row_by_row_on_cpu_and_agree():
   want = _dual(g.astype(np.float64), G.astype(np.float64), 0.5)
   assert np.linalg.norm(x - want) <= 1e-5 * np.linalg.norm(want)
   G64 = G.astype(np.float64)
+  gram, dots = jax.jit(_project._gram), jax.jit(_project._row_dots)
   for part in (slice(0, n), slice(n, None)):
     rows, vec = [jnp.asarray(G[:, part])], [jnp.asarray(g[part])]
-    gram = jax.jit(_project._gram)
-    dots = jax.jit(_project._row_dots)
-    close = lambda got, want, tol: np.testing.assert_allclose(
-        got, want, rtol=0, atol=tol * np.abs(want).max())
-    close(gram(rows), G64[:, part] @ G64[:, part].T, 1e-5)
-    close(dots(rows, vec), G64[:, part] @ g[part], 1e-6)  # the refinement's
-    if jax.default_backend() == "cpu":
-      long = part.start == 0
-      for f, args in ((gram, (rows,)), (dots, (rows, vec))):
-        assert ("while" in f.lower(*args).as_text()) == long
+    close = lambda got, want: np.testing.assert_allclose(
+        got, want, rtol=0, atol=5e-7 * np.abs(want).max())
+    close(gram(rows), G64[:, part] @ G64[:, part].T)
+    close(dots(rows, vec), G64[:, part] @ g[part])
+    long = part.start == 0
+    for f, args in ((gram, (rows,)), (dots, (rows, vec))):
+      lowered = lambda platform: f.trace(*args).lower(
+          lowering_platforms=(platform,)).as_text()
+      assert ("while" in lowered("cpu")) == long
+      assert "while" not in lowered("cuda")
 
 
 def test_mask_equals_dropping_rows_and_pytrees_equal_flat():

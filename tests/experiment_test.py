@@ -466,7 +466,7 @@ def test_selection_reads_the_methods_own_classifier():
   sel = report.select(runs, "val_acc")
   assert sel["icarl"]["entry"] == "icarl__lr1"
   assert sel["icarl"]["value"] == pytest.approx(0.8)
-  assert "| icarl | icarl__lr1 | 80.0 | 75.0 | -20.0 |" in (
+  assert "| icarl | icarl__lr1 (nme) | 80.0 | 75.0 | -20.0 |" in (
       report.selection_table(runs, sel, "val_acc"))
   per_seed = [{**run(0.9, nme, 0.5), "accuracy_matrix": [[0.1]],
                "timings": {}, "steps": 1} for nme in (0.6, 0.8)]

@@ -174,6 +174,15 @@ def test_icarl_loss_against_a_loop():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_a_classifier_that_is_no_predictor_is_refused(stream):
+  class Misnamed(methods.ICaRL):
+    classifier = "nearest_mean"
+
+  with pytest.raises(ValueError, match="classifier 'nearest_mean' is none "
+                     r"of its predictors \['nme'\]"):
+    _trained(stream, Misnamed(100))
+
+
 def test_icarl_reports_nearest_mean_and_argmax(stream):
   model, res = _trained(stream, methods.ICaRL(100), epochs=2)
   assert len(res["accuracy_matrix_nme"]) == 5

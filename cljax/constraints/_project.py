@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cljax import _validate
 from cljax.constraints._qp import _HI, solve_on_set, nonneg_qp
@@ -25,21 +26,23 @@ def _leaves(grad, memory_grads, what):
 
 # XLA:CPU computes these short, wide products far below what the machine
 # allows when the rows are long (2 cores, t = 10 rows of P = 10^6: a fused
-# multiply-and-reduce over P 5.7 ms, the row-by-row vector dots 3.4 ms;
-# G G^T 34 ms as one product, 15 ms as one matrix-vector product per row;
-# the dots gain where P >= 2^14 t, the Gram matrix from P = 2^18). So on
-# CPU, a leaf whose rows are at least that long is formed row by row
-# (``lax.map``); other leaves, and other backends, whose BLAS runs the
-# single products well, get those (``lax.platform_dependent`` picks at
-# lowering). The row dots, which the refinement step relies on, are
-# reductions over P either way, so both forms are accurate.
-_LONG_ROW = 2 ** 18
+# multiply-and-reduce over P 5.7 ms, one vector dot per row 3.4 ms; G G^T
+# 34 ms as one product, 19 ms as a vector dot per pair of rows i <= j).
+# Vector dots are also the accurate form: XLA:CPU sums them pairwise, where
+# its matrix products accumulate along P (at P = 10^6 the Gram matrix's
+# largest error is 0.06 by pairs of rows, 0.7 as one product, 21 by one
+# matrix-vector product per row). So on CPU, a leaf whose rows are long
+# (the dots: P >= 2^14 t; the Gram matrix: P >= 2^19, below which the
+# single product is faster) is formed by vector dots in ``lax.map``s; other
+# leaves, and other backends, whose BLAS runs the single products well, get
+# those (``lax.platform_dependent`` picks at lowering).
+_LONG_ROW = 2 ** 19
 
 
-def _per_leaf(b, by_row, whole, *args, long: int = _LONG_ROW):
+def _per_leaf(b, by_row, whole, *args, long: int | None = None):
   """``by_row(*args)`` on CPU where the rows of ``b`` (``(t, n)``) are at
-  least ``long``, else ``whole(*args)``."""
-  if b.shape[1] < long:
+  least ``long`` (default ``_LONG_ROW``), else ``whole(*args)``."""
+  if b.shape[1] < (_LONG_ROW if long is None else long):
     return whole(*args)
   return jax.lax.platform_dependent(*args, cpu=by_row, default=whole)
 
@@ -62,12 +65,16 @@ def _row_dots(rows, vec):
 def _gram(rows):
   """``G G^T`` (``(t, t)``) summed over the leaves."""
   t = rows[0].shape[0]
+  upper = jnp.asarray(np.stack(np.triu_indices(t), axis=1))  # (pairs, 2)
 
   def whole(b):
     return jnp.matmul(b, b.T, precision=_HI)
 
   def by_row(b):
-    return jax.lax.map(lambda r: jnp.matmul(b, r, precision=_HI), b)
+    dots = jax.lax.map(lambda ij: jnp.dot(b[ij[0]], b[ij[1]], precision=_HI),
+                       upper)
+    m = jnp.zeros((t, t), dots.dtype).at[upper[:, 0], upper[:, 1]].set(dots)
+    return m + jnp.triu(m, 1).T
 
   return sum(_per_leaf(b.reshape(t, -1), by_row, whole, b.reshape(t, -1))
              for b in rows)

@@ -176,7 +176,11 @@ def selection_table(runs: dict, selection: dict, criterion: str) -> str:
                f"{100 * s['score_a']:.1f}", f"{100 * s['score_b']:.1f}",
                f"{100 * final[0]:.1f}", f"{100 * final[1]:.1f}"]
     else:
-      cells = [fam, sel["entry"], f"{100 * sel['value']:.1f}",
+      # By the method's own classifier where it has one (its validation
+      # value and test metrics both).
+      chosen = sel["entry"] + (f" ({run['classifier']})" if "classifier"
+                               in run else "")
+      cells = [fam, chosen, f"{100 * sel['value']:.1f}",
                _pm(run, "average_accuracy"), _pm(run, "backward_transfer")]
     cells.append(sel.get("edge") or ("interior" if len(sel["candidates"]) > 1
                                      else "-"))

@@ -95,6 +95,10 @@ class _Run:
         name: (jax.jit(prepare if members is None else jax.vmap(prepare)),
                make_eval_step(model.apply, predict, **sweep))
         for name, (prepare, predict) in method.predictors(model).items()}
+    if method.classifier is not None and method.classifier not in (
+        self.predictors):
+      raise ValueError(f"{method.name}: classifier {method.classifier!r} is "
+                       f"none of its predictors {sorted(self.predictors)}")
     keys = [jax.random.PRNGKey(sd) for sd in self.seeds]
     self.key = stack(keys) if self.own else keys[0]
     self.compiled = {}  # one train step per distinct phase, compiled once

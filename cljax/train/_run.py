@@ -147,7 +147,10 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     validation split where every task has one, else the test split),
     ``timings`` (per task: ``train_s`` and ``eval_s`` in seconds, excluding
     ``compile_s``, the time JAX spent tracing and compiling), ``steps`` and
-    ``final_state``.
+    ``final_state``; for each of the method's ``predictors`` ``p``,
+    ``accuracy_matrix_<p>`` and ``metrics_<p>``; for a method with a
+    ``classifier`` of its own, ``classifier`` (its name) and
+    ``val_accuracy_matrix_<classifier>``.
   Raises:
     ValueError: bad arguments or data (before anything trains), or a
       checkpoint of another run.
