@@ -8,10 +8,11 @@ Mammoth / the GEM reference code do each step: copy ``G`` and ``g`` to the
 host as float64 numpy, form ``G G^T`` and ``G g``, call
 ``quadprog.solve_qp``, form ``G^T v + g`` and copy back. Also (c) the QP
 iterations alone (``nonneg_qp`` on a precomputed ``t x t`` problem), as a
-share of (a), and the two Gram matrices alone: (d) XLA's ``G G^T`` in
-float32 inside ``jit``, (e) NumPy's float64 one, as (b) forms it. At
-P = 10^6 (d) is most of (a) and takes 2-3x (e) on a 2-core CPU: XLA:CPU
-runs this short-and-wide product far below the BLAS that NumPy calls.
+share of (a), and two Gram matrices alone: (d) XLA's single product
+``G G^T`` in float32 inside ``jit``, (e) NumPy's float64 one, as (b)
+forms it. On a 2-core CPU at P = 10^6 and t >= 10, (d) takes 2-3x (e):
+XLA:CPU runs this short-and-wide product far below the BLAS NumPy calls,
+which is why (a) forms long rows' Gram matrix by vector dots on CPU.
 Agreement: max relative difference of (a) and (b).
 
     python benchmarks/qp.py [--blocks 7]

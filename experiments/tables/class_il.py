@@ -18,10 +18,10 @@ NAMES = {"finetune": "fine-tuning", "joint": "joint (upper bound)",
          "mir": "MIR", "gss": "GSS", "der__alpha1": "DER (alpha 1)",
          "derpp__alpha0p3_beta1": "DER++ (alpha 0.3, beta 1)",
          "er__reservoir": "ER, reservoir memory (DER's)",
-         "er__lr0p003": "ER (lr 0.003)", "der__alpha1_lr0p03":
-         "DER (alpha 1, lr 0.03)", "derpp__alpha0p3_beta1_lr0p01":
-         "DER++ (alpha 0.3, beta 1, lr 0.01)", "icarl__lr0p1":
-         "iCaRL (lr 0.1)"}
+         "er__lr0p003": "ER (lr 0.003)", "der__alpha1_lr0p05":
+         "DER (alpha 1, lr 0.05)", "derpp__alpha0p3_beta1_lr0p01":
+         "DER++ (alpha 0.3, beta 1, lr 0.01)", "icarl__lr0p05":
+         "iCaRL (lr 0.05)"}
 # A method's own classifiers besides the network's argmax.
 PREDICTORS = (("_nme", " (nearest mean)"), ("_bic", " (bias-corrected)"),
               ("_il2m", " (rectified)"))
@@ -29,9 +29,9 @@ PREDICTORS = (("_nme", " (nearest mean)"), ("_bic", " (bias-corrected)"),
 # network's argmax of a method whose own classifier is another).
 LABELS = {("icarl", ""): "iCaRL, the network's argmax",
           ("icarl", "_nme"): "iCaRL, nearest mean of exemplars",
-          ("icarl__lr0p1", ""): "iCaRL (lr 0.1), the network's argmax",
-          ("icarl__lr0p1", "_nme"): "iCaRL (lr 0.1), nearest mean of "
-                                    "exemplars",
+          ("icarl__lr0p05", ""): "iCaRL (lr 0.05), the network's argmax",
+          ("icarl__lr0p05", "_nme"): "iCaRL (lr 0.05), nearest mean of "
+                                     "exemplars",
           ("ucir", ""): "UCIR, the network",
           ("bic", ""): "BiC, uncorrected",
           ("il2m", ""): "IL2M, plain (no rectification)"}
@@ -53,7 +53,7 @@ VARIANTS = (("k2000", "MLP 2x400, K = 2,000 exemplars (A-GEM, GEM: 400 per "
              "seeds of the rates chosen on validation (`:tune_lr`, one "
              "seed, lr 0.001-0.3; DER and DER++ at the `:tune` strengths; "
              "iCaRL chosen by its nearest mean; 0.1 and above diverged for "
-             "ER, DER and DER++, 0.3 for iCaRL)"),
+             "ER, DER and DER++, 0.2 and above for iCaRL)"),
             ("reservoir", "ER with DER's memory: MLP 2x400, K = 2,000, 3 "
              "seeds (`:reservoir`: reservoir sampling online, as DER and "
              "DER++ fill theirs, beside ER's herding at each task's end)"))
