@@ -14,17 +14,16 @@ class ICaRL(Rehearsal):
   distillation from the previous model, a herding exemplar memory, and
   classification by the nearest mean of exemplars.
 
-  Alg. 2-5 of the paper: each task trains with ``icarl_loss`` (here on the
-  current batch plus an equally sized replay batch of exemplars, in place of
-  the paper's union of the two sets), then shrinks every old class to
-  ``m = K / classes seen`` exemplars and selects ``m`` for each new class by
-  herding, on the new model's features. Evaluation reports both the nearest
-  mean of exemplars (``accuracy_matrix_nme``, the paper's classifier) and
-  the network's argmax (``accuracy_matrix``).
+  Alg. 2-5 of the paper: each task trains with ``icarl_loss`` (by default
+  on the current batch plus an equally sized replay batch of exemplars;
+  ``replay="union"``: the paper's union of the two sets), then shrinks
+  every old class to ``m = K / classes seen`` exemplars and selects ``m``
+  for each new class by herding, on the new model's features. Evaluation
+  reports both the nearest mean of exemplars (``accuracy_matrix_nme``, the
+  paper's classifier) and the network's argmax (``accuracy_matrix``).
 
-  Args: as ``Rehearsal`` (``replay="union"`` trains on the union of new
-  data and exemplars, as the paper does); ``nme_flip``: class means also
-  over the exemplars' horizontal flips (when training flips images).
+  Args: as ``Rehearsal``; ``nme_flip``: class means also over the
+  exemplars' horizontal flips (when training flips images).
   """
 
   name = "icarl"
