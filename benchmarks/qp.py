@@ -52,7 +52,7 @@ def main():
   rows = []
   print(f"{'t':>3}{'P':>9}{'jit ms':>10}{'quadprog ms':>13}{'speed-up':>10}"
         f"{'QP share':>10}{'Gram XLA':>10}{'Gram NumPy':>12}{'rel diff':>10}")
-  for p in (10**4, 10**5, 10**6):
+  for p in (10**4, 10**5, 10**6, 10**6 + 1):  # + 1: an odd row length
     for t in (1, 2, 5, 10, 20):
       rng = np.random.default_rng(t)
       G = jnp.asarray(rng.normal(size=(t, p)), jnp.float32)

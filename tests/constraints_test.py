@@ -122,38 +122,40 @@ def test_gem_is_accurate_for_a_million_parameters(t):
 
 
 def test_long_rows_are_formed_by_vector_dots_on_cpu_and_stay_accurate():
-  # On CPU a leaf with rows of _LONG_ROW or more is formed by vector dots
-  # (lax.map: a while loop in the lowered program), others as single
-  # products, and on GPU always the single products. Mixed in one pytree,
-  # the projection equals quadprog's on the flat vector; each helper equals
-  # its float64 value to a tolerance that one matrix-vector product per
-  # Gram row (3e-6 of the diagonal at this size) would fail.
+  # On CPU a leaf with long rows of even length is formed by vector dots
+  # (lax.map: a while loop in the lowered program); an odd length (slow
+  # that way) and short rows as single products, and on GPU always the
+  # single products. Mixed in one pytree, the projection equals quadprog's
+  # on the flat vector; on CPU each helper equals its float64 value to a
+  # tolerance that one matrix-vector product per Gram row (3e-6 of the
+  # diagonal at this size) would fail.
   from cljax.constraints import _project
   rng = np.random.default_rng(3)
-  t, n = 4, _project._LONG_ROW + 5
-  G = (0.9 * rng.normal(size=n + 40)
-       + 0.1 * rng.normal(size=(t, n + 40))).astype(np.float32)
-  g = (rng.normal(size=n + 40) - G.mean(0) * t).astype(np.float32)
-  tree = lambda v: {"long": v[..., :n],
-                    "short": v[..., n:].reshape(*v.shape[:-1], 8, 5)}
+  t, n = 4, _project._LONG_ROW + 6
+  sizes = {"long": n, "odd": n + 1, "short": 40}
+  cuts = np.cumsum([0, *sizes.values()])
+  parts = {k: slice(a, b) for k, a, b in zip(sizes, cuts, cuts[1:])}
+  G = (0.9 * rng.normal(size=cuts[-1])
+       + 0.1 * rng.normal(size=(t, cuts[-1]))).astype(np.float32)
+  g = (rng.normal(size=cuts[-1]) - G.mean(0) * t).astype(np.float32)
+  tree = lambda v: {k: v[..., part] for k, part in parts.items()}
   out = gem(tree(g), tree(G), 0.5)
-  x = np.concatenate([np.asarray(out["long"], np.float64),
-                      np.asarray(out["short"], np.float64).reshape(-1)])
+  x = np.concatenate([np.asarray(out[k], np.float64) for k in parts])
   want = _dual(g.astype(np.float64), G.astype(np.float64), 0.5)
   assert np.linalg.norm(x - want) <= 1e-5 * np.linalg.norm(want)
   G64 = G.astype(np.float64)
   gram, dots = jax.jit(_project._gram), jax.jit(_project._row_dots)
-  for part in (slice(0, n), slice(n, None)):
+  tol = 5e-7 if jax.default_backend() == "cpu" else 1e-5
+  for name, part in parts.items():
     rows, vec = [jnp.asarray(G[:, part])], [jnp.asarray(g[part])]
     close = lambda got, want: np.testing.assert_allclose(
-        got, want, rtol=0, atol=5e-7 * np.abs(want).max())
+        got, want, rtol=0, atol=tol * np.abs(want).max())
     close(gram(rows), G64[:, part] @ G64[:, part].T)
     close(dots(rows, vec), G64[:, part] @ g[part])
-    long = part.start == 0
     for f, args in ((gram, (rows,)), (dots, (rows, vec))):
       lowered = lambda platform: f.trace(*args).lower(
           lowering_platforms=(platform,)).as_text()
-      assert ("while" in lowered("cpu")) == long
+      assert ("while" in lowered("cpu")) == (name == "long")
       assert "while" not in lowered("cuda")
 
 

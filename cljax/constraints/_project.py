@@ -27,22 +27,29 @@ def _leaves(grad, memory_grads, what):
 # XLA:CPU computes these short, wide products far below what the machine
 # allows when the rows are long (2 cores, t = 10 rows of P = 10^6: a fused
 # multiply-and-reduce over P 5.7 ms, one vector dot per row 3.4 ms; G G^T
-# 34 ms as one product, 19 ms as a vector dot per pair of rows i <= j).
+# 34 ms as one product, 17 ms as a vector dot per pair of rows i <= j).
 # Vector dots are also the accurate form: XLA:CPU sums them pairwise, where
 # its matrix products accumulate along P (at P = 10^6 the Gram matrix's
 # largest error is 0.06 by pairs of rows, 0.7 as one product, 21 by one
-# matrix-vector product per row). So on CPU, a leaf whose rows are long
-# (the dots: P >= 2^14 t; the Gram matrix: P >= 2^19, below which the
-# single product is faster) is formed by vector dots in ``lax.map``s; other
+# matrix-vector product per row). So on CPU a long leaf is formed by vector
+# dots in ``lax.map``s: the dots where P >= 2^14 t, the Gram matrix where
+# P >= 2^19 and t <= 16 (its t (t + 1) / 2 pairs cost as much as the single
+# product by t = 20). Only for an even row length: with an odd one each row
+# after the first starts unaligned and the vector dots run 2-5x slower than
+# the single products (t = 10, P = 10^6 + 1: 90 ms against 17). Other
 # leaves, and other backends, whose BLAS runs the single products well, get
 # those (``lax.platform_dependent`` picks at lowering).
 _LONG_ROW = 2 ** 19
 
 
-def _per_leaf(b, by_row, whole, *args, long: int | None = None):
+def _per_leaf(b, by_row, whole, *args, long: int | None = None,
+              most_rows: int | None = None):
   """``by_row(*args)`` on CPU where the rows of ``b`` (``(t, n)``) are at
-  least ``long`` (default ``_LONG_ROW``), else ``whole(*args)``."""
-  if b.shape[1] < (_LONG_ROW if long is None else long):
+  least ``long`` (default ``_LONG_ROW``), of even length, and (if
+  ``most_rows``) at most that many; else ``whole(*args)``."""
+  t, n = b.shape
+  if (n < (_LONG_ROW if long is None else long) or n % 2
+      or (most_rows is not None and t > most_rows)):
     return whole(*args)
   return jax.lax.platform_dependent(*args, cpu=by_row, default=whole)
 
@@ -76,8 +83,8 @@ def _gram(rows):
     m = jnp.zeros((t, t), dots.dtype).at[upper[:, 0], upper[:, 1]].set(dots)
     return m + jnp.triu(m, 1).T
 
-  return sum(_per_leaf(b.reshape(t, -1), by_row, whole, b.reshape(t, -1))
-             for b in rows)
+  return sum(_per_leaf(b.reshape(t, -1), by_row, whole, b.reshape(t, -1),
+                       most_rows=16) for b in rows)
 
 
 def _add_rows(vec, coef, rows):
