@@ -159,6 +159,21 @@ def test_long_rows_are_formed_by_vector_dots_on_cpu_and_stay_accurate():
       assert "while" not in lowered("cuda")
 
 
+def test_bfloat16_gradients_are_projected_in_float32():
+  # The QP's solves have no bfloat16: the projection runs in float32 and
+  # returns the gradient's dtype (it raised NotImplementedError before).
+  rng = np.random.default_rng(4)
+  G = jnp.asarray(rng.normal(size=(3, 50)), jnp.bfloat16)
+  g = jnp.asarray(rng.normal(size=50) - 2 * rng.normal(size=50),
+                  jnp.bfloat16) - G.sum(0)
+  out = gem(g, G, 0.5)
+  assert out.dtype == jnp.bfloat16
+  want = gem(g.astype(jnp.float32), G.astype(jnp.float32), 0.5)
+  np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                np.asarray(want.astype(jnp.bfloat16),
+                                           np.float32))
+
+
 def test_mask_equals_dropping_rows_and_pytrees_equal_flat():
   rng = np.random.default_rng(1)
   G = rng.normal(size=(7, 30))

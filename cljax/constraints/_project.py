@@ -119,6 +119,11 @@ def gem_project(grad, memory_grads, margin: float = 0.0, mask=None):
   _validate.check_finite_tree("grad", grad)
   _validate.check_finite_tree("memory_grads", memory_grads)
   g, mg = _leaves(grad, memory_grads, "memory_grads")
+  dtypes = [a.dtype for a in g]
+  # Solved in float32 at least (the QP's linear solves have no bfloat16),
+  # returned in the gradient's own dtype.
+  up = lambda a: a.astype(jnp.promote_types(a.dtype, jnp.float32))
+  g, mg = [up(a) for a in g], [up(b) for b in mg]
   t = mg[0].shape[0]
   if mask is not None:
     _validate.check_shape("mask", mask, (t,))
@@ -144,7 +149,8 @@ def gem_project(grad, memory_grads, margin: float = 0.0, mask=None):
     return _add_rows(x, dv, mg)
 
   out = jax.lax.cond(violated, project, lambda _: g, None)
-  return jax.tree.unflatten(jax.tree.structure(grad), out)
+  return jax.tree.unflatten(jax.tree.structure(grad),
+                            [a.astype(d) for a, d in zip(out, dtypes)])
 
 
 def agem_project(grad, ref_grad):
