@@ -174,6 +174,25 @@ def test_bfloat16_gradients_are_projected_in_float32():
                                            np.float32))
 
 
+def test_per_device_problems_inside_shard_map():
+  # Each device projects its own gradient on its own rows (inputs that
+  # vary per device): the QP's branches must agree on that typing (a
+  # constant ``done`` flag made shard_map refuse the cond before).
+  from jax.sharding import NamedSharding, PartitionSpec
+  n = jax.device_count()
+  mesh = jax.make_mesh((n,), ("data",))
+  rng = np.random.default_rng(5)
+  G = rng.normal(size=(n, 3, 50)).astype(np.float32)
+  g = -G.sum(1)
+  put = lambda a: jax.device_put(a, NamedSharding(mesh, PartitionSpec("data")))
+  f = jax.jit(jax.shard_map(
+      lambda g, G: constraints.gem_project(g[0], G[0], 0.5)[None], mesh=mesh,
+      in_specs=PartitionSpec("data"), out_specs=PartitionSpec("data")))
+  out = np.asarray(f(put(g), put(G)))
+  for k in range(n):
+    np.testing.assert_allclose(out[k], gem(g[k], G[k], 0.5), atol=1e-6)
+
+
 def test_mask_equals_dropping_rows_and_pytrees_equal_flat():
   rng = np.random.default_rng(1)
   G = rng.normal(size=(7, 30))

@@ -81,7 +81,9 @@ def nonneg_qp(m, c, mask=None, *, max_iter: int | None = None, tol=1e-6):
       un = u + alpha * (s - u)
       blocked = bad & (ratio <= alpha)
       keep = passive & ~blocked & (un > 0)
-      return jnp.where(keep, un, 0.0), keep, False
+      # Not done (``any(bad)`` holds here), typed like the inputs, which
+      # may differ per device under ``shard_map`` (as ``advance``'s flag).
+      return jnp.where(keep, un, 0.0), keep, ~jnp.any(bad)
 
     def advance(_):
       w = jnp.where(live & ~passive, multipliers(s), -jnp.inf)
@@ -106,6 +108,6 @@ def nonneg_qp(m, c, mask=None, *, max_iter: int | None = None, tol=1e-6):
   ok = (jnp.all(jnp.isfinite(s0)) & jnp.all(jnp.where(start, s0 > 0, True))
         & (jnp.max(jnp.abs(resid)) <= 1e-4 * jnp.maximum(1.0, jnp.max(
             jnp.abs(cs)))))
-  init = (jnp.where(ok, s0, 0.0), start & ok, 0, False)
+  init = (jnp.where(ok, s0, 0.0), start & ok, 0, ok & False)
   u, _, it, _ = jax.lax.while_loop(cond, body, init)
   return u * d, it
