@@ -108,6 +108,7 @@ def nonneg_qp(m, c, mask=None, *, max_iter: int | None = None, tol=1e-6):
   ok = (jnp.all(jnp.isfinite(s0)) & jnp.all(jnp.where(start, s0 > 0, True))
         & (jnp.max(jnp.abs(resid)) <= 1e-4 * jnp.maximum(1.0, jnp.max(
             jnp.abs(cs)))))
-  init = (jnp.where(ok, s0, 0.0), start & ok, 0, ok & False)
+  init = (jnp.where(ok, s0, 0.0), start & ok, 0,
+          ok & False)  # not done, typed like the inputs (see backtrack)
   u, _, it, _ = jax.lax.while_loop(cond, body, init)
   return u * d, it
