@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from _timing import add_output_args, write
+from _timing import add_output_args, interleaved_medians, repeat, write
 from cljax import data, methods, models, train
 from cljax.bench import method_state
 
@@ -79,13 +79,9 @@ def eval_forward_s(st, model, reps: int, batch: int = 1000) -> float:
   x = x.reshape(-1, batch, *x.shape[1:])
   fwd = jax.jit(lambda p, x: jax.lax.map(lambda b: jnp.argmax(
       model.apply(p, model.batch_stats, b)[0][0], -1), x))
-  fwd(model.params, x).block_until_ready()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fwd(model.params, x).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  return st.num_tasks * float(np.median(times))
+  ms = interleaved_medians({"fwd": repeat(fwd, model.params, x)},
+                           blocks=reps, reps=1, warmup=1)["fwd"]["median_ms"]
+  return st.num_tasks * ms / 1e3
 
 
 def bare_scan_ms(st, name, hidden, batch, lr, reps):

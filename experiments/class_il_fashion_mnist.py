@@ -166,10 +166,10 @@ def get_config(arg="k2000"):
     c.seeds = 3
     c.method.er__reservoir = method_entry("er", selection="reservoir")
     entries = ["er", "er__reservoir"]
-  elif variant.startswith("tune_") or variant == "tune":
+  elif variant in TUNE_GRIDS:
     c.select = "val_acc"
     entries = _tune_entries(c, variant)
-  elif variant.startswith("tuned"):
+  elif variant.replace("tuned", "tune") in TUNE_GRIDS:  # tuned, tuned_lr
     c.seeds = 3
     entries = _tuned_entries(c, variant.replace("tuned", "tune"))
   else:

@@ -64,27 +64,27 @@ def _row_dots(rows, vec):
   def by_row(b, a):
     return jax.lax.map(lambda r: jnp.dot(r, a, precision=_HI), b)
 
-  return sum(_per_leaf(b.reshape(t, -1), by_row, whole, b.reshape(t, -1),
-                       a.reshape(-1), long=2 ** 14 * t)
-             for a, b in zip(vec, rows))
+  flat = [(b.reshape(t, -1), a.reshape(-1)) for a, b in zip(vec, rows)]
+  return sum(_per_leaf(b, by_row, whole, b, a, long=2 ** 14 * t)
+             for b, a in flat)
 
 
 def _gram(rows):
   """``G G^T`` (``(t, t)``) summed over the leaves."""
   t = rows[0].shape[0]
-  upper = jnp.asarray(np.stack(np.triu_indices(t), axis=1))  # (pairs, 2)
 
   def whole(b):
     return jnp.matmul(b, b.T, precision=_HI)
 
   def by_row(b):
+    upper = jnp.asarray(np.stack(np.triu_indices(t), axis=1))  # (pairs, 2)
     dots = jax.lax.map(lambda ij: jnp.dot(b[ij[0]], b[ij[1]], precision=_HI),
                        upper)
     m = jnp.zeros((t, t), dots.dtype).at[upper[:, 0], upper[:, 1]].set(dots)
     return m + jnp.triu(m, 1).T
 
-  return sum(_per_leaf(b.reshape(t, -1), by_row, whole, b.reshape(t, -1),
-                       most_rows=16) for b in rows)
+  flat = [b.reshape(t, -1) for b in rows]
+  return sum(_per_leaf(b, by_row, whole, b, most_rows=16) for b in flat)
 
 
 def _add_rows(vec, coef, rows):

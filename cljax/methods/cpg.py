@@ -356,7 +356,6 @@ class CPG(Method):
   def _full(self, s) -> bool:
     return all(np.all(u) for u in s["units"].values())
 
-
   def on_phase_start(self, ctx, phase):
     s, k, params = dict(ctx.method_state), ctx.index, ctx.params
     classes = ctx.stream.tasks[k].classes

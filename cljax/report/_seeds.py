@@ -20,7 +20,9 @@ def aggregate_seeds(runs: Sequence[dict], seeds: Sequence[int]) -> dict:
   mean = lambda xs: np.mean(np.asarray(xs, float), axis=0)
   std = lambda xs: np.std(np.asarray(xs, float), axis=0)
   mats = [r["accuracy_matrix"] for r in runs]
-  vals = [r["val_accuracy_matrix"] for r in runs]
+  # Validation matrices: their mean, or [] where a seed has none.
+  val_mean = lambda key: (mean([r[key] for r in runs]).tolist()
+                          if all(r[key] for r in runs) else [])
   keys = [k for k in runs[0]["metrics"] if all(k in r["metrics"]
                                                 for r in runs)]
   first = runs[0]
@@ -29,7 +31,7 @@ def aggregate_seeds(runs: Sequence[dict], seeds: Sequence[int]) -> dict:
       seeds=list(seeds), per_seed=list(runs),
       accuracy_matrix=mean(mats).tolist(),
       accuracy_matrix_std=std(mats).tolist(),
-      val_accuracy_matrix=mean(vals).tolist() if all(vals) else [],
+      val_accuracy_matrix=val_mean("val_accuracy_matrix"),
       metrics={k: float(mean([r["metrics"][k] for r in runs])) for k in keys},
       metrics_std={k: float(std([r["metrics"][k] for r in runs]))
                    for k in keys},
@@ -38,8 +40,7 @@ def aggregate_seeds(runs: Sequence[dict], seeds: Sequence[int]) -> dict:
       steps=int(sum(r["steps"] for r in runs)))
   if "classifier" in first:  # the paper's classifier, for selection
     key = f"val_accuracy_matrix_{first['classifier']}"
-    vals = [r[key] for r in runs]
-    out[key] = mean(vals).tolist() if all(vals) else []
+    out[key] = val_mean(key)
   if "network_use" in first:  # parameter isolation: the mean per task
     out["network_use"] = mean([r["network_use"] for r in runs]).tolist()
   if "wall_s" in first:
