@@ -121,17 +121,17 @@ def test_gem_is_accurate_for_a_million_parameters(t):
   assert np.linalg.norm(x - want) <= 1e-5 * np.linalg.norm(want)
 
 
-def test_long_rows_are_formed_by_vector_dots_on_cpu_and_stay_accurate():
-  # On CPU a leaf with long rows of even length is formed by vector dots
-  # (lax.map: a while loop in the lowered program); an odd length (slow
-  # that way) and short rows as single products, and on GPU always the
-  # single products. Mixed in one pytree, the projection equals quadprog's
-  # on the flat vector; on CPU each helper equals its float64 value to a
-  # tolerance that one matrix-vector product per Gram row (3e-6 of the
-  # diagonal at this size) would fail.
+def test_long_rows_are_formed_by_column_chunks_on_cpu_and_stay_accurate():
+  # On CPU a leaf with long rows, of either parity, is formed chunk by
+  # chunk of columns (lax.map: a while loop in the lowered program); short
+  # rows as single products, and on GPU always the single products. Mixed
+  # in one pytree, the projection equals quadprog's on the flat vector; on
+  # CPU each helper equals its float64 value to a tolerance that one
+  # matrix-vector product per Gram row (3e-6 of the diagonal at this size)
+  # would fail.
   from cljax.constraints import _project
   rng = np.random.default_rng(3)
-  t, n = 4, _project._LONG_ROW + 6
+  t, n = 4, _project._LONG_ROW + 5 * _project._CHUNK + 6
   sizes = {"long": n, "odd": n + 1, "short": 40}
   cuts = np.cumsum([0, *sizes.values()])
   parts = {k: slice(a, b) for k, a, b in zip(sizes, cuts, cuts[1:])}
@@ -155,7 +155,7 @@ def test_long_rows_are_formed_by_vector_dots_on_cpu_and_stay_accurate():
     for f, args in ((gram, (rows,)), (dots, (rows, vec))):
       lowered = lambda platform: f.trace(*args).lower(
           lowering_platforms=(platform,)).as_text()
-      assert ("while" in lowered("cpu")) == (name == "long")
+      assert ("while" in lowered("cpu")) == (name != "short")
       assert "while" not in lowered("cuda")
 
 

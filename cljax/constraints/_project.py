@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from cljax import _validate
 from cljax.constraints._qp import _HI, solve_on_set, nonneg_qp
@@ -24,67 +23,72 @@ def _leaves(grad, memory_grads, what):
   return g, mg
 
 
-# XLA:CPU computes these short, wide products far below what the machine
-# allows when the rows are long (2 cores, t = 10 rows of P = 10^6: a fused
-# multiply-and-reduce over P 5.7 ms, one vector dot per row 3.4 ms; G G^T
-# 34 ms as one product, 17 ms as a vector dot per pair of rows i <= j).
-# Vector dots are also the accurate form: XLA:CPU sums them pairwise, where
-# its matrix products accumulate along P (at P = 10^6 the Gram matrix's
-# largest error is 0.06 by pairs of rows, 0.7 as one product, 21 by one
-# matrix-vector product per row). So on CPU a long leaf is formed by vector
-# dots in ``lax.map``s: the dots where P >= 2^14 t, the Gram matrix where
-# P >= 2^19 and t <= 16 (its t (t + 1) / 2 pairs cost as much as the single
-# product by t = 20). Only for an even row length: with an odd one each row
-# after the first starts unaligned and the vector dots run 2-5x slower than
-# the single products (t = 10, P = 10^6 + 1: 90 ms against 17). Other
-# leaves, and other backends, whose BLAS runs the single products well, get
-# those (``lax.platform_dependent`` picks at lowering).
-_LONG_ROW = 2 ** 19
+# XLA:CPU runs these short, wide products far below what the machine allows
+# when the rows are long: at t = 10 rows of P = 10^6 (2 cores) G G^T takes
+# 34 ms as one product, against 12 ms for NumPy's float64 BLAS, and the
+# fused multiply-and-reduce of the row dots is slow at any length. BLAS
+# works through column blocks that stay in cache; so on CPU a leaf with
+# long rows is formed the same way: a ``lax.map`` over column chunks of
+# ``_CHUNK`` (a (t, _CHUNK) block, in L2 for t <= 20), one small product per
+# chunk, the chunks' results summed as a pairwise tree. That takes 8-10 ms
+# at t = 10, P = 10^6, for either parity of P, and it is also the accurate
+# form: chunks of 2^14 and a tree of them keep the Gram matrix's largest
+# error at 1e-7 of its diagonal, where one product accumulating along P
+# lost 9e-7 at t = 20. Short rows, and other backends, whose BLAS runs the
+# single products well, get those (``lax.platform_dependent`` picks at
+# lowering).
+_CHUNK = 2 ** 14
+_LONG_ROW = 4 * _CHUNK
 
 
-def _per_leaf(b, by_row, whole, *args, long: int | None = None,
-              most_rows: int | None = None):
-  """``by_row(*args)`` on CPU where the rows of ``b`` (``(t, n)``) are at
-  least ``long`` (default ``_LONG_ROW``), of even length, and (if
-  ``most_rows``) at most that many; else ``whole(*args)``."""
-  t, n = b.shape
-  if (n < (_LONG_ROW if long is None else long) or n % 2
-      or (most_rows is not None and t > most_rows)):
-    return whole(*args)
-  return jax.lax.platform_dependent(*args, cpu=by_row, default=whole)
+def _tree_sum(parts):
+  """``sum(parts, axis=0)`` as a pairwise tree (its rounding error grows
+  with the log of the number of parts, not with their number)."""
+  while parts.shape[0] > 1:
+    h = parts.shape[0] // 2
+    parts = jnp.concatenate([parts[:h] + parts[h:2 * h], parts[2 * h:]])
+  return parts[0]
+
+
+def _by_chunks(block_fn, b, *vecs):
+  """``block_fn(b, *vecs)`` for a ``block_fn`` that sums over the columns
+  of ``b`` (``(t, n)``) and the entries of ``vecs`` (``(n,)`` each): on
+  CPU where ``n >= _LONG_ROW``, as the tree sum of its value on each column
+  chunk of ``_CHUNK`` (and the remainder); else in one call."""
+  n = b.shape[1]
+  if n < _LONG_ROW:
+    return block_fn(b, *vecs)
+  k = n // _CHUNK
+
+  def by_chunk(b, *vecs):
+    def one(j):
+      cut = lambda a: jax.lax.dynamic_slice_in_dim(a, j * _CHUNK, _CHUNK,
+                                                   axis=a.ndim - 1)
+      return block_fn(cut(b), *map(cut, vecs))
+
+    parts = jax.lax.map(one, jnp.arange(k))
+    if n % _CHUNK:
+      rest = block_fn(b[:, k * _CHUNK:], *(a[k * _CHUNK:] for a in vecs))
+      parts = jnp.concatenate([parts, rest[None]])
+    return _tree_sum(parts)
+
+  return jax.lax.platform_dependent(b, *vecs, cpu=by_chunk,
+                                    default=block_fn)
 
 
 def _row_dots(rows, vec):
   """``<rows_k, vec>`` for every k, summed over the leaves."""
   t = rows[0].shape[0]
-
-  def whole(b, a):
-    return jnp.sum(b * a[None], axis=1)
-
-  def by_row(b, a):
-    return jax.lax.map(lambda r: jnp.dot(r, a, precision=_HI), b)
-
-  flat = [(b.reshape(t, -1), a.reshape(-1)) for a, b in zip(vec, rows)]
-  return sum(_per_leaf(b, by_row, whole, b, a, long=2 ** 14 * t)
-             for b, a in flat)
+  dots = lambda b, a: jnp.matmul(b, a, precision=_HI)
+  return sum(_by_chunks(dots, b.reshape(t, -1), a.reshape(-1))
+             for a, b in zip(vec, rows))
 
 
 def _gram(rows):
   """``G G^T`` (``(t, t)``) summed over the leaves."""
   t = rows[0].shape[0]
-
-  def whole(b):
-    return jnp.matmul(b, b.T, precision=_HI)
-
-  def by_row(b):
-    upper = jnp.asarray(np.stack(np.triu_indices(t), axis=1))  # (pairs, 2)
-    dots = jax.lax.map(lambda ij: jnp.dot(b[ij[0]], b[ij[1]], precision=_HI),
-                       upper)
-    m = jnp.zeros((t, t), dots.dtype).at[upper[:, 0], upper[:, 1]].set(dots)
-    return m + jnp.triu(m, 1).T
-
-  flat = [b.reshape(t, -1) for b in rows]
-  return sum(_per_leaf(b, by_row, whole, b, most_rows=16) for b in flat)
+  gram = lambda b: jnp.matmul(b, b.T, precision=_HI)
+  return sum(_by_chunks(gram, b.reshape(t, -1)) for b in rows)
 
 
 def _add_rows(vec, coef, rows):
