@@ -140,7 +140,7 @@ def load_config(args: list[str]):
     values = _define(args)
     rest = values(["cljax"] + args)
   except flags.Error as e:
-    raise UsageError(" ".join(str(e).split())) from None
+    raise UsageError(_flag_error(" ".join(str(e).split()))) from None
   except (AttributeError, KeyError) as e:
     raise UsageError(_unknown_key(args) or f"bad override: {e}") from None
   except OSError as e:
@@ -149,6 +149,18 @@ def load_config(args: list[str]):
   if len(rest) > 1:
     raise UsageError(f"unexpected arguments {rest[1:]}")
   return values.config
+
+
+def _flag_error(message: str) -> str:
+  """absl's message for a bad flag, readable: a boolean's raw tuple as a
+  sentence, and a config key given without ``config.`` pointed to it."""
+  message = re.sub(r"\('Non-boolean argument to boolean flag', (.*)\)",
+                   r"must be True or False, got \1", message)
+  m = re.fullmatch(r"Unknown command line flag '(\w[\w.]*)'", message)
+  if m:
+    message += (f"; config keys are set as --config.{m.group(1)}=VALUE "
+                "(cljax run --help lists them)")
+  return message
 
 
 def _unknown_key(args) -> str | None:
@@ -186,12 +198,31 @@ def _run(args) -> int:
   from cljax.experiment import run_experiment, start_distributed, validate
   start_distributed(config)  # before anything touches a device
   validate(config)  # a bad value is the only line on stderr
+  args = _without_unused_entries(config, args)
   if not config.workdir:
     with config.unlocked():
       config.workdir = default_workdir(config, args)
   print(f"workdir: {config.workdir}", file=sys.stderr)
   run_experiment(config)
   return 0
+
+
+def _without_unused_entries(config, args) -> list[str]:
+  """``args`` without the overrides of ``config.method`` entries that
+  ``config.methods`` does not run (they change no result, so not the
+  workdir either), each with a warning."""
+  from cljax.experiment import run_entries
+  names = {e.name for e in run_entries(config)}
+  out = []
+  for a in args:
+    m = re.match(r"--?(?:no)?config\.method\.([^.=]+)\.", a)
+    if m and m.group(1) not in names:
+      print(f"cljax: warning: {a.split('=')[0].lstrip('-')} is set, but "
+            f"config.methods ({config.methods!r}) has no entry "
+            f"{m.group(1)!r}: it changes nothing", file=sys.stderr)
+      continue
+    out.append(a)
+  return out
 
 
 def default_workdir(config, args) -> str:
@@ -375,8 +406,8 @@ def _main(argv: list[str]) -> int:
   try:
     return _run(argv[1:])
   except KeyboardInterrupt:
-    print("\ncljax: interrupted; rerun the same command to resume after the "
-          "last finished task", file=sys.stderr)
+    print("\ncljax: interrupted; rerun the same command to resume from the "
+          "last checkpoint", file=sys.stderr)
     return 130
   except (ValueError, FileNotFoundError) as e:
     print(f"cljax: error: {e}", file=sys.stderr)

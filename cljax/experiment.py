@@ -4,6 +4,7 @@ stream, model and methods, runs each method, writes results and plots."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import platform
@@ -97,8 +98,16 @@ def run_entries(config) -> list[Entry]:
       value = hp.pop(key, None)
       own[key] = config[group][name] if value is None else value
     if kind not in METHODS and ":" not in kind:
-      _fail("methods", f"unknown method {kind!r} (entry {entry!r}); known: "
-            f"{sorted(METHODS)}, or an import path 'package.module:Class'")
+      close = difflib.get_close_matches(kind, METHODS, n=3, cutoff=0.6)
+      hint = (f"did you mean {' or '.join(map(repr, close))}? " if close
+              else "")
+      if "__" in entry and entry not in config.method:
+        hint += (f"a new entry such as {entry!r} is made in a config file: "
+                 f"config.method[{entry!r}] = method_entry(\"<method>\", "
+                 "...) (see README, Hyperparameter sweeps); ")
+      _fail("methods", f"unknown method {kind!r} (entry {entry!r}); {hint}"
+            f"known: {sorted(METHODS)}, or an import path "
+            "'package.module:Class'")
     _check(_validate.check_positive, f"method.{entry}.lr", own["lr"])
     _check_hidden(f"method.{entry}.hidden", tuple(own["hidden"]))
     _int(f"method.{entry}.epochs", own["epochs"], 1)
@@ -201,7 +210,10 @@ def validate(config) -> None:
     _fail("model.head", f"unknown {config.model.head!r}; one of "
           f"{sorted(HEADS)} or '' (the method's own)")
   for e in run_entries(config):
-    build_method(e.kind, **e.hparams)  # raises ValueError on bad hyperparameters
+    try:
+      build_method(e.kind, **e.hparams)
+    except (TypeError, ValueError) as err:  # a bad hyperparameter
+      _fail(f"method.{e.name}", str(err))
 
 
 def _check_distributed(config) -> None:
@@ -562,9 +574,28 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict:
   validate(config)
   config = resolve_devices(config)
   workdir = config.workdir or os.path.join("runs", config.name)
+  made = _missing_dirs(workdir)
   _prepare_workdir(workdir)
-  with train.directory_lock(workdir), _quiet_unless_primary(config):
-    return _run_locked(config, workdir)
+  try:
+    with train.directory_lock(workdir), _quiet_unless_primary(config):
+      return _run_locked(config, workdir)
+  except BaseException:
+    # A run refused before it wrote anything leaves no directory behind.
+    if _distributed.is_primary():
+      for d in made:
+        with contextlib.suppress(OSError):  # (not empty: kept)
+          os.rmdir(d)
+    raise
+
+
+def _missing_dirs(path: str) -> list[str]:
+  """The directories ``os.makedirs(path)`` would create, deepest first."""
+  out = []
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    out.append(path)
+    path = os.path.dirname(path)
+  return out
 
 
 @contextlib.contextmanager
@@ -585,7 +616,29 @@ def _with_seed(config, seed: int):
   return c
 
 
+def _check_workdir_results(config, workdir) -> None:
+  """A workdir holds one config's results: a run with other settings (a
+  method list or a config file of its own included) would rewrite its
+  ``results.json`` with other entries, so it is refused before anything
+  loads, listing the keys that differ (the presentation keys aside)."""
+  try:
+    with open(os.path.join(workdir, "results.json")) as f:
+      stored = json.load(f)["config"]
+    stored_entries = str(stored["methods"]).split(",")
+  except (OSError, ValueError, KeyError, TypeError):
+    return  # none yet (or unreadable: rewritten by this run)
+  current = json.loads(config.to_json())
+  # (the config.method entries neither run trains change nothing)
+  used = {e.strip() for e in stored_entries + config.methods.split(",")}
+  flat = lambda c: {k: v for k, v in flatten(c, "config.").items()
+                    if not k.startswith("config.method.")
+                    or k.split(".")[2] in used}
+  check_identity(workdir, flat(stored), flat(current),
+                 flatten(_config_defaults()), held="the results.json")
+
+
 def _run_locked(config, workdir) -> dict:
+  _check_workdir_results(config, workdir)
   seeds = [config.seed + k for k in range(config.seeds)]
   # Seeds whose streams are in memory together: all of them when they
   # train as one program (sweep.vmap_seeds), else one at a time.

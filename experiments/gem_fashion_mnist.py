@@ -14,7 +14,9 @@ quick check (5 tasks of 500 examples, one EWC strength:
 ``:permuted,runlocal``).
 
     cljax run --config experiments/gem_fashion_mnist.py:permuted \
-        --config.workdir=experiments/results/gem_permuted
+        --config.seeds=3 --config.workdir=experiments/results/gem_permuted
+    (and :rotated into experiments/results/gem_rotated: the committed
+    results, 3 seeds, mean +- std)
     cljax run --config experiments/gem_fashion_mnist.py:runlocal
 """
 

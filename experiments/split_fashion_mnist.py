@@ -7,6 +7,11 @@ accuracy of the network.
 
     cljax run --config experiments/split_fashion_mnist.py
     cljax run --config experiments/split_fashion_mnist.py:runlocal  # quick
+
+The committed results (3 seeds, mean +- std):
+
+    cljax run --config experiments/split_fashion_mnist.py --config.seeds=3 \
+      --config.workdir=experiments/results/split_fashion_mnist
 """
 
 from cljax.default_config import get_config as base

@@ -159,6 +159,18 @@ def test_leftover_temporary_step_is_ignored(stream, full, tmp_path,
   _same(_run(stream, ckpt=ckpt), full)
 
 
+def test_a_step_without_orbax_metadata_resumes_without_its_warning(
+    stream, full, tmp_path, monkeypatch, caplog):
+  # A kill after the step's rename, before orbax wrote its metadata file:
+  # the step verifies by its digests; orbax's warning leaked to the user.
+  ckpt = _crashed(stream, tmp_path, monkeypatch, 2)
+  os.remove(os.path.join(ckpt, str(max(_steps(ckpt))),
+                         "_CHECKPOINT_METADATA"))
+  with caplog.at_level("WARNING"):
+    _same(_run(stream, ckpt=ckpt), full)
+  assert "Metadata file does not exist" not in caplog.text
+
+
 def test_every_step_corrupt_starts_afresh_with_a_warning(stream, full,
                                                          tmp_path,
                                                          monkeypatch):

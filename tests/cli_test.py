@@ -171,6 +171,30 @@ def test_default_workdir_follows_the_settings():
   assert wd("--config.seeds=3") != wd()
 
 
+def test_settings_of_entries_not_run_warn_and_keep_the_workdir(capsys):
+  # They changed nothing but the workdir: everything retrained elsewhere.
+  args = ["--config.method.ewc.lam=10", "--config.train.lr=0.01"]
+  config = cli.load_config(args)
+  kept = cli._without_unused_entries(config, args)
+  assert kept == ["--config.train.lr=0.01"]
+  assert ("config.method.ewc.lam is set, but config.methods "
+          "('finetune,joint') has no entry 'ewc'") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.methods=ewc", "--config.method.ewc.estimator=bogus"],
+     "config.method.ewc: estimator must be one of"),
+    (["--config.method.finetune.freeze_backbone=maybe"],
+     "freeze_backbone=maybe: must be True or False, got 'maybe'"),
+    (["--methods=finetune"], "config keys are set as --config.methods=VALUE"),
+    (["--config.methods=finetun"], "did you mean 'finetune'?"),
+])
+def test_bad_settings_are_one_line_naming_the_key(args, message, capsys):
+  assert cli._main(["run", *args]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.splitlines() == [err] and message in err, err
+
+
 def test_import_path_keys_on_the_command_line_say_what_to_do():
   out = _cli("run", "--config.methods=mylab.m:X",
              "--config.method.mylab.m:X.lam=2")

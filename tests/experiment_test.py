@@ -159,14 +159,19 @@ def test_changed_setting_is_refused_before_training(tmp_path, key, value,
   for k in leaf[:-1]:
     node = node[k]
   node[leaf[-1]] = value
-  with pytest.raises(ValueError, match=r"checkpoints/finetune holds a "
-                     r"checkpoint of a run with other settings"):
-    try:
+  results = os.path.join(c.workdir, "results.json")
+
+  def refused(held):
+    with pytest.raises(ValueError, match=held + " of a run with other "
+                       "settings") as e:
       experiment.run_experiment(c2)
-    except ValueError as e:
-      assert message in str(e), str(e)
-      raise
-  assert open(os.path.join(c.workdir, "results.json")).read() == before
+    assert message in str(e.value), str(e.value)
+
+  refused(r"holds the results\.json")
+  assert open(results).read() == before
+  os.remove(results)  # as if killed before its first entry finished
+  refused(r"checkpoints/finetune holds a checkpoint")
+  assert not os.path.exists(results)
 
 
 def test_changed_setting_mid_stream_is_refused(tmp_path, monkeypatch):
@@ -191,6 +196,71 @@ def test_changed_setting_mid_stream_is_refused(tmp_path, monkeypatch):
   # The same settings resume and finish.
   res = experiment.run_experiment(c)
   assert len(res["runs"]["finetune"]["accuracy_matrix"]) == 5
+
+
+def test_an_interrupt_names_the_checkpoint_the_rerun_resumes_from(
+    tmp_path, monkeypatch, capsys):
+  # With checkpoints inside tasks, Ctrl-C said "resume after task k" (the
+  # last finished task) while the rerun resumed inside the next; and with
+  # progress off the rerun said nothing.
+  import re
+  c = _config(tmp_path, epochs=2)
+  c.methods = "finetune"
+  c.scenario.num_tasks = 2
+  c.checkpoint_every = 7
+  c.log.every = 1
+  real = report.MultiWriter.write_scalars
+
+  def write(self, step, scalars):
+    if step >= 40:
+      raise KeyboardInterrupt
+    real(self, step, scalars)
+
+  monkeypatch.setattr(report.MultiWriter, "write_scalars", write)
+  with pytest.raises(KeyboardInterrupt):
+    experiment.run_experiment(c)
+  monkeypatch.undo()
+  said = re.search(r"finetune: interrupted in task (\d) of 2; rerun the same "
+                   r"command to resume inside task (\d) at step (\d+)",
+                   capsys.readouterr().err)
+  assert said, "no interrupt message"
+  task, step = said.group(2), int(said.group(3))
+  assert said.group(1) == task and step % 7 == 0 and 33 <= step < 40
+  experiment.run_experiment(c)
+  assert (f"finetune: resuming inside task {task} of 2 at step {step}"
+          in capsys.readouterr().err)
+
+
+def test_a_workdir_holds_the_results_of_one_config(tmp_path):
+  # A config file of one's own that kept the default name (the README's
+  # example did) wrote into the default run's workdir and replaced its
+  # results.json with other entries.
+  c = _config(tmp_path)
+  c.methods = "finetune,l2"
+  c.scenario.num_tasks = 2
+  experiment.run_experiment(c)
+  results = os.path.join(c.workdir, "results.json")
+  before = open(results).read()
+  other = c.copy_and_resolve_references()
+  other.methods = "finetune,ewc"
+  with pytest.raises(ValueError, match=r"holds the results\.json of a run "
+                     r'with other settings.*\n  config.methods: '
+                     r'"finetune,l2" -> "finetune,ewc"\nUse another'):
+    experiment.run_experiment(other)
+  assert open(results).read() == before
+  # The settings of an entry that neither run trains change nothing.
+  c.method.ewc.lam = 123.0
+  c.progress = True  # (a presentation key)
+  experiment.run_experiment(c)
+
+
+def test_a_refused_run_leaves_no_directory_behind(tmp_path):
+  c = _config(tmp_path)
+  c.workdir = str(tmp_path / "new" / "run")
+  c.data.name = "mnist"
+  with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+    experiment.run_experiment(c)
+  assert os.listdir(tmp_path) == []
 
 
 def test_presentation_keys_do_not_invalidate_checkpoints(tmp_path):

@@ -193,6 +193,19 @@ def test_unprepared_dataset_is_a_clear_error(tmp_path):
     load_tfds("fashion_mnist", str(tmp_path))
 
 
+def test_without_tensorflow_datasets_the_error_says_how_to_install_it(
+    monkeypatch):
+  # A 25-line ModuleNotFoundError traceback from the CLI before.
+  from cljax.data import load_dataset
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+  with pytest.raises(ValueError, match=r'need tensorflow-datasets .*pip '
+                     r'install -e "\.\[tfds\]"'):
+    load_dataset("tfds:cljax_digits",
+                 data_dir=os.path.join(DIGITS, "array_record"))
+  with pytest.raises(ValueError, match="needs data.data_dir"):  # that first
+    load_dataset("tfds:cljax_digits")
+
+
 def test_known_content_checksums_follow_from_upstreams(manual_dir):
   # The files are byte-identical to upstream's (above), so the SHA-256 of
   # their content that load_fashion_mnist verifies is upstream's content.

@@ -144,7 +144,9 @@ def bench_group(model_name: str, batch_size: int, method_names, *,
           np.asarray(batch["y"]), LR, jax.default_backend())
       runners[REFERENCES[1]] = run
       info[REFERENCES[1]] = (None, None, None, False)
-    except (ImportError, RuntimeError) as e:
+    except ImportError as e:
+      skipped[REFERENCES[1]] = f"{e} (pip install -e \".[bench]\")"
+    except RuntimeError as e:
       skipped[REFERENCES[1]] = str(e)
   for name in dict.fromkeys(("finetune", *method_names)):
     method = methods.build_method(name)

@@ -50,7 +50,8 @@ class _Source:
   def __init__(self, version_dir: str, split: str, image_key: str,
                label_key: str):
     import grain
-    import tensorflow_datasets as tfds
+    from cljax.data._tfds import tfds_module
+    tfds = tfds_module()
     builder = tfds.builder_from_directory(version_dir)
     self.source = builder.as_data_source(
         split=split, decoders={image_key: tfds.decode.SkipDecoding()})

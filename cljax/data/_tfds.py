@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from cljax._quiet import drop_absl_messages
 from cljax.data._datasets import Dataset, _finish
 
 # Debian's dataset-fashion-mnist files differ from upstream's only in their
@@ -26,6 +27,21 @@ from cljax.data._datasets import Dataset, _finish
 _UPSTREAM_MTIME = {"train": 0x59A7E9DE, "t10k": 0x59A7E9F3}
 _FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def tfds_module():
+  """``tensorflow_datasets``, or a ``ValueError`` saying how to install it
+  (the ``tfds`` extra), since ``pip install cljax`` alone lacks it."""
+  try:
+    import tensorflow_datasets
+  except ImportError as e:
+    raise ValueError(
+        f"tfds datasets need tensorflow-datasets ({e}): pip install -e "
+        "\".[tfds]\" in a checkout, or pip install \"cljax[tfds]\"") from None
+  # (it decodes images with Pillow, which the tfds extra installs)
+  drop_absl_messages("OpenCV is not installed")
+  return tensorflow_datasets
+
 
 
 def restore_fashion_mnist_gzip_headers(src_dir: str, dst_dir: str) -> list:
@@ -67,7 +83,7 @@ def prepare_tfds(name: str, data_dir: str, manual_dir: str | None = None):
   ``manual_dir`` holds files the builder would otherwise download, under
   their upstream names; nothing is fetched when they are all there.
   """
-  import tensorflow_datasets as tfds
+  tfds = tfds_module()
   builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir))
@@ -97,8 +113,8 @@ def load_tfds(name: str, data_dir: str | None, *, train_split: str = "train",
   Returns:
     A ``Dataset`` with images scaled to [0, 1] and standardised per channel.
   """
-  import tensorflow_datasets as tfds
   version_dir = _version_dir(name, data_dir)
+  tfds = tfds_module()
   builder = tfds.builder_from_directory(version_dir)
   num_classes = builder.info.features[label_key].num_classes
   fmt = str(getattr(builder.info.file_format, "value",
@@ -141,8 +157,8 @@ def in_memory_mb(name: str, data_dir: str | None, *,
   whole as float32 (``load_tfds``), from the build's metadata (nothing
   decoded). ``ValueError`` if its images vary in size (only streaming at a
   fixed ``image_size`` reads those)."""
-  import tensorflow_datasets as tfds
-  info = tfds.builder_from_directory(_version_dir(name, data_dir)).info
+  version_dir = _version_dir(name, data_dir)
+  info = tfds_module().builder_from_directory(version_dir).info
   shape = _fixed_shape(info, image_key, name)
   return sum(info.splits[s].num_examples for s in splits) * int(
       np.prod(shape)) * 4 / 2**20
@@ -201,10 +217,10 @@ def load_tfds_streamed(name: str, data_dir: str | None, image_size: int, *,
       split is ``"validation"``).
     seed: seeds the training augmentation's draws.
   """
-  import tensorflow_datasets as tfds
   from cljax.data._datasets import Split
   from cljax.data._streamed import Native, StreamedImages, _Source
   version_dir = _version_dir(name, data_dir)
+  tfds = tfds_module()
   info = tfds.builder_from_directory(version_dir).info
   fmt = str(getattr(info.file_format, "value", info.file_format))
   if fmt != "array_record":
@@ -253,7 +269,7 @@ def _read_with_tensorflow(builder, split, image_key, label_key, version_dir,
         "convert the build once to array_record, which reads without it, "
         "where TensorFlow is installed (any machine): tfds convert_format "
         f"--dataset_version_dir={version_dir} --out_file_format=array_record")
-  import tensorflow_datasets as tfds
+  tfds = tfds_module()
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
                                           shuffle_files=False))
   return np.asarray(data[image_key]), np.asarray(data[label_key])

@@ -31,6 +31,7 @@ import jax
 
 from cljax._distributed import is_primary
 from cljax._hashing import array_digest
+from cljax._quiet import drop_absl_messages
 
 RECORD = "record"
 
@@ -92,6 +93,10 @@ class Checkpoints:
           "(state.npz + progress.json), which cannot be verified; delete it "
           "to start afresh")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's info lines
+    # A step whose _CHECKPOINT_METADATA is missing (killed after the step
+    # was renamed into place, before that file was written) is verified by
+    # its own digests: orbax's warning about the file says nothing here.
+    drop_absl_messages("Metadata file does not exist")
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True,
@@ -202,15 +207,17 @@ def _quiet_failed_reads() -> None:
 
 
 def check_identity(directory: str, stored: dict, current: dict,
-                   defaults: dict | None = None) -> None:
+                   defaults: dict | None = None,
+                   held: str = "a checkpoint") -> None:
   """Raises ``ValueError`` listing each differing key with its old and new
-  value when a checkpoint's identity is not the run's (see
+  value when the identity of what ``directory`` holds (a ``held``: a
+  checkpoint, or a workdir's results) is not the run's (see
   ``identity_diff``)."""
   diff = identity_diff(stored, current, defaults)
   if diff:
     shown = "\n  ".join(diff[:25]) + (
         f"\n  ... and {len(diff) - 25} more" if len(diff) > 25 else "")
     raise ValueError(
-        f"{directory} holds a checkpoint of a run with other settings "
-        f"(checkpoint -> now):\n  {shown}\nUse another workdir, or delete "
-        f"{directory} to start afresh.")
+        f"{directory} holds {held} of a run with other settings "
+        f"({held.split()[-1]} -> now):\n  {shown}\nUse another workdir, or "
+        f"delete {directory} to start afresh.")

@@ -20,7 +20,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from cljax import metrics
-from cljax._distributed import data_axis_mesh, one_device, replicate
+from cljax._distributed import (data_axis_mesh, is_primary, one_device,
+                                replicate)
 from cljax.data._batching import batch_indices, num_batches
 from cljax.data._datasets import Split
 from cljax.methods._base import Method, Phase, TaskContext
@@ -255,7 +256,9 @@ class _Run:
             "stash": self.state.opt_state}
 
   def _say(self, msg):
-    if self.progress:
+    """Where a run resumes or stopped: said even without progress bars
+    (by process 0 alone in a distributed run)."""
+    if is_primary():
       print(msg, file=sys.stderr)
 
   def run(self, checkpoints: Checkpoints | None, ident, checkpoint_every,
@@ -271,6 +274,7 @@ class _Run:
     stream, method = self.stream, self.method
     t_count = stream.num_tasks
     prog, stash = None, None
+    saved = {}  # the step of the last checkpoint inside a task
     if checkpoints is not None:
       record = checkpoints.latest_record()
       if record is not None:  # before restoring: a run of another shape
@@ -283,6 +287,7 @@ class _Run:
                        defaults)
         self.state, stash = items["state"], items.get("stash")
         pos = prog["position"]
+        saved["step"] = self._host_step()
         self._say(f"{method.name}: resuming "
                   + (f"after task {prog['done']} of {t_count}" if pos is None
                      else f"inside task {pos['task'] + 1} of {t_count} at "
@@ -309,16 +314,20 @@ class _Run:
     def save(items, position):
       prog["position"] = position
       checkpoints.save(items, prog)
+      saved["step"] = self._host_step()
 
     for i in range(prog["done"], t_count):
       try:
         self._train_task(i, prog, stash, save if checkpoints else None,
                          checkpoint_every)
       except KeyboardInterrupt:
+        where = (f"inside task {i + 1} at step {saved['step']}"
+                 if prog["position"] is not None else
+                 f"after task {prog['done']}" if prog["done"] else
+                 "from the start")
         self._say(f"\n{method.name}: interrupted in task {i + 1} of "
-                  f"{t_count}" + ("; rerun the same command to resume after "
-                                  f"task {prog['done']}" if checkpoints
-                                  else ""))
+                  f"{t_count}" + (f"; rerun the same command to resume {where}"
+                                  if checkpoints else ""))
         raise
       stash = None
       if checkpoints is not None:
