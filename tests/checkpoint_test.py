@@ -233,6 +233,26 @@ def test_a_locked_checkpoint_directory_is_refused(stream, tmp_path):
       _run(stream, ckpt=ckpt)
 
 
+class _Rate:
+  """A schedule as a callable object."""
+
+  def __init__(self, rate):
+    self.rate = rate
+
+  def __call__(self, count):
+    return self.rate
+
+
+class _Scale:
+  """An augmentation as a callable object (default ``repr``: its address)."""
+
+  def __init__(self, s):
+    self.s = s
+
+  def __call__(self, key, x):
+    return x * self.s
+
+
 @pytest.mark.parametrize("first,second,key", [
     # Hyperparameters optax keeps in closures used to be invisible: the
     # second run reported the first run's accuracy.
@@ -242,6 +262,12 @@ def test_a_locked_checkpoint_directory_is_refused(stream, tmp_path):
     (optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1)),
      optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.1)),
      "optimizer.digest"),
+    # ... and in the attributes of objects (an object counted by its class).
+    (optax.MultiSteps(optax.sgd(0.1), every_k_schedule=1
+                      ).gradient_transformation(),
+     optax.MultiSteps(optax.sgd(0.1), every_k_schedule=4
+                      ).gradient_transformation(), "optimizer.digest"),
+    (optax.sgd(_Rate(0.05)), optax.sgd(_Rate(0.5)), "optimizer.digest"),
 ])
 def test_optimizer_of_another_run_is_refused(stream, tmp_path, first, second,
                                              key):
@@ -260,6 +286,14 @@ def test_augmentation_of_another_run_is_refused(stream, tmp_path):
   _run(stream, augment=lambda key, x: x, **kw)
   with pytest.raises(ValueError, match="run.augment"):
     _run(stream, augment=lambda key, x: x * 2.0, **kw)
+  # A callable object: refused with other attributes (it was reused), and
+  # another instance with the same ones resumes (its address made the
+  # identity differ before).
+  kw["ckpt"] = str(tmp_path / "obj")
+  _run(stream, augment=_Scale(1.0), **kw)
+  with pytest.raises(ValueError, match="run.augment"):
+    _run(stream, augment=_Scale(0.0), **kw)
+  _run(stream, augment=_Scale(1.0), **kw)
 
 
 def test_a_setting_added_since_matches_at_its_default():

@@ -44,6 +44,18 @@ def test_kd_loss_extreme_logits_and_large_t():
   assert float(losses.kd_loss(s, s, 7.0)) == pytest.approx(0.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_teacher_row_is_nan_not_dropped(bad):
+  # The row's terms were masked to 0: the loss was 7/8 of the other rows'
+  # (its gradient NaN), where soft_cross_entropy and lwf_loss give NaN.
+  rng = np.random.default_rng(0)
+  s, t = (jnp.asarray(rng.normal(size=(8, 5)), jnp.float32) for _ in "st")
+  t = t.at[0, 0].set(bad)
+  assert np.isnan(float(losses.kd_loss(s, t, 2.0)))
+  assert np.isnan(float(losses.hinton_distillation_loss(
+      s, t, jnp.zeros(8, jnp.int32), 2.0)))
+
+
 def test_kd_gradient_against_finite_differences():
   rng = np.random.default_rng(0)
   s, t = rng.normal(size=(2, 4, 5))

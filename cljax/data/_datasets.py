@@ -74,6 +74,16 @@ class Split:
       if not np.issubdtype(np.asarray(a).dtype, np.integer):
         raise ValueError(f"Split: {name} must be integers, got dtype "
                          f"{np.asarray(a).dtype}")
+    # Read-only views: the content digest is computed once, so a change in
+    # place (split.x[:] = 0) would leave a checkpoint of the old data
+    # looking current; it raises instead. (Arrays given to a Split must not
+    # be changed through other references either.)
+    for name in ("x", "y", "t"):
+      a = getattr(self, name)
+      if isinstance(a, np.ndarray) and a.flags.writeable:
+        view = a.view()
+        view.flags.writeable = False
+        object.__setattr__(self, name, view)
 
   def __len__(self) -> int:
     return len(self.y)

@@ -74,7 +74,8 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array,
   logp = _soft(teacher_logits, temperature, mask)
   logq = _soft(student_logits, temperature, mask)
   p = jnp.exp(logp)
-  kl = jnp.sum(jnp.where(p > 0, p * (logp - logq), 0.0), axis=-1)
+  # (0 log 0 = 0 on masked classes; a NaN or inf teacher stays NaN)
+  kl = jnp.sum(jnp.where(p == 0, 0.0, p * (logp - logq)), axis=-1)
   return temperature ** 2 * jnp.mean(kl)
 
 

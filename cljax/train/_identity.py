@@ -45,6 +45,8 @@ def jsonable(value) -> Any:
     return {str(k): jsonable(v) for k, v in value.items()}
   if callable(value) and hasattr(value, "__qualname__"):
     return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+  if type(value).__repr__ is object.__repr__:  # (its memory address: no)
+    return f"{type(value).__module__}.{type(value).__qualname__}"
   return repr(value)
 
 
@@ -86,7 +88,18 @@ def fingerprint(obj, _depth: int = 0, _seen=None) -> str:
     return "{" + ", ".join(f"{k!r}: {rec(v)}" for k, v in obj.items()) + "}"
   if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__"):
     return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
-  return f"{type(obj).__module__}.{type(obj).__qualname__}"
+  if isinstance(obj, types.ModuleType):
+    return f"module {obj.__name__}"
+  # Any other object (optax.MultiSteps, a callable schedule or augmentation
+  # class): its class, the code of its __call__, and its attributes.
+  cls = type(obj)
+  call = getattr(cls, "__call__", None)
+  attrs = (vars(obj) if hasattr(obj, "__dict__") else
+           {k: getattr(obj, k) for k in getattr(cls, "__slots__", ())
+            if hasattr(obj, k)})
+  return (f"{cls.__module__}.{cls.__qualname__}("
+          f"{rec(call) if isinstance(call, types.FunctionType) else ''}; "
+          f"{rec(dict(sorted(attrs.items())))})")
 
 
 def _filled(cell) -> bool:
