@@ -80,6 +80,38 @@ def test_stream_check_names_task_and_split(digits):
     s._replace(tasks=tuple(tasks)).check()
 
 
+@pytest.mark.parametrize("kind", ["class", "task"])
+def test_stream_check_refuses_labels_and_ids_of_another_task(digits, kind):
+  # A hand-built stream with a label of another task trained silently in
+  # class-IL (a loss of ~1e38 with no gradient) and failed mid-run in
+  # task-IL; a wrong task id picked another head.
+  s = data.class_splits(digits, 5, incremental=kind)
+  task = s.tasks[1]
+  tasks = list(s.tasks)
+  y = task.train.y.copy()
+  y[3] = s.tasks[0].classes[0]
+  tasks[1] = task._replace(train=task.train.replace(y=y))
+  with pytest.raises(ValueError, match=r"task 1 train split: label \d at "
+                     r"index 3 is not among the task's classes"):
+    s._replace(tasks=tuple(tasks)).check()
+  t = task.test.t.copy()
+  t[5] = 0
+  tasks[1] = task._replace(test=task.test.replace(t=t))
+  with pytest.raises(ValueError, match="task 1 test split: task id 0 at "
+                     "index 5; every example of task 1 has task id 1"):
+    s._replace(tasks=tuple(tasks)).check()
+  with pytest.raises(ValueError, match="stream has no tasks"):
+    s._replace(tasks=()).input_shape
+
+
+def test_split_arrays_are_read_only(digits):
+  # The content digest is computed once: a change in place went unnoticed.
+  split = data.class_splits(digits, 5).tasks[0].train
+  for a in (split.x, split.y, split.t):
+    with pytest.raises(ValueError, match="read-only"):
+      a[0] = 0
+
+
 def test_stream_digest_follows_content(digits):
   a, b = data.class_splits(digits, 5), data.class_splits(digits, 5)
   assert a.digest == b.digest

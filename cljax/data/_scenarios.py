@@ -86,6 +86,8 @@ class Stream(NamedTuple):
 
   @property
   def input_shape(self) -> tuple:
+    if not self.tasks:
+      raise ValueError("stream has no tasks")
     return self.tasks[0].train.x.shape[1:]
 
   @property
@@ -102,7 +104,8 @@ class Stream(NamedTuple):
   def check(self) -> "Stream":
     """Raises ``ValueError`` naming the task and split unless every task has
     training and test examples of one input shape, labels in ``[0,
-    num_classes)``, task ids in ``[0, num_tasks)`` and finite inputs."""
+    num_classes)`` and among the task's ``classes``, its own index as task
+    id, and finite inputs."""
     if not self.tasks:
       raise ValueError("stream has no tasks")
     if self.kind not in ("class", "task", "domain"):
@@ -117,10 +120,18 @@ class Stream(NamedTuple):
           raise ValueError(f"{name}: inputs of shape {split.x.shape[1:]}, "
                            f"task 0's are {self.input_shape}")
         split.check(self.num_classes, name)
-        if len(split) and not 0 <= split.t.min() <= split.t.max() < len(
-            self.tasks):
-          raise ValueError(f"{name}: task ids must be in [0, "
-                           f"{len(self.tasks)})")
+        if not len(split):
+          continue
+        if (split.t != k).any():
+          i = int(np.argmax(split.t != k))
+          raise ValueError(f"{name}: task id {split.t[i]} at index {i}; "
+                           f"every example of task {k} has task id {k}")
+        outside = ~np.isin(split.y, task.classes)
+        if outside.any():  # (a class-IL loss of ~1e38, a task-IL NaN)
+          i = int(np.argmax(outside))
+          raise ValueError(f"{name}: label {split.y[i]} at index {i} is not "
+                           f"among the task's classes "
+                           f"{np.asarray(task.classes).tolist()}")
     return self
 
   def logit_masks(self, current: int) -> np.ndarray:
