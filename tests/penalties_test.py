@@ -81,12 +81,13 @@ def test_tree_mismatch_is_rejected():
 
 
 def test_online_ewc_and_si_updates():
-  a, b = _tree(0), _tree(1)
+  a, b = (jax.tree.map(jnp.abs, _tree(k)) for k in (0, 1))  # Fishers >= 0
   got = reg.online_ewc_update(a, b, 0.9)
   jax.tree.map(lambda g, x, y: np.testing.assert_allclose(g, 0.9 * x + y,
                                                           rtol=1e-6), got, a, b)
-  with pytest.raises(ValueError, match="gamma"):
-    reg.online_ewc_update(a, b, -0.5)
+  for gamma in (-0.5, 2.0):  # (2.0 was accepted: a Fisher that grows)
+    with pytest.raises(ValueError, match="gamma"):
+      reg.online_ewc_update(a, b, gamma)
   omega, g, old, new = _tree(2), _tree(3), _tree(4), _tree(5)
   got = reg.si_accumulate(omega, g, jax.tree.map(np.subtract, new, old))
   jax.tree.map(lambda r, w, gg, o, n: np.testing.assert_allclose(
@@ -94,8 +95,28 @@ def test_online_ewc_and_si_updates():
   big = reg.si_consolidate(omega, omega, new, old, 0.1)
   jax.tree.map(lambda r, w, n, o: np.testing.assert_allclose(
       r, w + w / ((n - o) ** 2 + 0.1), rtol=1e-5), big, omega, new, old)
-  with pytest.raises(ValueError, match="xi"):
-    reg.si_consolidate(omega, omega, new, old, -1.0)
+  for xi in (-1.0, 0.0):  # (0 was accepted: an infinite importance)
+    with pytest.raises(ValueError, match="xi"):
+      reg.si_consolidate(omega, omega, new, old, xi)
+
+
+def test_updates_never_broadcast_and_refuse_negative_fishers():
+  # A (1, 4) leaf against (3, 4) broadcast: the state changed shape.
+  a = _tree(0)
+  one_row = {**a, "l0": a["l0"][:1]}
+  calls = {
+      "fisher_new": lambda: reg.online_ewc_update(jax.tree.map(jnp.abs, a),
+                                                  one_row, 0.9),
+      "grads": lambda: reg.si_accumulate(a, one_row, a),
+      "delta": lambda: reg.si_accumulate(a, a, one_row),
+      "task_start_params": lambda: reg.si_consolidate(a, a, a, one_row, 0.1),
+      "new_fisher": lambda: reg.ewc_merge(
+          jax.tree.map(jnp.abs, a), a, 0.0, a, a),
+      "lam": lambda: reg.check_strength("lam", jnp.array([1.0, 2.0])),
+  }
+  for name, call in calls.items():
+    with pytest.raises(ValueError, match=name):
+      call()
 
 
 def test_si_path_integral_is_exact_for_a_quadratic():

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax import _validate
 from cljax._distributed import data_axis_mesh, on_mesh, rowwise
 from cljax.data._streamed import materialise
 from cljax import memory as mem
@@ -113,8 +114,7 @@ class Rehearsal(Method):
   def __init__(self, memory_size: int = 2000, selection: str = "herding",
                budget: str = "total", per_class: int = 0,
                replay_size: int = 0, replay: str = "equal"):
-    if memory_size < 1:
-      raise ValueError(f"memory_size must be >= 1, got {memory_size}")
+    _validate.check_integer("memory_size", memory_size, 1)
     if selection not in MEMORIES:
       raise ValueError(f"selection must be one of {MEMORIES}, got "
                        f"{selection!r}")
@@ -123,11 +123,9 @@ class Rehearsal(Method):
                        "'random' (it keeps class-balanced exemplars)")
     if budget not in mem.BUDGETS:
       raise ValueError(f"budget must be one of {mem.BUDGETS}, got {budget!r}")
-    if budget == "per_class" and per_class < 1:
-      raise ValueError(f"per_class must be >= 1 with budget='per_class', "
-                       f"got {per_class}")
-    if replay_size < 0:
-      raise ValueError(f"replay_size must be >= 0, got {replay_size}")
+    _validate.check_integer("per_class", per_class,
+                            1 if budget == "per_class" else 0)
+    _validate.check_integer("replay_size", replay_size, 0)
     self.memory_size, self.selection = int(memory_size), selection
     self.budget, self.per_class = budget, int(per_class)
     if replay not in REPLAYS:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax import _validate
 from cljax._distributed import one_device
 from cljax.data._streamed import materialise
 from cljax import memory as mem
@@ -100,8 +101,7 @@ class BiC(DistilledRehearsal):
                replay_size: int = 0, replay: str = "union"):
     check_strength("bias_reg", bias_reg)
     self.bias_reg = float(bias_reg)
-    if val_size < 0:
-      raise ValueError(f"val_size must be >= 0, got {val_size}")
+    _validate.check_integer("val_size", val_size, 0)
     self.val_size = int(val_size) or max(1, round(0.1 * memory_size))
     if self.val_size >= memory_size:
       raise ValueError(f"val_size={self.val_size} leaves no exemplar of "

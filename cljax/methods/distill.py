@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax import _validate
 from cljax.losses import (kd_loss, lwf_loss, sigmoid_classification,
                           sigmoid_distillation)
 from cljax.losses._cross_entropy import masked_cross_entropy
@@ -119,8 +120,7 @@ class LwF(_FromPreviousModel):
   def __init__(self, lam: float = 1.0, temperature: float = 2.0,
                warmup_epochs: int = 1, heads: str = "auto"):
     super().__init__(lam, temperature)
-    if warmup_epochs < 0:
-      raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    _validate.check_integer("warmup_epochs", warmup_epochs, 0)
     if heads not in self.HEADS:
       raise ValueError(f"heads must be one of {self.HEADS}, got {heads!r}")
     self.warmup_epochs, self.heads = int(warmup_epochs), heads

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from cljax import _validate
 from cljax.losses import lwf_loss
 from cljax.methods._base import Phase
 from cljax.methods._rehearsal import Rehearsal, weighted_cross_entropy
@@ -49,8 +50,7 @@ class E2EIL(Rehearsal):
                      replay_size=replay_size)
     if not temperature > 0:
       raise ValueError(f"temperature must be > 0, got {temperature}")
-    if balanced_passes < 0:
-      raise ValueError(f"balanced_passes must be >= 0, got {balanced_passes}")
+    _validate.check_integer("balanced_passes", balanced_passes, 0)
     check_strength("balanced_lr_scale", balanced_lr_scale)
     self.temperature = float(temperature)
     self.balanced_passes = int(balanced_passes)

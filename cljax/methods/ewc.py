@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cljax import _validate
 from cljax.methods._regularized import (PenalisedFineTune,
                                         check_importance_options,
                                         importance_function, task_importance,
@@ -78,13 +79,14 @@ class EWC(PenalisedFineTune):
                path: str = "layerwise", form: str = "transform"):
     super().__init__(form)
     check_strength("lam", lam)
-    if fisher_samples is not None and fisher_samples < 1:
-      raise ValueError(f"fisher_samples must be >= 1, got {fisher_samples}")
-    if chunk_size < 1:
-      raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if fisher_samples is not None:
+      _validate.check_integer("fisher_samples", fisher_samples, 1)
+    _validate.check_integer("chunk_size", chunk_size, 1)
     check_importance_options(path, estimator)
     self.lam = float(lam)
-    self.fisher_samples, self.estimator = fisher_samples, estimator
+    self.fisher_samples = None if fisher_samples is None else int(
+        fisher_samples)
+    self.estimator = estimator
     self.chunk_size, self.path = int(chunk_size), path
 
   def build_fisher(self, model):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cljax import _validate
 from cljax import constraints, memory
 from cljax._distributed import rows_mean
 from cljax.data._batching import eval_batches
@@ -38,8 +39,7 @@ class _Episodic(Method):
   """Fine-tuning plus a per-task episodic memory filled at each task's end."""
 
   def __init__(self, memory_size: int = 256, selection: str = "last"):
-    if memory_size < 1:
-      raise ValueError(f"memory_size must be >= 1, got {memory_size}")
+    _validate.check_integer("memory_size", memory_size, 1)
     if selection not in memory.SELECTIONS:
       raise ValueError(f"selection must be one of {memory.SELECTIONS}, got "
                        f"{selection!r}")
@@ -152,8 +152,7 @@ class AGEM(_Episodic):
   def __init__(self, memory_size: int = 256, ref_size: int = 256,
                selection: str = "last", memory: str = "episodic"):
     super().__init__(memory_size, selection)
-    if ref_size < 1:
-      raise ValueError(f"ref_size must be >= 1, got {ref_size}")
+    _validate.check_integer("ref_size", ref_size, 1)
     if memory not in self.MEMORIES:
       raise ValueError(f"memory must be one of {self.MEMORIES}, got "
                        f"{memory!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cljax import _validate
 from cljax.methods._regularized import (PenalisedFineTune,
                                         check_importance_options,
                                         importance_function, task_importance,
@@ -40,12 +41,12 @@ class MAS(PenalisedFineTune):
                form: str = "transform"):
     super().__init__(form)
     check_strength("lam", lam)
-    if chunk_size < 1:
-      raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if samples is not None and samples < 1:
-      raise ValueError(f"samples must be >= 1, got {samples}")
+    _validate.check_integer("chunk_size", chunk_size, 1)
+    if samples is not None:
+      _validate.check_integer("samples", samples, 1)
     check_importance_options(path)
-    self.lam, self.samples, self.chunk_size = float(lam), samples, chunk_size
+    self.lam, self.chunk_size = float(lam), int(chunk_size)
+    self.samples = None if samples is None else int(samples)
     self.path = path
 
   def init_state(self, model, stream):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax import _validate
 from cljax._distributed import on_mesh, one_device
 from cljax.losses import less_forget_loss, margin_ranking_loss
 from cljax.methods._rehearsal import (nme_predictors, Rehearsal,
@@ -52,8 +53,7 @@ class UCIR(Rehearsal):
                      replay_size=replay_size, replay=replay)
     check_strength("lambda_base", lambda_base)
     check_strength("margin", margin)
-    if k < 1:
-      raise ValueError(f"k must be >= 1, got {k}")
+    _validate.check_integer("k", k, 1)
     self.lambda_base, self.k = float(lambda_base), int(k)
     self.margin, self.imprint = float(margin), bool(imprint)
 

@@ -9,7 +9,18 @@ import jax.numpy as jnp
 from cljax import _validate
 
 # A strength must be a finite number >= 0 (checked when concrete).
-check_strength = _validate.check_nonnegative
+def check_strength(name: str, value) -> None:
+  """A strength: one number (when concrete) ``>= 0``."""
+  v = _validate.concrete(value)
+  if v is not None and v.ndim:
+    raise ValueError(f"{name} must be one number, got an array of shape "
+                     f"{v.shape}")
+  _validate.check_nonnegative(name, value)
+
+
+def _check_nonnegative_tree(name, tree):
+  for leaf in jax.tree.leaves(tree):
+    _validate.check_nonnegative(name, leaf)
 
 
 def _check_quadratic(params, anchor, importance, name="fisher"):
@@ -18,8 +29,7 @@ def _check_quadratic(params, anchor, importance, name="fisher"):
   _validate.check_tree_like("anchor", anchor, params)
   _validate.check_tree_like(name, importance, params)
   _validate.check_finite_tree("anchor", anchor)
-  for leaf in jax.tree.leaves(importance):
-    _validate.check_nonnegative(name, leaf)
+  _check_nonnegative_tree(name, importance)
 
 
 def ewc_penalty(params, anchor, fisher) -> jax.Array:
@@ -105,6 +115,8 @@ def ewc_merge(fisher, anchor, const, new_fisher, new_anchor):
   _validate.check_tree_like("anchor", anchor, fisher, "fisher")
   _validate.check_tree_like("new_fisher", new_fisher, fisher, "fisher")
   _validate.check_tree_like("new_anchor", new_anchor, fisher, "fisher")
+  _check_nonnegative_tree("fisher", fisher)
+  _check_nonnegative_tree("new_fisher", new_fisher)
   total = jax.tree.map(jnp.add, fisher, new_fisher)
   pos = jax.tree.map(lambda f: f > 0, total)
   safe = jax.tree.map(lambda f, p: jnp.where(p, f, 1.0), total, pos)
@@ -120,8 +132,12 @@ def ewc_merge(fisher, anchor, const, new_fisher, new_anchor):
 
 def online_ewc_update(fisher_running, fisher_new, gamma):
   """Online EWC (Schwarz et al. 2018, "Progress & Compress", eq. 8):
-  ``F* <- gamma F* + F_new``; the anchor is replaced by the latest params."""
-  check_strength("gamma", gamma)
+  ``F* <- gamma F* + F_new`` (``0 <= gamma <= 1``; the trees alike, F_new
+  ``>= 0``); the anchor is replaced by the latest params."""
+  _validate.check_unit_interval("gamma", gamma)
+  _validate.check_tree_like("fisher_new", fisher_new, fisher_running,
+                            "fisher_running")
+  _check_nonnegative_tree("fisher_new", fisher_new)
   return jax.tree.map(lambda a, b: gamma * a + b, fisher_running, fisher_new)
 
 
@@ -129,15 +145,22 @@ def si_accumulate(omega, grads, delta):
   """SI path integral, one step (Zenke et al. 2017, eq. 3):
   ``omega_k += -g_k * delta_k``, with ``g`` the gradient of the task loss at
   ``theta(t)`` and ``delta = theta(t+1) - theta(t)`` the step's update (in a
-  train step, optax's ``updates``: ``StepInfo.updates``)."""
+  train step, optax's ``updates``: ``StepInfo.updates``). The three trees
+  alike (nothing broadcast)."""
+  _validate.check_tree_like("grads", grads, omega, "omega")
+  _validate.check_tree_like("delta", delta, omega, "omega")
   return jax.tree.map(lambda w, g, d: w - g * d, omega, grads, delta)
 
 
 def si_consolidate(big_omega, omega, params, task_start_params, xi):
   """SI importance at the end of a task (Zenke et al. 2017, eq. 5):
   ``Omega_k += omega_k / ((Delta theta_k)^2 + xi)`` with ``Delta theta`` the
-  change of parameters over the task; the damping ``xi > 0`` bounds it."""
-  check_strength("xi", xi)
+  change of parameters over the task; the damping ``xi > 0`` bounds it.
+  The four trees alike (nothing broadcast)."""
+  _validate.check_positive("xi", xi)
+  for name, tree in (("omega", omega), ("params", params),
+                     ("task_start_params", task_start_params)):
+    _validate.check_tree_like(name, tree, big_omega, "big_omega")
   return jax.tree.map(
       lambda big, w, p, s: big + w / (jnp.square(p - s) + xi),
       big_omega, omega, params, task_start_params)

@@ -285,6 +285,11 @@ def _check_alike(streams, models) -> None:
                        "members' models must be alike")
 
 
+def _as_int(name: str, value, low: int) -> int:
+  _validate.check_integer(name, value, low)
+  return int(value)
+
+
 def _locals(names: dict) -> dict:
   """``run_stream``'s keyword arguments from its ``locals()``."""
   return {k: v for k, v in names.items()
@@ -297,6 +302,14 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
                 checkpoint_every, identity, identity_defaults, progress,
                 writer, log_every, task_lrs, task_epochs, task_steps, loop,
                 scan_chunk, device_data_mb, top_k):
+  # Integers of any type (32.0, np.int64(32)) as Python ints: they slice.
+  epochs, batch_size, eval_every, eval_batch_size, checkpoint_every, \
+      log_every, scan_chunk = (_as_int(*a) for a in (
+          ("epochs", epochs, 1), ("batch_size", batch_size, 1),
+          ("eval_every", eval_every, 0),
+          ("eval_batch_size", eval_batch_size, 1),
+          ("checkpoint_every", checkpoint_every, 0),
+          ("log_every", log_every, 0), ("scan_chunk", scan_chunk, 1)))
   settings = dict(epochs=epochs, batch_size=batch_size, seed=seed,
                   eval_every=eval_every, eval_batch_size=eval_batch_size,
                   reset_optimizer=bool(reset_optimizer), augment=augment,
