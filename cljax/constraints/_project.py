@@ -17,6 +17,8 @@ def _leaves(grad, memory_grads, what):
   t = {a.shape[0] if a.ndim else None for a in mg}
   if len(t) != 1 or None in t:
     raise ValueError(f"{what}: every leaf needs the same leading axis t")
+  if 0 in t:
+    raise ValueError(f"{what}: no rows (t = 0): nothing to project against")
   for a, b in zip(g, mg):
     if b.shape[1:] != a.shape:
       raise ValueError(f"{what}: leaf shape {b.shape} is not (t, *{a.shape})")
@@ -38,7 +40,7 @@ def _leaves(grad, memory_grads, what):
 # single products well, get those (``lax.platform_dependent`` picks at
 # lowering).
 _CHUNK = 2 ** 14
-_LONG_ROW = 4 * _CHUNK
+_LONG_ROW = 2 ** 18
 
 
 def _tree_sum(parts):
