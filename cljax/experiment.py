@@ -26,6 +26,7 @@ from cljax import metrics, report
 from cljax import train
 from cljax.methods import build_method, METHODS
 from cljax.models import build_model, DTYPES, HEADS, MODELS
+from cljax.report._writers import replace_atomically
 from cljax.train._checkpoint import IGNORED, Checkpoints, check_identity
 from cljax.train._identity import flatten
 
@@ -138,6 +139,8 @@ def validate(config) -> None:
   _int("train.steps_per_task", t.steps_per_task, 0)
   for key in ("first_task_lr", "momentum", "weight_decay"):
     _check(_validate.check_nonnegative, f"train.{key}", t[key])
+  _check(_validate.check_value, "train.momentum", t.momentum,
+         lambda v: v < 1, "< 1 (1 or more never forgets a gradient)")
   _check_hidden("model.hidden", tuple(config.model.hidden))
   if t.schedule not in SCHEDULES:
     _fail("train.schedule", f"unknown {t.schedule!r}; one of {SCHEDULES}")
@@ -937,8 +940,5 @@ def _write(results, workdir) -> str:
   path = os.path.join(workdir, "results.json")
   if not _distributed.is_primary():
     return path
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(tmp, path)
+  replace_atomically(path, lambda f: json.dump(results, f, indent=1))
   return path

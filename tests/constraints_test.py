@@ -159,6 +159,16 @@ def test_long_rows_are_formed_by_column_chunks_on_cpu_and_stay_accurate():
       assert "while" not in lowered("cuda")
 
 
+def test_no_rows_and_mismatched_qp_shapes_are_named():
+  # A ZeroDivisionError and broadcasting errors before.
+  with pytest.raises(ValueError, match="no rows"):
+    constraints.gem_project(jnp.ones(4), jnp.ones((0, 4)))
+  with pytest.raises(ValueError, match=r"c must have shape \(3,\)"):
+    constraints.nonneg_qp(jnp.eye(3), jnp.ones(4))
+  with pytest.raises(ValueError, match=r"m must have shape \(3, 3\)"):
+    constraints.nonneg_qp(jnp.ones((3, 4)), jnp.ones(3))
+
+
 def test_bfloat16_gradients_are_projected_in_float32():
   # The QP's solves have no bfloat16: the projection runs in float32 and
   # returns the gradient's dtype (it raised NotImplementedError before).

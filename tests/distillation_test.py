@@ -56,6 +56,36 @@ def test_a_non_finite_teacher_row_is_nan_not_dropped(bad):
       s, t, jnp.zeros(8, jnp.int32), 2.0)))
 
 
+def test_sigmoid_losses_refuse_bad_labels_and_weights():
+  # Labels of shape (B, 1), out of range or float, and weights of another
+  # length, each returned a value before.
+  logits = jnp.zeros((8, 5))
+  active = jnp.ones((8, 5), bool)
+  labels = jnp.arange(8) % 5
+  for bad, match in ((labels[:, None], "labels must have shape"),
+                     (labels.at[2].set(9), r"labels\[2\] = 9"),
+                     (labels.astype(jnp.float32), "labels must be integers")):
+    with pytest.raises(ValueError, match=match):
+      losses.sigmoid_classification(logits, bad, active)
+  with pytest.raises(ValueError, match="weights must have shape"):
+    losses.icarl_loss(logits, labels, logits, active, jnp.zeros(5, bool),
+                      jnp.ones(7))
+
+
+def test_weighted_sigmoid_losses_follow_their_formula():
+  # sum_i w_i l_i / sum_i w_i: fractional weights were divided by
+  # max(sum w, 1) (0.8 of the value for weights of 0.1).
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+  teacher = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+  active, w = jnp.ones((8, 5), bool), jnp.full((8,), 0.1)
+  np.testing.assert_allclose(
+      losses.sigmoid_distillation(logits, teacher, active, w),
+      losses.sigmoid_distillation(logits, teacher, active), rtol=1e-6)
+  zero = losses.sigmoid_distillation(logits, teacher, active, jnp.zeros(8))
+  assert float(zero) == 0.0
+
+
 def test_kd_gradient_against_finite_differences():
   rng = np.random.default_rng(0)
   s, t = rng.normal(size=(2, 4, 5))

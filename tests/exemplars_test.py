@@ -44,9 +44,41 @@ def test_herding_of_several_classes_at_once():
   assert np.asarray(short).tolist() == got[0, :4].tolist()
 
 
-def test_herding_bad_m():
-  with pytest.raises(ValueError, match=r"m must be in \[1, 5\]"):
-    memory.herding_selection(jnp.ones((5, 2)), 6)
+@pytest.mark.parametrize("m", [6, 0, 2.5, True])  # 2.5 gave 2, True 1
+def test_herding_bad_m(m):
+  with pytest.raises(ValueError, match=r"m must be (finite and an integer "
+                     r"in \[1, 5\]|a real number)"):
+    memory.herding_selection(jnp.ones((5, 2)), m)
+
+
+def test_bad_memory_arguments_are_named():
+  # Each was accepted (silently wrong) or failed deep in JAX (found by a
+  # probe of bad inputs).
+  mem = memory.exemplar_memory(6, (2,))
+  x = jnp.ones((2, 3, 2))
+  calls = {
+      "features": lambda: memory.herding_selection(
+          jnp.ones((5, 2)).at[1, 1].set(jnp.nan), 2),
+      "capacity": lambda: memory.exemplar_memory(2.5, (2,)),
+      "per_task": lambda: memory.episodic_memory(3, 2.5, (2,)),
+      "keep": lambda: memory.add_exemplars(mem, x, jnp.arange(2), jnp.zeros(
+          2, jnp.int32), jnp.array([1])),
+      r"keep must be finite and integers in \[0, 3\]": lambda: (
+          memory.add_exemplars(mem, x, jnp.arange(2), jnp.zeros(2, jnp.int32),
+                               jnp.array([1, 4]))),
+      "y must have shape": lambda: memory.add_exemplars(
+          mem, x, jnp.arange(3), jnp.zeros(2, jnp.int32), jnp.array([1, 1])),
+      "n must be": lambda: memory.sample(mem, jax.random.key(0), -1),
+      r"labels\[1\] = 7": lambda: memory.class_means(
+          jnp.ones((3, 2)), jnp.array([0, 7, 1]), jnp.ones(3, bool), 5),
+      "labels must be integers": lambda: memory.class_means(
+          jnp.ones((3, 2)), jnp.array([0.0, 1.0, 1.0]), jnp.ones(3, bool), 5),
+      "means must have shape": lambda: memory.nme_predict(
+          jnp.ones((4, 3)), jnp.ones((5, 2)), jnp.ones(5, bool)),
+  }
+  for match, call in calls.items():
+    with pytest.raises(ValueError, match=match):
+      call()
 
 
 def test_budgets():

@@ -47,6 +47,9 @@ def _config(tmp_path, **train):
      "config.scenario.angles must be finite"),
     ("scenario.angles", (1.0, 2.0), "config.scenario.angles: has 2 angles"),
     ("seed", 99999999999999999999, "config.seed must be a number within"),
+    # Ran before (found by a probe):
+    ("train.momentum", 1.5, "config.train.momentum must be finite and < 1"),
+    ("train.eval_top_k", 10, "top_k=10 leaves no class out"),
 ])
 def test_bad_config_rejected_before_training(tmp_path, key, value, match):
   c = _config(tmp_path)

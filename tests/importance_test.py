@@ -148,8 +148,10 @@ def test_fisher_bad_input():
   with pytest.raises(ValueError, match="key"):
     reg.fisher_diagonal(_nll, params, xs, ys, estimator="sampled",
                         num_classes=3)
-  with pytest.raises(ValueError, match="length"):
-    reg.fisher_diagonal(_nll, params, xs, ys[:2])
+  # (N, 1) labels failed in the per-example indexing before.
+  for bad in (ys[:2], ys[:, None]):
+    with pytest.raises(ValueError, match=r"ys must have shape \(4,\)"):
+      reg.fisher_diagonal(_nll, params, xs, bad)
 
 
 def test_mas_importance_against_loop():
@@ -168,3 +170,4 @@ def test_mas_importance_against_loop():
   minus = jax.tree.map(lambda a, b: a - b, params, d)
   fd = (f(plus) - f(minus)) / (2 * eps)
   assert float(g(params, xs[0])["w2"][1, 2]) == pytest.approx(fd, rel=1e-2)
+

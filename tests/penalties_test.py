@@ -43,6 +43,13 @@ def test_multi_ewc_penalty():
   got = reg.multi_ewc_penalty(p, stack(anchors), stack(fishers), active)
   want = sum(reg.ewc_penalty(p, a, f) for a, f in zip(anchors[:2], fishers[:2]))
   np.testing.assert_allclose(got, want, rtol=1e-5)
+  # A wrong-length active, or anchors without the task axis: named (an
+  # incompatible-shapes error and a bare vmap error before).
+  with pytest.raises(ValueError, match="anchors must match params with a "
+                     "leading task axis of 2"):
+    reg.multi_ewc_penalty(p, stack(anchors), stack(fishers), active[:2])
+  with pytest.raises(ValueError, match="anchors must match"):
+    reg.multi_ewc_penalty(p, anchors[0], stack(fishers), active)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

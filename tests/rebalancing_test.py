@@ -60,3 +60,13 @@ def test_margin_ranking_without_old_examples_is_zero_and_checks_k():
                                           ~old)) == 0.0
   with pytest.raises(ValueError, match="k must be"):
     losses.margin_ranking_loss(cos, np.array([0, 1, 2]), old, ~old, k=5)
+
+
+def test_margin_ranking_k_must_be_an_integer():
+  # k=1.5 failed inside lax.top_k before.
+  cos = jnp.zeros((4, 6))
+  old = jnp.array([1, 1, 1, 0, 0, 0], bool)
+  with pytest.raises(ValueError, match=r"k must be finite and an integer in "
+                     r"\[1, 6\]"):
+    losses.margin_ranking_loss(cos, jnp.zeros(4, jnp.int32), old, ~old,
+                               k=1.5)

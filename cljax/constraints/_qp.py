@@ -31,6 +31,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cljax import _validate
+
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -57,7 +59,12 @@ def nonneg_qp(m, c, mask=None, *, max_iter: int | None = None, tol=1e-6):
   Returns:
     ``(u (t,), iterations)``.
   """
+  _validate.check_shape("m", m, (None, None))
   t = m.shape[0]
+  _validate.check_shape("m", m, (t, t))
+  _validate.check_shape("c", c, (t,))
+  if mask is not None:
+    _validate.check_shape("mask", mask, (t,))
   mask = jnp.ones((t,), bool) if mask is None else jnp.asarray(mask, bool)
   max_iter = 4 * t + 8 if max_iter is None else max_iter
   diag = jnp.diagonal(m)

@@ -152,7 +152,11 @@ def sigmoid_classification(logits, labels, active, weights=None):
   targets over the ``active`` classes (``(B, C)`` bool): ``sum_i w_i
   sum_{y active} BCE(sigmoid(z_iy), [y == y_i]) / sum_i w_i``."""
   _validate.check_shape("logits", logits, (None, None))
-  onehot = jax.nn.one_hot(labels, np.shape(logits)[-1])
+  b, c = np.shape(logits)
+  _validate.check_shape("labels", labels, (b,))
+  _validate.check_labels("labels", labels, c)
+  _validate.check_mask("active", active, b, c)
+  onehot = jax.nn.one_hot(labels, c)
   return _weighted_sum_bce(logits, onehot, active, weights)
 
 
@@ -176,9 +180,14 @@ def icarl_loss(logits, labels, teacher_logits, active, old, weights=None):
 
 
 def _weighted_sum_bce(logits, targets, mask, weights):
+  """``sum_i w_i sum_y mask BCE_iy / sum_i w_i`` (0 where every ``w_i`` is
+  0, e.g. a batch of padding rows)."""
   import optax
   bce = optax.sigmoid_binary_cross_entropy(logits, targets)
   per_example = jnp.sum(jnp.where(mask, bce, 0.0), axis=-1)
   if weights is None:
     return jnp.mean(per_example)
-  return jnp.sum(weights * per_example) / jnp.maximum(jnp.sum(weights), 1.0)
+  _validate.check_shape("weights", weights, (np.shape(logits)[0],))
+  _validate.check_nonnegative("weights", weights)
+  total = jnp.sum(weights)
+  return jnp.sum(weights * per_example) / jnp.where(total > 0, total, 1.0)

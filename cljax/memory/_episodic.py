@@ -30,9 +30,9 @@ class EpisodicMemory(NamedTuple):
 def episodic_memory(num_tasks: int, per_task: int, example_shape,
                     dtype=jnp.float32) -> EpisodicMemory:
   """An empty memory for ``num_tasks`` tasks of ``per_task`` examples."""
-  if num_tasks < 1 or per_task < 1:
-    raise ValueError(f"num_tasks and per_task must be >= 1, got {num_tasks}, "
-                     f"{per_task}")
+  _validate.check_integer("num_tasks", num_tasks, 1)
+  _validate.check_integer("per_task", per_task, 1)
+  num_tasks, per_task = int(num_tasks), int(per_task)
   return EpisodicMemory(
       jnp.zeros((num_tasks, per_task, *example_shape), dtype),
       jnp.zeros((num_tasks, per_task), jnp.int32),

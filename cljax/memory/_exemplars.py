@@ -55,9 +55,9 @@ def exemplar_memory(capacity: int, example_shape, num_logits: int = 0,
                     dtype=jnp.float32) -> ExemplarMemory:
   """An empty memory of ``capacity`` slots (``num_logits`` stored outputs
   per exemplar)."""
-  if capacity < 1 or num_logits < 0:
-    raise ValueError(f"capacity must be >= 1 and num_logits >= 0, got "
-                     f"{capacity}, {num_logits}")
+  _validate.check_integer("capacity", capacity, 1)
+  _validate.check_integer("num_logits", num_logits, 0)
+  capacity, num_logits = int(capacity), int(num_logits)
   return ExemplarMemory(
       jnp.zeros((capacity, *example_shape), dtype),
       jnp.zeros((capacity,), jnp.int32), jnp.zeros((capacity,), jnp.int32),
@@ -125,9 +125,10 @@ def herding_selection(features, m: int):
     herding selection of fewer exemplars.
   """
   _validate.check_shape("features", features, (None, None))
+  _validate.check_finite_tree("features", features)
   n = np.shape(features)[0]
-  if not 1 <= m <= n:
-    raise ValueError(f"m must be in [1, {n}], got {m}")
+  _validate.check_value("m", m, lambda v: (v >= 1) & (v <= n) & (
+      v == np.round(v)), f"an integer in [1, {n}]")
   return _herd(jnp.asarray(features), int(m), jnp.ones((n,), bool), int(m))
 
 
@@ -175,6 +176,13 @@ def add_exemplars(memory: ExemplarMemory, x, y, t, keep,
   """
   g, m_max = np.shape(x)[:2]
   _validate.check_shape("x", x, (g, m_max, *memory.x.shape[1:]))
+  for name, a in (("y", y), ("t", t), ("keep", keep)):
+    _validate.check_shape(name, a, (g,))
+  _validate.check_value("keep", keep, lambda v: (v >= 0) & (v <= m_max) & (
+      v == np.round(v)), f"integers in [0, {m_max}]")
+  if logits is not None:
+    _validate.check_shape("logits", logits,
+                          (g, m_max, memory.logits.shape[1]))
   capacity = memory.y.shape[0]
   rank = jnp.broadcast_to(jnp.arange(m_max), (g, m_max)).reshape(-1)
   want = (rank.reshape(g, m_max) < jnp.asarray(keep)[:, None]).reshape(-1)
@@ -198,6 +206,7 @@ def add_exemplars(memory: ExemplarMemory, x, y, t, keep,
 def sample(memory: ExemplarMemory, key, n: int):
   """``n`` slot indices drawn uniformly, with replacement, from the valid
   slots (any slots while the memory is empty; check ``memory.valid``)."""
+  _validate.check_integer("n", n, 0)
   p = memory.valid.astype(jnp.float32)
   p = jnp.where(p.sum() > 0, p, 1.0)
   return jax.random.choice(key, memory.y.shape[0], (n,), p=p / p.sum())

@@ -37,6 +37,7 @@ def class_means(features, labels, valid, num_classes: int,
   _validate.check_shape("features", features, (None, None))
   k = np.shape(features)[0]
   _validate.check_shape("labels", labels, (k,))
+  _validate.check_labels("labels", labels, num_classes)
   _validate.check_shape("valid", valid, (k,))
   phi = _normalise(jnp.asarray(features, jnp.float32))
   if flipped_features is not None:
@@ -62,7 +63,8 @@ def nme_predict(features, means, mask):
     ``(B,)`` int predictions.
   """
   _validate.check_shape("features", features, (None, None))
-  b = np.shape(features)[0]
+  b, d = np.shape(features)
+  _validate.check_shape("means", means, (None, d))
   _validate.check_mask("mask", mask, b, np.shape(means)[0])
   phi = _normalise(jnp.asarray(features, jnp.float32))
   d = jnp.sum((phi[:, None, :] - means[None, :, :]) ** 2, axis=-1)

@@ -14,6 +14,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from cljax import _validate
+
 FISHER_ESTIMATORS = ("empirical", "sampled", "expected", "predicted")
 
 
@@ -123,6 +125,9 @@ def fisher_diagonal(per_example_loss: Callable, params, xs, ys, *,
   Returns:
     A pytree like ``params``.
   """
+  _validate.check_shape("ys", ys, (len(xs),))  # (N, 1) broke the indexing
+  if weights is not None:
+    _validate.check_shape("weights", weights, (len(xs),))
   mean = functools.partial(mean_per_example, chunk_size=chunk_size,
                            weights=weights)
   if estimator not in FISHER_ESTIMATORS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cljax import _validate
 
@@ -87,6 +88,13 @@ def multi_ewc_penalty(params, anchors, fishers, active) -> jax.Array:
       (a fixed maximum, so shapes do not change as tasks arrive).
     active: ``(T,)`` bool or 0/1, the tasks already learned.
   """
+  _validate.check_shape("active", active, (None,))
+  t = np.shape(active)[0]
+  for name, tree in (("anchors", anchors), ("fishers", fishers)):
+    _validate.check_tree_like(name, tree, jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct((t, *np.shape(p)), p.dtype), params),
+        f"params with a leading task axis of {t} (active's length)")
+
   def one(a, f):
     return ewc_penalty(params, a, f)
   per_task = jax.vmap(one)(anchors, fishers)

@@ -58,6 +58,21 @@ class TensorBoardWriter(MetricWriter):
       self._writer = None
 
 
+def replace_atomically(path: str, write, newline=None) -> None:
+  """Writes ``path`` through ``write(file)`` into ``path.tmp`` and renames
+  it into place: a reader sees the old file or the new one, never half of
+  one; on failure the old file stays and no ``.tmp`` is left."""
+  tmp = path + ".tmp"
+  try:
+    with open(tmp, "w", newline=newline) as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
 class CSVWriter(MetricWriter):
   """One ``step,tag,value`` row per scalar in ``path``."""
 
@@ -79,12 +94,13 @@ class CSVWriter(MetricWriter):
   def truncate(self, step):
     with open(self.path, newline="") as f:
       rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+
+    def write(f):
       w = csv.DictWriter(f, self.FIELDS)
       w.writeheader()
       w.writerows(rows)
-    os.replace(tmp, self.path)
+
+    replace_atomically(self.path, write, newline="")
 
 
 class MultiWriter(MetricWriter):

@@ -137,7 +137,8 @@ class Checkpoints:
       raise error
     src = os.path.join(self.directory, str(step))
     dst = os.path.join(self.directory, f"corrupt-{step}-{int(time.time())}")
-    why = (str(error).strip().splitlines() or [""])[0][:200]
+    why = (str(error).strip().splitlines() or [""])[0]
+    why = why.split(" See full TensorStore details")[0][:200]  # (a repr)
     try:
       if os.path.exists(src) and is_primary():  # every process sees it
         os.replace(src, dst)

@@ -363,6 +363,9 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
       eval_every, checkpoint_every if checkpoint_dir else 0,
       log_every if writer is not None else 0) if e])
   _validate.check_integer("top_k", top_k, 1)
+  if top_k >= stream.num_classes > 1:
+    raise ValueError(f"top_k={top_k} leaves no class out of the stream's "
+                     f"{stream.num_classes}: every prediction would count")
   if top_k != 1:  # part of the identity (absent: top-1 only, as before)
     settings["top_k"] = int(top_k)
   if members is not None:
