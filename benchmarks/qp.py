@@ -12,7 +12,7 @@ share of (a), and two Gram matrices alone: (d) XLA's single product
 ``G G^T`` in float32 inside ``jit``, (e) NumPy's float64 one, as (b)
 forms it. On a 2-core CPU at P = 10^6 and t >= 10, (d) takes 2-3x (e):
 XLA:CPU runs this short-and-wide product far below the BLAS NumPy calls,
-which is why (a) forms long rows' Gram matrix by vector dots on CPU.
+which is why (a) forms long rows' Gram matrix by column chunks on CPU.
 Agreement: max relative difference of (a) and (b).
 
     python benchmarks/qp.py [--blocks 7]

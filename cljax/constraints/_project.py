@@ -27,18 +27,19 @@ def _leaves(grad, memory_grads, what):
 
 # XLA:CPU runs these short, wide products far below what the machine allows
 # when the rows are long: at t = 10 rows of P = 10^6 (2 cores) G G^T takes
-# 34 ms as one product, against 12 ms for NumPy's float64 BLAS, and the
-# fused multiply-and-reduce of the row dots is slow at any length. BLAS
+# 36 ms as one product, against 14 ms for NumPy's float64 BLAS, and one
+# matrix-vector product for the row dots accumulates its rounding along P
+# (1e-5 relative at P = 10^6, against 7e-7 by chunks). BLAS
 # works through column blocks that stay in cache; so on CPU a leaf with
 # long rows is formed the same way: a ``lax.map`` over column chunks of
 # ``_CHUNK`` (a (t, _CHUNK) block, in L2 for t <= 20), one small product per
-# chunk, the chunks' results summed as a pairwise tree. That takes 8-10 ms
-# at t = 10, P = 10^6, for either parity of P, and it is also the accurate
-# form: chunks of 2^14 and a tree of them keep the Gram matrix's largest
-# error at 1e-7 of its diagonal, where one product accumulating along P
-# lost 9e-7 at t = 20. Short rows, and other backends, whose BLAS runs the
-# single products well, get those (``lax.platform_dependent`` picks at
-# lowering).
+# chunk, the chunks' results summed as a pairwise tree. The Gram matrix
+# then takes 9 ms at t = 10, P = 10^6 (18 ms at t = 20; either parity of P),
+# and it is also the accurate form: chunks of 2^14 and a tree of them keep
+# its largest error at 1e-7 of its diagonal, where one product accumulating
+# along P lost 9e-7 at t = 20. Rows under 2^18 (at 10^5 the single products
+# are faster), and other backends, whose BLAS runs the single products
+# well, get those (``lax.platform_dependent`` picks at lowering).
 _CHUNK = 2 ** 14
 _LONG_ROW = 2 ** 18
 
