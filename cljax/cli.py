@@ -415,6 +415,8 @@ def _main(argv: list[str]) -> int:
   except (LockedError, NoResults) as e:
     print(f"cljax: error: {e}", file=sys.stderr)
     return 1
+  except BrokenPipeError:  # output piped into a closed reader: main's
+    raise
   except OSError as e:  # e.g. results.json made read-only mid-run
     print(f"cljax: error: {e}; the checkpoints written so far are kept: "
           "rerun the same command to resume", file=sys.stderr)

@@ -19,9 +19,13 @@ def check_strength(name: str, value) -> None:
   _validate.check_nonnegative(name, value)
 
 
-def _check_nonnegative_tree(name, tree):
+def _check_no_negative(name, tree):
+  """No concrete leaf of ``tree`` below 0 (a NaN passes: a diverged sweep
+  member's Fisher is NaN, and the runner reports that member)."""
   for leaf in jax.tree.leaves(tree):
-    _validate.check_nonnegative(name, leaf)
+    v = _validate.concrete(leaf)
+    if v is not None and np.any(v < 0):
+      raise ValueError(f"{name} must be >= 0, got a minimum of {np.nanmin(v)}")
 
 
 def _check_quadratic(params, anchor, importance, name="fisher"):
@@ -30,7 +34,8 @@ def _check_quadratic(params, anchor, importance, name="fisher"):
   _validate.check_tree_like("anchor", anchor, params)
   _validate.check_tree_like(name, importance, params)
   _validate.check_finite_tree("anchor", anchor)
-  _check_nonnegative_tree(name, importance)
+  for leaf in jax.tree.leaves(importance):
+    _validate.check_nonnegative(name, leaf)
 
 
 def ewc_penalty(params, anchor, fisher) -> jax.Array:
@@ -123,8 +128,8 @@ def ewc_merge(fisher, anchor, const, new_fisher, new_anchor):
   _validate.check_tree_like("anchor", anchor, fisher, "fisher")
   _validate.check_tree_like("new_fisher", new_fisher, fisher, "fisher")
   _validate.check_tree_like("new_anchor", new_anchor, fisher, "fisher")
-  _check_nonnegative_tree("fisher", fisher)
-  _check_nonnegative_tree("new_fisher", new_fisher)
+  _check_no_negative("fisher", fisher)
+  _check_no_negative("new_fisher", new_fisher)
   total = jax.tree.map(jnp.add, fisher, new_fisher)
   pos = jax.tree.map(lambda f: f > 0, total)
   safe = jax.tree.map(lambda f, p: jnp.where(p, f, 1.0), total, pos)
@@ -145,7 +150,7 @@ def online_ewc_update(fisher_running, fisher_new, gamma):
   _validate.check_unit_interval("gamma", gamma)
   _validate.check_tree_like("fisher_new", fisher_new, fisher_running,
                             "fisher_running")
-  _check_nonnegative_tree("fisher_new", fisher_new)
+  _check_no_negative("fisher_new", fisher_new)
   return jax.tree.map(lambda a, b: gamma * a + b, fisher_running, fisher_new)
 
 

@@ -311,10 +311,10 @@ class _Run:
     for writer in self.writers:  # what a killed attempt logged after this
       writer.truncate(self._host_step())
 
-    def save(items, position):
+    def save(items, position, step=None):
       prog["position"] = position
       checkpoints.save(items, prog)
-      saved["step"] = self._host_step()
+      saved["step"] = step  # (the caller's count: no device sync here)
 
     for i in range(prog["done"], t_count):
       try:
@@ -518,7 +518,7 @@ class _Run:
                   **({"stash": main_opt_state} if own_opt else {})},
                  {"task": i, "phase": p, "epoch": epoch, "batch": first + b,
                   "elapsed": time.perf_counter() - t0, "stash": own_opt,
-                  "compile_s": self.compile_s[0] - c0})
+                  "compile_s": self.compile_s[0] - c0}, host_step)
         self._check_finite(prog, term_names)
       if own_opt:
         self.state = self.state._replace(opt_state=main_opt_state)
