@@ -43,7 +43,6 @@ def tfds_module():
   return tensorflow_datasets
 
 
-
 def restore_fashion_mnist_gzip_headers(src_dir: str, dst_dir: str) -> list:
   """Writes upstream-identical copies of Debian's Fashion-MNIST files.
 
