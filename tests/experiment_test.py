@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -201,28 +202,33 @@ def test_changed_setting_mid_stream_is_refused(tmp_path, monkeypatch):
   assert len(res["runs"]["finetune"]["accuracy_matrix"]) == 5
 
 
-def test_an_interrupt_names_the_checkpoint_the_rerun_resumes_from(
-    tmp_path, monkeypatch, capsys):
-  # With checkpoints inside tasks, Ctrl-C said "resume after task k" (the
-  # last finished task) while the rerun resumed inside the next; and with
-  # progress off the rerun said nothing.
-  import re
-  c = _config(tmp_path, epochs=2)
-  c.methods = "finetune"
-  c.scenario.num_tasks = 2
-  c.checkpoint_every = 7
-  c.log.every = 1
+def _interrupted_at(c, step, monkeypatch):
+  """Runs ``c`` until a Ctrl-C at the first metric it logs at global step
+  ``step`` or later."""
   real = report.MultiWriter.write_scalars
 
-  def write(self, step, scalars):
-    if step >= 40:
+  def write(self, at, scalars):
+    if at >= step:
       raise KeyboardInterrupt
-    real(self, step, scalars)
+    real(self, at, scalars)
 
   monkeypatch.setattr(report.MultiWriter, "write_scalars", write)
   with pytest.raises(KeyboardInterrupt):
     experiment.run_experiment(c)
   monkeypatch.undo()
+
+
+def test_an_interrupt_names_the_checkpoint_the_rerun_resumes_from(
+    tmp_path, monkeypatch, capsys):
+  # With checkpoints inside tasks, Ctrl-C said "resume after task k" (the
+  # last finished task) while the rerun resumed inside the next; and with
+  # progress off the rerun said nothing.
+  c = _config(tmp_path, epochs=2)
+  c.methods = "finetune"
+  c.scenario.num_tasks = 2
+  c.checkpoint_every = 7
+  c.log.every = 1
+  _interrupted_at(c, 40, monkeypatch)
   said = re.search(r"finetune: interrupted in task (\d) of 2; rerun the same "
                    r"command to resume inside task (\d) at step (\d+)",
                    capsys.readouterr().err)
@@ -434,17 +440,7 @@ def test_tensorboard_and_csv_logs_read_back(tmp_path, monkeypatch):
   # Killed inside task 3 (steps 56-80), some steps after task 2's
   # checkpoint at step 56, and resumed: what the killed attempt logged after
   # the checkpoint must not show twice.
-  real = report.MultiWriter.write_scalars
-
-  def write(self, step, scalars):
-    if step >= 64:
-      raise KeyboardInterrupt
-    real(self, step, scalars)
-
-  monkeypatch.setattr(report.MultiWriter, "write_scalars", write)
-  with pytest.raises(KeyboardInterrupt):
-    experiment.run_experiment(c)
-  monkeypatch.undo()
+  _interrupted_at(c, 64, monkeypatch)
   logged = _csv_scalars(os.path.join(c.workdir, "metrics", "finetune.csv"))
   assert max(s for s, _ in logged["train/ce"]) == 60  # after step 56
   res = experiment.run_experiment(c)["runs"]["finetune"]
