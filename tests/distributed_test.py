@@ -27,7 +27,7 @@ def _launch(nproc: int, workdir: str, crash_after: int = 0,
             extra: tuple = ()) -> list:
   """Runs ``multihost_check.py`` as ``nproc`` processes (``extra``: its
   further arguments); their outputs."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
   port = str(_free_port())
   procs = [subprocess.Popen(
       [sys.executable, SCRIPT, str(p), str(nproc), port, workdir,
@@ -35,6 +35,12 @@ def _launch(nproc: int, workdir: str, crash_after: int = 0,
       stderr=subprocess.STDOUT, text=True) for p in range(nproc)]
   try:
     return [(p.communicate(timeout=600)[0], p.returncode) for p in procs]
+  except subprocess.TimeoutExpired:  # every process's output, to see why
+    for p in procs:
+      p.kill()
+    outs = [p.communicate()[0] for p in procs]
+    pytest.fail("a process hung; their outputs:\n" + "\n----\n".join(
+        o[-3000:] for o in outs))
   finally:  # none left running, whatever happened
     for p in procs:
       if p.poll() is None:

@@ -33,6 +33,11 @@ def crashing_save(self, items, record):
   step = save(self, items, record)
   saves[0] += 1
   if saves[0] == crash_after:
+    # Both at once: a process that left while the other was still inside
+    # the save's last collective would leave that one waiting forever.
+    if nproc > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("crash")
     os._exit(3)
   return step
 
