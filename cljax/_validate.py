@@ -51,10 +51,20 @@ def check_nonnegative(name: str, value) -> None:
   check_value(name, value, lambda v: v >= 0, ">= 0")
 
 
-def check_integer(name: str, value, low: int) -> None:
-  """An integer (of any numeric type) ``>= low``."""
-  check_value(name, value, lambda v: (v >= low) & (v == np.round(v)),
-              f"an integer >= {low}")
+def check_integer(name: str, value, low: int, high: int | None = None
+                  ) -> None:
+  """An integer (of any numeric type) ``>= low`` (and ``<= high``)."""
+  top = np.inf if high is None else high
+  check_value(name, value, lambda v: (v >= low) & (v <= top) & (
+      v == np.round(v)), f"an integer >= {low}" if high is None else
+              f"an integer in [{low}, {high}]")
+
+
+def as_int(name: str, value, low: int, high: int | None = None) -> int:
+  """``check_integer``, then the value as a Python ``int`` (32.0 and
+  ``np.int64(32)`` slice and size arrays as 32 does)."""
+  check_integer(name, value, low, high)
+  return int(value)
 
 
 def check_unit_interval(name: str, value) -> None:

@@ -63,7 +63,7 @@ def test_bad_memory_arguments_are_named():
       "per_task": lambda: memory.episodic_memory(3, 2.5, (2,)),
       "keep": lambda: memory.add_exemplars(mem, x, jnp.arange(2), jnp.zeros(
           2, jnp.int32), jnp.array([1])),
-      r"keep must be finite and integers in \[0, 3\]": lambda: (
+      r"keep must be finite and an integer in \[0, 3\]": lambda: (
           memory.add_exemplars(mem, x, jnp.arange(2), jnp.zeros(2, jnp.int32),
                                jnp.array([1, 4]))),
       "y must have shape": lambda: memory.add_exemplars(

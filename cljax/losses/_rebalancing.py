@@ -65,9 +65,7 @@ def margin_ranking_loss(cosines: jax.Array, labels: jax.Array,
   _validate.check_shape("labels", labels, (b,))
   _validate.check_shape("old", old, (c,))
   _validate.check_shape("new", new, (c,))
-  _validate.check_value("k", k, lambda v: (v >= 1) & (v <= c) & (
-      v == np.round(v)), f"an integer in [1, {c}]")
-  k = int(k)
+  k = _validate.as_int("k", k, 1, c)
   w = _weights(weights, b) * old[labels]
   gt = jnp.take_along_axis(cosines, labels[:, None], axis=1)
   hardest = jax.lax.top_k(jnp.where(new, cosines, -jnp.inf), k)[0]

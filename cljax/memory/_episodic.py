@@ -30,9 +30,8 @@ class EpisodicMemory(NamedTuple):
 def episodic_memory(num_tasks: int, per_task: int, example_shape,
                     dtype=jnp.float32) -> EpisodicMemory:
   """An empty memory for ``num_tasks`` tasks of ``per_task`` examples."""
-  _validate.check_integer("num_tasks", num_tasks, 1)
-  _validate.check_integer("per_task", per_task, 1)
-  num_tasks, per_task = int(num_tasks), int(per_task)
+  num_tasks = _validate.as_int("num_tasks", num_tasks, 1)
+  per_task = _validate.as_int("per_task", per_task, 1)
   return EpisodicMemory(
       jnp.zeros((num_tasks, per_task, *example_shape), dtype),
       jnp.zeros((num_tasks, per_task), jnp.int32),

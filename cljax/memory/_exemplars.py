@@ -55,9 +55,8 @@ def exemplar_memory(capacity: int, example_shape, num_logits: int = 0,
                     dtype=jnp.float32) -> ExemplarMemory:
   """An empty memory of ``capacity`` slots (``num_logits`` stored outputs
   per exemplar)."""
-  _validate.check_integer("capacity", capacity, 1)
-  _validate.check_integer("num_logits", num_logits, 0)
-  capacity, num_logits = int(capacity), int(num_logits)
+  capacity = _validate.as_int("capacity", capacity, 1)
+  num_logits = _validate.as_int("num_logits", num_logits, 0)
   return ExemplarMemory(
       jnp.zeros((capacity, *example_shape), dtype),
       jnp.zeros((capacity,), jnp.int32), jnp.zeros((capacity,), jnp.int32),
@@ -127,8 +126,7 @@ def herding_selection(features, m: int):
   _validate.check_shape("features", features, (None, None))
   _validate.check_finite_tree("features", features)
   n = np.shape(features)[0]
-  _validate.check_value("m", m, lambda v: (v >= 1) & (v <= n) & (
-      v == np.round(v)), f"an integer in [1, {n}]")
+  _validate.check_integer("m", m, 1, n)
   return _herd(jnp.asarray(features), int(m), jnp.ones((n,), bool), int(m))
 
 
@@ -178,8 +176,7 @@ def add_exemplars(memory: ExemplarMemory, x, y, t, keep,
   _validate.check_shape("x", x, (g, m_max, *memory.x.shape[1:]))
   for name, a in (("y", y), ("t", t), ("keep", keep)):
     _validate.check_shape(name, a, (g,))
-  _validate.check_value("keep", keep, lambda v: (v >= 0) & (v <= m_max) & (
-      v == np.round(v)), f"integers in [0, {m_max}]")
+  _validate.check_integer("keep", keep, 0, m_max)
   if logits is not None:
     _validate.check_shape("logits", logits,
                           (g, m_max, memory.logits.shape[1]))

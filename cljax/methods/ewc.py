@@ -79,13 +79,11 @@ class EWC(PenalisedFineTune):
                path: str = "layerwise", form: str = "transform"):
     super().__init__(form)
     check_strength("lam", lam)
-    if fisher_samples is not None:
-      _validate.check_integer("fisher_samples", fisher_samples, 1)
     _validate.check_integer("chunk_size", chunk_size, 1)
     check_importance_options(path, estimator)
     self.lam = float(lam)
-    self.fisher_samples = None if fisher_samples is None else int(
-        fisher_samples)
+    self.fisher_samples = None if fisher_samples is None else (
+        _validate.as_int("fisher_samples", fisher_samples, 1))
     self.estimator = estimator
     self.chunk_size, self.path = int(chunk_size), path
 

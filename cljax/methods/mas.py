@@ -41,12 +41,11 @@ class MAS(PenalisedFineTune):
                form: str = "transform"):
     super().__init__(form)
     check_strength("lam", lam)
-    _validate.check_integer("chunk_size", chunk_size, 1)
-    if samples is not None:
-      _validate.check_integer("samples", samples, 1)
     check_importance_options(path)
-    self.lam, self.chunk_size = float(lam), int(chunk_size)
-    self.samples = None if samples is None else int(samples)
+    self.lam = float(lam)
+    self.chunk_size = _validate.as_int("chunk_size", chunk_size, 1)
+    self.samples = None if samples is None else _validate.as_int(
+        "samples", samples, 1)
     self.path = path
 
   def init_state(self, model, stream):

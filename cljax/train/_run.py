@@ -285,11 +285,6 @@ def _check_alike(streams, models) -> None:
                        "members' models must be alike")
 
 
-def _as_int(name: str, value, low: int) -> int:
-  _validate.check_integer(name, value, low)
-  return int(value)
-
-
 def _locals(names: dict) -> dict:
   """``run_stream``'s keyword arguments from its ``locals()``."""
   return {k: v for k, v in names.items()
@@ -304,7 +299,7 @@ def _run_stream(stream, method, model, optimizer, members, *, epochs,
                 scan_chunk, device_data_mb, top_k):
   # Integers of any type (32.0, np.int64(32)) as Python ints: they slice.
   epochs, batch_size, eval_every, eval_batch_size, checkpoint_every, \
-      log_every, scan_chunk = (_as_int(*a) for a in (
+      log_every, scan_chunk = (_validate.as_int(*a) for a in (
           ("epochs", epochs, 1), ("batch_size", batch_size, 1),
           ("eval_every", eval_every, 0),
           ("eval_batch_size", eval_batch_size, 1),
