@@ -85,3 +85,35 @@ def test_run_stream_reports_top_k(digits):
   with pytest.raises(ValueError, match="top_k"):
     train.run_stream(stream, methods.FineTune(), model, optax.sgd(0.1),
                      epochs=1, batch_size=32, progress=False, top_k=0)
+
+
+@pytest.mark.parametrize("loop", ["scan", "host"])
+def test_evaluation_batches_are_no_larger_than_the_largest_split(
+    digits, monkeypatch, loop):
+  """Splits smaller than ``eval_batch_size`` are evaluated in batches of the
+  largest split's size (not padded to 1,000), on the device (scan loop) and
+  split by split (host loop), with the accuracies of small batches."""
+  from cljax.train import _loop
+  sizes = []
+
+  class Evaluator(_loop.DeviceEvaluator):
+    def __init__(self, splits, batch_size, *args, **kwargs):
+      sizes.append(batch_size)
+      super().__init__(splits, batch_size, *args, **kwargs)
+
+  def evaluate(*args, real=_loop.evaluate):
+    sizes.append(args[5])
+    return real(*args)
+
+  monkeypatch.setattr(_loop, "DeviceEvaluator", Evaluator)
+  monkeypatch.setattr(_loop, "evaluate", evaluate)
+  stream = data.class_splits(digits, 5)
+  largest = max(len(t.test) for t in stream.tasks)
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(16,))
+  run = lambda eval_batch_size: train.run_stream(
+      stream, methods.FineTune(), model, optax.sgd(0.1), epochs=1,
+      batch_size=32, progress=False, eval_batch_size=eval_batch_size,
+      loop=loop)
+  big = run(1000)
+  assert sizes and set(sizes) == {largest}
+  assert big["accuracy_matrix"] == run(7)["accuracy_matrix"]

@@ -705,7 +705,8 @@ def test_data_parallel_from_the_config_matches_one_device(tmp_path):
   matrices as one device (to float tolerance: an example or so may flip)
   for a regularised and a rehearsal method."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+         "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") +
+                      " --xla_force_host_platform_device_count=4"}
   out = subprocess.run([sys.executable, "-c", _PARALLEL_SCRIPT,
                         str(tmp_path)], env=env, capture_output=True,
                        text=True, timeout=900)

@@ -76,6 +76,14 @@ class _Run:
     self.scan = scan  # (data size, chunk) for the scan engine, or None
     # Evaluation on the device (None: split by split), and its evaluators.
     self.device_eval_mb, self.evaluators = device_eval_mb, {}
+    # Evaluation batches: ``eval_batch_size``, or the largest split where
+    # every split is smaller (each split's last batch is padded, and a
+    # split of 40 examples in batches of 1,000 spent 25x the forward passes
+    # it needs). One size for the whole stream, so each evaluation compiles
+    # once; the predictions, per example, do not depend on it.
+    self.eval_batch = min(settings["eval_batch_size"], max(
+        [1] + [len(getattr(task, kind)) for st in self.streams
+               for task in st.tasks for kind in ("test", "val")]))
     self.log_every = log_every
     self.compile_s = [0.0]  # running total, see _compile_timer
     self.curve_split = "val" if all(len(t.val) for t in stream.tasks) else (
@@ -212,14 +220,14 @@ class _Run:
         predict = (None if predictor is None else
                    self.method.predictors(self.model)[predictor][1])
         self.evaluators[key] = DeviceEvaluator(
-            splits, self.s["eval_batch_size"], self.model.apply, predict,
+            splits, self.eval_batch, self.model.apply, predict,
             members=self.k is not None, member_data=self.own, top_k=top_k)
       return self.evaluators[key](st.params, st.batch_stats, masks, aux)
     out = []
     for j, split in enumerate(splits):
       params, stats = self._eval_params(j, current)
       out.append(evaluate(step, params, stats, masks, split,
-                          self.s["eval_batch_size"], aux))
+                          self.eval_batch, aux))
     return out if self.k is None else np.transpose(out).tolist()
 
   def _eval_params(self, j, current):
@@ -306,7 +314,7 @@ class _Run:
                                        self._members(stream.logit_masks(j)),
                                        self._of_streams(
                                            lambda st, j=j: st.tasks[j].test),
-                                       self.s["eval_batch_size"])
+                                       self.eval_batch)
                               for j in range(t_count)]}
     for writer in self.writers:  # what a killed attempt logged after this
       writer.truncate(self._host_step())
