@@ -121,6 +121,21 @@ def test_gem_is_accurate_for_a_million_parameters(t):
   assert np.linalg.norm(x - want) <= 1e-5 * np.linalg.norm(want)
 
 
+@pytest.mark.parametrize("t", [2, 5, 10])
+def test_the_gram_product_keeps_the_kernel_it_gets_alone(t):
+  """Inside the projection, G G^T is compiled with the kernel it gets as a
+  product alone (XLA:CPU's YNNPACK fusion, where this jaxlib has it): the
+  QP's column-major LAPACK operands once made layout assignment give the
+  product a column-major output at t = 2, which cost it that kernel (3x
+  the time of product and QP)."""
+  G, g = jnp.ones((t, 10 ** 5)), jnp.ones(10 ** 5)
+  fast = lambda text: any(f"f32[{t},{t}]" in line and "__ynn_fusion" in line
+                          for line in text.splitlines())
+  if not fast(jax.jit(lambda G: G @ G.T).lower(G).compile().as_text()):
+    pytest.skip("this jaxlib has no YNNPACK fusion for the product")
+  assert fast(jax.jit(constraints.gem_project).lower(g, G).compile().as_text())
+
+
 def test_long_rows_are_formed_by_column_chunks_on_cpu_and_stay_accurate():
   # On CPU a leaf with long rows, of either parity, is formed chunk by
   # chunk of columns (lax.map: a while loop in the lowered program); short
