@@ -17,8 +17,8 @@ import sys
 pid, nproc, port, workdir, crash_after = (
     int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4],
     int(sys.argv[5]))
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_force_host_platform_device_count={4 // nproc}")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_"
+                           f"host_platform_device_count={4 // nproc}")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

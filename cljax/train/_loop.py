@@ -80,7 +80,8 @@ class _Run:
     # every split is smaller (each split's last batch is padded, and a
     # split of 40 examples in batches of 1,000 spent 25x the forward passes
     # it needs). One size for the whole stream, so each evaluation compiles
-    # once; the predictions, per example, do not depend on it.
+    # once. Each example's prediction is its own (eval mode), whatever the
+    # batch it is in.
     self.eval_batch = min(settings["eval_batch_size"], max(
         [1] + [len(getattr(task, kind)) for st in self.streams
                for task in st.tasks for kind in ("test", "val")]))
