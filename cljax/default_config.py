@@ -95,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.warmup = 0.0          # cosine: linear warm-up, fraction of steps
   c.train.weight_decay = 0.0
   c.train.eval_every = 10       # steps between curve evaluations; 0 = off
-  c.train.eval_batch_size = 1000
+  c.train.eval_batch_size = 1000  # at most; smaller splits: the largest
   c.train.eval_top_k = 0        # > 1: also top-k accuracy (e.g. 5)
   # float32 | bfloat16 (mixed precision: float32 parameters, optimizer
   # state and losses; the network computes in bfloat16)

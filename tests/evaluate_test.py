@@ -98,11 +98,11 @@ def test_evaluation_batches_are_no_larger_than_the_largest_split(
 
   class Evaluator(_loop.DeviceEvaluator):
     def __init__(self, splits, batch_size, *args, **kwargs):
-      sizes.append(batch_size)
+      sizes.append(("device", batch_size))
       super().__init__(splits, batch_size, *args, **kwargs)
 
   def evaluate(*args, real=_loop.evaluate):
-    sizes.append(args[5])
+    sizes.append(("split", args[5]))
     return real(*args)
 
   monkeypatch.setattr(_loop, "DeviceEvaluator", Evaluator)
@@ -115,5 +115,11 @@ def test_evaluation_batches_are_no_larger_than_the_largest_split(
       batch_size=32, progress=False, eval_batch_size=eval_batch_size,
       loop=loop)
   big = run(1000)
-  assert sizes and set(sizes) == {largest}
-  assert big["accuracy_matrix"] == run(7)["accuracy_matrix"]
+  assert {size for _, size in sizes} == {largest}
+  # The scan loop evaluates on the device (the random-init row always
+  # split by split), the host loop split by split only.
+  assert ("device" in dict(sizes)) == (loop == "scan")
+  # Equal up to an example flipped by float rounding at a near-tie.
+  smallest = min(len(t.test) for t in stream.tasks)
+  np.testing.assert_allclose(big["accuracy_matrix"],
+                             run(7)["accuracy_matrix"], atol=1.01 / smallest)

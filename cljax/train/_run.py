@@ -99,7 +99,8 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
     seed: seeds shuffling and the step's PRNG.
     eval_every: if > 0, evaluate every task's validation split (test split if
       a task has none) every ``eval_every`` steps, for accuracy curves.
-    eval_batch_size: batch size of evaluation.
+    eval_batch_size: the largest batch of evaluation (the largest test or
+      validation split where every split is smaller).
     reset_optimizer: start each task with a fresh optimizer state.
     augment: optional ``(rng, x) -> x`` applied on device to training inputs.
     mesh: a ``jax.sharding.Mesh`` with axis ``"data"`` for data parallelism.
