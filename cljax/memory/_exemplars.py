@@ -126,8 +126,8 @@ def herding_selection(features, m: int):
   _validate.check_shape("features", features, (None, None))
   _validate.check_finite_tree("features", features)
   n = np.shape(features)[0]
-  _validate.check_integer("m", m, 1, n)
-  return _herd(jnp.asarray(features), int(m), jnp.ones((n,), bool), int(m))
+  m = _validate.as_int("m", m, 1, n)
+  return _herd(jnp.asarray(features), m, jnp.ones((n,), bool), m)
 
 
 def herding_classes(features, counts, m, size: int):

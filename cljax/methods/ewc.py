@@ -79,13 +79,13 @@ class EWC(PenalisedFineTune):
                path: str = "layerwise", form: str = "transform"):
     super().__init__(form)
     check_strength("lam", lam)
-    _validate.check_integer("chunk_size", chunk_size, 1)
     check_importance_options(path, estimator)
     self.lam = float(lam)
     self.fisher_samples = None if fisher_samples is None else (
         _validate.as_int("fisher_samples", fisher_samples, 1))
     self.estimator = estimator
-    self.chunk_size, self.path = int(chunk_size), path
+    self.chunk_size = _validate.as_int("chunk_size", chunk_size, 1)
+    self.path = path
 
   def build_fisher(self, model):
     self._fisher = importance_function(model, "fisher",
