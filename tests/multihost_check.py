@@ -11,6 +11,7 @@ parameters to WORKDIR/../params-<n>procs.npz. Further arguments replace the
 run's settings of the same key (e.g. other methods, another model).
 """
 
+import faulthandler
 import os
 import sys
 
@@ -26,6 +27,10 @@ import numpy as np  # noqa: E402
 from cljax import cli, train  # noqa: E402
 from cljax.train import _checkpoint  # noqa: E402
 
+# A hang (seen about once in ten full-suite runs, in the crash phase) shows
+# where each process waits: every thread's traceback, before the test's
+# 600 s timeout kills it, and a line per checkpoint saved.
+faulthandler.dump_traceback_later(540, exit=False)
 saves = [0]
 save = _checkpoint.Checkpoints.save
 
@@ -33,6 +38,7 @@ save = _checkpoint.Checkpoints.save
 def crashing_save(self, items, record):
   step = save(self, items, record)
   saves[0] += 1
+  print(f"process {pid}: checkpoint {saves[0]} saved", flush=True)
   if saves[0] == crash_after:
     # Both at once: a process that left while the other was still inside
     # the save's last collective would leave that one waiting forever.
