@@ -109,6 +109,91 @@ def test_gradients_against_a_loop_of_per_example_gradients():
     np.testing.assert_allclose(got[r], want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("capacity,filled,m,bs", [
+    (40, 13, 10, 10),  # one full memory batch and a partial one
+    (20, 7, 10, 10),  # one partial batch only
+    (12, 5, 2, 4),  # a full batch and a partial one
+    (12, 12, 2, 4)])  # full: mem_strength batches of mem_batch_size
+def test_step_similarities_against_a_loop_over_memory_batches(
+    monkeypatch, capacity, filled, m, bs):
+  # What the step hands to gss_insert, against the authors' procedure
+  # written as a loop: consecutive chunks of mem_batch_size of the shuffled
+  # stored examples, at most mem_strength of them, the last one smaller;
+  # the largest cosine between a gradient and the chunks' gradients.
+  from cljax import train
+  model = models.build_model("mlp", (1, 2, 3), 4, hidden=(5,), seed=0)
+  method = methods.GSS(memory_size=capacity, mem_strength=m,
+                       mem_batch_size=bs)
+  method._model = model
+  rng = np.random.default_rng(filled)
+  mx = rng.normal(size=(capacity, 1, 2, 3)).astype(np.float32)
+  my = rng.integers(0, 4, capacity).astype(np.int32)
+  buf = mem.reservoir_buffer(capacity, (1, 2, 3))._replace(
+      x=jnp.asarray(mx), y=jnp.asarray(my),
+      seen=jnp.asarray(filled, jnp.int32))
+  x = rng.normal(size=(4, 1, 2, 3)).astype(np.float32)
+  y = rng.integers(0, 4, 4).astype(np.int32)
+  batch = {"x": x, "y": y, "t": np.zeros(4, np.int32),
+           "memory_logits": np.zeros((0, 4), np.float32)}
+  key = jax.random.key(filled)
+  seen = {}
+  insert = mem.gss_insert
+
+  def spy(buffer, scores, x, y, t, batch_sim, item_sims, key):
+    seen.update(batch_sim=batch_sim, item_sims=item_sims)
+    return insert(buffer, scores, x, y, t, batch_sim, item_sims, key)
+
+  monkeypatch.setattr(mem, "gss_insert", spy)
+  info = train.StepInfo(batch, {}, key, lambda a: a, (0, 1),
+                        np.ones((1, 4), bool), model.batch_stats, None)
+  method.update_method_state(  # (eagerly: the spy keeps the values)
+      {"memory": buf, "scores": jnp.full((capacity,), 0.1)}, model.params,
+      model.params, None, info)
+
+  def grad(xs, ys):
+    def loss(p):
+      logits = model.apply(p, model.batch_stats, xs)[0][0]
+      return jnp.mean(jax.nn.logsumexp(logits, -1) -
+                      logits[np.arange(len(ys)), ys])
+    return np.asarray(ravel_pytree(jax.grad(loss)(model.params))[0],
+                      np.float64)
+
+  # The step's shuffle: a Gumbel top-k of the filled slots (its first key).
+  total = min(m * bs, capacity)
+  order = np.asarray(jax.lax.top_k(
+      jax.random.gumbel(jax.random.split(key)[0], (capacity,)) +
+      jnp.where(jnp.arange(capacity) < filled, 0.0, -jnp.inf), total)[1])
+  order = order[:min(filled, total)]
+  chunks = [grad(mx[order[i:i + bs]], my[order[i:i + bs]])
+            for i in range(0, len(order), bs)][:m]
+  best = lambda g: max(g @ c / np.linalg.norm(g) / np.linalg.norm(c)
+                       for c in chunks)
+  np.testing.assert_allclose(seen["batch_sim"], best(grad(x, y)),
+                             rtol=1e-4, atol=1e-6)
+  if filled < capacity:  # the full buffer reads them only if interfering
+    np.testing.assert_allclose(
+        seen["item_sims"], [best(grad(x[i:i + 1], y[i:i + 1]))
+                            for i in range(4)], rtol=1e-4, atol=1e-6)
+
+
+def test_insert_refuses_inputs_of_other_shapes():
+  buf = _buffer(4, 1)
+  x, y, t = jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32), jnp.zeros(
+      2, jnp.int32)
+  ok = dict(scores=jnp.zeros(4), x=x, y=y, t=t, batch_sim=jnp.float32(-1),
+            item_sims=jnp.zeros(2))
+  for name, bad in [("scores", jnp.zeros(6)), ("x", jnp.zeros((2, 3))),
+                    ("t", jnp.zeros(3, jnp.int32)),
+                    ("item_sims", jnp.zeros((2, 1))),
+                    ("batch_sim", jnp.zeros(1))]:
+    with pytest.raises(ValueError, match=f"{name} must have shape"):
+      mem.gss_insert(buf, **{**ok, name: bad}, key=jax.random.key(0))
+  mem.gss_insert(buf, **{**ok, "scores": np.zeros(4)},  # NumPy scores
+                 key=jax.random.key(0))
+  with pytest.raises(ValueError, match="reference must have shape"):
+    mem.cosine_max(jnp.ones((2, 3)), jnp.ones((4, 5)), jnp.ones(4, bool))
+
+
 def test_bad_hyperparameters_are_refused():
   for kw, match in [(dict(mem_strength=0), "mem_strength"),
                     (dict(mem_batch_size=1.5), "mem_batch_size"),

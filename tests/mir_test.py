@@ -111,6 +111,7 @@ def test_bad_hyperparameters_are_refused():
   for kw, match in [(dict(subsample=0), "subsample"),
                     (dict(subsample=2.5), "subsample"),
                     (dict(virtual_lr=0.0), "virtual_lr"),
-                    (dict(memory_size=0), "memory_size")]:
+                    (dict(memory_size=0), "memory_size"),
+                    (dict(subsample=50, replay_size=100), "replay_size")]:
     with pytest.raises(ValueError, match=match):
       methods.MIR(**kw)

@@ -82,3 +82,18 @@ def test_refuses_what_it_cannot_do(digits):
       methods.PackNet(**kw)
   with pytest.raises(ValueError, match="task-incremental"):
     methods.PackNet().check(data.class_splits(digits, 2))
+
+
+def test_retraining_runs_without_the_released_weights(digits):
+  # The released weights are zeroed as the retraining starts, so a learning
+  # curve's point after the retraining's last step sees the network the
+  # task ends with: the same accuracies as the matrix's row.
+  stream = data.class_splits(digits, 2, incremental="task")
+  model = models.build_model("mlp", stream.input_shape, 10, hidden=(32,))
+  out = train.run_stream(stream, methods.PackNet(prune=0.75), model,
+                         optax.sgd(0.1), epochs=1, batch_size=32,
+                         progress=False, eval_every=1)
+  r = out["accuracy_matrix"]
+  for i in range(2):
+    last = [c for c in out["curves"] if c["task"] == i][-1]
+    np.testing.assert_array_equal(last["acc"], r[i])

@@ -223,11 +223,11 @@ def test_a_phase_of_its_own_sweeps_too(stream):
 
 
 def test_bad_sweeps_are_refused():
-  with pytest.raises(ValueError, match="gamma must be in"):
+  with pytest.raises(ValueError, match="gamma must be finite and in"):
     train.stack_hparams(methods.OnlineEWC(), [dict(lam=1.0, gamma=3.0)])
   with pytest.raises(ValueError, match="lam"):
     train.stack_hparams(methods.EWC(), [dict(lam=1.0), dict(lam=-5.0)])
-  with pytest.raises(ValueError, match="temperature must be > 0"):
+  with pytest.raises(ValueError, match="temperature must be finite and > 0"):
     train.stack_hparams(methods.LwF(), [dict(temperature=0.0)])
   with pytest.raises(ValueError, match="at least one member"):
     train.stack_hparams(methods.EWC(), [])

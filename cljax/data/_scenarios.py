@@ -23,6 +23,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from cljax import _validate
 from cljax.data._datasets import Dataset, Split
 
 # name (config.scenario.kind) -> what it is (``cljax list scenarios``).
@@ -182,8 +183,8 @@ def _group_sizes(num_classes, num_tasks, task_sizes):
 
 
 def _carve(split: Split, val_fraction: float, rng: np.random.Generator):
-  if not 0.0 <= val_fraction < 1.0:
-    raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+  _validate.check_value("val_fraction", val_fraction,
+                        lambda v: (v >= 0) & (v < 1), "in [0, 1)")
   idx = rng.permutation(len(split))
   n_val = int(round(val_fraction * len(split)))
   return split.take(np.sort(idx[n_val:])), split.take(np.sort(idx[:n_val]))

@@ -10,13 +10,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cljax import _validate
 from cljax.memory._reservoir import ReservoirBuffer
 
 
 def cosine_max(grads, reference, valid):
   """``max_j cos(g_i, G_j)`` over the valid rows ``j`` of ``reference``
-  ``(n, P)`` for each row of ``grads`` ``(B, P)`` (norms clamped at 1e-8,
-  as ``torch``'s ``cosine_similarity``); ``(B,)``."""
+  ``(n, P)`` for each row of ``grads`` ``(B, P)`` (``valid`` ``(n,)``
+  bool; the product of the norms clamped at 1e-8, so a zero gradient has
+  cosine 0); ``(B,)``."""
+  _validate.check_shape("reference", reference, (None, grads.shape[-1]))
+  _validate.check_shape("valid", valid, (reference.shape[0],))
   dots = grads @ reference.T
   norms = jnp.linalg.norm(grads, axis=1)[:, None] * jnp.linalg.norm(
       reference, axis=1)[None]
@@ -46,7 +50,14 @@ def gss_insert(buffer: ReservoirBuffer, scores, x, y, t, batch_sim,
 
   Returns ``(buffer, scores)``.
   """
-  k, b = scores.shape[0], y.shape[0]
+  _validate.check_shape("y", y, (None,))
+  k, b = buffer.y.shape[0], y.shape[0]
+  for name, a, shape in (("scores", scores, (k,)),
+                         ("x", x, (b, *buffer.x.shape[1:])), ("t", t, (b,)),
+                         ("item_sims", item_sims, (b,)),
+                         ("batch_sim", batch_sim, ())):
+    _validate.check_shape(name, a, shape)
+  scores = jnp.asarray(scores)
   seen = buffer.seen
   k_draw, k_keep = jax.random.split(key)
 

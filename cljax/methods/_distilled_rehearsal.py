@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax import _validate
 from cljax.losses import soft_cross_entropy
 from cljax.methods._rehearsal import (Rehearsal, teacher_state,
                                       weighted_cross_entropy, weighted_mean,
@@ -37,8 +38,7 @@ class DistilledRehearsal(Rehearsal):
                per_class: int = 0):
     super().__init__(memory_size, selection, budget, per_class,
                      replay_size=replay_size, replay=replay)
-    if not temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {temperature}")
+    _validate.check_positive("temperature", temperature)
     self.temperature = float(temperature)
 
   def init_state(self, model, stream):

@@ -151,8 +151,8 @@ class CPG(Method):
                grow_epochs: int = 0, mask_lr_scale: float = 0.5,
                retrain: bool = True, retrain_epochs: int = 0,
                compact_lr_scale: float = 1.0):
-    if not 0 < prune < 1:
-      raise ValueError(f"prune must be in (0, 1), got {prune}")
+    _validate.check_value("prune", prune, lambda v: (v > 0) & (v < 1),
+                          "in (0, 1)")
     _validate.check_integer("rounds", rounds, 1)
     _validate.check_integer("compact_epochs", compact_epochs, 1)
     _validate.check_unit_interval("goal", goal)

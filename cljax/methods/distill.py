@@ -25,8 +25,7 @@ class _FromPreviousModel(Method):
 
   def __init__(self, lam: float = 1.0, temperature: float = 2.0):
     check_strength("lam", lam)
-    if not temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {temperature}")
+    _validate.check_positive("temperature", temperature)
     self.lam, self.temperature = float(lam), float(temperature)
 
   def distill(self, student, teacher, s):

@@ -48,8 +48,7 @@ class E2EIL(Rehearsal):
                budget: str = "total", per_class: int = 0):
     super().__init__(memory_size, selection, budget, per_class,
                      replay_size=replay_size)
-    if not temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {temperature}")
+    _validate.check_positive("temperature", temperature)
     _validate.check_integer("balanced_passes", balanced_passes, 0)
     check_strength("balanced_lr_scale", balanced_lr_scale)
     self.temperature = float(temperature)

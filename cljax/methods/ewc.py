@@ -124,8 +124,7 @@ class OnlineEWC(EWC):
 
   def __init__(self, lam: float = 100.0, gamma: float = 1.0, **kwargs):
     super().__init__(lam, **kwargs)
-    if not 0.0 <= gamma <= 1.0:
-      raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    _validate.check_unit_interval("gamma", gamma)
     self.gamma = float(gamma)
 
   def init_state(self, model, stream):

@@ -89,8 +89,7 @@ class GEM(_Episodic):
   def __init__(self, memory_size: int = 256, margin: float = 0.5,
                selection: str = "last"):
     super().__init__(memory_size, selection)
-    if not margin >= 0:
-      raise ValueError(f"margin must be >= 0, got {margin}")
+    _validate.check_nonnegative("margin", margin)
     self.margin = float(margin)
 
   def optimizer(self, base, params):

@@ -69,7 +69,8 @@ class GSS(ER):
     memory, masks = s["memory"], info.masks
     filled = memory.seen
     # mem_strength random batches of the stored examples (without
-    # replacement; fewer, or one smaller batch, while few are stored).
+    # replacement; while few are stored, fewer, the last one smaller, as
+    # the authors' code takes the shuffled buffer's last, partial chunk).
     m, bs = self.mem_strength, self.mem_batch_size
     total = min(m * bs, self.capacity)
     valid = jnp.arange(self.capacity) < filled
@@ -78,7 +79,7 @@ class GSS(ER):
                           jnp.where(valid, 0.0, -jnp.inf), total)[1]
     order = jnp.resize(order, (m * bs,))
     w = (jnp.arange(m * bs) < jnp.minimum(filled, total)).astype(jnp.float32)
-    batches = jnp.maximum(1, jnp.minimum(m, filled // bs))
+    batches = jnp.maximum(1, (jnp.minimum(filled, total) + bs - 1) // bs)
     mem_valid = (jnp.arange(m) < batches) & (filled > 0)
     rows = lambda a: a[order].reshape(m, bs, *a.shape[1:])
     mem_grads = self._grads(new_params, info.batch_stats, rows(memory.x),

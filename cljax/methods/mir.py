@@ -33,7 +33,9 @@ class MIR(Rehearsal):
   step). The update is ``grad [L_in + L_MIR]``, the sum of the incoming
   batch's mean cross-entropy and the retrieved batch's (the authors' two
   backward passes before one optimizer step). Candidates are scored with
-  the network in eval mode. The memory is a reservoir by default, as in the
+  the network in eval mode (the authors' code scores them in train mode,
+  where BatchNorm normalises them by their own statistics and updates its
+  running ones; the same for a network without BatchNorm). The memory is a reservoir by default, as in the
   paper's single pass. The incoming and retrieved examples share one
   forward pass (the authors take two: BatchNorm sees their union here).
 
@@ -63,6 +65,9 @@ class MIR(Rehearsal):
     if subsample > memory_size:
       raise ValueError(f"subsample={subsample} exceeds memory_size="
                        f"{memory_size}: candidates would repeat")
+    if self.replay_size > subsample:
+      raise ValueError(f"replay_size={self.replay_size} exceeds subsample="
+                       f"{subsample}: it replays the best of the candidates")
     self.subsample, self.virtual_lr = int(subsample), float(virtual_lr)
 
   def batch_fn(self, s, batch, rng, shard):

@@ -70,8 +70,9 @@ class PackNet(Method):
   as each task ends and predict that task (the authors freeze them after
   the first task instead, training later tasks with BatchNorm in eval
   mode). As in the authors' code the last task is pruned and retrained
-  too; the count released is ``floor(prune * free)`` exactly (the code's
-  threshold keeps ties).
+  too. The count released is ``floor(prune * free)`` exactly, ties broken
+  by position (the authors' code releases every weight up to the magnitude
+  of rank ``round(prune * free)``, ties included).
 
   Args:
     prune: fraction of the free weights released after each task (the
@@ -85,8 +86,8 @@ class PackNet(Method):
 
   def __init__(self, prune: float = 0.5, retrain_epochs: int = 1,
                retrain_lr_scale: float = 0.1):
-    if not 0 < prune < 1:
-      raise ValueError(f"prune must be in (0, 1), got {prune}")
+    _validate.check_value("prune", prune, lambda v: (v > 0) & (v < 1),
+                          "in (0, 1)")
     _validate.check_integer("retrain_epochs", retrain_epochs, 1)
     _validate.check_positive("retrain_lr_scale", retrain_lr_scale)
     self.prune, self.retrain_epochs = float(prune), int(retrain_epochs)
@@ -148,18 +149,13 @@ class PackNet(Method):
         lambda path, w, own: jnp.where(keep(own), w, 0.0).astype(w.dtype)
         if _prunable(path) else w, params, owner)
 
-  def phase_loss_fn(self, model, name):
-    loss = self.loss_fn(model)
-    if name == "train":
-      return loss
-
-    def retrain(params, batch_stats, s, batch, masks, rng):  # released: 0
-      return loss(self._masked(params, s["owner"], lambda o: o > 0),
-                  batch_stats, s, batch, masks, rng)
-
-    return retrain
-
-  def end_params(self, ctx):
+  def phase_params(self, ctx: TaskContext, phase: Phase):
+    """The released weights are zeroed as the retraining starts (as the
+    authors' pruner does), and stay 0: their ``trainable`` is 0. So every
+    forward pass from then on (the retraining's, a learning curve's, the
+    next task's) runs without them."""
+    if phase.name != "retrain":
+      return None
     return (self._masked(ctx.params, ctx.method_state["owner"],
                          lambda o: o > 0), ctx.batch_stats)
 

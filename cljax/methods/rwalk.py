@@ -56,8 +56,8 @@ class RWalk(PenalisedFineTune):
                update_every: int = 10, form: str = "transform"):
     super().__init__(form)
     check_strength("lam", lam)
-    if not 0 < alpha <= 1:
-      raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    _validate.check_value("alpha", alpha, lambda v: (v > 0) & (v <= 1),
+                          "in (0, 1]")
     _validate.check_positive("eps", eps)
     _validate.check_integer("update_every", update_every, 1)
     self.lam, self.alpha, self.eps = float(lam), float(alpha), float(eps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 
+from cljax import _validate
 from cljax.methods._regularized import (PenalisedFineTune, step_delta,
                                         zeros_like_tree)
 from cljax.regularizers import check_strength, si_accumulate, si_consolidate
@@ -36,8 +37,7 @@ class SI(PenalisedFineTune):
                form: str = "transform"):
     super().__init__(form)
     check_strength("c", c)
-    if not xi > 0:
-      raise ValueError(f"xi must be > 0, got {xi}")
+    _validate.check_positive("xi", xi)
     self.c, self.xi = float(c), float(xi)
 
   def init_state(self, model, stream):
