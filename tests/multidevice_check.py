@@ -292,7 +292,8 @@ def statistics(digits):
 def runs():
   """Whole runs on the mesh: methods whose hooks' outputs the step and the
   evaluation read back (iCaRL's memory and class means, BiC's bias layer,
-  IL2M's statistics) give one device's accuracy matrices; a "union" replay
+  IL2M's statistics) give one device's accuracy matrices, and RWalk's
+  Fisher and importances one device's to float tolerance; a "union" replay
   whose size does not split over the devices is refused."""
   digits = data.class_splits(data.load_digits(), 2)
   mlp = lambda: models.build_model("mlp", digits.input_shape, 10,
@@ -308,6 +309,15 @@ def runs():
         np.testing.assert_array_equal(results[1][name], results[0][name],
                                       err_msg=name)
     print(method.name, "whole run on 4 devices equals one device")
+  # RWalk's empirical Fisher: each shard's examples, averaged over shards.
+  states = [train.run_stream(digits, methods.RWalk(), mlp(), optax.sgd(0.1),
+                             epochs=1, batch_size=32, progress=False,
+                             mesh=m)["final_state"].method_state
+            for m in (None, mesh)]
+  for key in ("fisher", "importance"):
+    diff = max_diff(states[0][key], states[1][key])
+    print("rwalk", key, "on 4 devices: max abs diff", diff)
+    assert diff < 1e-4, diff
   try:
     train.run_stream(digits, methods.IL2M(40), mlp(), optax.sgd(0.1),
                      epochs=1, batch_size=32, progress=False, mesh=mesh)

@@ -1,5 +1,6 @@
 """Riemannian Walk (Chaudhry et al. 2018) against a plain NumPy loop of the
-paper's equations 6-8, on random steps."""
+paper's equations 6-8, on random steps, and its empirical Fisher against a
+loop of single-example gradients."""
 
 import jax
 import numpy as np
@@ -79,17 +80,23 @@ def _reference(tasks, lam, alpha, eps, every, theta0):
 
 
 @pytest.mark.parametrize("form", ["transform", "loss"])
-def test_state_after_two_tasks_matches_a_loop_of_the_equations(form):
+def test_state_after_three_tasks_matches_a_loop_of_the_equations(form):
+  # (The authors' squared batch gradients as the batches' Fisher: the
+  # steps' gradients here are random trees, with no model to take
+  # per-example gradients of; the empirical Fisher has its own test.)
   rng = np.random.default_rng(1)
   theta0 = _tree(rng)
   method = methods.RWalk(lam=2.0, alpha=0.8, eps=1e-2, update_every=3,
-                         form=form)
+                         fisher="minibatch", form=form)
 
   class Model:  # what init_state reads
     params = theta0
   s = method.init_state(Model, None)
+  update = jax.jit(lambda s, old, new, g, upd: method.update_method_state(
+      s, old, new, g, StepInfo({}, {}, None, lambda x: x, (0, 1),
+                               updates=upd)))
   tasks, theta = [], theta0
-  for t, n_steps in enumerate((7, 5)):  # partial last windows
+  for t, n_steps in enumerate((7, 5, 4)):  # partial last windows
     steps = []
     for _ in range(n_steps):
       grad, new = _tree(rng), {k: v + _tree(rng, 0.1)[k]
@@ -99,9 +106,7 @@ def test_state_after_two_tasks_matches_a_loop_of_the_equations(form):
       # that includes the penalty's, which the method takes back out.
       seen = grad if form == "transform" else jax.tree.map(
           np.add, grad, method.penalty_grad(theta, s))
-      s = method.update_method_state(s, theta, new, seen, StepInfo(
-          {}, {}, None, lambda x: x, (0, 1),
-          updates=jax.tree.map(np.subtract, new, theta)))
+      s = update(s, theta, new, seen, jax.tree.map(np.subtract, new, theta))
       theta = new
     tasks.append(steps)
     s = method.on_task_end(TaskContext(t, None, None, theta, {}, s, None))
@@ -115,6 +120,42 @@ def test_state_after_two_tasks_matches_a_loop_of_the_equations(form):
   want = 2.0 * sum(np.sum(importance[k] * (moved[k] - anchor[k]) ** 2)
                    for k in theta0)
   np.testing.assert_allclose(method.penalty(moved, s), want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])
+def test_the_empirical_fisher_is_the_mean_of_per_example_squares(model_name):
+  # Each step adds the batch's mean squared per-example gradient of the
+  # (masked) cross-entropy at the parameters before the step: against a
+  # loop of single-example gradients.
+  rng = np.random.default_rng(3)
+  model = models.build_model(model_name, (8, 8, 1), 6, hidden=(7,), seed=1)
+  method = methods.RWalk(update_every=100, chunk_size=3)
+  s = method.init_state(model, None)
+  masks = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+  old = model.params
+  total = jax.tree.map(np.zeros_like, old)
+  for step in range(2):
+    x = rng.normal(size=(5, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 6 if step else 3, 5).astype(np.int32)
+    t = np.full(5, step, np.int32)
+    new = jax.tree.map(lambda p: p + 0.01, old)
+    s = method.update_method_state(
+        s, old, new, jax.tree.map(np.zeros_like, old), StepInfo(
+            {"x": x, "y": y, "t": t}, {}, None, lambda a: a, (0, 1), masks,
+            model.batch_stats, jax.tree.map(np.subtract, new, old)))
+
+    def ce(p, i):
+      logits = model.apply(p, model.batch_stats, x[i:i + 1])[0][0][0]
+      logits = np.where(masks[step], 0, -np.inf) + logits
+      return jax.nn.logsumexp(logits) - logits[y[i]]
+
+    for i in range(5):
+      total = jax.tree.map(lambda a, g: a + np.square(g) / 5, total,
+                           jax.grad(ce)(old, i))
+    old = new
+  assert int(s["window_steps"]) == 2
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(
+      got, want, rtol=1e-4, atol=1e-7), s["window_fisher"], total)
 
 
 def test_the_forgetting_intransigence_trade_off(digits):
@@ -138,6 +179,9 @@ def test_bad_hyperparameters_are_refused():
                     (dict(alpha=1.5), "alpha"), (dict(eps=0.0), "eps"),
                     (dict(update_every=0), "update_every"),
                     (dict(update_every=2.5), "update_every"),
-                    (dict(update_every=True), "update_every")]:
+                    (dict(update_every=True), "update_every"),
+                    (dict(eps="1"), "eps"),
+                    (dict(fisher="batch"), "fisher must be"),
+                    (dict(chunk_size=0), "chunk_size")]:
     with pytest.raises(ValueError, match=match):
       methods.RWalk(**kw)

@@ -11,16 +11,17 @@ import jax
 import jax.numpy as jnp
 
 
-def rwalk_fisher(fisher, window_sq, steps, alpha):
+def rwalk_fisher(fisher, window_fisher, steps, alpha):
   """The online empirical Fisher (EWC++, eq. 6), updated once per window of
   ``steps`` train steps (the paper's ``Delta t``):
-  ``F <- alpha * mean_window(g^2) + (1 - alpha) * F``, where ``window_sq``
-  sums the squared gradients of the task loss over the window (the mean of
-  the window's mini-batch squared gradients, as the authors' code has it;
-  ``F`` starts at 0, as there).
+  ``F <- alpha * mean_window(F_b) + (1 - alpha) * F``, where
+  ``window_fisher`` sums the window's per-batch Fisher estimates ``F_b``
+  (``RWalk``'s ``fisher``: the batches' mean squared per-example gradients,
+  or the authors' squared batch gradients); ``F`` starts at 0, as in the
+  authors' code.
   """
-  return jax.tree.map(lambda f, sq: alpha * sq / steps + (1.0 - alpha) * f,
-                      fisher, window_sq)
+  return jax.tree.map(lambda f, w: alpha * w / steps + (1.0 - alpha) * f,
+                      fisher, window_fisher)
 
 
 def rwalk_score_step(score, omega, fisher, params, window_start, eps):
