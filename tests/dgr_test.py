@@ -37,6 +37,10 @@ def test_vae_loss_against_numpy_and_a_monte_carlo_kl():
   np.testing.assert_allclose(got, (bce + kl) / d, rtol=0, atol=2e-3)
   with pytest.raises(ValueError, match="shapes must be equal"):
     losses.vae_loss(logits, x[:, :-1], mean, logvar)
+  with pytest.raises(ValueError, match="targets must be finite and in"):
+    losses.vae_loss(logits, x + 2, mean, logvar)
+  with pytest.raises(ValueError, match="at least one input value"):
+    losses.vae_loss(logits[:, :0], x[:, :0], mean, logvar)
 
 
 def _replay_loop(s, t, s_groups, t_groups, temperature, soft):
@@ -78,6 +82,8 @@ def test_replay_loss_against_a_loop(soft, seed):
   assert float(losses.replay_loss(s, t, s_groups, none, 1.5, soft)) == 0.0
   with pytest.raises(ValueError, match="subsets"):
     losses.replay_loss(s, t, none, t_groups, 1.5, soft)
+  with pytest.raises(ValueError, match="at least one example"):
+    losses.replay_loss(s[:0], t[:0], s_groups, t_groups, 1.5, soft)
   with pytest.raises(ValueError, match="boolean"):
     losses.replay_loss(s, t, s_groups.astype(int), t_groups, 1.5, soft)
 

@@ -93,6 +93,70 @@ def _task0_logits(stream, method, tasks):
   return np.asarray(z)[:, stream.tasks[0].classes], res
 
 
+def test_one_train_step_against_the_algorithm_written_out():
+  # One step of task 2 on a gated MLP, by hand: the batch's scale s (eq. 3,
+  # step 3 of an epoch of 10), CE over the task's classes + c R (R against
+  # the cumulative gates), the weights' gradients conditioned by
+  # 1 - min(a_l[i], a_{l-1}[j]) (biases by 1 - a_l), the gate embeddings'
+  # compensated as the authors' code does (cosh clamped at 50), plain SGD,
+  # then the embeddings clamped to [-6, 6].
+  rng = np.random.default_rng(0)
+  smax, lr, c = 400.0, 0.05, 0.75
+  method = methods.HAT(c=c, smax=smax, lr=lr)
+  model = models.build_model("mlp", (2, 3, 1), 6, hidden=(5, 4),
+                             head="gated")
+  prev = [rng.uniform(size=5).astype(np.float32),
+          rng.uniform(size=4).astype(np.float32)]
+  s = {**method.init_state(model, type("S", (), {"num_tasks": 2})),
+       "previous": {0: jnp.asarray(prev[0]), 1: jnp.asarray(prev[1])},
+       "n_train": jnp.asarray(80, jnp.int32),
+       "count": jnp.asarray(13, jnp.int32)}
+  params = {**model.params, "gates": {
+      i: jnp.asarray(rng.normal(size=n) * 3, jnp.float32)
+      for i, n in ((0, 5), (1, 4))}}
+  opt = method.optimizer(None, params)
+  masks = np.tile([0, 0, 0, 1, 1, 1], (2, 1)).astype(bool)
+  step = jax.jit(train.make_train_step(
+      method.loss_fn(model), opt,
+      update_method_state=method.update_method_state,
+      extra_args=method.extra_args, batch_fn=method.batch_fn))
+  x = rng.normal(size=(8, 2, 3, 1)).astype(np.float32)
+  y = rng.integers(3, 6, size=8).astype(np.int32)
+  new, _ = step(train.init_train_state(params, {}, opt, s, masks),
+                {"x": x, "y": y, "t": np.ones(8, np.int32)},
+                jax.random.key(0))
+
+  scale = 1 / smax + (smax - 1 / smax) * 3 / 9
+  p = jax.device_get(params)
+
+  def loss(p):
+    h, gates = x.reshape(8, -1), []
+    for i in range(2):
+      a = jax.nn.sigmoid(scale * p["gates"][i])
+      h = a * jax.nn.relu(h @ p["layers"][i]["kernel"] + p["layers"][i]["bias"])
+      gates.append(a)
+    z = (h @ p["head"]["kernel"] + p["head"]["bias"])[:, 3:]
+    ce = jnp.mean(-jax.nn.log_softmax(z)[np.arange(8), y - 3])
+    r = sum(jnp.sum(a * (1 - q)) for a, q in zip(gates, prev)) / sum(
+        np.sum(1 - q) for q in prev)
+    return ce + c * r
+
+  g = jax.device_get(jax.grad(loss)(p))
+  cond = [1 - prev[0][None], 1 - np.minimum(prev[1][None], prev[0][:, None])]
+  for i in range(2):
+    g["layers"][i]["kernel"] = g["layers"][i]["kernel"] * cond[i]
+    g["layers"][i]["bias"] = g["layers"][i]["bias"] * (1 - prev[i])
+    e = p["gates"][i]
+    g["gates"][i] = g["gates"][i] * smax / scale * (np.cosh(np.clip(
+        scale * e, -50, 50)) + 1) / (np.cosh(e) + 1)
+  want = jax.tree.map(lambda a, b: a - lr * b, p, g)
+  want["gates"] = {i: np.clip(e, -6, 6) for i, e in want["gates"].items()}
+  assert np.any(np.abs(want["gates"][0]) == 6)  # the clamp is exercised
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               jax.device_get(new.params), want)
+
+
 def test_old_tasks_keep_their_outputs(stream):
   # Task 0's logits after task 0 and after the whole stream: fine-tuning
   # moves them by several units, HAT's hard gates (smax = 400) keep them.
@@ -160,3 +224,5 @@ def test_refusals(stream, digits):
     methods.HAT(smax=0.5)
   with pytest.raises(ValueError, match="c"):
     methods.HAT(c=-1.0)
+  with pytest.raises(ValueError, match="one entry per gated layer"):
+    attention_regularizer([jnp.ones(3)], [jnp.ones(3), jnp.ones(2)])

@@ -33,6 +33,10 @@ def vae_loss(recon_logits: jax.Array, targets: jax.Array, mean: jax.Array,
   _validate.check_same_shape(recon_logits=recon_logits, targets=targets)
   _validate.check_shape("mean", mean, (np.shape(recon_logits)[0], None))
   _validate.check_same_shape(mean=mean, logvar=logvar)
+  if np.shape(recon_logits)[-1] == 0:
+    raise ValueError("recon_logits must have at least one input value (D "
+                     "> 0), got shape " + str(np.shape(recon_logits)))
+  _validate.check_unit_interval("targets", targets)
   recon = jnp.sum(optax.sigmoid_binary_cross_entropy(recon_logits, targets),
                   axis=-1)
   kl = -0.5 * jnp.sum(1 + logvar - mean ** 2 - jnp.exp(logvar), axis=-1)
@@ -71,6 +75,9 @@ def replay_loss(student_logits: jax.Array, teacher_logits: jax.Array,
   _validate.check_shape("student_logits", student_logits, (None, None))
   _validate.check_same_shape(student_logits=student_logits,
                              teacher_logits=teacher_logits)
+  if np.shape(student_logits)[0] == 0:
+    raise ValueError("student_logits must hold at least one example, got "
+                     "shape " + str(np.shape(student_logits)))
   c = np.shape(student_logits)[1]
   _validate.check_shape("student_groups", student_groups, (None, c))
   _validate.check_same_shape(student_groups=student_groups,

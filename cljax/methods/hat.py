@@ -36,6 +36,9 @@ def attention_regularizer(gates, previous):
   sum_l sum_i (1 - p_li)`` over the gates ``a`` of the current task and
   the cumulative ones ``p`` of the earlier tasks (all 0 before the second
   task: the mean gate)."""
+  if len(gates) != len(previous):
+    raise ValueError(f"gates ({len(gates)} layers) and previous "
+                     f"({len(previous)}) must have one entry per gated layer")
   num = sum(jnp.sum(a * (1 - p)) for a, p in zip(gates, previous))
   den = sum(jnp.sum(1 - p) for p in previous)
   return num / jnp.maximum(den, 1e-12)
