@@ -35,9 +35,10 @@ class MIR(Rehearsal):
   backward passes before one optimizer step). Candidates are scored with
   the network in eval mode (the authors' code scores them in train mode,
   where BatchNorm normalises them by their own statistics and updates its
-  running ones; the same for a network without BatchNorm). The memory is a reservoir by default, as in the
-  paper's single pass. The incoming and retrieved examples share one
-  forward pass (the authors take two: BatchNorm sees their union here).
+  running ones; the scores are the same for a network without BatchNorm).
+  The memory is a reservoir by default, as in the paper's single pass.
+  The incoming and retrieved examples share one forward pass (the authors
+  take two: BatchNorm sees their union here).
 
   Args:
     subsample: candidates drawn per step (the paper's ``C``: 50 on MNIST,

@@ -35,12 +35,14 @@ class RWalk(PenalisedFineTune):
   batch's examples of their squared per-example gradients of the task
   loss, exact (``vmap`` of ``grad``, or the model's layer taps), at the
   step's parameters before the update, in eval mode (BatchNorm by its
-  running statistics after the step); ``"minibatch"``, the square of the batch's mean
-  gradient ``g^2``, as the authors' code has it (no extra backward pass; a
-  different, smaller quantity: the square of a mean, not a mean of
-  squares). At a task's end the scores are
-  averaged with the previous tasks' (``s <- (s + s_task) / 2``, the first
-  task's kept as is), against the rigidity that summing would build up.
+  running statistics after the step); ``"minibatch"``, the square of the
+  batch's mean gradient ``g^2``, as the authors' code has it (no extra
+  backward pass; a different, smaller quantity: the square of a mean, not
+  a mean of squares).
+
+  At a task's end the scores are averaged with the previous tasks' (``s
+  <- (s + s_task) / 2``, the first task's kept as is), against the
+  rigidity that summing would build up.
 
   Where the authors' code (facebookresearch/agem) departs from the paper we
   follow the paper: the ``0.5`` in the KL term (the code drops it; a scale
@@ -83,8 +85,8 @@ class RWalk(PenalisedFineTune):
 
   def init_state(self, model, stream):
     if self.fisher == "empirical":
-      self._batch_fisher_fn = importance_function(model, "fisher",
-                                         chunk_size=self.chunk_size)
+      self._batch_fisher_fn = importance_function(
+          model, "fisher", chunk_size=self.chunk_size)
     z = zeros_like_tree(model.params)
     return {"anchor": model.params, "importance": z, "fisher": z,
             "score": z, "task_score": z, "omega": z, "window_fisher": z,
