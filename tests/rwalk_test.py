@@ -36,6 +36,17 @@ def test_pieces_against_numpy():
                                atol=1e-7)
   constant = regularizers.minmax_normalise({"a": np.full((2,), 3.0)})
   np.testing.assert_array_equal(constant["a"], 0.0)
+  for call, match in [
+      (lambda: regularizers.rwalk_fisher(f, sq, 0.0, 0.9), "steps"),
+      (lambda: regularizers.rwalk_fisher(f, sq, 4.0, 1.5), "alpha"),
+      (lambda: regularizers.rwalk_fisher(f, {"a": sq["a"]}, 4.0, 0.9),
+       "window_fisher must match fisher"),
+      (lambda: regularizers.rwalk_score_step(s, w, f, p, {"a": p0["a"]},
+                                             1e-3), "window_start"),
+      (lambda: regularizers.rwalk_score_step(s, w, f, p, p0, 0.0), "eps"),
+      (lambda: regularizers.minmax_normalise({}), "at least one array")]:
+    with pytest.raises(ValueError, match=match):
+      call()
 
 
 def _reference(tasks, lam, alpha, eps, every, theta0):

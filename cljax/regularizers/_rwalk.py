@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cljax import _validate
+
 
 def rwalk_fisher(fisher, window_fisher, steps, alpha):
   """The online empirical Fisher (EWC++, eq. 6), updated once per window of
@@ -20,6 +22,10 @@ def rwalk_fisher(fisher, window_fisher, steps, alpha):
   or the authors' squared batch gradients); ``F`` starts at 0, as in the
   authors' code.
   """
+  _validate.check_tree_like("window_fisher", window_fisher, fisher, "fisher")
+  _validate.check_positive("steps", steps)
+  _validate.check_value("alpha", alpha, lambda v: (v > 0) & (v <= 1),
+                        "in (0, 1]")
   return jax.tree.map(lambda f, w: alpha * w / steps + (1.0 - alpha) * f,
                       fisher, window_fisher)
 
@@ -32,6 +38,10 @@ def rwalk_score_step(score, omega, fisher, params, window_start, eps):
   gradient), ``theta_w`` the parameters at the window's start, and ``F``
   the online Fisher: the loss decrease per unit of KL divergence the moves
   cost. Negative scores are set to 0, as the paper says."""
+  for name, tree in (("omega", omega), ("fisher", fisher),
+                     ("params", params), ("window_start", window_start)):
+    _validate.check_tree_like(name, tree, score, "score")
+  _validate.check_positive("eps", eps)
   return jax.tree.map(
       lambda s, w, f, p, p0: s + jax.nn.relu(
           w / (0.5 * f * jnp.square(p - p0) + eps)),
@@ -43,6 +53,8 @@ def minmax_normalise(tree):
   together (the authors' code normalises the Fisher and the scores so
   before adding them, eq. 8); a constant tree becomes 0."""
   leaves = jax.tree.leaves(tree)
+  if not leaves:
+    raise ValueError("minmax_normalise needs a tree with at least one array")
   lo = jnp.min(jnp.stack([jnp.min(a) for a in leaves]))
   hi = jnp.max(jnp.stack([jnp.max(a) for a in leaves]))
   span = jnp.where(hi > lo, hi - lo, 1.0)
