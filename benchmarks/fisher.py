@@ -7,7 +7,8 @@ inputs, times three jitted functions of the parameters:
   one backward pass per chunk; cljax's default in EWC),
 * ``vmap``: ``fisher_diagonal`` (exact, ``vmap(grad)`` per chunk),
 * ``batched grad``: the gradient of the mean loss over the same chunks (one
-  ordinary backward pass per chunk; *not* a Fisher, the speed floor).
+  ordinary backward pass per chunk, unrolled; *not* a Fisher, the speed
+  floor).
 
 Peak memory is XLA's compiled temporary allocation
 (``memory_analysis().temp_size_in_bytes``); compile time covers tracing,
@@ -43,12 +44,14 @@ def functions(model, chunk):
                                 y[None])[0]
 
   def batched(p, xs, ys):
-    xc = xs.reshape(-1, chunk, *xs.shape[1:])
-    yc = ys.reshape(-1, chunk)
+    # Unrolled over the chunks: XLA:CPU runs a convolution's kernel
+    # gradient inside a loop (lax.map) about 7x slower than outside one
+    # (cljax.train's loops_are_slow), which would flatter the other paths.
     loss = lambda q, x, y: jnp.sum(masked_cross_entropy(
         model.apply(q, stats, x)[0][0], y))
-    g = jax.lax.map(lambda a: jax.grad(loss)(p, *a), (xc, yc))
-    return jax.tree.map(lambda s: s.sum(0) / len(xs), g)
+    g = [jax.grad(loss)(p, xs[i:i + chunk], ys[i:i + chunk])
+         for i in range(0, len(xs), chunk)]
+    return jax.tree.map(lambda *s: sum(s) / len(xs), *g)
 
   return {
       "layerwise": lambda p, xs, ys: regularizers.layerwise_fisher_diagonal(

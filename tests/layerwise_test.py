@@ -126,3 +126,36 @@ def test_taps_reject_a_layer_called_twice():
   model = functional(Shared(nnx.Rngs(0)))
   with pytest.raises(ValueError, match="more than once"):
     model.taps.run(model.params, model.batch_stats, jnp.ones((2, 4)))
+
+
+@pytest.mark.parametrize("kernel,kw", [
+    ((3, 3), dict(strides=1, padding="SAME")),
+    ((3, 2), dict(strides=(2, 1), padding="VALID")),
+    ((3, 3), dict(strides=2, padding=((1, 0), (2, 1)))),
+    ((2, 2), dict(kernel_dilation=2, padding="SAME")),
+    ((3, 3), dict(strides=2, padding=1)),
+    ((3,), dict(strides=2, padding="SAME"))])
+def test_conv_unfold_reproduces_the_convolution(kernel, kw):
+  # A convolution is its receptive fields times the reshaped kernel, which
+  # the per-example kernel gradients P_i^T delta_i rely on.
+  from cljax.models._taps import conv_unfold
+  conv = nnx.Conv(3, 5, kernel, rngs=nnx.Rngs(0), **kw)
+  spatial = (9, 8)[:len(kernel)]
+  a = np.random.default_rng(0).normal(size=(4, *spatial, 3)).astype(
+      np.float32)
+  want = np.asarray(conv(a))
+  got = conv_unfold(conv)(a) @ conv.kernel[...].reshape(-1, 5) + conv.bias[...]
+  np.testing.assert_allclose(got, want.reshape(4, -1, 5), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_conv_unfold_leaves_other_convolutions_to_the_vjp():
+  from cljax.models._taps import conv_unfold
+  rngs = nnx.Rngs(0)
+  for conv in (nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=rngs),
+               nnx.Conv(4, 4, (3, 3), padding="CIRCULAR", rngs=rngs),
+               nnx.Conv(4, 4, (3, 3), input_dilation=2, rngs=rngs)):
+    assert conv_unfold(conv) is None
+  model = build_model("cnn", (8, 8, 1), 10)
+  assert set(model.taps.unfold) == {p for p, k in model.taps.kinds.items()
+                                    if k == "Conv"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import jax
 from flax import nnx
 
 
@@ -34,10 +35,16 @@ class LayerTaps(NamedTuple):
       ``path`` alone as a pure function of its parameters and input (called
       as in ``run``).
     kinds: ``{path: class name}`` (e.g. ``"Linear"``, ``"Conv"``).
+    unfold: ``{path: a -> patches}`` for the plain convolutions (``nnx.Conv``
+      without groups, input dilation or mask, with "SAME", "VALID" or
+      explicit padding): ``a (B, *spatial, C_in)`` to ``(B, L, K)``, the
+      ``L`` output positions' receptive fields in the order of the kernel
+      reshaped to ``(K, C_out)``, so that ``s = patches @ kernel + bias``.
   """
   run: Callable
   call: Callable
   kinds: dict
+  unfold: dict
 
 
 def _owns_params(module) -> bool:
@@ -50,6 +57,39 @@ def _submodule(model, path):
   return model
 
 
+def conv_unfold(conv: nnx.Conv) -> Callable | None:
+  """``a -> patches`` of a plain ``nnx.Conv`` (see ``LayerTaps.unfold``), or
+  ``None`` for one it does not cover."""
+  nd = len(conv.kernel_size)
+  pad, strides = conv.padding, conv.strides
+  dilation = conv.kernel_dilation
+  if isinstance(pad, int):
+    pad = ((pad, pad),) * nd
+  if not (isinstance(pad, str) and pad in ("SAME", "VALID") or (
+      isinstance(pad, (tuple, list)) and len(pad) == nd)):
+    return None
+  if (conv.feature_group_count != 1 or conv.mask is not None or
+      conv.input_dilation not in (1, (1,) * nd)):
+    return None
+  strides = (strides,) * nd if isinstance(strides, int) else tuple(strides)
+  dilation = (dilation,) * nd if isinstance(dilation, int) else tuple(
+      dilation)
+  spatial = "".join("HWDUVXYZ"[:nd])
+  numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+
+  def unfold(a):
+    patches = jax.lax.conv_general_dilated_patches(
+        a, conv.kernel_size, strides, pad, rhs_dilation=dilation,
+        dimension_numbers=numbers)  # (B, *out, C_in * prod(kernel_size))
+    b, c_in = a.shape[0], a.shape[-1]
+    patches = patches.reshape(b, -1, c_in, *conv.kernel_size)
+    # (C_in, *kernel_size) -> the kernel's (*kernel_size, C_in)
+    patches = patches.transpose(0, 1, *range(3, 3 + nd), 2)
+    return patches.reshape(b, patches.shape[1], -1)
+
+  return unfold
+
+
 def layer_taps(merge: Callable[[Any, Any], nnx.Module], params,
                batch_stats) -> LayerTaps:
   """Builds ``LayerTaps`` for a model rebuilt by ``merge(params,
@@ -57,6 +97,9 @@ def layer_taps(merge: Callable[[Any, Any], nnx.Module], params,
   template = merge(params, batch_stats)
   kinds = {path: type(m).__name__ for path, m in nnx.iter_modules(template)
            if _owns_params(m)}
+  unfold = {path: f for path, m in nnx.iter_modules(template)
+            if path in kinds and isinstance(m, nnx.Conv)
+            and (f := conv_unfold(m)) is not None}
   call_args = {}  # path -> (args, kwargs) after the first trace of ``run``
 
   def run(params, batch_stats, x, perturbations=None):
@@ -95,7 +138,7 @@ def layer_taps(merge: Callable[[Any, Any], nnx.Module], params,
     args, kwargs = call_args[path]
     return layer(a, *args, **kwargs)
 
-  return LayerTaps(run, call, kinds)
+  return LayerTaps(run, call, kinds, unfold)
 
 
 def layer_params(params, path):

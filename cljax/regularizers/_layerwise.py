@@ -14,9 +14,14 @@ For a dense layer ``s = a W + b`` the per-example gradient is
 
 one ``(D_in, N) x (N, D_out)`` matmul, with no per-example gradient ever
 formed (Goodfellow 2015; Dangel et al. 2020, BackPACK's "SumGradSquared"
-extension). Other layers (convolutions, where a kernel is shared over
-positions, and BatchNorm) form their own per-example gradients with ``vmap``
-of the layer's VJP: memory ``chunk x`` that layer's size, never the network's.
+extension). A convolution is a dense layer applied at every output
+position: with ``P_i`` (``L x K``) example ``i``'s receptive fields
+(``LayerTaps.unfold``), ``s_i = P_i K + b``, so its kernel's per-example
+gradient is ``P_i^T delta_i``, one batched matmul (memory ``chunk x`` the
+kernel's size; on CPU 7x faster than a vmapped convolution VJP for the
+default CNN). Other layers (BatchNorm, convolutions that ``unfold`` does not
+cover) form their own per-example gradients with ``vmap`` of the layer's
+VJP: memory ``chunk x`` that layer's size, never the network's.
 """
 
 from __future__ import annotations
@@ -47,6 +52,13 @@ def _layer_sums(taps: LayerTaps, params, batch_stats, inputs, deltas, f):
       sums = {"kernel": f(a).T @ f(d)}
       if "bias" in lp:
         sums["bias"] = jnp.sum(f(d), axis=0)
+    elif path in taps.unfold:  # s_i = P_i K: example i's gradient P_i^T d_i
+      d = d.reshape(d.shape[0], -1, d.shape[-1])  # (N, L, C_out)
+      grads = jnp.einsum("nlk,nlo->nko", taps.unfold[path](a), d)
+      sums = {"kernel": jnp.sum(f(grads), axis=0).reshape(
+          lp["kernel"].shape)}
+      if "bias" in lp:
+        sums["bias"] = jnp.sum(f(jnp.sum(d, axis=1)), axis=0)
     else:
       def one(ai, di, lp=lp, path=path):
         _, vjp = jax.vjp(lambda q: taps.call(path, q, batch_stats, ai[None]),
@@ -97,8 +109,13 @@ def per_example_grad_sum(taps: LayerTaps, params, batch_stats, xs, *aux,
     return _layer_sums(taps, params, batch_stats, inputs, deltas, f)
 
   chunks[1] = chunks[1] * pad_w  # padding repeats the last example: weight 0
-  sums = jax.lax.map(one_chunk, tuple(chunks))
-  return jax.tree.map(lambda s: jnp.sum(s, axis=0), sums)
+  # The sums accumulate in the loop's carry: stacking every chunk's sums
+  # (lax.map) and adding them after took twice as long on XLA:CPU.
+  chunk = lambda i: tuple(c[i] for c in chunks)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       jax.eval_shape(one_chunk, chunk(0)))
+  return jax.lax.fori_loop(0, len(chunks[0]), lambda i, acc: jax.tree.map(
+      jnp.add, acc, one_chunk(chunk(i))), zeros)
 
 
 def layerwise_fisher_diagonal(taps: LayerTaps, params, batch_stats, xs, ys, *,
