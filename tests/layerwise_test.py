@@ -134,7 +134,8 @@ def test_taps_reject_a_layer_called_twice():
     ((3, 3), dict(strides=2, padding=((1, 0), (2, 1)))),
     ((2, 2), dict(kernel_dilation=2, padding="SAME")),
     ((3, 3), dict(strides=2, padding=1)),
-    ((3,), dict(strides=2, padding="SAME"))])
+    ((3,), dict(strides=2, padding="SAME")),
+    ((3, 3), dict(strides=None, kernel_dilation=None, padding=(1, 2)))])
 def test_conv_unfold_reproduces_the_convolution(kernel, kw):
   # A convolution is its receptive fields times the reshaped kernel, which
   # the per-example kernel gradients P_i^T delta_i rely on.
@@ -152,7 +153,16 @@ def test_conv_unfold_reproduces_the_convolution(kernel, kw):
 def test_conv_unfold_leaves_other_convolutions_to_the_vjp():
   from cljax.models._taps import conv_unfold
   rngs = nnx.Rngs(0)
-  for conv in (nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=rngs),
+
+  class Standardised(nnx.Conv):  # its own __call__: not a plain conv
+    def __call__(self, x):
+      k = self.kernel[...]
+      return jax.lax.conv_general_dilated(
+          x, (k - k.mean()) / k.std(), (1, 1), "SAME",
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  for conv in (Standardised(4, 4, (3, 3), rngs=rngs),
+               nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=rngs),
                nnx.Conv(4, 4, (3, 3), padding="CIRCULAR", rngs=rngs),
                nnx.Conv(4, 4, (3, 3), input_dilation=2, rngs=rngs)):
     assert conv_unfold(conv) is None

@@ -35,7 +35,9 @@ class RWalk(PenalisedFineTune):
   batch's examples of their squared per-example gradients of the task
   loss, exact (``vmap`` of ``grad``, or the model's layer taps), at the
   step's parameters before the update, in eval mode (BatchNorm by its
-  running statistics after the step); ``"minibatch"``, the square of the
+  running statistics after the step), on the batch before any augmentation,
+  over the logits of its first example's task (``run_stream``'s batches
+  hold one task); ``"minibatch"``, the square of the
   batch's mean gradient ``g^2``, as the authors' code has it (no extra
   backward pass; a different, smaller quantity: the square of a mean, not
   a mean of squares).

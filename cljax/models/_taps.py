@@ -35,11 +35,12 @@ class LayerTaps(NamedTuple):
       ``path`` alone as a pure function of its parameters and input (called
       as in ``run``).
     kinds: ``{path: class name}`` (e.g. ``"Linear"``, ``"Conv"``).
-    unfold: ``{path: a -> patches}`` for the plain convolutions (``nnx.Conv``
-      without groups, input dilation or mask, with "SAME", "VALID" or
-      explicit padding): ``a (B, *spatial, C_in)`` to ``(B, L, K)``, the
-      ``L`` output positions' receptive fields in the order of the kernel
-      reshaped to ``(K, C_out)``, so that ``s = patches @ kernel + bias``.
+    unfold: ``{path: a -> patches}`` for the plain convolutions (exactly
+      ``nnx.Conv``, without groups, input dilation or mask, with "SAME",
+      "VALID" or explicit padding): ``a (B, *spatial, C_in)`` to ``(B, L,
+      K)``, the ``L`` output positions' receptive fields in the order of the
+      kernel reshaped to ``(K, C_out)``, so that ``s = patches @ kernel +
+      bias``.
   """
   run: Callable
   call: Callable
@@ -57,23 +58,46 @@ def _submodule(model, path):
   return model
 
 
+def _per_dim(value, nd: int):
+  """A stride or dilation as flax reads it (``None``: 1; an int: every
+  dimension), or ``None`` if it is neither that nor ``nd`` ints."""
+  value = 1 if value is None else value
+  value = (value,) * nd if isinstance(value, int) else value
+  ok = isinstance(value, (tuple, list)) and len(value) == nd and all(
+      isinstance(v, int) for v in value)
+  return tuple(value) if ok else None
+
+
+def _padding(pad, nd: int):
+  """``"SAME"``, ``"VALID"`` or ``nd`` (low, high) pairs, from the forms
+  flax reads as those (an int, ``nd`` ints, ``nd`` pairs), else ``None``."""
+  if isinstance(pad, str):
+    return pad if pad in ("SAME", "VALID") else None
+  if isinstance(pad, int):
+    pad = (pad,) * nd
+  if not isinstance(pad, (tuple, list)) or len(pad) != nd:
+    return None
+  pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in pad]
+  if not all(len(p) == 2 and all(isinstance(q, int) for q in p)
+             for p in pairs):
+    return None
+  return tuple(pairs)
+
+
 def conv_unfold(conv: nnx.Conv) -> Callable | None:
   """``a -> patches`` of a plain ``nnx.Conv`` (see ``LayerTaps.unfold``), or
-  ``None`` for one it does not cover."""
+  ``None`` for one it does not cover (a subclass, which may transform its
+  kernel in its own ``__call__``, included)."""
+  if type(conv) is not nnx.Conv:
+    return None
   nd = len(conv.kernel_size)
-  pad, strides = conv.padding, conv.strides
-  dilation = conv.kernel_dilation
-  if isinstance(pad, int):
-    pad = ((pad, pad),) * nd
-  if not (isinstance(pad, str) and pad in ("SAME", "VALID") or (
-      isinstance(pad, (tuple, list)) and len(pad) == nd)):
+  pad = _padding(conv.padding, nd)
+  strides = _per_dim(conv.strides, nd)
+  dilation = _per_dim(conv.kernel_dilation, nd)
+  if (pad is None or strides is None or dilation is None or
+      conv.feature_group_count != 1 or conv.mask is not None or
+      _per_dim(conv.input_dilation, nd) != (1,) * nd):
     return None
-  if (conv.feature_group_count != 1 or conv.mask is not None or
-      conv.input_dilation not in (1, (1,) * nd)):
-    return None
-  strides = (strides,) * nd if isinstance(strides, int) else tuple(strides)
-  dilation = (dilation,) * nd if isinstance(dilation, int) else tuple(
-      dilation)
   spatial = "".join("HWDUVXYZ"[:nd])
   numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
 
@@ -98,8 +122,7 @@ def layer_taps(merge: Callable[[Any, Any], nnx.Module], params,
   kinds = {path: type(m).__name__ for path, m in nnx.iter_modules(template)
            if _owns_params(m)}
   unfold = {path: f for path, m in nnx.iter_modules(template)
-            if path in kinds and isinstance(m, nnx.Conv)
-            and (f := conv_unfold(m)) is not None}
+            if path in kinds and (f := conv_unfold(m)) is not None}
   call_args = {}  # path -> (args, kwargs) after the first trace of ``run``
 
   def run(params, batch_stats, x, perturbations=None):

@@ -17,9 +17,10 @@ formed (Goodfellow 2015; Dangel et al. 2020, BackPACK's "SumGradSquared"
 extension). A convolution is a dense layer applied at every output
 position: with ``P_i`` (``L x K``) example ``i``'s receptive fields
 (``LayerTaps.unfold``), ``s_i = P_i K + b``, so its kernel's per-example
-gradient is ``P_i^T delta_i``, one batched matmul (memory ``chunk x`` the
-kernel's size; on CPU 7x faster than a vmapped convolution VJP for the
-default CNN). Other layers (BatchNorm, convolutions that ``unfold`` does not
+gradient is ``P_i^T delta_i``, one batched matmul (memory ``chunk x L x
+K`` for the receptive fields and ``chunk x`` the kernel's size for the
+gradients; on CPU 7x faster than a vmapped convolution VJP for the default
+CNN). Other layers (BatchNorm, convolutions that ``unfold`` does not
 cover) form their own per-example gradients with ``vmap`` of the layer's
 VJP: memory ``chunk x`` that layer's size, never the network's.
 """
@@ -52,7 +53,8 @@ def _layer_sums(taps: LayerTaps, params, batch_stats, inputs, deltas, f):
       sums = {"kernel": f(a).T @ f(d)}
       if "bias" in lp:
         sums["bias"] = jnp.sum(f(d), axis=0)
-    elif path in taps.unfold:  # s_i = P_i K: example i's gradient P_i^T d_i
+    elif path in taps.unfold and a.ndim == lp["kernel"].ndim:
+      # s_i = P_i K (one batch axis): example i's gradient is P_i^T d_i
       d = d.reshape(d.shape[0], -1, d.shape[-1])  # (N, L, C_out)
       grads = jnp.einsum("nlk,nlo->nko", taps.unfold[path](a), d)
       sums = {"kernel": jnp.sum(f(grads), axis=0).reshape(

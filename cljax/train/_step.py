@@ -77,7 +77,9 @@ class StepInfo(NamedTuple):
   """What ``update_method_state`` sees of a step besides the parameters.
 
   Attributes:
-    batch: this shard's batch as the loss saw it (after ``batch_fn``).
+    batch: this shard's batch as the loss saw it (after ``batch_fn``), but
+      before a run's on-device augmentation, which happens inside the loss
+      (so a memory stores the examples themselves).
     outputs: the loss's optional third aux element (e.g. logits), or ``{}``.
     rng: a key shared by every shard (it decides the same on all).
     gather: ``x -> x`` of every shard concatenated along axis 0, in shard
