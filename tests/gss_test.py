@@ -110,7 +110,7 @@ def test_gradients_against_a_loop_of_per_example_gradients():
 
 
 @pytest.mark.parametrize("capacity,filled,m,bs", [
-    (40, 13, 10, 10),  # one full memory batch and a partial one
+    (20, 13, 2, 10),  # one full memory batch and a partial one
     (20, 7, 10, 10),  # one partial batch only
     (12, 5, 2, 4),  # a full batch and a partial one
     (12, 12, 2, 4)])  # full: mem_strength batches of mem_batch_size
