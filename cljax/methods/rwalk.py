@@ -37,10 +37,10 @@ class RWalk(PenalisedFineTune):
   step's parameters before the update, in eval mode (BatchNorm by its
   running statistics after the step), on the batch before any augmentation,
   over the logits of its first example's task (``run_stream``'s batches
-  hold one task); ``"minibatch"``, the square of the
-  batch's mean gradient ``g^2``, as the authors' code has it (no extra
-  backward pass; a different, smaller quantity: the square of a mean, not
-  a mean of squares).
+  hold one task); ``"minibatch"``, the square of the batch's mean gradient
+  ``g^2``, as the authors' code has it (no extra backward pass; a
+  different, smaller quantity: the square of a mean, not a mean of
+  squares).
 
   At a task's end the scores are averaged with the previous tasks' (``s
   <- (s + s_task) / 2``, the first task's kept as is), against the
@@ -115,9 +115,9 @@ class RWalk(PenalisedFineTune):
     b = info.batch
     n = b["y"].shape[0]
     unused = jax.random.key_data(jax.random.split(jax.random.key(0), n))
-    local = self._batch_fisher_fn(params, info.batch_stats, b["x"], b["y"],
-                         jnp.ones((n,), jnp.float32),
-                         jnp.asarray(info.masks)[b["t"][0]], unused)
+    local = self._batch_fisher_fn(
+        params, info.batch_stats, b["x"], b["y"], jnp.ones((n,), jnp.float32),
+        jnp.asarray(info.masks)[b["t"][0]], unused)
     # Equal shards: the global batch's mean is the mean of theirs.
     return jax.tree.map(lambda a: jnp.mean(info.gather(a[None]), 0), local)
 
@@ -126,8 +126,9 @@ class RWalk(PenalisedFineTune):
     if self.form == "loss":
       g = jax.tree.map(jnp.subtract, grads, self.penalty_grad(old_params, s))
     s = {**s, "omega": si_accumulate(s["omega"], g, step_delta(info, "RWalk")),
-         "window_fisher": jax.tree.map(jnp.add, s["window_fisher"],
-                                   self.batch_fisher(old_params, g, info)),
+         "window_fisher": jax.tree.map(
+             jnp.add, s["window_fisher"],
+             self.batch_fisher(old_params, g, info)),
          "window_steps": s["window_steps"] + 1}
     return jax.lax.cond(s["window_steps"] >= self.update_every,
                         lambda: self._close_window(s, new_params), lambda: s)

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 from flax import nnx
+from flax.nnx.nn.linear import canonicalize_padding
 
 
 class LayerTaps(NamedTuple):
@@ -69,19 +70,16 @@ def _per_dim(value, nd: int):
 
 
 def _padding(pad, nd: int):
-  """``"SAME"``, ``"VALID"`` or ``nd`` (low, high) pairs, from the forms
-  flax reads as those (an int, ``nd`` ints, ``nd`` pairs), else ``None``."""
+  """``"SAME"``, ``"VALID"`` or ``nd`` (low, high) pairs, read as the
+  convolution itself reads ``pad`` (flax's ``canonicalize_padding``), else
+  ``None``."""
+  try:
+    pad = canonicalize_padding(pad, nd)
+  except ValueError:
+    return None
   if isinstance(pad, str):
     return pad if pad in ("SAME", "VALID") else None
-  if isinstance(pad, int):
-    pad = (pad,) * nd
-  if not isinstance(pad, (tuple, list)) or len(pad) != nd:
-    return None
-  pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in pad]
-  if not all(len(p) == 2 and all(isinstance(q, int) for q in p)
-             for p in pairs):
-    return None
-  return tuple(pairs)
+  return tuple(tuple(p) for p in pad)
 
 
 def conv_unfold(conv: nnx.Conv) -> Callable | None:
