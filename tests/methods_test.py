@@ -396,7 +396,17 @@ def test_lwf_heads_by_scenario(digits, incremental, heads, expect):
     ("agem", {"ref_size": 0}, "ref_size"),
     ("lwf", {"warmup_epochs": -1}, "warmup_epochs"),
     ("agem", {"memory": "ring"}, "memory"),
-    ("dgr", {"gen_units": 0}, "gen_units")])
+    ("dgr", {"gen_units": 0}, "gen_units"),
+    # strings, inf and booleans (a plain comparison took or crashed on them)
+    ("packnet", {"prune": "0.5"}, "prune must be a real number"),
+    ("cpg", {"prune": 1.0}, "prune must be finite and in"),
+    ("rwalk", {"alpha": float("inf")}, "alpha"),
+    ("gem", {"margin": "a"}, "margin must be a real number"),
+    ("kd", {"temperature": float("inf")}, "temperature must be finite"),
+    ("e2eil", {"temperature": "2"}, "temperature"),
+    ("wa", {"temperature": float("nan")}, "temperature must be finite"),
+    ("online_ewc", {"gamma": True}, "gamma must be a real number"),
+    ("si", {"xi": float("inf")}, "xi must be finite")])
 def test_bad_hyperparameters(name, kw, match):
   with pytest.raises(ValueError, match=match):
     methods.build_method(name, **kw)

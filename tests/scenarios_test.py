@@ -35,6 +35,8 @@ def test_given_task_sizes(digits):
   # It used to run 2 tasks while the config said 5.
   with pytest.raises(ValueError, match=r"num_tasks=5 contradicts task_sizes"):
     data.class_splits(digits, 5, task_sizes=(5, 5))
+  with pytest.raises(ValueError, match="val_fraction must be a real number"):
+    data.class_splits(digits, 5, val_fraction="0.1")  # a TypeError before
 
 
 def _with_train(digits, **fields):
