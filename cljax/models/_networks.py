@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cljax.models._pooling import max_pool_2x2
+
 
 class Classifier(nnx.Module):
   """Base: ``__call__ = head(features(x))``."""
@@ -104,7 +106,7 @@ class CNN(Classifier):
   def features(self, x, train: bool = False):
     h = x
     for conv in self.convs:
-      h = nnx.max_pool(jax.nn.relu(conv(h)), (2, 2), (2, 2))
+      h = max_pool_2x2(jax.nn.relu(conv(h)))
     return jax.nn.relu(self.dense(h.reshape(h.shape[0], -1)))
 
 
