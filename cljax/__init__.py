@@ -7,4 +7,4 @@ and ``report`` summarise; ``experiment`` and ``cli`` run configs. The
 README's "Library layout" and "Python API" sections are the map.
 """
 
-__version__ = "0.3.3"
+__version__ = "0.3.4"

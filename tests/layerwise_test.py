@@ -164,7 +164,10 @@ def test_conv_unfold_leaves_other_convolutions_to_the_vjp():
   for conv in (Standardised(4, 4, (3, 3), rngs=rngs),
                nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=rngs),
                nnx.Conv(4, 4, (3, 3), padding="CIRCULAR", rngs=rngs),
-               nnx.Conv(4, 4, (3, 3), input_dilation=2, rngs=rngs)):
+               nnx.Conv(4, 4, (3, 3), input_dilation=2, rngs=rngs),
+               nnx.Conv(4, 4, (3, 3), rngs=rngs, conv_general_dilated=(
+                   lambda x, k, *a, **kw: jax.lax.conv_general_dilated(
+                       x, jnp.round(k), *a, **kw)))):
     assert conv_unfold(conv) is None
   model = build_model("cnn", (8, 8, 1), 10)
   assert set(model.taps.unfold) == {p for p, k in model.taps.kinds.items()

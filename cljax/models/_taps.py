@@ -22,6 +22,8 @@ import jax
 from flax import nnx
 from flax.nnx.nn.linear import canonicalize_padding
 
+from cljax.models._conv import canonical_conv
+
 
 class LayerTaps(NamedTuple):
   """Tapped forward pass of a ``FunctionalModel``.
@@ -31,7 +33,11 @@ class LayerTaps(NamedTuple):
       inputs, outputs)``. ``inputs`` and ``outputs`` map each layer's path (a
       tuple, as in ``params``) to the input it received and the output it
       computed; ``perturbations`` maps the same paths to arrays added to the
-      layer's output (zeros: the identity). Runs in eval mode.
+      layer's output (zeros: the identity). Runs in eval mode. On CPU the
+      plain convolutions (those in ``unfold``) run as ``canonical_conv``
+      (``_conv.py``: the same values and gradient, whose gradient stays on
+      XLA:CPU's fast kernel inside the importances' chunk loop; reverse
+      mode only).
     call: ``call(path, layer_params, batch_stats, a) -> s``, the layer at
       ``path`` alone as a pure function of its parameters and input (called
       as in ``run``).
@@ -85,8 +91,10 @@ def _padding(pad, nd: int):
 def conv_unfold(conv: nnx.Conv) -> Callable | None:
   """``a -> patches`` of a plain ``nnx.Conv`` (see ``LayerTaps.unfold``), or
   ``None`` for one it does not cover (a subclass, which may transform its
-  kernel in its own ``__call__``, included)."""
-  if type(conv) is not nnx.Conv:
+  kernel in its own ``__call__``, or one given its own
+  ``conv_general_dilated``, included)."""
+  if (type(conv) is not nnx.Conv
+      or conv.conv_general_dilated is not jax.lax.conv_general_dilated):
     return None
   nd = len(conv.kernel_size)
   pad = _padding(conv.padding, nd)
@@ -143,6 +151,8 @@ def layer_taps(merge: Callable[[Any, Any], nnx.Module], params,
         return s
 
       m.__class__ = type(base.__name__, (base,), {"__call__": tapped})
+      if path in unfold and jax.default_backend() == "cpu":
+        m.conv_general_dilated = canonical_conv  # its gradient, in loops
     logits = model.head(model.features(x, train=False))
     missing = set(kinds) - set(inputs)
     if missing:
