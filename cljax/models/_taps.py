@@ -16,9 +16,11 @@ forward pass, which ``run`` checks.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.linear import canonicalize_padding
 
@@ -104,18 +106,28 @@ def conv_unfold(conv: nnx.Conv) -> Callable | None:
       conv.feature_group_count != 1 or conv.mask is not None or
       _per_dim(conv.input_dilation, nd) != (1,) * nd):
     return None
-  spatial = "".join("HWDUVXYZ"[:nd])
-  numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+  size = conv.kernel_size
+  reach = [(k - 1) * d + 1 for k, d in zip(size, dilation)]  # dilated kernel
 
   def unfold(a):
-    patches = jax.lax.conv_general_dilated_patches(
-        a, conv.kernel_size, strides, pad, rhs_dilation=dilation,
-        dimension_numbers=numbers)  # (B, *out, C_in * prod(kernel_size))
-    b, c_in = a.shape[0], a.shape[-1]
-    patches = patches.reshape(b, -1, c_in, *conv.kernel_size)
-    # (C_in, *kernel_size) -> the kernel's (*kernel_size, C_in)
-    patches = patches.transpose(0, 1, *range(3, 3 + nd), 2)
-    return patches.reshape(b, patches.shape[1], -1)
+    # Strided slices of the padded input, one per kernel position, stacked
+    # in the kernel's (*kernel_size, C_in) order. (XLA:CPU ran
+    # conv_general_dilated_patches, a grouped convolution, 3-13x slower:
+    # 34 ms against 10 ms for the CNN's second layer at 128 examples.)
+    spatial = a.shape[1:-1]
+    pads = (jax.lax.padtype_to_pads(spatial, reach, strides, pad)
+            if isinstance(pad, str) else pad)
+    a = jnp.pad(a, ((0, 0), *pads, (0, 0)))
+    out = [(n - r) // s + 1 for n, r, s in zip(a.shape[1:-1], reach, strides)]
+    taps = []
+    for pos in itertools.product(*map(range, size)):
+      start = [p * d for p, d in zip(pos, dilation)]
+      stop = [b + (o - 1) * s + 1 for b, o, s in zip(start, out, strides)]
+      taps.append(jax.lax.slice(a, (0, *start, 0),
+                                (a.shape[0], *stop, a.shape[-1]),
+                                (1, *strides, 1)))
+    patches = jnp.stack(taps, axis=-2)  # (B, *out, prod(kernel_size), C_in)
+    return patches.reshape(a.shape[0], -1, len(taps) * a.shape[-1])
 
   return unfold
 
