@@ -1,12 +1,14 @@
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import lax
 
-from cljax.models._conv import canonical_conv
+from cljax import methods, models
+from cljax.bench._suite import synthetic_stream
+from cljax.bench._timing import method_state
+from cljax.models._conv import canonical_conv, reverse_mode_convs
 
 # (spatial size, C_in, C_out, kernel, strides, padding)
 CASES = [((28, 28), 1, 8, (3, 3), (1, 1), "SAME"),
@@ -51,6 +53,23 @@ def test_values_and_gradient_are_jaxs_bit_for_bit(case):
     np.testing.assert_array_equal(a, b)
 
 
+def test_an_empty_output_passes_back_zeros():
+  dn = channels_last(2)
+  w = jnp.ones((3, 3, 3, 4))
+  for conv in (canonical_conv, lax.conv_general_dilated):
+    f = lambda x: conv(x, w, (1, 1), "VALID", dimension_numbers=dn).sum()
+    np.testing.assert_array_equal(jax.grad(f)(jnp.ones((2, 2, 5, 3))), 0.0)
+
+
+def fast_form(compiled_text):
+  """Whether every 2-D convolution of a compiled program is channels last
+  with an HWIO kernel (and there is one)."""
+  convs = [line for line in compiled_text.splitlines()
+           if " convolution(" in line]
+  return bool(convs) and all("dim_labels=b01f_01io->b01f" in c
+                             for c in convs)
+
+
 def looped(f):
   """``(x, w, g) ->`` the VJP at ``x * (i + 1)``, summed over two iterations
   ``i`` of a ``fori_loop``, jitted."""
@@ -68,12 +87,52 @@ def test_inside_a_loop_every_convolution_is_in_the_fast_form(case):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
   if jax.default_backend() != "cpu":
     return
-  fast = re.compile(r"dim_labels=b01f_01io->b01f")
-  convs = lambda f: [line for line in looped(f).lower(x, w, g).compile()
-                     .as_text().splitlines() if " convolution(" in line]
-  assert convs(new) and all(fast.search(c) for c in convs(new))
+  text = lambda f: looped(f).lower(x, w, g).compile().as_text()
+  assert fast_form(text(new))
   # JAX's own gradient is not, there: what this module is for.
-  assert not all(fast.search(c) for c in convs(ref))
+  assert not fast_form(text(ref))
+
+
+def test_models_use_it_only_inside_reverse_mode_convs():
+  m = models.build_model("cnn", (8, 8, 1), 10)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)),
+                  jnp.float32)
+  out = lambda p: m.apply(p, m.batch_stats, x)[0][0]
+  # Outside: lax's convolution, forward mode included.
+  jax.jvp(out, (m.params,), (m.params,))
+
+  def grads_in_a_cond(p, on):
+    g = lambda: jax.grad(lambda q: jnp.sum(out(q) ** 2))(p)
+    return jax.lax.cond(on, g, lambda: jax.tree.map(jnp.zeros_like, p))
+
+  def inside(p, on):
+    with reverse_mode_convs():
+      return grads_in_a_cond(p, on)
+
+  got = jax.jit(inside)(m.params, True)
+  want = jax.jit(grads_in_a_cond)(m.params, True)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+  if jax.default_backend() == "cpu":
+    text = lambda f: jax.jit(f).lower(m.params, True).compile().as_text()
+    assert fast_form(text(inside)) and not fast_form(text(grads_in_a_cond))
+
+
+def test_agems_step_keeps_the_fast_convolutions():
+  """A-GEM's reference gradient sits in a conditional (no memory work while
+  the memory is empty): before the train step traced its model inside
+  ``reverse_mode_convs``, its convolutions there ran naive on CPU (the
+  CNN's step at batch 128: 32x fine-tuning's)."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("XLA:CPU's convolution forms")
+  stream = synthetic_stream("cnn", 64)
+  model = models.build_model("cnn", (28, 28, 1), 10)
+  agem = methods.build_method("agem", ref_size=16, memory_size=32)
+  step, state = method_state(agem, model, stream, optax.sgd(0.1), 1)
+  task = stream.tasks[1].train
+  batch = {k: jnp.asarray(getattr(task, k)[:8]) for k in "xyt"}
+  text = jax.jit(step).lower(state, batch, jax.random.key(0)).compile()
+  assert fast_form(text.as_text())
 
 
 @pytest.mark.parametrize("kwargs", [{"rhs_dilation": (2, 2)},

@@ -135,7 +135,8 @@ def test_taps_reject_a_layer_called_twice():
     ((2, 2), dict(kernel_dilation=2, padding="SAME")),
     ((3, 3), dict(strides=2, padding=1)),
     ((3,), dict(strides=2, padding="SAME")),
-    ((3, 3), dict(strides=None, kernel_dilation=None, padding=(1, 2)))])
+    ((3, 3), dict(strides=None, kernel_dilation=None, padding=(1, 2))),
+    ((2, 3), dict(kernel_dilation=(2, 1), strides=(1, 2), padding="SAME"))])
 def test_conv_unfold_reproduces_the_convolution(kernel, kw):
   # A convolution is its receptive fields times the reshaped kernel, which
   # the per-example kernel gradients P_i^T delta_i rely on.
@@ -148,6 +149,22 @@ def test_conv_unfold_reproduces_the_convolution(kernel, kw):
   got = conv_unfold(conv)(a) @ conv.kernel[...].reshape(-1, 5) + conv.bias[...]
   np.testing.assert_allclose(got, want.reshape(4, -1, 5), rtol=1e-5,
                              atol=1e-5)
+
+
+def test_conv_unfold_crops_for_negative_padding():
+  # Against the cropped input, padded and convolved without padding
+  # (XLA:CPU's own convolution with negative padding returns garbage).
+  from cljax.models._taps import conv_unfold
+  conv = nnx.Conv(3, 5, (3, 3), strides=2, padding=((-1, 2), (0, -1)),
+                  rngs=nnx.Rngs(0))
+  a = np.random.default_rng(0).normal(size=(4, 9, 8, 3)).astype(np.float32)
+  cropped = np.pad(a[:, 1:, :-1], ((0, 0), (0, 2), (0, 0), (0, 0)))
+  want = jax.lax.conv_general_dilated(
+      cropped, conv.kernel[...], (2, 2), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got = conv_unfold(conv)(a) @ conv.kernel[...].reshape(-1, 5)
+  np.testing.assert_allclose(got, np.asarray(want).reshape(4, -1, 5),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_conv_unfold_leaves_other_convolutions_to_the_vjp():

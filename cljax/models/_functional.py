@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cljax.models._conv import use_canonical_convs
 from cljax.models._taps import LayerTaps, layer_taps
 
 
@@ -94,6 +95,7 @@ def functional(module: nnx.Module, dtype: str = "float32"
 
   def apply(params, batch_stats, x, train: bool = False):
     model = merge(cast(params), batch_stats)
+    use_canonical_convs(model)  # inside reverse_mode_convs, on CPU
     axis = _BN_AXIS.get()
     if train and axis is not None:
       for _, layer in model.iter_modules():

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.linear import canonicalize_padding
 
-from cljax.models._conv import canonical_conv
+from cljax.models._conv import use_canonical_convs
 
 
 class LayerTaps(NamedTuple):
@@ -35,11 +35,11 @@ class LayerTaps(NamedTuple):
       inputs, outputs)``. ``inputs`` and ``outputs`` map each layer's path (a
       tuple, as in ``params``) to the input it received and the output it
       computed; ``perturbations`` maps the same paths to arrays added to the
-      layer's output (zeros: the identity). Runs in eval mode. On CPU the
-      plain convolutions (those in ``unfold``) run as ``canonical_conv``
-      (``_conv.py``: the same values and gradient, whose gradient stays on
-      XLA:CPU's fast kernel inside the importances' chunk loop; reverse
-      mode only).
+      layer's output (zeros: the identity). Runs in eval mode. On CPU its
+      plain convolutions run as ``canonical_conv`` (``_conv.py``: the same
+      values and gradient, whose gradient stays on XLA:CPU's fast kernel
+      inside the importances' chunk loop; ``jax.jvp`` through ``run``
+      raises there).
     call: ``call(path, layer_params, batch_stats, a) -> s``, the layer at
       ``path`` alone as a pure function of its parameters and input (called
       as in ``run``).
@@ -117,7 +117,8 @@ def conv_unfold(conv: nnx.Conv) -> Callable | None:
     spatial = a.shape[1:-1]
     pads = (jax.lax.padtype_to_pads(spatial, reach, strides, pad)
             if isinstance(pad, str) else pad)
-    a = jnp.pad(a, ((0, 0), *pads, (0, 0)))
+    a = jax.lax.pad(a, jnp.zeros((), a.dtype),  # negative pads crop
+                    [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
     out = [(n - r) // s + 1 for n, r, s in zip(a.shape[1:-1], reach, strides)]
     taps = []
     for pos in itertools.product(*map(range, size)):
@@ -145,6 +146,7 @@ def layer_taps(merge: Callable[[Any, Any], nnx.Module], params,
 
   def run(params, batch_stats, x, perturbations=None):
     model = merge(params, batch_stats)
+    use_canonical_convs(model, always=True)  # their gradient, in loops
     inputs, outputs = {}, {}
     for path, m in nnx.iter_modules(model):
       if path not in kinds:
@@ -163,8 +165,6 @@ def layer_taps(merge: Callable[[Any, Any], nnx.Module], params,
         return s
 
       m.__class__ = type(base.__name__, (base,), {"__call__": tapped})
-      if path in unfold and jax.default_backend() == "cpu":
-        m.conv_general_dilated = canonical_conv  # its gradient, in loops
     logits = model.head(model.features(x, train=False))
     missing = set(kinds) - set(inputs)
     if missing:

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cljax._distributed import data_axis, process_share, replicate
+from cljax.models._conv import reverse_mode_convs
 from cljax.models._functional import sync_batch_norm
 
 
@@ -147,6 +148,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
             if axis_name else (lambda x: x))
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
+    # The step differentiates the model in reverse mode only, so on CPU its
+    # convolutions may take the VJP that keeps XLA:CPU's fast kernel inside
+    # the step's own loops and conditionals (cljax.models._conv).
+    with reverse_mode_convs():
+      return _step(state, batch, rng)
+
+  def _step(state: TrainState, batch: dict, rng: jax.Array):
     rng = shared_rng = jax.random.fold_in(rng, state.step)
     shard = (0, 1)
     if axis_name:
