@@ -69,15 +69,22 @@ def use_canonical_convs(model: nnx.Module, always: bool = False) -> None:
       m.conv_general_dilated = canonical_conv
 
 
+def fast_form(dn: lax.ConvDimensionNumbers) -> bool:
+  """Whether convolution dimension numbers are XLA:CPU's fast form:
+  channels-last input and output, an ``(*spatial, in, out)`` kernel, 1-3
+  spatial dimensions."""
+  n = len(dn.lhs_spec) - 2
+  last = n + 1
+  return (1 <= n <= 3 and tuple(dn.lhs_spec) == (0, last, *range(1, last))
+          and tuple(dn.rhs_spec) == (last, last - 1, *range(n))
+          and tuple(dn.out_spec) == tuple(dn.lhs_spec))
+
+
 def _fast_form(x, kernel, dimension_numbers) -> bool:
-  n = x.ndim - 2
-  if not 1 <= n <= 3 or kernel.ndim != x.ndim:
+  if kernel.ndim != x.ndim or x.ndim < 3:
     return False
-  dn = lax.conv_dimension_numbers(x.shape, kernel.shape, dimension_numbers)
-  last = x.ndim - 1
-  return (dn.lhs_spec == (0, last, *range(1, last))
-          and dn.rhs_spec == (last, last - 1, *range(n))
-          and dn.out_spec == dn.lhs_spec)
+  return fast_form(lax.conv_dimension_numbers(x.shape, kernel.shape,
+                                              dimension_numbers))
 
 
 def _dn(n: int):

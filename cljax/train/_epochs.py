@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.data._datasets import Split
+from cljax.models._conv import fast_form, reverse_mode_convs
 from cljax.data._streamed import augmented_or_plain
 
 
@@ -147,14 +148,32 @@ def fits(splits, budget_mb: float) -> bool:
 
 
 def loops_are_slow(model, example) -> bool:
-  """Whether ``model`` convolves on a CPU backend: XLA:CPU runs a
-  convolution inside a loop (``lax.scan``, ``lax.map``) far slower than
-  outside one (the small CNN's train step at batch 64 on 2 cores: 1.81 s a
-  step in a ``lax.scan``, 0.088 s unrolled), so ``loop="auto"`` feeds such
-  models from the host there."""
+  """Whether, on a CPU backend, ``model``'s gradient as the train step takes
+  it (inside ``reverse_mode_convs``) holds a convolution outside XLA:CPU's
+  fast form (``cljax.models._conv``). XLA:CPU rewrites such convolutions
+  into that form only at a program's top level, so inside a ``lax.scan``
+  they run as a naive loop nest (the small CNN's train step at batch 64 on
+  2 cores took 1.81 s a step in a scan, 0.088 s unrolled, before its
+  convolutions took ``canonical_conv``'s VJP); ``loop="auto"`` feeds such
+  models from the host there. cljax's own networks are not slow."""
   if jax.default_backend() != "cpu":
     return False
-  jaxpr = jax.make_jaxpr(lambda x: model.apply(model.params,
-                                               model.batch_stats, x))(example)
-  return "conv_general_dilated" in str(jaxpr)
+  loss = lambda p, x: jnp.sum(model.apply(p, model.batch_stats, x,
+                                          train=True)[0][0])
+  with reverse_mode_convs():
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(model.params, example)
+  return any(eqn.primitive.name == "conv_general_dilated"
+             and not fast_form(eqn.params["dimension_numbers"])
+             for eqn in _equations(jaxpr.jaxpr))
+
+
+def _equations(jaxpr):
+  """Every equation of ``jaxpr`` and of the jaxprs nested in it."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          yield from _equations(sub)
 

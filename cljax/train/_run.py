@@ -135,9 +135,9 @@ def run_stream(stream: Stream, method: Method, model: FunctionalModel,
       ``lax.scan``s of up to ``scan_chunk`` steps, cut where an evaluation,
       a log line or a checkpoint is due), ``"host"`` (batches fed from the
       host, the next one prefetched) or ``"auto"`` (scan when every task's
-      training data fits ``device_data_mb``, there is no ``mesh`` and the
-      model does not convolve on a CPU: ``loops_are_slow``). Both give the
-      same results.
+      training data fits ``device_data_mb``, there is no ``mesh`` and, on a
+      CPU, the model's gradient has no convolution XLA:CPU would run slowly
+      in a loop: ``loops_are_slow``). Both give the same results.
     top_k: if > 1, also the top-``top_k`` accuracy (the label among the
       ``top_k`` largest active logits), as ``accuracy_matrix_top<k>`` and
       ``metrics_top<k>`` (e.g. 5 for CIFAR-100 and ImageNet).
