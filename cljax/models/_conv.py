@@ -6,8 +6,9 @@ convolution's gradients as convolutions with other dimension orders (the
 input gradient takes the flipped kernel as ``(*spatial, out, in)``, the
 kernel gradient treats channels as the batch), and XLA:CPU's pass that
 rewrites those into the fast form with transposes (``ConvCanonicalization``)
-visits only a program's top level, not the body of a loop. Inside
-``lax.fori_loop`` or ``lax.scan`` they run as XLA's naive loop nest instead.
+visits only a program's top level, not the body of a loop or the branches
+of a conditional. Inside ``lax.fori_loop``, ``lax.scan``, ``lax.cond`` or
+``lax.switch`` they run as XLA's naive loop nest instead.
 
 ``canonical_conv`` is ``lax.conv_general_dilated`` with a VJP written in the
 fast form: the transposes that pass would add, made explicit,

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.data._datasets import Split
-from cljax.models._conv import fast_form, reverse_mode_convs
 from cljax.data._streamed import augmented_or_plain
+from cljax.models._conv import fast_form, reverse_mode_convs
 
 
 def _take(split: Split | list, rows: np.ndarray, part: slice = slice(None)

@@ -139,7 +139,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       any number of devices draw what one device would.
   Returns:
     The step. ``rng`` may be the same key every call: the step folds in
-    ``state.step``.
+    ``state.step``. On CPU it traces the model inside
+    ``reverse_mode_convs``: the plain convolutions of cljax's models have
+    no forward-mode derivative there, so a loss that takes ``jax.jvp``
+    through a convolutional network raises (reverse mode is unaffected).
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   mean = ((lambda x: jax.lax.pmean(x, axis_name)) if axis_name
