@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from cljax import data, losses, methods, models, regularizers, train
 from cljax.methods._base import TaskContext
@@ -437,14 +438,20 @@ def test_scan_and_host_loops_are_bit_identical(stream, method):
                jax.device_get(b["final_state"].params))
 
 
-@pytest.mark.parametrize("name", ["finetune", "agem", "ewc"])
-def test_scan_and_host_loops_are_bit_identical_for_the_cnn(stream, name):
-  # In the scan its convolutions' gradients run inside a loop, where XLA:CPU
-  # does not rewrite them into its fast form itself (cljax.models._conv):
-  # the same results to the bit as at the host loop's top level.
+@pytest.mark.parametrize("name,net", [
+    ("finetune", "cnn"), ("agem", "cnn"), ("ewc", "cnn"), ("ewc", "resnet")])
+def test_scan_and_host_loops_are_bit_identical_for_conv_nets(stream, name,
+                                                             net):
+  # In the scan their convolutions' gradients run inside a loop, where
+  # XLA:CPU does not rewrite them into its fast form itself
+  # (cljax.models._conv): the same results to the bit as at the host loop's
+  # top level. The ResNet: BatchNorm, strided and 1x1 projection convs.
   out = {}
   for loop in ("host", "scan"):
-    model = models.build_model("cnn", stream.input_shape, 10)
+    model = models.build_model("cnn", stream.input_shape, 10) if (
+        net == "cnn") else models.functional(models.ResNet(
+            1, 10, widths=(4, 8), blocks=(1, 1), shortcut="B",
+            rngs=nnx.Rngs(0)))
     out[loop] = train.run_stream(
         stream, methods.build_method(name), model, optax.sgd(0.05),
         epochs=1, batch_size=32, eval_every=5, progress=False, loop=loop,
