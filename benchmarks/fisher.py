@@ -44,9 +44,9 @@ def functions(model, chunk):
                                 y[None])[0]
 
   def batched(p, xs, ys):
-    # Unrolled over the chunks: XLA:CPU runs a convolution's kernel
-    # gradient inside a loop (lax.map) about 7x slower than outside one
-    # (cljax.train's loops_are_slow), which would flatter the other paths.
+    # Unrolled over the chunks: XLA:CPU runs JAX's own gradient
+    # convolutions inside a loop (lax.map) about 7x slower than outside one
+    # (cljax.models._conv), which would flatter the other paths.
     loss = lambda q, x, y: jnp.sum(masked_cross_entropy(
         model.apply(q, stats, x)[0][0], y))
     g = [jax.grad(loss)(p, xs[i:i + chunk], ys[i:i + chunk])
