@@ -167,6 +167,15 @@ def test_conv_unfold_crops_for_negative_padding():
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(2, 2, 2, 2), (2, 4, 2)])
+def test_conv_unfold_of_an_input_smaller_than_the_kernel_is_empty(shape):
+  from cljax.models._taps import conv_unfold
+  nd = len(shape) - 2
+  conv = nnx.Conv(2, 3, (5,) * nd, padding="VALID", rngs=nnx.Rngs(0))
+  assert conv(jnp.ones(shape)).size == 0
+  assert conv_unfold(conv)(jnp.ones(shape)).shape == (2, 0, 5 ** nd * 2)
+
+
 def test_conv_unfold_leaves_other_convolutions_to_the_vjp():
   from cljax.models._taps import conv_unfold
   rngs = nnx.Rngs(0)

@@ -50,7 +50,13 @@ _REVERSE_ONLY = contextvars.ContextVar("cljax_reverse_mode_convs",
 def reverse_mode_convs():
   """While tracing inside this context, the plain convolutions of cljax's
   functional models (``use_canonical_convs``) run as ``canonical_conv`` on
-  CPU: for code that differentiates them in reverse mode only."""
+  CPU: for code that differentiates them in reverse mode only.
+
+  It acts at trace time, and ``jax.jit``'s cache does not see it: a jitted
+  function of the model keeps the convolution of its first trace, so one
+  first traced inside (e.g. called from a method's loss) has no forward
+  mode outside either, and one first traced outside keeps JAX's gradient
+  convolutions (slow on CPU inside loops) when called inside."""
   token = _REVERSE_ONLY.set(True)
   try:
     yield

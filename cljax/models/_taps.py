@@ -122,7 +122,8 @@ def conv_unfold(conv: nnx.Conv) -> Callable | None:
     a = jax.lax.pad(a, jnp.zeros((), a.dtype),  # negative pads crop
                     [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
     padded = a.shape[1:-1]
-    out = [(n - r) // s + 1 for n, r, s in zip(padded, reach, strides)]
+    out = [max(0, (n - r) // s + 1)  # 0: the kernel reaches past the input
+           for n, r, s in zip(padded, reach, strides)]
     along = lambda v, axis: v.reshape([-1 if j == axis else 1
                                        for j in range(2 * nd)])
     index = jnp.zeros((), jnp.int32)  # (*out, *kernel_size) once broadcast
