@@ -61,7 +61,7 @@ def test_an_empty_output_passes_back_zeros():
     np.testing.assert_array_equal(jax.grad(f)(jnp.ones((2, 2, 5, 3))), 0.0)
 
 
-def fast_form(compiled_text):
+def compiled_in_fast_form(compiled_text):
   """Whether every 2-D convolution of a compiled program is channels last
   with an HWIO kernel (and there is one)."""
   convs = [line for line in compiled_text.splitlines()
@@ -88,9 +88,9 @@ def test_inside_a_loop_every_convolution_is_in_the_fast_form(case):
   if jax.default_backend() != "cpu":
     return
   text = lambda f: looped(f).lower(x, w, g).compile().as_text()
-  assert fast_form(text(new))
+  assert compiled_in_fast_form(text(new))
   # JAX's own gradient is not, there: what this module is for.
-  assert not fast_form(text(ref))
+  assert not compiled_in_fast_form(text(ref))
 
 
 def test_models_use_it_only_inside_reverse_mode_convs():
@@ -115,7 +115,8 @@ def test_models_use_it_only_inside_reverse_mode_convs():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
   if jax.default_backend() == "cpu":
     text = lambda f: jax.jit(f).lower(m.params, True).compile().as_text()
-    assert fast_form(text(inside)) and not fast_form(text(grads_in_a_cond))
+    assert compiled_in_fast_form(text(inside))
+    assert not compiled_in_fast_form(text(grads_in_a_cond))
 
 
 def test_agems_step_keeps_the_fast_convolutions():
@@ -132,7 +133,7 @@ def test_agems_step_keeps_the_fast_convolutions():
   task = stream.tasks[1].train
   batch = {k: jnp.asarray(getattr(task, k)[:8]) for k in "xyt"}
   text = jax.jit(step).lower(state, batch, jax.random.key(0)).compile()
-  assert fast_form(text.as_text())
+  assert compiled_in_fast_form(text.as_text())
 
 
 @pytest.mark.parametrize("kwargs", [{"rhs_dilation": (2, 2)},
